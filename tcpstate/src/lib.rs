@@ -4,4 +4,5 @@
 //! modules that need neither aya nor root; `probe` is the thin kernel boundary.
 
 pub mod event;
+pub mod input;
 pub mod tpformat;
