@@ -363,7 +363,9 @@ fn note_listener(ev: &Event, owner: &Owner) {
 fn forget_listener(ev: &Event) {
     let key = listen_key(ev);
     // SAFETY: the value is read at once.
-    let mine = unsafe { LISTENERS.get(&key) }.is_some_and(|l| l.skaddr == ev.skaddr);
+    // A listener found by the start-up scan has no known address; its owner closing it is enough.
+    let mine = unsafe { LISTENERS.get(&key) }
+        .is_some_and(|l| l.skaddr == ev.skaddr || (l.skaddr == 0 && l.owner.pid == ev.ctx_pid));
     if mine {
         let _ = LISTENERS.remove(&key);
     }

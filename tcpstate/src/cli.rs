@@ -1,0 +1,244 @@
+//! Command-line interface. Flags follow bcc's tcpstates / tcplife / tcpconnlat where they overlap.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::filter::{self, Cidr, Family, FilterSpec};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tcpstate",
+    version,
+    about = "Shows what TCP really does on this host: every connection's handshake, life and \
+             teardown, with the latency of each phase (eBPF, sock:inet_sock_set_state)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace TCP state changes live (needs root).
+    Trace(TraceArgs),
+    /// Rebuild the output of a recording made with `trace --record` (no root needed).
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    Table,
+    /// JSON Lines, schema in docs/json-schema.md.
+    Json,
+}
+
+/// How results are printed; shared by `trace` and `replay`.
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// One line per state change (like bcc's tcpstates) instead of one per connection.
+    #[arg(long, conflicts_with = "timeline")]
+    pub transitions: bool,
+    /// Draw each finished connection as a ladder of its transitions.
+    #[arg(long)]
+    pub timeline: bool,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+    /// Include a wall-clock time column (HH:MM:SS.mmm, local time).
+    #[arg(short = 'T', long = "time", conflicts_with = "relative_time")]
+    pub wall_time: bool,
+    /// Include a column of seconds since tracing started.
+    #[arg(short = 't', long = "timestamp")]
+    pub relative_time: bool,
+    /// Wide address columns (for IPv6).
+    #[arg(short = 'w', long)]
+    pub wide: bool,
+    /// Print a summary every SECS seconds as well as at the end.
+    #[arg(short = 'i', long, value_name = "SECS", value_parser = positive_f64)]
+    pub interval: Option<f64>,
+    /// Only print connections whose handshake took at least MS milliseconds.
+    #[arg(long, value_name = "MS", value_parser = non_negative_f64)]
+    pub min_handshake_ms: Option<f64>,
+    /// Only print connections that stayed in CLOSE_WAIT at least MS milliseconds.
+    #[arg(long, value_name = "MS", value_parser = non_negative_f64)]
+    pub min_close_wait_ms: Option<f64>,
+    /// Do not print the summary at the end.
+    #[arg(long)]
+    pub no_summary: bool,
+    /// Most sockets followed at once; the oldest is dropped (and counted) beyond that.
+    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub max_tracked: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+
+    /// Only sockets owned by these processes (comma-separated pids; threads included).
+    #[arg(short = 'p', long = "pid", value_name = "PIDS", value_parser = filter::parse_pids)]
+    pub pids: Vec<Vec<u32>>,
+    /// Only sockets owned by a process with this command name.
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+    /// Only these local ports (comma-separated, ranges like 8000-8010).
+    #[arg(short = 'L', long = "lport", value_name = "PORTS", value_parser = filter::parse_ports)]
+    pub lports: Vec<Vec<u16>>,
+    /// Only these remote ports.
+    #[arg(short = 'D', long = "rport", value_name = "PORTS", value_parser = filter::parse_ports)]
+    pub rports: Vec<Vec<u16>>,
+    /// Only connections with this port at either end.
+    #[arg(long = "port", value_name = "PORTS", value_parser = filter::parse_ports)]
+    pub ports: Vec<Vec<u16>>,
+    /// Only these remote addresses (IP or CIDR, repeatable).
+    #[arg(long = "addr", value_name = "CIDR")]
+    pub addrs: Vec<Cidr>,
+    /// IPv4 only.
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// IPv6 only.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+
+    /// Stop after SECS seconds.
+    #[arg(short = 'd', long, value_name = "SECS", value_parser = positive_f64)]
+    pub duration: Option<f64>,
+    /// Stop after N output records (transitions with --transitions, else connections).
+    #[arg(short = 'c', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// Also write the raw transitions to FILE (replay it with `tcpstate replay FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Overwrite the --record file if it exists.
+    #[arg(long, requires = "record")]
+    pub force: bool,
+
+    /// Size of the kernel's ring buffer (power of two; suffixes K, M).
+    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_buffer_size)]
+    pub buffer_size: u32,
+    /// Write the kernel's final counters as JSON to PATH at exit (for benchmarks and scripts).
+    #[arg(long, value_name = "PATH")]
+    pub counters_json: Option<PathBuf>,
+    /// Show the kernel program's diagnostics (aya-log) on stderr.
+    #[arg(long)]
+    pub debug: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// A file written by `tcpstate trace --record`.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+impl TraceArgs {
+    pub fn filter_spec(&self) -> FilterSpec {
+        FilterSpec {
+            pids: self.pids.concat(),
+            comm: self.comm.clone(),
+            lports: self.lports.concat(),
+            rports: self.rports.concat(),
+            ports: self.ports.concat(),
+            addrs: self.addrs.clone(),
+            family: if self.ipv4 {
+                Family::V4
+            } else if self.ipv6 {
+                Family::V6
+            } else {
+                Family::Any
+            },
+        }
+    }
+}
+
+fn positive_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number")),
+    }
+}
+
+fn non_negative_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?} is not a number >= 0")),
+    }
+}
+
+/// `8M`, `512K`, `4096`: a power of two from 4 KiB to 1 GiB (what the kernel accepts).
+pub fn parse_buffer_size(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 1u64 << 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 1u64 << 30),
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 8M"))?;
+    let bytes = n.saturating_mul(mult);
+    if !bytes.is_power_of_two() || !(4096..=1 << 30).contains(&bytes) {
+        return Err(format!(
+            "{s:?}: the ring buffer size must be a power of two from 4K to 1G"
+        ));
+    }
+    Ok(bytes as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn buffer_sizes() {
+        assert_eq!(parse_buffer_size("8M"), Ok(8 << 20));
+        assert_eq!(parse_buffer_size("4096"), Ok(4096));
+        assert!(parse_buffer_size("3M").is_err());
+        assert!(parse_buffer_size("1K").is_err());
+        assert!(parse_buffer_size("2G").is_err());
+        assert!(parse_buffer_size("x").is_err());
+    }
+
+    #[test]
+    fn filters_from_flags() {
+        let cli = Cli::try_parse_from([
+            "tcpstate", "trace", "-p", "1,2", "-L", "80", "--port", "443", "--addr", "10.0.0.0/8",
+            "-6",
+        ])
+        .unwrap();
+        let Command::Trace(t) = cli.command else {
+            panic!("not trace")
+        };
+        let f = t.filter_spec();
+        assert_eq!(f.pids, vec![1, 2]);
+        assert_eq!(f.lports, vec![80]);
+        assert_eq!(f.ports, vec![443]);
+        assert_eq!(f.family, Family::V6);
+        assert_eq!(f.addrs.len(), 1);
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        for args in [
+            &["tcpstate", "trace", "--duration", "0"][..],
+            &["tcpstate", "trace", "--count", "0"],
+            &["tcpstate", "trace", "-L", "70000"],
+            &["tcpstate", "trace", "--addr", "300.1.1.1"],
+            &["tcpstate", "trace", "-4", "-6"],
+            &["tcpstate", "trace", "--force"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+}

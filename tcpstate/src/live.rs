@@ -1,0 +1,337 @@
+//! `tcpstate trace`: attach, stream the ring buffer into the pipeline, stop cleanly.
+
+use std::{
+    fs,
+    io::{self, BufWriter, Write},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+    time::{interval, sleep, MissedTickBehavior},
+};
+
+use crate::{
+    cli::TraceArgs,
+    clock,
+    event,
+    input::{Input, KernelCounters},
+    output::{Output, OutputError},
+    probe::{Probe, ProbeOptions},
+    procscan,
+    record::{self, RecordWriter},
+};
+
+/// How often the ring buffer is drained when the kernel did not wake us (it submits without a
+/// wakeup until the buffer holds `wakeup_bytes`, which keeps the per-event cost low).
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
+/// How often the kernel's counters are sampled into the stream.
+const COUNTERS_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Signal,
+    Duration,
+    Count,
+    StdoutClosed,
+}
+
+/// What the run saw, for the final line on stderr.
+#[derive(Debug, Default)]
+struct Totals {
+    delivered: u64,
+    undecodable: u64,
+}
+
+pub fn run(args: &TraceArgs) -> Result<i32> {
+    let filter = args
+        .filter_spec()
+        .to_kernel()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let opts = ProbeOptions {
+        buffer_bytes: args.buffer_size,
+        wakeup_bytes: u64::from(args.buffer_size / 4),
+        filter,
+        debug_log: args.debug,
+    };
+    if args.debug {
+        env_logger::Builder::new()
+            .filter_level(log::LevelFilter::Debug)
+            .target(env_logger::Target::Stderr)
+            .init();
+    }
+    // Open the recording before attaching so a bad path fails before anything is loaded.
+    let record_file = match &args.record {
+        Some(path) => Some((
+            path.clone(),
+            record::create_record_file(path, args.force).map_err(|e| anyhow::anyhow!("{e}"))?,
+        )),
+        None => None,
+    };
+
+    let before = procscan::scan();
+    let mut probe = Probe::attach(&opts, &before).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(dir) = &probe.mounted_tracefs {
+        eprintln!("tcpstate: tracefs was not mounted; mounted it at {}", dir.display());
+    }
+    // Sockets created between the first scan and the attach.
+    probe
+        .add_preexisting(&procscan::scan())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let clock = clock::Start::now();
+    let mut recorder = match record_file {
+        Some((path, file)) => {
+            let header = record::Header {
+                tool_version: env!("CARGO_PKG_VERSION").to_string(),
+                kernel_release: crate::environment::kernel_release(),
+                start_mono_ns: clock.start_mono_ns,
+                realtime_minus_mono_ns: clock.realtime_minus_mono_ns,
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+            };
+            let w = RecordWriter::new(BufWriter::with_capacity(1 << 20, file), &header)
+                .with_context(|| format!("writing {}", path.display()))?;
+            Some((path, w))
+        }
+        None => None,
+    };
+
+    let mut output = Output::new(&args.output, clock);
+    let stdout = io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    output.start(&mut out).ok();
+    eprintln!(
+        "tcpstate: tracing TCP state changes{}; Ctrl-C to stop",
+        describe_filters(args)
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    let mut totals = Totals::default();
+    let result = {
+        let mut session = Session {
+            output: &mut output,
+            out: &mut out,
+            recorder: &mut recorder,
+            totals: &mut totals,
+            count: args.count,
+        };
+        rt.block_on(event_loop(args, &mut probe, &mut session))
+    };
+
+    // Whatever stopped us, account for everything and leave nothing attached.
+    let counters = probe.counters().unwrap_or_default();
+    let mut stop = match result {
+        Ok(stop) => stop,
+        Err(LoopError::Output(OutputError::Closed)) => Stop::StdoutClosed,
+        Err(e) => {
+            drop(probe);
+            return Err(anyhow::anyhow!("{e}"));
+        }
+    };
+    drop(probe);
+    let mut exit = 0;
+    if let Some((path, mut w)) = recorder.take() {
+        let r = w
+            .write(&Input::Counters(counters))
+            .and_then(|()| w_finish(w));
+        if let Err(e) = r {
+            eprintln!("tcpstate: error: writing {}: {}", path.display(), describe_io(&e));
+            exit = 1;
+        }
+    }
+    if stop != Stop::StdoutClosed {
+        let r = output
+            .push(&Input::Counters(counters), &mut out)
+            .and_then(|()| output.finish(&mut out))
+            .and_then(|()| out.flush().map_err(OutputError::from));
+        if let Err(OutputError::Closed) = r {
+            stop = Stop::StdoutClosed;
+        } else if let Err(e) = r {
+            eprintln!("tcpstate: error: {e}");
+            exit = 1;
+        }
+    }
+    let _ = stop;
+    if let Some(path) = &args.counters_json {
+        write_counters_json(path, &counters, totals.delivered)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    eprintln!(
+        "tcpstate: {} events delivered, {} lost ({} ring buffer full, {} recursion misses); \
+         kernel saw {} TCP state changes, filtered {}{}",
+        totals.delivered,
+        counters.lost(),
+        counters.ringbuf_full,
+        counters.recursion_misses,
+        counters.seen,
+        counters.filtered,
+        if totals.undecodable > 0 {
+            format!(", {} undecodable records", totals.undecodable)
+        } else {
+            String::new()
+        }
+    );
+    Ok(exit)
+}
+
+fn w_finish<W: Write>(w: RecordWriter<W>) -> io::Result<()> {
+    w.finish().map(|_| ())
+}
+
+fn describe_io(e: &io::Error) -> String {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        "disk full; the recording holds everything up to the last complete record".into()
+    } else {
+        e.to_string()
+    }
+}
+
+fn describe_filters(args: &TraceArgs) -> String {
+    let spec = args.filter_spec();
+    if spec.is_empty() {
+        String::new()
+    } else {
+        " (filtered in the kernel)".into()
+    }
+}
+
+fn write_counters_json(path: &Path, c: &KernelCounters, delivered: u64) -> io::Result<()> {
+    let text = format!(
+        "{{\"seen\":{},\"filtered\":{},\"submitted\":{},\"delivered\":{},\"ringbuf_full\":{},\"recursion_misses\":{},\"deferred\":{}}}\n",
+        c.seen, c.filtered, c.submitted, delivered, c.ringbuf_full, c.recursion_misses, c.deferred
+    );
+    fs::write(path, text)
+}
+
+#[derive(Debug)]
+enum LoopError {
+    Output(OutputError),
+    Record(std::path::PathBuf, io::Error),
+    Io(io::Error),
+}
+
+impl std::fmt::Display for LoopError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoopError::Output(e) => e.fmt(f),
+            LoopError::Record(p, e) => write!(f, "writing {}: {}", p.display(), describe_io(e)),
+            LoopError::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+type Recorder = Option<(std::path::PathBuf, RecordWriter<BufWriter<fs::File>>)>;
+
+/// Everything an input goes through: the recording, then the output.
+struct Session<'a, W: Write> {
+    output: &'a mut Output,
+    out: &'a mut W,
+    recorder: &'a mut Recorder,
+    totals: &'a mut Totals,
+    count: Option<u64>,
+}
+
+impl<W: Write> Session<'_, W> {
+    fn feed(&mut self, input: &Input) -> Result<(), LoopError> {
+        if let Some((path, w)) = self.recorder.as_mut() {
+            w.write(input)
+                .map_err(|e| LoopError::Record(path.clone(), e))?;
+        }
+        self.output.push(input, self.out).map_err(LoopError::Output)
+    }
+
+    /// Reads everything the ring buffer holds; true once `--count` is reached.
+    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Result<bool, LoopError> {
+        let mut any = false;
+        while let Some(item) = ring.next() {
+            let decoded = event::decode(&item);
+            drop(item);
+            let Ok(ev) = decoded else {
+                self.totals.undecodable += 1;
+                continue;
+            };
+            self.totals.delivered += 1;
+            any = true;
+            self.feed(&Input::Event(ev))?;
+            if self.output.limit_reached(self.count) {
+                return Ok(true);
+            }
+        }
+        if any {
+            self.out
+                .flush()
+                .map_err(|e| LoopError::Output(e.into()))?;
+        }
+        Ok(false)
+    }
+}
+
+async fn event_loop<W: Write>(
+    args: &TraceArgs,
+    probe: &mut Probe,
+    session: &mut Session<'_, W>,
+) -> Result<Stop, LoopError> {
+    let ring = probe
+        .take_events()
+        .map_err(|e| LoopError::Io(io::Error::other(e.to_string())))?;
+    // SAFETY: the ring buffer owns its fd and is moved into the AsyncFd, which deregisters it
+    // before dropping it.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| LoopError::Io(io::Error::other(e.to_string())))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(LoopError::Io)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(LoopError::Io)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(LoopError::Io)?;
+    let mut drain_timer = interval(DRAIN_EVERY);
+    drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut counters_timer = interval(COUNTERS_EVERY);
+    counters_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let deadline = sleep(
+        args.duration
+            .map(Duration::from_secs_f64)
+            .unwrap_or(Duration::from_secs(100 * 365 * 86400)),
+    );
+    tokio::pin!(deadline);
+
+    let stop = loop {
+        tokio::select! {
+            _ = sigint.recv() => break Stop::Signal,
+            _ = sigterm.recv() => break Stop::Signal,
+            _ = sighup.recv() => break Stop::Signal,
+            _ = &mut deadline => break Stop::Duration,
+            guard = ring.readable_mut() => {
+                let mut guard = guard.map_err(LoopError::Io)?;
+                if session.drain(guard.get_inner_mut())? {
+                    return Ok(Stop::Count);
+                }
+                guard.clear_ready();
+            }
+            _ = drain_timer.tick() => {
+                if session.drain(ring.get_mut())? {
+                    return Ok(Stop::Count);
+                }
+                probe.flush_log();
+                session.feed(&Input::Tick { now_ns: clock::monotonic_ns() })?;
+                if session.output.limit_reached(session.count) {
+                    return Ok(Stop::Count);
+                }
+                session.out.flush().map_err(|e| LoopError::Output(e.into()))?;
+            }
+            _ = counters_timer.tick() => {
+                let c = probe.counters().unwrap_or_default();
+                session.feed(&Input::Counters(c))?;
+            }
+        }
+    };
+    // Whatever the kernel delivered before the stop is still shown.
+    probe.flush_log();
+    if session.drain(ring.get_mut())? {
+        return Ok(Stop::Count);
+    }
+    Ok(stop)
+}

@@ -1,0 +1,330 @@
+//! The kernel boundary: loads the embedded eBPF program, configures it, attaches it to
+//! `sock:inet_sock_set_state` and exposes its ring buffer and counters.
+//!
+//! Everything attached here is owned by [`Probe`] and file-descriptor based (perf link, maps),
+//! nothing is pinned: dropping the probe, or the process dying for any reason, detaches it.
+
+use std::{
+    fmt,
+    os::fd::{AsFd, AsRawFd, RawFd},
+    path::PathBuf,
+};
+
+use aya::{
+    maps::{HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use tcpstate_common::{counter, names, Layout, ListenKey, ListenOwner, Owner, Settings, TupleKey};
+
+use crate::{
+    environment::{self, EnvError},
+    filter::KernelFilter,
+    input::KernelCounters,
+    procscan::Preexisting,
+    tpformat::{self, FormatError},
+};
+
+/// The eBPF object built by build.rs, embedded so the binary is self-contained.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpstate.bpf.o"));
+
+const BPF_NOEXIST: u64 = 1;
+
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    /// Ring buffer size in bytes: a power of two, at least one page.
+    pub buffer_bytes: u32,
+    /// Wake user space when this many bytes are waiting (it also drains on a timer).
+    pub wakeup_bytes: u64,
+    pub filter: KernelFilter,
+    /// Forward the program's aya-log diagnostics (otherwise the verifier prunes them).
+    pub debug_log: bool,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        ProbeOptions {
+            buffer_bytes: 8 << 20,
+            wakeup_bytes: 1 << 20,
+            filter: KernelFilter::default(),
+            debug_log: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ProbeError {
+    Env(EnvError),
+    Format(PathBuf, FormatError),
+    Load(String),
+    Attach(String),
+    Map(&'static str, String),
+}
+
+impl fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeError::Env(e) => e.fmt(f),
+            ProbeError::Format(p, e) => write!(
+                f,
+                "unexpected layout of {}: {e}; this kernel's sock:inet_sock_set_state is not supported",
+                p.display()
+            ),
+            ProbeError::Load(e) => write!(f, "loading the eBPF program failed: {e}"),
+            ProbeError::Attach(e) => {
+                write!(f, "attaching to sock:inet_sock_set_state failed: {e}")
+            }
+            ProbeError::Map(name, e) => write!(f, "eBPF map {name}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ProbeError {}
+
+impl From<EnvError> for ProbeError {
+    fn from(e: EnvError) -> Self {
+        ProbeError::Env(e)
+    }
+}
+
+/// Loaded, configured and attached.
+pub struct Probe {
+    ebpf: Ebpf,
+    counters: PerCpuArray<MapData, u64>,
+    prog_fd: RawFd,
+    /// Whether tracefs had to be mounted (the caller says so on stderr).
+    pub mounted_tracefs: Option<PathBuf>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
+    move |e| ProbeError::Map(name, e.to_string())
+}
+
+/// Explains the kernel's refusal in terms of what the user can do.
+fn describe_load_error(e: &aya::EbpfError) -> String {
+    let text = format!("{e:#}");
+    if text.contains("EPERM") || text.contains("Operation not permitted") {
+        return format!("{text} (needs root, or CAP_BPF and CAP_PERFMON)");
+    }
+    text
+}
+
+impl Probe {
+    /// Checks the host, loads the program with `opts` and the start-up scan, and attaches it.
+    pub fn attach(opts: &ProbeOptions, preexisting: &Preexisting) -> Result<Probe, ProbeError> {
+        environment::check_privileges()?;
+        environment::check_kernel_version()?;
+        let (tracefs, mounted) = environment::ensure_tracefs()?;
+        let format_text = environment::read_tracepoint_format(&tracefs)?;
+        let layout: Layout = tpformat::inet_sock_set_state_layout(&format_text).map_err(|e| {
+            ProbeError::Format(
+                tracefs.join("events/sock/inet_sock_set_state/format"),
+                e,
+            )
+        })?;
+        let settings = Settings {
+            wakeup_bytes: opts.wakeup_bytes,
+        };
+        // 0 switches every aya-log statement off at verification time.
+        let log_level: u8 = if opts.debug_log { 0xff } else { 0 };
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::LAYOUT, &layout, true)
+            .override_global(names::FILTER, &opts.filter.filter, true)
+            .override_global(names::SETTINGS, &settings, true)
+            .override_global("AYA_LOG_LEVEL", &log_level, false)
+            .map_max_entries(names::EVENTS, opts.buffer_bytes)
+            .load(OBJECT)
+            .map_err(|e| ProbeError::Load(describe_load_error(&e)))?;
+
+        let logger = if opts.debug_log {
+            aya_log::EbpfLogger::init(&mut ebpf)
+                .map(Some)
+                .map_err(|e| ProbeError::Load(format!("aya-log: {e}")))?
+        } else {
+            None
+        };
+        fill_filter_maps(&mut ebpf, &opts.filter)?;
+        fill_preexisting(&mut ebpf, preexisting)?;
+
+        let counters: PerCpuArray<MapData, u64> = ebpf
+            .take_map(names::COUNTERS)
+            .ok_or(ProbeError::Map(names::COUNTERS, "missing".into()))?
+            .try_into()
+            .map_err(map_err(names::COUNTERS))?;
+
+        let program: &mut TracePoint = ebpf
+            .program_mut(names::PROGRAM)
+            .ok_or_else(|| ProbeError::Load("program `tcpstate` missing from the object".into()))?
+            .try_into()
+            .map_err(|e| ProbeError::Load(format!("{e}")))?;
+        program.load().map_err(|e| {
+            let text = format!("{e:#}");
+            let hint = if text.contains("Operation not permitted") {
+                " (needs root, or CAP_BPF and CAP_PERFMON)"
+            } else {
+                ""
+            };
+            ProbeError::Load(format!("{text}{hint}"))
+        })?;
+        let prog_fd = program
+            .fd()
+            .map_err(|e| ProbeError::Load(e.to_string()))?
+            .as_fd()
+            .as_raw_fd();
+        program
+            .attach("sock", "inet_sock_set_state")
+            .map_err(|e| ProbeError::Attach(format!("{e:#}")))?;
+
+        Ok(Probe {
+            ebpf,
+            counters,
+            prog_fd,
+            mounted_tracefs: mounted.then_some(tracefs),
+            logger,
+        })
+    }
+
+    /// The ring buffer of events; can be taken once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        self.ebpf
+            .take_map(names::EVENTS)
+            .ok_or(ProbeError::Map(names::EVENTS, "already taken".into()))?
+            .try_into()
+            .map_err(map_err(names::EVENTS))
+    }
+
+    /// Adds sockets found by a scan made after attaching, without overwriting what the program
+    /// learnt itself in the meantime.
+    pub fn add_preexisting(&mut self, preexisting: &Preexisting) -> Result<(), ProbeError> {
+        fill_preexisting(&mut self.ebpf, preexisting)
+    }
+
+    /// Sums of the program's per-CPU counters plus the kernel's count of skipped runs.
+    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
+        let sum = |idx: u32| -> Result<u64, ProbeError> {
+            let values = self
+                .counters
+                .get(&idx, 0)
+                .map_err(map_err(names::COUNTERS))?;
+            Ok(values.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
+        };
+        Ok(KernelCounters {
+            seen: sum(counter::SEEN)?,
+            filtered: sum(counter::FILTERED)?,
+            submitted: sum(counter::SUBMITTED)?,
+            ringbuf_full: sum(counter::RINGBUF_FULL)?,
+            deferred: sum(counter::DEFERRED)?,
+            recursion_misses: prog_recursion_misses(self.prog_fd).unwrap_or(0),
+        })
+    }
+
+    /// Forwards pending kernel diagnostics to the log (only with `debug_log`).
+    pub fn flush_log(&mut self) {
+        if let Some(l) = &mut self.logger {
+            l.flush();
+        }
+    }
+
+    /// The kernel's id of the loaded program (for tests and `bpftool`).
+    pub fn program_id(&self) -> Option<u32> {
+        prog_info(self.prog_fd).map(|i| i.id)
+    }
+}
+
+fn fill_filter_maps(ebpf: &mut Ebpf, k: &KernelFilter) -> Result<(), ProbeError> {
+    if !k.pids.is_empty() {
+        let mut pids: HashMap<_, u32, u8> = ebpf
+            .map_mut(names::PIDS)
+            .ok_or(ProbeError::Map(names::PIDS, "missing".into()))?
+            .try_into()
+            .map_err(map_err(names::PIDS))?;
+        for p in &k.pids {
+            pids.insert(p, 1, 0).map_err(map_err(names::PIDS))?;
+        }
+    }
+    if !k.ports.is_empty() {
+        let mut ports: HashMap<_, u16, u8> = ebpf
+            .map_mut(names::PORTS)
+            .ok_or(ProbeError::Map(names::PORTS, "missing".into()))?
+            .try_into()
+            .map_err(map_err(names::PORTS))?;
+        for (port, bits) in &k.ports {
+            ports.insert(port, bits, 0).map_err(map_err(names::PORTS))?;
+        }
+    }
+    if !k.addrs.is_empty() {
+        let mut addrs: LpmTrie<_, [u8; 16], u8> = ebpf
+            .map_mut(names::ADDRS)
+            .ok_or(ProbeError::Map(names::ADDRS, "missing".into()))?
+            .try_into()
+            .map_err(map_err(names::ADDRS))?;
+        for c in &k.addrs {
+            let key = aya::maps::lpm_trie::Key::new(c.prefix, c.addr);
+            addrs.insert(&key, 1, 0).map_err(map_err(names::ADDRS))?;
+        }
+    }
+    Ok(())
+}
+
+fn fill_preexisting(ebpf: &mut Ebpf, p: &Preexisting) -> Result<(), ProbeError> {
+    {
+        let mut listeners: HashMap<_, ListenKey, ListenOwner> = ebpf
+            .map_mut(names::LISTENERS)
+            .ok_or(ProbeError::Map(names::LISTENERS, "missing".into()))?
+            .try_into()
+            .map_err(map_err(names::LISTENERS))?;
+        for (key, owner) in &p.listeners {
+            let value = ListenOwner {
+                skaddr: 0,
+                owner: *owner,
+            };
+            // EEXIST: the program saw this listener itself; a full table: attribution of
+            // that listener's children stays unknown, which the output says.
+            let _ = listeners.insert(key, value, BPF_NOEXIST);
+        }
+    }
+    let mut conns: HashMap<_, TupleKey, Owner> = ebpf
+        .map_mut(names::PREEXISTING)
+        .ok_or(ProbeError::Map(names::PREEXISTING, "missing".into()))?
+        .try_into()
+        .map_err(map_err(names::PREEXISTING))?;
+    for (key, owner) in &p.connections {
+        let _ = conns.insert(key, owner, BPF_NOEXIST);
+    }
+    Ok(())
+}
+
+/// `struct bpf_prog_info` through BPF_OBJ_GET_INFO_BY_FD; aya's ProgramInfo does not expose
+/// `recursion_misses`.
+fn prog_info(fd: RawFd) -> Option<aya_obj::generated::bpf_prog_info> {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: bpf_prog_info is plain data; all-zero is a valid value.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: fd as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: &mut info as *mut _ as u64,
+    };
+    // SAFETY: attr points to a valid buffer of info_len bytes for the kernel to fill.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoAttr,
+            std::mem::size_of::<InfoAttr>() as u32,
+        )
+    };
+    (rc == 0).then_some(info)
+}
+
+fn prog_recursion_misses(fd: RawFd) -> Option<u64> {
+    prog_info(fd).map(|i| i.recursion_misses)
+}

@@ -1,0 +1,258 @@
+//! Sockets that existed before tracing started, and their owners, read from /proc the way
+//! `ss -tanp` does: /proc/net/tcp{,6} for the sockets, /proc/PID/fd for who holds them.
+//!
+//! The kernel program learns owners from system calls it sees; a socket created before it was
+//! attached never makes one, so its owner comes from here.
+
+use std::{
+    collections::HashMap,
+    fs,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
+
+use tcpstate_common::{ListenKey, Owner, TupleKey, AF_INET, AF_INET6, TASK_COMM_LEN};
+
+const ST_ESTABLISHED: u8 = 0x01;
+const ST_LISTEN: u8 = 0x0A;
+
+/// One line of /proc/net/tcp or /proc/net/tcp6.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcSocket {
+    pub family: u8,
+    pub state: u8,
+    /// Network byte order, IPv4 in the first 4 bytes (as in events).
+    pub local: [u8; 16],
+    pub lport: u16,
+    pub remote: [u8; 16],
+    pub rport: u16,
+    pub inode: u64,
+}
+
+/// `0100007F:1F90` (IPv4) or 32 hex digits (IPv6): each 32-bit word is printed in host order.
+fn parse_endpoint(s: &str, family: u8) -> Option<([u8; 16], u16)> {
+    let (addr, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words = if family == AF_INET { 1 } else { 4 };
+    if addr.len() != words * 8 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for w in 0..words {
+        let word = u32::from_str_radix(addr.get(w * 8..w * 8 + 8)?, 16).ok()?;
+        out[w * 4..w * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    Some((out, port))
+}
+
+/// Parses the text of /proc/net/tcp (`family` AF_INET) or /proc/net/tcp6 (AF_INET6); lines that
+/// do not parse are skipped (the header, or a format this version does not know).
+pub fn parse_proc_net_tcp(text: &str, family: u8) -> Vec<ProcSocket> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (local, lport) = parse_endpoint(cols.get(1)?, family)?;
+            let (remote, rport) = parse_endpoint(cols.get(2)?, family)?;
+            let state = u8::from_str_radix(cols.get(3)?, 16).ok()?;
+            let inode = cols.get(9)?.parse().ok()?;
+            Some(ProcSocket {
+                family,
+                state,
+                local,
+                lport,
+                remote,
+                rport,
+                inode,
+            })
+        })
+        .collect()
+}
+
+fn comm_bytes(name: &str) -> [u8; TASK_COMM_LEN] {
+    let mut out = [0u8; TASK_COMM_LEN];
+    let b = name.trim_end_matches('\n').as_bytes();
+    let n = b.len().min(TASK_COMM_LEN - 1);
+    out[..n].copy_from_slice(&b[..n]);
+    out
+}
+
+/// Socket inode -> the process holding it. A socket held by several processes (a listener
+/// shared by forked workers) gets pid 0: which of them will act on it cannot be known.
+pub fn socket_owners(proc_root: &Path) -> HashMap<u64, Owner> {
+    let mut owners: HashMap<u64, Owner> = HashMap::new();
+    let Ok(dir) = fs::read_dir(proc_root) else {
+        return owners;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        // Processes come and go while we read; whatever vanished is simply skipped.
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        for fd in fds.flatten() {
+            let Ok(target) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            let Some(inode) = target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let owner = Owner {
+                pid,
+                tid: pid,
+                comm: comm_bytes(&comm),
+            };
+            owners
+                .entry(inode)
+                .and_modify(|o| {
+                    if o.pid != pid {
+                        o.pid = 0;
+                        o.tid = 0;
+                    }
+                })
+                .or_insert(owner);
+        }
+    }
+    owners
+}
+
+/// What the kernel program's attribution maps get at start-up.
+#[derive(Debug, Default)]
+pub struct Preexisting {
+    pub listeners: Vec<(ListenKey, Owner)>,
+    pub connections: Vec<(TupleKey, Owner)>,
+}
+
+/// Joins sockets with their owners. Sockets nobody holds (orphans, TIME_WAIT) are left out.
+pub fn join(sockets: &[ProcSocket], owners: &HashMap<u64, Owner>) -> Preexisting {
+    let mut out = Preexisting::default();
+    for s in sockets {
+        let Some(owner) = owners.get(&s.inode) else {
+            continue;
+        };
+        match s.state {
+            ST_LISTEN => out.listeners.push((
+                ListenKey {
+                    family: s.family as u16,
+                    port: s.lport,
+                    addr: s.local,
+                },
+                *owner,
+            )),
+            ST_ESTABLISHED | 0x02..=0x09 | 0x0B => {
+                if owner.pid != 0 {
+                    out.connections.push((
+                        TupleKey {
+                            family: s.family as u16,
+                            sport: s.lport,
+                            dport: s.rport,
+                            _pad: 0,
+                            saddr: s.local,
+                            daddr: s.remote,
+                        },
+                        *owner,
+                    ))
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Reads the host's current TCP sockets and their owners.
+pub fn scan() -> Preexisting {
+    let mut sockets = Vec::new();
+    for (path, family) in [("/proc/net/tcp", AF_INET), ("/proc/net/tcp6", AF_INET6)] {
+        if let Ok(text) = fs::read_to_string(path) {
+            sockets.extend(parse_proc_net_tcp(&text, family));
+        }
+    }
+    join(&sockets, &socket_owners(Path::new("/proc")))
+}
+
+/// For messages: a listening key as text.
+pub fn describe(key: &ListenKey) -> String {
+    if key.family == AF_INET as u16 {
+        let a = Ipv4Addr::new(key.addr[0], key.addr[1], key.addr[2], key.addr[3]);
+        format!("{a}:{}", key.port)
+    } else {
+        format!("[{}]:{}", Ipv6Addr::from(key.addr), key.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1145 1 0000000041a227d1 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 2222 1 0000000041a227d1 100 0 0 10 0
+   2: 0100007F:9C40 0100007F:1F90 06 00000000:00000000 00:00000000 00000000     0        0 0 1 0000000041a227d1 100 0 0 10 0
+";
+    const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3333 1 0000000000000000 100 0 0 10 0
+";
+
+    #[test]
+    fn parses_ipv4_lines() {
+        let s = parse_proc_net_tcp(TCP, AF_INET);
+        assert_eq!(s.len(), 3);
+        assert_eq!((s[0].state, s[0].lport, s[0].inode), (ST_LISTEN, 8080, 1145));
+        assert_eq!(&s[1].local[..4], &[127, 0, 0, 1]);
+        assert_eq!((s[1].lport, s[1].rport), (8080, 50000));
+    }
+
+    #[test]
+    fn parses_ipv6_lines() {
+        let s = parse_proc_net_tcp(TCP6, AF_INET6);
+        assert_eq!(s.len(), 1);
+        assert_eq!(Ipv6Addr::from(s[0].local), Ipv6Addr::LOCALHOST);
+        assert_eq!(s[0].lport, 80);
+    }
+
+    #[test]
+    fn joins_owners_and_skips_orphans_and_shared_connections() {
+        let s = parse_proc_net_tcp(TCP, AF_INET);
+        let mut owners = HashMap::new();
+        let o = Owner {
+            pid: 7,
+            tid: 7,
+            comm: comm_bytes("srv\n"),
+        };
+        owners.insert(1145, o);
+        owners.insert(2222, Owner { pid: 0, ..o });
+        let p = join(&s, &owners);
+        assert_eq!(p.listeners.len(), 1);
+        assert_eq!(describe(&p.listeners[0].0), "0.0.0.0:8080");
+        assert_eq!(&p.listeners[0].1.comm[..4], b"srv\0");
+        assert!(p.connections.is_empty(), "a shared socket has no single owner");
+    }
+
+    #[test]
+    fn garbage_is_skipped_not_fatal() {
+        assert!(parse_proc_net_tcp("header\nnot a line\n0: zz:zz", AF_INET).is_empty());
+    }
+
+    #[test]
+    fn reads_this_process_sockets() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let p = scan();
+        let me = std::process::id();
+        assert!(
+            p.listeners
+                .iter()
+                .any(|(k, o)| k.port == port && o.pid == me),
+            "own listener on {port} not found"
+        );
+    }
+}
