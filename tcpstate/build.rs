@@ -114,13 +114,18 @@ impl Route {
             }
             None => {}
         }
+        let debian = Path::new(DEBIAN_RUSTC).exists()
+            && Path::new(DEBIAN_CARGO).exists()
+            && Path::new(DEBIAN_SRC).exists();
+        // A bpf-linker built on Debian's LLVM pairs with Debian's rustc (one libLLVM for both);
+        // with another compiler its LLVM could be older than the compiler's, which fails.
+        if debian && bpf_linker_dir().is_some_and(|d| links_debian_llvm(&d.join("bpf-linker"))) {
+            return Ok(Route::Debian);
+        }
         if rustup_has_rust_src("nightly") {
             return Ok(Route::Rustup("nightly".into()));
         }
-        if Path::new(DEBIAN_RUSTC).exists()
-            && Path::new(DEBIAN_CARGO).exists()
-            && Path::new(DEBIAN_SRC).exists()
-        {
+        if debian {
             return Ok(Route::Debian);
         }
         Err("no compiler that can build for bpfel-unknown-none (nightly + rust-src, or Debian's \
@@ -164,6 +169,13 @@ fn rustup_has_rust_src(toolchain: &str) -> bool {
     Path::new(&sysroot)
         .join("lib/rustlib/src/rust/library/core")
         .exists()
+}
+
+fn links_debian_llvm(linker: &Path) -> bool {
+    Command::new("ldd")
+        .arg(linker)
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("/usr/lib/llvm-"))
 }
 
 fn bpf_linker_dir() -> Option<PathBuf> {

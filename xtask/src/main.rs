@@ -1,1 +1,93 @@
-fn main() {}
+//! Build, run and test automation: `cargo xtask <command>`.
+
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "xtask", about = "tcpstate's build, run and test automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install what building the eBPF program needs (idempotent).
+    Setup,
+    /// Set up, then build the release binary (target/release/tcpstate, self-contained).
+    Build,
+    /// Set up, build, and run tcpstate with the given arguments (through sudo if not root).
+    Run {
+        /// Arguments for tcpstate, e.g. `trace --port 443`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run the whole test suite (kernel tests need root; they say so otherwise).
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.env_remove("RUSTUP_TOOLCHAIN");
+    c
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let s = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !s.success() {
+        bail!("{shown} failed with {s}");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Setup => {
+            setup::ensure()?;
+        }
+        Cmd::Build => {
+            setup::ensure()?;
+            status(cargo().args(["build", "--release", "--package", "tcpstate"]))?;
+        }
+        Cmd::Run { args } => {
+            setup::ensure()?;
+            status(cargo().args(["build", "--release", "--package", "tcpstate"]))?;
+            let bin = std::env::current_dir()?.join("target/release/tcpstate");
+            let mut cmd = if is_root() {
+                Command::new(&bin)
+            } else {
+                let mut c = Command::new("sudo");
+                c.arg(&bin);
+                c
+            };
+            let s = cmd.args(&args).status().context("starting tcpstate")?;
+            std::process::exit(s.code().unwrap_or(1));
+        }
+        Cmd::Test { args } => {
+            setup::ensure()?;
+            if !is_root() {
+                eprintln!(
+                    "xtask: not root: the kernel tests will be skipped (each says so); run \
+                     `sudo cargo xtask test` to run them"
+                );
+            }
+            status(cargo().args(["test", "--workspace"]).args(&args))?;
+        }
+    }
+    Ok(())
+}

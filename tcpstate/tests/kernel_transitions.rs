@@ -1,0 +1,250 @@
+//! Loads the real eBPF program, makes real loopback connections and checks exactly what the
+//! kernel reports. Needs root; each test says so and passes trivially without it.
+
+use std::{
+    collections::BTreeMap,
+    io::Read,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use tcpstate::{
+    event::{self, Event},
+    filter::FilterSpec,
+    probe::{Probe, ProbeOptions},
+    procscan::Preexisting,
+};
+use tcpstate_common::state::*;
+
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let ok = unsafe { libc::geteuid() } == 0;
+    if !ok {
+        eprintln!("skipped: needs root (run `sudo cargo xtask test`)");
+    }
+    ok
+}
+
+/// A port nothing listens on right now (bound then released).
+fn free_port(ip: IpAddr) -> u16 {
+    let l = TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+fn attach(spec: FilterSpec) -> Probe {
+    let opts = ProbeOptions {
+        filter: spec.to_kernel().expect("filter"),
+        ..ProbeOptions::default()
+    };
+    Probe::attach(&opts, &Preexisting::default()).expect("attach the probe")
+}
+
+/// Reads events until `want` arrived or 3 s passed (bounded).
+fn collect(probe: &mut Probe, want: usize) -> Vec<Event> {
+    let mut ring = probe.take_events().expect("ring buffer");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        while let Some(item) = ring.next() {
+            out.push(event::decode(&item).expect("decode"));
+        }
+        if out.len() >= want {
+            // Anything extra would be a bug too: give it a moment to show up.
+            std::thread::sleep(Duration::from_millis(100));
+            while let Some(item) = ring.next() {
+                out.push(event::decode(&item).expect("decode"));
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    out
+}
+
+fn by_socket(events: &[Event]) -> BTreeMap<u64, Vec<Event>> {
+    let mut m: BTreeMap<u64, Vec<Event>> = BTreeMap::new();
+    for e in events {
+        m.entry(e.skaddr).or_default().push(*e);
+    }
+    for v in m.values_mut() {
+        v.sort_by_key(|e| e.ts_ns);
+    }
+    m
+}
+
+fn states(v: &[Event]) -> Vec<(u8, u8)> {
+    v.iter().map(|e| (e.oldstate, e.newstate)).collect()
+}
+
+const CLIENT: &[(u8, u8)] = &[
+    (CLOSE, SYN_SENT),
+    (SYN_SENT, ESTABLISHED),
+    (ESTABLISHED, FIN_WAIT1),
+    (FIN_WAIT1, FIN_WAIT2),
+    (FIN_WAIT2, CLOSE),
+];
+const SERVER: &[(u8, u8)] = &[
+    (LISTEN, SYN_RECV),
+    (SYN_RECV, ESTABLISHED),
+    (ESTABLISHED, CLOSE_WAIT),
+    (CLOSE_WAIT, LAST_ACK),
+    (LAST_ACK, CLOSE),
+];
+const LISTENER: &[(u8, u8)] = &[(CLOSE, LISTEN), (LISTEN, CLOSE)];
+
+/// One connect/accept/close on `ip`, client closing first; checks all 12 transitions.
+fn one_connection(ip: IpAddr) {
+    let port = free_port(ip);
+    let mut probe = attach(FilterSpec {
+        ports: vec![port],
+        ..Default::default()
+    });
+    let listener = TcpListener::bind(SocketAddr::new(ip, port)).expect("listen");
+    let client = TcpStream::connect(SocketAddr::new(ip, port)).expect("connect");
+    let client_port = client.local_addr().expect("addr").port();
+    let (mut server, _) = listener.accept().expect("accept");
+    drop(client);
+    let mut buf = [0u8; 16];
+    assert_eq!(server.read(&mut buf).expect("read EOF"), 0);
+    drop(server);
+    drop(listener);
+
+    let events = collect(&mut probe, 12);
+    let counters = probe.counters().expect("counters");
+    let sockets = by_socket(&events);
+    assert_eq!(events.len(), 12, "events: {events:#?}");
+    assert_eq!(sockets.len(), 3, "three sockets: client, accepted, listener");
+    let me = std::process::id();
+    let mut seen = Vec::new();
+    for (_, evs) in sockets {
+        let st = states(&evs);
+        let role = if st == CLIENT {
+            for (i, e) in evs.iter().enumerate() {
+                // connect() changes state before it picks the local port.
+                let want_sport = if i == 0 { 0 } else { client_port };
+                assert_eq!((e.sport, e.dport), (want_sport, port), "client ports {e:?}");
+                assert_eq!(event::remote_addr(e), ip);
+            }
+            "client"
+        } else if st == SERVER {
+            for e in &evs {
+                assert_eq!((e.sport, e.dport), (port, client_port), "server ports {e:?}");
+                assert_eq!(event::local_addr(e), ip);
+                assert_eq!(event::remote_addr(e), ip);
+            }
+            "server"
+        } else if st == LISTENER {
+            for e in &evs {
+                assert_eq!(e.sport, port);
+            }
+            "listener"
+        } else {
+            panic!("unexpected sequence {st:?}");
+        };
+        for e in &evs {
+            assert_eq!(
+                e.family,
+                if ip.is_ipv4() { 2 } else { 10 },
+                "family of {role}"
+            );
+            assert_eq!(e.owner_pid, me, "owner of {role} event {e:?}");
+            assert_eq!(e.ctx_pid, me, "single-process test: current task is us");
+            assert!(e.ts_ns > 0);
+        }
+        seen.push(role);
+    }
+    seen.sort();
+    assert_eq!(seen, ["client", "listener", "server"]);
+    assert_eq!(counters.ringbuf_full, 0, "ring buffer drops");
+    assert_eq!(counters.recursion_misses, 0, "recursion misses");
+    assert!(counters.submitted >= 12);
+}
+
+#[test]
+fn ipv4_loopback_connection_has_exact_transitions() {
+    if root() {
+        one_connection(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+}
+
+#[test]
+fn ipv6_loopback_connection_has_exact_transitions() {
+    if root() {
+        one_connection(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    }
+}
+
+#[test]
+fn unfiltered_probe_sees_our_connection_and_counts_everything() {
+    if !root() {
+        return;
+    }
+    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut probe = attach(FilterSpec::default());
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0)).expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    let client = TcpStream::connect(SocketAddr::new(ip, port)).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    drop(client);
+    drop(server);
+    drop(listener);
+    // Other traffic may run beside us: wait for ours, then look only at it.
+    let events = collect(&mut probe, 12);
+    let ours: Vec<_> = events
+        .iter()
+        .filter(|e| e.sport == port || e.dport == port)
+        .collect();
+    assert!(ours.len() >= 12, "got {} of our events", ours.len());
+    let c = probe.counters().expect("counters");
+    assert_eq!(c.filtered, 0);
+    assert!(c.seen >= c.submitted && c.submitted >= events.len() as u64);
+}
+
+#[test]
+fn port_filter_drops_other_traffic_in_the_kernel() {
+    if !root() {
+        return;
+    }
+    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let watched = free_port(ip);
+    let mut probe = attach(FilterSpec {
+        lports: vec![watched],
+        ..Default::default()
+    });
+    // Traffic on another port only.
+    let other = TcpListener::bind(SocketAddr::new(ip, 0)).expect("listen");
+    let port = other.local_addr().expect("addr").port();
+    let c = TcpStream::connect(SocketAddr::new(ip, port)).expect("connect");
+    let (s, _) = other.accept().expect("accept");
+    drop((c, s, other));
+    std::thread::sleep(Duration::from_millis(200));
+    let events = collect(&mut probe, 1);
+    assert!(
+        events.iter().all(|e| e.sport == watched),
+        "unexpected events: {events:?}"
+    );
+    let counters = probe.counters().expect("counters");
+    assert!(counters.filtered >= 12, "kernel filtered {}", counters.filtered);
+}
+
+#[test]
+fn dropping_the_probe_detaches_it() {
+    if !root() {
+        return;
+    }
+    let probe = attach(FilterSpec::default());
+    let id = probe.program_id().expect("program id");
+    let loaded = |id: u32| {
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .any(|p| p.id() == id)
+    };
+    assert!(loaded(id));
+    drop(probe);
+    // The kernel frees the program asynchronously (RCU); bounded wait.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while loaded(id) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!loaded(id), "program {id} still loaded after drop");
+}
