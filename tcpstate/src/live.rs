@@ -272,6 +272,19 @@ impl<W: Write> Session<'_, W> {
     }
 }
 
+/// Whether the reader of stdout went away (`| head` finished) even though nothing was written
+/// since: a pipe's write end then polls as POLLERR.
+fn stdout_closed() -> bool {
+    let mut pfd = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n == 1 && pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
 async fn event_loop<W: Write>(
     args: &TraceArgs,
     probe: &mut Probe,
@@ -312,6 +325,9 @@ async fn event_loop<W: Write>(
                 guard.clear_ready();
             }
             _ = drain_timer.tick() => {
+                if stdout_closed() {
+                    break Stop::StdoutClosed;
+                }
                 if session.drain(ring.get_mut())? {
                     return Ok(Stop::Count);
                 }
