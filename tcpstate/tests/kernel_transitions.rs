@@ -1,80 +1,17 @@
 //! Loads the real eBPF program, makes real loopback connections and checks exactly what the
 //! kernel reports. Needs root; each test says so and passes trivially without it.
 
+mod probe_util;
+
 use std::{
-    collections::BTreeMap,
     io::Read,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     time::{Duration, Instant},
 };
 
-use tcpstate::{
-    event::{self, Event},
-    filter::FilterSpec,
-    probe::{Probe, ProbeOptions},
-    procscan::Preexisting,
-};
+use probe_util::{attach, by_socket, collect, free_port, root, states};
+use tcpstate::{event, filter::FilterSpec};
 use tcpstate_common::state::*;
-
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let ok = unsafe { libc::geteuid() } == 0;
-    if !ok {
-        eprintln!("skipped: needs root (run `sudo cargo xtask test`)");
-    }
-    ok
-}
-
-/// A port nothing listens on right now (bound then released).
-fn free_port(ip: IpAddr) -> u16 {
-    let l = TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
-
-fn attach(spec: FilterSpec) -> Probe {
-    let opts = ProbeOptions {
-        filter: spec.to_kernel().expect("filter"),
-        ..ProbeOptions::default()
-    };
-    Probe::attach(&opts, &Preexisting::default()).expect("attach the probe")
-}
-
-/// Reads events until `want` arrived or 3 s passed (bounded).
-fn collect(probe: &mut Probe, want: usize) -> Vec<Event> {
-    let mut ring = probe.take_events().expect("ring buffer");
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline {
-        while let Some(item) = ring.next() {
-            out.push(event::decode(&item).expect("decode"));
-        }
-        if out.len() >= want {
-            // Anything extra would be a bug too: give it a moment to show up.
-            std::thread::sleep(Duration::from_millis(100));
-            while let Some(item) = ring.next() {
-                out.push(event::decode(&item).expect("decode"));
-            }
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    out
-}
-
-fn by_socket(events: &[Event]) -> BTreeMap<u64, Vec<Event>> {
-    let mut m: BTreeMap<u64, Vec<Event>> = BTreeMap::new();
-    for e in events {
-        m.entry(e.skaddr).or_default().push(*e);
-    }
-    for v in m.values_mut() {
-        v.sort_by_key(|e| e.ts_ns);
-    }
-    m
-}
-
-fn states(v: &[Event]) -> Vec<(u8, u8)> {
-    v.iter().map(|e| (e.oldstate, e.newstate)).collect()
-}
 
 const CLIENT: &[(u8, u8)] = &[
     (CLOSE, SYN_SENT),

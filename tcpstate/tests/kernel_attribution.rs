@@ -1,0 +1,263 @@
+//! Owner attribution and in-kernel filters on loopback, with client and server in separate
+//! processes: every event must name the socket's owner (or nobody), never the task that
+//! happened to run, and every filter must be complete and exclusive.
+
+mod probe_util;
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use probe_util::{attach, attach_with, by_socket, collect, free_port, root, states};
+use support::{field_u64, run_client, PeerProcess};
+use tcpstate::{
+    event::{self, Event},
+    filter::{Cidr, FilterSpec},
+    procscan,
+};
+use tcpstate_common::{event_flags, owner_source, state::*};
+
+const LIMIT: Duration = Duration::from_secs(15);
+
+fn server(args: &[&str]) -> (PeerProcess, u16) {
+    PeerProcess::server(args).expect("start tcppeer server")
+}
+
+fn client(addr: &str) -> (u32, u16) {
+    let out = run_client(["--connect", addr], LIMIT).expect("run tcppeer client");
+    out.assert_success();
+    let conns = out.conns();
+    assert_eq!(conns.len(), 1, "{out:?}");
+    (
+        field_u64(conns[0], "pid") as u32,
+        field_u64(conns[0], "local_port") as u16,
+    )
+}
+
+/// Sorts each socket of `events` into client / accepted / listener by its first transition.
+fn roles(events: &[Event]) -> BTreeMap<&'static str, Vec<Vec<Event>>> {
+    let mut out: BTreeMap<&'static str, Vec<Vec<Event>>> = BTreeMap::new();
+    for (_, evs) in by_socket(events) {
+        let role = match (evs[0].oldstate, evs[0].newstate) {
+            (CLOSE, SYN_SENT) => "client",
+            (LISTEN, SYN_RECV) => "accepted",
+            (CLOSE, LISTEN) | (LISTEN, CLOSE) => "listener",
+            other => panic!("unexpected first transition {other:?}: {evs:?}"),
+        };
+        out.entry(role).or_default().push(evs);
+    }
+    out
+}
+
+fn assert_owner(evs: &[Event], pid: u32, what: &str) {
+    for e in evs {
+        assert_eq!(
+            e.owner_pid,
+            pid,
+            "{what}: {} -> {} owned by {} (ctx {}), want {pid}",
+            event::state_name(e.oldstate),
+            event::state_name(e.newstate),
+            e.owner_pid,
+            e.ctx_pid
+        );
+        assert_eq!(event::comm(&e.owner_comm), "tcppeer", "{what}: owner comm");
+    }
+}
+
+#[test]
+fn every_event_names_the_owner_not_the_running_task() {
+    if !root() {
+        return;
+    }
+    let port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let mut probe = attach(FilterSpec {
+        ports: vec![port],
+        ..Default::default()
+    });
+    let (srv, _) = server(&["--listen", &format!("127.0.0.1:{port}"), "--accept", "1"]);
+    let server_pid = srv.pid();
+    let (client_pid, _) = client(&format!("127.0.0.1:{port}"));
+    srv.finish(LIMIT).expect("server").assert_success();
+
+    let events = collect(&mut probe, 12);
+    assert_eq!(events.len(), 12, "{events:#?}");
+    let r = roles(&events);
+    assert_owner(&r["client"][0], client_pid, "client");
+    assert_owner(&r["accepted"][0], server_pid, "accepted socket");
+    assert_owner(&r["listener"][0], server_pid, "listener");
+    // The point of all this: on loopback the running task is often the peer.
+    let wrong_ctx = events.iter().filter(|e| e.ctx_pid != e.owner_pid).count();
+    assert!(wrong_ctx > 0, "expected some events to run in the peer's context");
+    let accepted_first = r["accepted"][0][0];
+    assert_eq!(accepted_first.owner_source, owner_source::LISTENER);
+}
+
+#[test]
+fn listener_that_existed_before_tracing_gets_its_connections() {
+    if !root() {
+        return;
+    }
+    let (srv, port) = server(&["--listen", "127.0.0.1:0", "--accept", "1"]);
+    let server_pid = srv.pid();
+    // Attach the way `tcpstate trace` does: with what /proc says exists.
+    let mut probe = attach_with(
+        FilterSpec {
+            ports: vec![port],
+            ..Default::default()
+        },
+        &procscan::scan(),
+    );
+    let (client_pid, _) = client(&format!("127.0.0.1:{port}"));
+    srv.finish(LIMIT).expect("server").assert_success();
+
+    let events = collect(&mut probe, 11);
+    let r = roles(&events);
+    assert_owner(&r["client"][0], client_pid, "client");
+    assert_owner(&r["accepted"][0], server_pid, "accepted by a pre-existing listener");
+    let listener = &r["listener"][0];
+    assert_eq!(states(listener), [(LISTEN, CLOSE)]);
+    assert_owner(listener, server_pid, "pre-existing listener");
+}
+
+#[test]
+fn pid_filter_keeps_exactly_the_servers_sockets() {
+    if !root() {
+        return;
+    }
+    let (srv, port) = server(&["--listen", "127.0.0.1:0", "--accept", "1"]);
+    let server_pid = srv.pid();
+    let mut probe = attach_with(
+        FilterSpec {
+            pids: vec![server_pid],
+            ..Default::default()
+        },
+        &procscan::scan(),
+    );
+    // Other traffic beside it, in this process.
+    let other = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let other_addr = other.local_addr().expect("addr");
+    for _ in 0..3 {
+        let c = TcpStream::connect(other_addr).expect("connect");
+        let (s, _) = other.accept().expect("accept");
+        drop((c, s));
+    }
+    drop(other);
+    client(&format!("127.0.0.1:{port}"));
+    srv.finish(LIMIT).expect("server").assert_success();
+
+    let events = collect(&mut probe, 6);
+    let r = roles(&events);
+    assert!(!r.contains_key("client"), "the client is another process");
+    assert_eq!(r["accepted"].len(), 1);
+    assert_eq!(states(&r["accepted"][0]).len(), 5, "all of the accepted socket");
+    assert_eq!(states(&r["listener"][0]), [(LISTEN, CLOSE)]);
+    assert!(events.iter().all(|e| e.owner_pid == server_pid));
+    let c = probe.counters().expect("counters");
+    // 3 connections of 10 transitions, their listener's 2, and the tcppeer client's 5.
+    assert!(c.filtered >= 3 * 10 + 2 + 5, "other traffic dropped in the kernel: {c:?}");
+}
+
+#[test]
+fn comm_and_rport_filters() {
+    if !root() {
+        return;
+    }
+    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    // The server is this test process; the client is tcppeer.
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0)).expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    let mut by_comm = attach(FilterSpec {
+        comm: Some("tcppeer".into()),
+        ports: vec![port],
+        ..Default::default()
+    });
+    let mut by_rport = attach(FilterSpec {
+        rports: vec![port],
+        ..Default::default()
+    });
+    let t = std::thread::spawn(move || {
+        let (s, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 64];
+        let _ = std::io::Read::read(&mut &s, &mut buf);
+    });
+    let (client_pid, _) = client(&format!("127.0.0.1:{port}"));
+    t.join().expect("server thread");
+
+    for (name, probe) in [("comm", &mut by_comm), ("rport", &mut by_rport)] {
+        let events = collect(probe, 5);
+        let r = roles(&events);
+        assert_eq!(r.len(), 1, "{name}: only the client: {r:?}");
+        assert_eq!(states(&r["client"][0]).len(), 5, "{name}: whole client");
+        assert_owner(&r["client"][0], client_pid, name);
+    }
+}
+
+#[test]
+fn addr_filter_keeps_only_the_remote_block() {
+    if !root() {
+        return;
+    }
+    let listener = TcpListener::bind("0.0.0.0:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    let mut probe = attach(FilterSpec {
+        addrs: vec!["127.0.0.2/32".parse::<Cidr>().expect("cidr")],
+        ports: vec![port],
+        ..Default::default()
+    });
+    for dst in ["127.0.0.1", "127.0.0.2", "127.0.0.1"] {
+        let c = TcpStream::connect(format!("{dst}:{port}")).expect("connect");
+        let (s, _) = listener.accept().expect("accept");
+        drop((c, s));
+    }
+    drop(listener);
+    let events = collect(&mut probe, 5);
+    let r = roles(&events);
+    // The accepted sockets' remote is the clients' source, 127.0.0.1 (the loopback route's
+    // preferred source), and the listener's is 0.0.0.0: only the one client matches.
+    assert_eq!(r.len(), 1, "{r:#?}");
+    assert_eq!(r["client"].len(), 1, "{r:#?}");
+    assert_eq!(states(&r["client"][0]).len(), 5);
+    for e in &events {
+        assert_eq!(event::remote_addr(e).to_string(), "127.0.0.2");
+    }
+}
+
+/// `-L` over the ephemeral range keeps outgoing connections only; their connect() event has
+/// local port 0 when it happens and must still be delivered (held back in the kernel).
+#[test]
+fn lport_filter_still_delivers_the_connect_event() {
+    if !root() {
+        return;
+    }
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .expect("port range");
+    let mut it = range.split_whitespace().map(|p| p.parse::<u16>().expect("port"));
+    let (lo, hi) = (it.next().expect("lo"), it.next().expect("hi"));
+    // A server port outside the ephemeral range.
+    let listener = (2000u16..lo)
+        .step_by(97)
+        .find_map(|p| TcpListener::bind(("127.0.0.1", p)).ok())
+        .expect("a free port below the ephemeral range");
+    let port = listener.local_addr().expect("addr").port();
+    let mut probe = attach(FilterSpec {
+        lports: (lo..=hi).collect(),
+        ..Default::default()
+    });
+    let c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let cport = c.local_addr().expect("addr").port();
+    let (s, _) = listener.accept().expect("accept");
+    drop((c, s, listener));
+    let events = collect(&mut probe, 5);
+    let ours: Vec<Event> = events.into_iter().filter(|e| e.dport == port).collect();
+    let sockets = by_socket(&ours);
+    assert_eq!(sockets.len(), 1, "only the client: {sockets:#?}");
+    let client = sockets.values().next().expect("client");
+    assert_eq!(states(client).len(), 5, "{client:#?}");
+    assert_eq!((client[0].oldstate, client[0].newstate, client[0].sport), (CLOSE, SYN_SENT, 0));
+    assert_ne!(client[0].flags & event_flags::DEFERRED, 0);
+    assert!(client[1..].iter().all(|e| e.sport == cport));
+    assert!(probe.counters().expect("counters").deferred >= 1);
+}

@@ -1,0 +1,85 @@
+//! Helpers for tests that load the real eBPF program: attach with a filter, collect what the
+//! kernel delivers (bounded in time), group it by socket.
+#![allow(dead_code)]
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr, TcpListener},
+    time::{Duration, Instant},
+};
+
+use tcpstate::{
+    event::{self, Event},
+    filter::FilterSpec,
+    probe::{Probe, ProbeOptions},
+    procscan::Preexisting,
+};
+
+pub fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let ok = unsafe { libc::geteuid() } == 0;
+    if !ok {
+        eprintln!("skipped: needs root (run `sudo cargo xtask test`)");
+    }
+    ok
+}
+
+/// A port nothing listens on right now (bound then released).
+pub fn free_port(ip: IpAddr) -> u16 {
+    let l = TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+pub fn attach_with(spec: FilterSpec, preexisting: &Preexisting) -> Probe {
+    let opts = ProbeOptions {
+        filter: spec.to_kernel().expect("filter"),
+        ..ProbeOptions::default()
+    };
+    Probe::attach(&opts, preexisting).expect("attach the probe")
+}
+
+pub fn attach(spec: FilterSpec) -> Probe {
+    attach_with(spec, &Preexisting::default())
+}
+
+/// Reads events until `want` arrived (then a short grace for extras) or `limit` passed.
+pub fn collect_for(probe: &mut Probe, want: usize, limit: Duration) -> Vec<Event> {
+    let mut ring = probe.take_events().expect("ring buffer");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + limit;
+    let mut drain = |out: &mut Vec<Event>| {
+        while let Some(item) = ring.next() {
+            out.push(event::decode(&item).expect("decode"));
+        }
+    };
+    while Instant::now() < deadline {
+        drain(&mut out);
+        if out.len() >= want {
+            // Anything extra would be a bug too: give it a moment to show up.
+            std::thread::sleep(Duration::from_millis(100));
+            drain(&mut out);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    out
+}
+
+pub fn collect(probe: &mut Probe, want: usize) -> Vec<Event> {
+    collect_for(probe, want, Duration::from_secs(3))
+}
+
+pub fn by_socket(events: &[Event]) -> BTreeMap<u64, Vec<Event>> {
+    let mut m: BTreeMap<u64, Vec<Event>> = BTreeMap::new();
+    for e in events {
+        m.entry(e.skaddr).or_default().push(*e);
+    }
+    for v in m.values_mut() {
+        v.sort_by_key(|e| e.ts_ns);
+    }
+    m
+}
+
+pub fn states(v: &[Event]) -> Vec<(u8, u8)> {
+    v.iter().map(|e| (e.oldstate, e.newstate)).collect()
+}
