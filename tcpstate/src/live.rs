@@ -103,10 +103,6 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     output.start(&mut out).ok();
-    eprintln!(
-        "tcpstate: tracing TCP state changes{}; Ctrl-C to stop",
-        describe_filters(args)
-    );
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -300,6 +296,11 @@ async fn event_loop<W: Write>(
     let mut sigint = signal(SignalKind::interrupt()).map_err(LoopError::Io)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(LoopError::Io)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(LoopError::Io)?;
+    // Said only now that a signal stops us cleanly: scripts wait for this line.
+    eprintln!(
+        "tcpstate: tracing TCP state changes{}; Ctrl-C to stop",
+        describe_filters(args)
+    );
     let mut drain_timer = interval(DRAIN_EVERY);
     drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut counters_timer = interval(COUNTERS_EVERY);
