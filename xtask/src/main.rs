@@ -75,7 +75,14 @@ fn main() -> Result<()> {
                 c.arg(&bin);
                 c
             };
-            let s = cmd.args(&args).status().context("starting tcpstate")?;
+            let s = cmd.args(&args).status().with_context(|| {
+                if is_root() {
+                    "starting tcpstate".to_string()
+                } else {
+                    "starting tcpstate through sudo (tracing needs root): run this as root"
+                        .to_string()
+                }
+            })?;
             std::process::exit(s.code().unwrap_or(1));
         }
         Cmd::Test { args } => {
@@ -83,7 +90,7 @@ fn main() -> Result<()> {
             if !is_root() {
                 eprintln!(
                     "xtask: not root: the kernel tests will be skipped (each says so); run \
-                     `sudo cargo xtask test` to run them"
+                     `cargo xtask test` as root to run them"
                 );
             }
             status(cargo().args(["test", "--workspace"]).args(&args))?;

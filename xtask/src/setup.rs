@@ -111,7 +111,7 @@ fn install_debian_packages() -> Result<()> {
     if !is_root() {
         bail!(
             "the Debian packages {} are missing and installing them needs root: run \
-             `sudo apt-get install -y {}` (or `sudo cargo xtask setup`)",
+             `sudo apt-get install -y {}` (or run `cargo xtask setup` as root)",
             missing.join(" "),
             missing.join(" ")
         );

@@ -19,7 +19,7 @@ pub fn root() -> bool {
     // SAFETY: geteuid has no preconditions.
     let ok = unsafe { libc::geteuid() } == 0;
     if !ok {
-        eprintln!("skipped: needs root (run `sudo cargo xtask test`)");
+        eprintln!("skipped: needs root (run `cargo xtask test` as root)");
     }
     ok
 }

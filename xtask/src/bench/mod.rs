@@ -1,0 +1,224 @@
+//! `cargo xtask bench`: what tracing costs, measured with a loopback connection storm.
+//!
+//! See docs/benchmark.md for what each figure means. This is a benchmark that prints figures;
+//! nothing here asserts a timing.
+
+mod engine;
+mod measure;
+mod report;
+mod rounds;
+mod soak;
+mod storm;
+mod tracer;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+
+use storm::{Storm, StormConfig};
+use tracer::{Config, Tools};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Traced rounds per configuration; untraced rounds run between them
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+    /// Seconds of storm per round
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Storm threads [default: one per CPU]
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Configurations to measure, comma separated [default: all that can run here]
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub config: Vec<Config>,
+    /// The tcpstate binary to measure [default: build target/release/tcpstate]
+    #[arg(long, value_name = "PATH")]
+    pub tracer: Option<PathBuf>,
+    /// Leave the kernel's BPF run-time statistics off (they add two clock reads per program run)
+    #[arg(long)]
+    pub no_bpf_stats: bool,
+    /// Benchmark the user-space engine alone on a synthetic recording, no kernel involved
+    #[arg(long, conflicts_with = "soak")]
+    pub engine: bool,
+    /// Connections in the synthetic recording of --engine (10 transitions each)
+    #[arg(long, default_value_t = 100_000)]
+    pub engine_connections: usize,
+    /// Storm for MINUTES under the default tracer, sampling its memory every 10 s
+    #[arg(long, value_name = "MINUTES")]
+    pub soak: Option<f64>,
+}
+
+/// Listening ports per storm worker, and client source addresses: together they spread the
+/// storm's connections over enough 4-tuples that ephemeral ports never run short while
+/// connections sit in TIME_WAIT for 60 s.
+const PORTS_PER_WORKER: usize = 4;
+const SOURCES: u8 = 32;
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.engine {
+        return engine::run(args.engine_connections);
+    }
+    if !(args.seconds.is_finite() && args.seconds > 0.0 && args.seconds <= 600.0) {
+        bail!("--seconds must be in (0, 600]");
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark loads BPF programs: run it as root");
+    }
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .clamp(1, 64);
+    let tools = find_tools(args)?;
+    if let Some(load) = measure::load_average().filter(|&l| l > 0.5) {
+        eprintln!(
+            "bench: warning: load average {load:.2} before starting: other work on this machine \
+             makes the figures noisy"
+        );
+    }
+    let storm = Storm::new(StormConfig {
+        workers,
+        ports_per_worker: PORTS_PER_WORKER,
+        sources: SOURCES,
+    })
+    .context("creating the storm's listeners")?;
+    let scratch = Scratch::create()?;
+
+    if let Some(minutes) = args.soak {
+        if !(minutes.is_finite() && minutes > 0.0) {
+            bail!("--soak needs a positive number of minutes");
+        }
+        if let Some(why) = tools.unavailable(Config::Timeline) {
+            bail!("--soak needs the tcpstate tracer: {why}");
+        }
+        return soak::run(&storm, &tools, Duration::from_secs_f64(minutes * 60.0));
+    }
+
+    let wanted: Vec<Config> = if args.config.is_empty() {
+        Config::ALL.to_vec()
+    } else {
+        args.config.clone()
+    };
+    let mut configs = Vec::new();
+    for config in wanted {
+        match tools.unavailable(config) {
+            Some(why) => eprintln!("bench: skipping {}: {why}", config.label()),
+            None if !configs.contains(&config) => configs.push(config),
+            None => {}
+        }
+    }
+    let _tracefs = if configs.contains(&Config::Bpftrace) {
+        Some(tracer::TracefsMount::ensure()?)
+    } else {
+        None
+    };
+    let _stats = if args.no_bpf_stats {
+        None
+    } else {
+        match measure::BpfStats::enable() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("bench: kernel program time not measured: enabling BPF stats: {e}");
+                None
+            }
+        }
+    };
+    let seconds = Duration::from_secs_f64(args.seconds);
+    let plan = rounds::Plan {
+        rounds: args.rounds as usize,
+        seconds,
+        configs: &configs,
+        tools: &tools,
+        scratch: scratch.path(),
+    };
+    eprintln!(
+        "bench: {} rounds of {:.1} s, {} configurations, about {:.0} s",
+        plan.rounds,
+        args.seconds,
+        configs.len(),
+        (plan.rounds * (configs.len() + 1) + 1) as f64 * (args.seconds + 0.5)
+    );
+    let m = rounds::run(&storm, &plan)?;
+    drop(storm);
+
+    let untraced = report::untraced_rate(&m);
+    let summaries: Vec<_> = configs
+        .iter()
+        .filter_map(|&c| report::summarize(&m, c))
+        .collect();
+    report::print_table(untraced, workers, args.seconds, &summaries);
+    println!("{}", report::to_json(untraced, workers, args.seconds, &summaries));
+    Ok(())
+}
+
+fn find_tools(args: &BenchArgs) -> Result<Tools> {
+    let bpftrace = tracer::which("bpftrace");
+    let needs_tcpstate = args.soak.is_some()
+        || args.config.is_empty()
+        || args.config.iter().any(|c| c.is_tcpstate());
+    let tcpstate = if !needs_tcpstate {
+        None
+    } else {
+        let bin = match &args.tracer {
+            Some(path) => path.clone(),
+            None => build_tracer()?,
+        };
+        tracer::supports_counters_json(&bin)?.then_some(bin)
+    };
+    Ok(Tools { tcpstate, bpftrace })
+}
+
+fn workspace_root() -> PathBuf {
+    let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
+    xtask.parent().unwrap_or(xtask).to_path_buf()
+}
+
+/// `cargo build --release -p tcpstate`, returning the path of the binary cargo reports.
+fn build_tracer() -> Result<PathBuf> {
+    eprintln!("bench: cargo build --release -p tcpstate");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args(["build", "--release", "-p", "tcpstate", "--bin", "tcpstate"])
+        .arg("--message-format=json-render-diagnostics")
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo build")?;
+    if !out.status.success() {
+        bail!("cargo build --release -p tcpstate failed");
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|msg| msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "tcpstate")
+        .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
+        .context("cargo did not report the tcpstate executable")
+}
+
+/// A private directory for tracer output, removed with everything in it when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn create() -> Result<Scratch> {
+        let path = std::env::temp_dir().join(format!("tcpstate-bench-{}", std::process::id()));
+        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Scratch(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}

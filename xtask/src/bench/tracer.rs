@@ -1,0 +1,465 @@
+//! The tracers under test: starting one, knowing when it is attached, stopping it and reading
+//! what it says it delivered and lost.
+
+use std::{
+    fs::{self, File},
+    io::{BufRead, BufReader, Read},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// What the tcpstate tracer prints on stderr once its program is attached.
+const TCPSTATE_ATTACHED: &str = "tcpstate: tracing";
+/// What the bpftrace comparator prints on stderr once attached. BEGIN runs after the probes are
+/// attached, and its printf would sit in the output file's buffer, hence system() to stderr
+/// (which needs --unsafe).
+const BPFTRACE_ATTACHED: &str = "bpftrace: attached";
+/// Prints every state change with about the fields tcpstate's default output needs.
+const BPFTRACE_PROGRAM: &str = r#"BEGIN { system("echo bpftrace: attached >&2"); }
+tracepoint:sock:inet_sock_set_state {
+  printf("%llu %llx %d %s %d %d %d %d\n", nsecs, args->skaddr, pid, comm,
+         args->oldstate, args->newstate, args->sport, args->dport);
+}"#;
+
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+const STDERR_TAIL_LINES: usize = 20;
+
+/// A way of tracing the storm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Config {
+    /// `tcpstate trace`: the default connection timelines, to a file.
+    Timeline,
+    /// `tcpstate trace --transitions --output json`, to a file.
+    Json,
+    /// `tcpstate trace --port 1`: the kernel filters every event out.
+    Filtered,
+    /// bpftrace printing each event to a file, as a comparator.
+    Bpftrace,
+}
+
+impl Config {
+    pub const ALL: [Config; 4] = [Config::Timeline, Config::Json, Config::Filtered, Config::Bpftrace];
+
+    /// The command line, as shown in the report.
+    pub fn label(self) -> &'static str {
+        match self {
+            Config::Timeline => "tcpstate trace",
+            Config::Json => "tcpstate trace --transitions --output json",
+            Config::Filtered => "tcpstate trace --port 1",
+            Config::Bpftrace => "bpftrace printf",
+        }
+    }
+
+    /// The name used in the JSON result and on the command line.
+    pub fn key(self) -> &'static str {
+        match self {
+            Config::Timeline => "timeline",
+            Config::Json => "json",
+            Config::Filtered => "filtered",
+            Config::Bpftrace => "bpftrace",
+        }
+    }
+
+    fn tcpstate_args(self) -> &'static [&'static str] {
+        match self {
+            Config::Timeline => &["trace"],
+            Config::Json => &["trace", "--transitions", "--output", "json"],
+            Config::Filtered => &["trace", "--port", "1"],
+            Config::Bpftrace => &[],
+        }
+    }
+
+    pub fn is_tcpstate(self) -> bool {
+        self != Config::Bpftrace
+    }
+}
+
+/// The programs the configurations run.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    /// The tcpstate binary, when it can write `--counters-json`.
+    pub tcpstate: Option<PathBuf>,
+    pub bpftrace: Option<PathBuf>,
+}
+
+impl Tools {
+    /// Why `config` cannot run here, if it cannot.
+    pub fn unavailable(&self, config: Config) -> Option<&'static str> {
+        match config {
+            Config::Bpftrace if self.bpftrace.is_none() => Some("bpftrace is not installed"),
+            c if c.is_tcpstate() && self.tcpstate.is_none() => {
+                Some("the tcpstate binary has no --counters-json option yet")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Whether this tcpstate binary supports what the benchmark needs.
+pub fn supports_counters_json(tcpstate: &Path) -> Result<bool> {
+    let out = Command::new(tcpstate)
+        .args(["trace", "--help"])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {} trace --help", tcpstate.display()))?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains("--counters-json"))
+}
+
+/// Finds a program on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// tracefs, mounted for bpftrace (which does not mount it itself) when nothing has mounted it,
+/// and unmounted again when dropped.
+pub struct TracefsMount {
+    mounted: bool,
+}
+
+impl TracefsMount {
+    pub fn ensure() -> Result<TracefsMount> {
+        let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+        if mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(2) == Some("tracefs"))
+        {
+            return Ok(TracefsMount { mounted: false });
+        }
+        let c = |s: &str| std::ffi::CString::new(s).context("path with a NUL");
+        let (source, target) = (c("tracefs")?, c(TRACEFS)?);
+        // SAFETY: NUL-terminated strings that outlive the call; no mount data.
+        let ret = unsafe {
+            libc::mount(source.as_ptr(), target.as_ptr(), source.as_ptr(), 0, std::ptr::null())
+        };
+        if ret != 0 {
+            bail!("mounting tracefs at {TRACEFS}: {}", std::io::Error::last_os_error());
+        }
+        Ok(TracefsMount { mounted: true })
+    }
+}
+
+impl Drop for TracefsMount {
+    fn drop(&mut self) {
+        if !self.mounted {
+            return;
+        }
+        if let Ok(target) = std::ffi::CString::new(TRACEFS) {
+            // SAFETY: a NUL-terminated string that outlives the call.
+            if unsafe { libc::umount(target.as_ptr()) } != 0 {
+                eprintln!(
+                    "bench: could not unmount {TRACEFS}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
+/// What a tracer reported at exit about the events it handled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TracerCounts {
+    /// Events user space read.
+    pub delivered: u64,
+    /// Lost because the kernel-to-user buffer was full.
+    pub buffer_full: u64,
+    /// Lost because the kernel skipped the program (from the tracer's own counters; `None`
+    /// when it does not count them).
+    pub recursion_misses: Option<u64>,
+    /// Rejected by the in-kernel filter.
+    pub filtered: u64,
+    /// Times the program ran, when the tracer counts them.
+    pub seen: Option<u64>,
+    /// Bytes of output written.
+    pub output_bytes: u64,
+}
+
+#[derive(Default)]
+struct StderrState {
+    tail: Vec<String>,
+}
+
+/// A running tracer.
+pub struct Tracer {
+    config: Config,
+    child: Child,
+    output: PathBuf,
+    counters: PathBuf,
+    attached: Arc<AtomicBool>,
+    stderr: Arc<Mutex<StderrState>>,
+    stderr_reader: Option<JoinHandle<()>>,
+}
+
+impl Tracer {
+    /// Starts `config`, writing its output to `output` (a file, or /dev/null) and its counters
+    /// next to it, and returns once it is attached.
+    pub fn start(config: Config, tools: &Tools, output: &Path) -> Result<Tracer> {
+        let counters = output.with_extension("counters.json");
+        let _ = fs::remove_file(&counters);
+        let mut cmd = match config {
+            Config::Bpftrace => {
+                let bin = tools.bpftrace.as_ref().context("bpftrace is not installed")?;
+                let mut cmd = Command::new(bin);
+                cmd.arg("--unsafe")
+                    .arg("-o")
+                    .arg(output)
+                    .args(["-e", BPFTRACE_PROGRAM]);
+                cmd.stdout(Stdio::null());
+                cmd
+            }
+            _ => {
+                let bin = tools.tcpstate.as_ref().context("no usable tcpstate binary")?;
+                let mut cmd = Command::new(bin);
+                cmd.args(config.tcpstate_args())
+                    .arg("--counters-json")
+                    .arg(&counters);
+                let file = File::create(output)
+                    .with_context(|| format!("creating {}", output.display()))?;
+                cmd.stdout(file);
+                cmd
+            }
+        };
+        cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", config.label()))?;
+        let attached = Arc::new(AtomicBool::new(false));
+        let stderr = Arc::new(Mutex::new(StderrState::default()));
+        let stderr_reader = child.stderr.take().map(|pipe| {
+            let attached = Arc::clone(&attached);
+            let state = Arc::clone(&stderr);
+            thread::spawn(move || read_stderr(pipe, &attached, &state))
+        });
+        let mut tracer = Tracer {
+            config,
+            child,
+            output: output.to_path_buf(),
+            counters,
+            attached,
+            stderr,
+            stderr_reader,
+        };
+        if let Err(e) = tracer.wait_attached() {
+            tracer.kill();
+            return Err(e);
+        }
+        Ok(tracer)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_attached(&mut self) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if self.attached.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited ({status}) before attaching:\n{}",
+                    self.config.label(),
+                    self.stderr_tail()
+                );
+            }
+            if start.elapsed() > ATTACH_TIMEOUT {
+                bail!(
+                    "{} did not attach within {ATTACH_TIMEOUT:?}:\n{}",
+                    self.config.label(),
+                    self.stderr_tail()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr_tail(&self) -> String {
+        match self.stderr.lock() {
+            Ok(s) => s.tail.join("\n"),
+            Err(_) => String::new(),
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+    }
+
+    /// Interrupts the tracer, waits for it to exit and reads its counts.
+    pub fn stop(mut self) -> Result<TracerCounts> {
+        // SAFETY: plain system call; the child has not been waited for, so its pid is still ours.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if start.elapsed() > EXIT_TIMEOUT {
+                self.kill();
+                bail!("{} did not exit within {EXIT_TIMEOUT:?} of SIGINT", self.config.label());
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        // bpftrace exits with a failure status after SIGINT on some versions; only the tcpstate
+        // tracer is held to a clean exit.
+        if self.config.is_tcpstate() && !status.success() {
+            bail!(
+                "{} exited with {status}:\n{}",
+                self.config.label(),
+                self.stderr_tail()
+            );
+        }
+        let output_bytes = fs::metadata(&self.output).map(|m| m.len()).unwrap_or(0);
+        let mut counts = match self.config {
+            Config::Bpftrace => {
+                let (delivered, lost) = scan_bpftrace_output(&self.output)?;
+                TracerCounts {
+                    delivered,
+                    buffer_full: lost,
+                    ..TracerCounts::default()
+                }
+            }
+            _ => read_counters(&self.counters)?,
+        };
+        counts.output_bytes = output_bytes;
+        let _ = fs::remove_file(&self.counters);
+        Ok(counts)
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+fn read_stderr(pipe: impl Read, attached: &AtomicBool, state: &Mutex<StderrState>) {
+    for line in BufReader::new(pipe).lines() {
+        let Ok(line) = line else { break };
+        if line.starts_with(TCPSTATE_ATTACHED) || line.starts_with(BPFTRACE_ATTACHED) {
+            attached.store(true, Ordering::Release);
+        }
+        let Ok(mut s) = state.lock() else { break };
+        if s.tail.len() == STDERR_TAIL_LINES {
+            s.tail.remove(0);
+        }
+        s.tail.push(line);
+    }
+}
+
+/// bpftrace's "Lost 123 events" warning.
+fn parse_lost(line: &str) -> Option<u64> {
+    let rest = line.trim().strip_prefix("Lost ")?;
+    let (n, tail) = rest.split_once(' ')?;
+    if !tail.starts_with("events") {
+        return None;
+    }
+    n.parse().ok()
+}
+
+/// Counts the event lines of bpftrace's output (they start with the timestamp) and sums its
+/// "Lost N events" lines, which it writes to the same output.
+fn scan_bpftrace_output(path: &Path) -> Result<(u64, u64)> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::with_capacity(128);
+    let (mut events, mut lost) = (0, 0);
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok((events, lost));
+        }
+        if line.first().is_some_and(u8::is_ascii_digit) {
+            events += 1;
+        } else if let Some(n) = parse_lost(&String::from_utf8_lossy(&line)) {
+            lost += n;
+        }
+    }
+}
+
+fn read_counters(path: &Path) -> Result<TracerCounts> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_counters(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn parse_counters(text: &str) -> Result<TracerCounts> {
+    let value: serde_json::Value = serde_json::from_str(text.trim())?;
+    let field = |name: &str| -> Result<u64> {
+        value
+            .get(name)
+            .and_then(serde_json::Value::as_u64)
+            .with_context(|| format!("no counter {name:?}"))
+    };
+    Ok(TracerCounts {
+        delivered: field("delivered")?,
+        buffer_full: field("ringbuf_full")?,
+        recursion_misses: Some(field("recursion_misses")?),
+        filtered: field("filtered")?,
+        seen: Some(field("seen")?),
+        output_bytes: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_json() {
+        let text = r#"{"seen":30,"filtered":10,"submitted":20,"delivered":19,"ringbuf_full":1,"recursion_misses":2,"deferred":0}"#;
+        let c = parse_counters(text).expect("valid");
+        assert_eq!(
+            c,
+            TracerCounts {
+                delivered: 19,
+                buffer_full: 1,
+                recursion_misses: Some(2),
+                filtered: 10,
+                seen: Some(30),
+                output_bytes: 0,
+            }
+        );
+        assert!(parse_counters(r#"{"seen":1}"#).is_err());
+    }
+
+    #[test]
+    fn bpftrace_lost_lines() {
+        assert_eq!(parse_lost("Lost 1234 events"), Some(1234));
+        assert_eq!(parse_lost("Lost track"), None);
+        assert_eq!(parse_lost("Attaching 2 probes..."), None);
+    }
+
+    #[test]
+    fn event_lines_skip_headers() {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("bt.out");
+        let text = "Attaching 2 probes...\n1 ff 3 x 7 2 0 80\nLost 7 events\n2 ff 3 x 2 1 5 80\n\
+                    Lost 3 events\n";
+        fs::write(&path, text).expect("write");
+        assert_eq!(scan_bpftrace_output(&path).expect("scan"), (2, 10));
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}
