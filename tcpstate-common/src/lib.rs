@@ -134,6 +134,27 @@ pub struct Layout {
     pub _pad: u16,
 }
 
+/// The layout of `sock:inet_sock_set_state` since Linux 5.6. When the format file read at start
+/// describes exactly this, user space sets [`Settings::direct_read`] and the program loads each
+/// field straight from the record at these offsets (the verifier needs them as constants in the
+/// instructions); any other layout is read through one copy of the record at the parsed offsets.
+pub const MODERN_LAYOUT: Layout = Layout {
+    skaddr: 8,
+    oldstate: 16,
+    newstate: 20,
+    sport: 24,
+    dport: 26,
+    family: 28,
+    protocol: 30,
+    protocol_size: 2,
+    saddr: 32,
+    daddr: 36,
+    saddr_v6: 40,
+    daddr_v6: 56,
+    record_len: 72,
+    _pad: 0,
+};
+
 /// The kernel program copies at most this many bytes of the record.
 pub const MAX_RECORD_LEN: usize = 128;
 
@@ -176,6 +197,9 @@ pub struct Settings {
     /// Wake user space only once this many bytes wait in the ring buffer; user space also drains
     /// on a short timer, so events never wait longer than that.
     pub wakeup_bytes: u64,
+    /// 1 when the format file matched [`MODERN_LAYOUT`].
+    pub direct_read: u32,
+    pub _pad: u32,
 }
 
 /// The process that owns a socket.

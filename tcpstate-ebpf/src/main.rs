@@ -13,7 +13,9 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{
+        BPF_ANY, BPF_F_NO_COMMON_LRU, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+    },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
     },
@@ -24,9 +26,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tcpstate_common::{
-    counter, event_flags, filter_flags, owner_source, port_bits, state, Event, Filter,
-    Layout, ListenKey, ListenOwner, Owner, Settings, TupleKey, ADDRS_MAX, AF_INET, AF_INET6,
-    IPPROTO_TCP, LISTENERS_MAX, MAX_RECORD_LEN, OWNERS_MAX, PENDING_MAX, PIDS_MAX,
+    counter, event_flags, filter_flags, owner_source, port_bits, state, Event, Filter, Layout,
+    ListenKey, ListenOwner, Owner, Settings, TupleKey, ADDRS_MAX, AF_INET, AF_INET6, IPPROTO_TCP,
+    LISTENERS_MAX, MAX_RECORD_LEN, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX, PIDS_MAX,
     PREEXISTING_MAX, TASK_COMM_LEN,
 };
 
@@ -56,7 +58,11 @@ static FILTER: Filter = Filter {
 };
 
 #[no_mangle]
-static SETTINGS: Settings = Settings { wakeup_bytes: 0 };
+static SETTINGS: Settings = Settings {
+    wakeup_bytes: 0,
+    direct_read: 0,
+    _pad: 0,
+};
 
 /// Size set by user space at load (`--buffer-size`).
 #[map]
@@ -67,7 +73,8 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 
 /// Socket address -> owning process, for the life of the socket.
 #[map]
-static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(OWNERS_MAX, 0);
+static OWNERS: LruHashMap<u64, Owner> =
+    LruHashMap::with_max_entries(OWNERS_MAX, BPF_F_NO_COMMON_LRU);
 
 /// Listening address -> owner of the listener, to attribute accepted sockets.
 #[map]
@@ -151,19 +158,59 @@ impl Record {
     }
 }
 
+/// Loads a field of the record at a compile-time offset, straight from the context.
 #[inline(always)]
-fn handle(ctx: &TracePointContext) {
+fn ctx_field<T: Copy>(ctx: &TracePointContext, off: u16) -> T {
+    // SAFETY: only called with MODERN_LAYOUT offsets after user space checked that the format
+    // file describes exactly that layout; the verifier checks every context access again.
+    unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(off as usize) as *const T) }
+}
+
+/// Fills the socket fields of `ev` from the record; returns its protocol.
+#[inline(always)]
+fn read_direct(ctx: &TracePointContext, ev: &mut Event) -> u16 {
+    const M: Layout = MODERN_LAYOUT;
+    let protocol: u16 = ctx_field(ctx, M.protocol);
+    if protocol != IPPROTO_TCP {
+        return protocol;
+    }
+    ev.skaddr = ctx_field(ctx, M.skaddr);
+    ev.oldstate = ctx_field::<u32>(ctx, M.oldstate) as u8;
+    ev.newstate = ctx_field::<u32>(ctx, M.newstate) as u8;
+    ev.family = ctx_field::<u16>(ctx, M.family) as u8;
+    ev.sport = ctx_field(ctx, M.sport);
+    ev.dport = ctx_field(ctx, M.dport);
+    if ev.family == AF_INET {
+        ev.saddr[..4].copy_from_slice(&ctx_field::<[u8; 4]>(ctx, M.saddr));
+        ev.daddr[..4].copy_from_slice(&ctx_field::<[u8; 4]>(ctx, M.daddr));
+    } else {
+        // Two aligned 8-byte loads each: the verifier only allows aligned context reads.
+        let s0: u64 = ctx_field(ctx, M.saddr_v6);
+        let s1: u64 = ctx_field(ctx, M.saddr_v6 + 8);
+        let d0: u64 = ctx_field(ctx, M.daddr_v6);
+        let d1: u64 = ctx_field(ctx, M.daddr_v6 + 8);
+        ev.saddr[..8].copy_from_slice(&s0.to_ne_bytes());
+        ev.saddr[8..].copy_from_slice(&s1.to_ne_bytes());
+        ev.daddr[..8].copy_from_slice(&d0.to_ne_bytes());
+        ev.daddr[8..].copy_from_slice(&d1.to_ne_bytes());
+    }
+    protocol
+}
+
+/// The same from one copy of the record at the offsets the format file gave (other layouts).
+#[inline(always)]
+fn read_copied(ctx: &TracePointContext, ev: &mut Event) -> u16 {
     let mut rec = Record {
         buf: [0; MAX_RECORD_LEN],
     };
     let len = konst(&LAYOUT.record_len) as usize;
     let Some(dst) = rec.buf.get_mut(..len) else {
-        return;
+        return 0;
     };
     // SAFETY: the tracepoint record is readable kernel memory of at least `record_len` bytes
     // (user space checked it against the format file).
     if unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, dst) }.is_err() {
-        return;
+        return 0;
     }
     let protocol = if konst(&LAYOUT.protocol_size) == 1 {
         rec.u8_at(konst(&LAYOUT.protocol)) as u16
@@ -171,12 +218,8 @@ fn handle(ctx: &TracePointContext) {
         rec.u16_at(konst(&LAYOUT.protocol))
     };
     if protocol != IPPROTO_TCP {
-        return;
+        return protocol;
     }
-    count(counter::SEEN);
-
-    let mut ev = Event::zeroed();
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.skaddr = rec.u64_at(konst(&LAYOUT.skaddr));
     // The tracepoint stores states as int; the values fit in a byte.
     ev.oldstate = rec.u8_at(konst(&LAYOUT.oldstate));
@@ -191,6 +234,22 @@ fn handle(ctx: &TracePointContext) {
         rec.copy_to(konst(&LAYOUT.saddr_v6), &mut ev.saddr);
         rec.copy_to(konst(&LAYOUT.daddr_v6), &mut ev.daddr);
     }
+    protocol
+}
+
+#[inline(always)]
+fn handle(ctx: &TracePointContext) {
+    let mut ev = Event::zeroed();
+    let protocol = if konst(&SETTINGS.direct_read) == 1 {
+        read_direct(ctx, &mut ev)
+    } else {
+        read_copied(ctx, &mut ev)
+    };
+    if protocol != IPPROTO_TCP {
+        return;
+    }
+    count(counter::SEEN);
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
     ev.ctx_pid = (pid_tgid >> 32) as u32;
     ev.ctx_tid = pid_tgid as u32;
@@ -425,7 +484,8 @@ fn filter(ev: &Event, flags: u32) -> Verdict {
         return Verdict::Reject;
     }
     // A connect() changes state before it picks its local port: that first event has port 0.
-    let port_unknown = ev.sport == 0 && ev.oldstate == state::CLOSE && ev.newstate == state::SYN_SENT;
+    let port_unknown =
+        ev.sport == 0 && ev.oldstate == state::CLOSE && ev.newstate == state::SYN_SENT;
     if flags & filter_flags::PORT != 0
         && !port_has(ev.dport, port_bits::EITHER)
         && !port_has(ev.sport, port_bits::EITHER)

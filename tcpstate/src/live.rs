@@ -56,6 +56,7 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
         wakeup_bytes: u64::from(args.buffer_size / 4),
         filter,
         debug_log: args.debug,
+        allow_direct_read: true,
     };
     if args.debug {
         env_logger::Builder::new()

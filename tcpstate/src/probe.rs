@@ -15,7 +15,9 @@ use aya::{
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
-use tcpstate_common::{counter, names, Layout, ListenKey, ListenOwner, Owner, Settings, TupleKey};
+use tcpstate_common::{
+    counter, names, Layout, ListenKey, ListenOwner, Owner, Settings, TupleKey, MODERN_LAYOUT,
+};
 
 use crate::{
     environment::{self, EnvError},
@@ -39,6 +41,9 @@ pub struct ProbeOptions {
     pub filter: KernelFilter,
     /// Forward the program's aya-log diagnostics (otherwise the verifier prunes them).
     pub debug_log: bool,
+    /// Read the record with direct loads when the format file matches the modern layout;
+    /// false forces the generic path (one copy, parsed offsets) for tests.
+    pub allow_direct_read: bool,
 }
 
 impl Default for ProbeOptions {
@@ -48,6 +53,7 @@ impl Default for ProbeOptions {
             wakeup_bytes: 1 << 20,
             filter: KernelFilter::default(),
             debug_log: false,
+            allow_direct_read: true,
         }
     }
 }
@@ -118,13 +124,12 @@ impl Probe {
         let (tracefs, mounted) = environment::ensure_tracefs()?;
         let format_text = environment::read_tracepoint_format(&tracefs)?;
         let layout: Layout = tpformat::inet_sock_set_state_layout(&format_text).map_err(|e| {
-            ProbeError::Format(
-                tracefs.join("events/sock/inet_sock_set_state/format"),
-                e,
-            )
+            ProbeError::Format(tracefs.join("events/sock/inet_sock_set_state/format"), e)
         })?;
         let settings = Settings {
             wakeup_bytes: opts.wakeup_bytes,
+            direct_read: u32::from(opts.allow_direct_read && layout == MODERN_LAYOUT),
+            _pad: 0,
         };
         // 0 switches every aya-log statement off at verification time.
         let log_level: u8 = if opts.debug_log { 0xff } else { 0 };

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use probe_util::{attach, by_socket, collect, free_port, root, states};
+use probe_util::{attach, attach_generic, by_socket, collect, free_port, root, states};
 use tcpstate::{event, filter::FilterSpec};
 use tcpstate_common::state::*;
 
@@ -30,12 +30,17 @@ const SERVER: &[(u8, u8)] = &[
 const LISTENER: &[(u8, u8)] = &[(CLOSE, LISTEN), (LISTEN, CLOSE)];
 
 /// One connect/accept/close on `ip`, client closing first; checks all 12 transitions.
-fn one_connection(ip: IpAddr) {
+fn one_connection(ip: IpAddr, generic_reader: bool) {
     let port = free_port(ip);
-    let mut probe = attach(FilterSpec {
+    let spec = FilterSpec {
         ports: vec![port],
         ..Default::default()
-    });
+    };
+    let mut probe = if generic_reader {
+        attach_generic(spec)
+    } else {
+        attach(spec)
+    };
     let listener = TcpListener::bind(SocketAddr::new(ip, port)).expect("listen");
     let client = TcpStream::connect(SocketAddr::new(ip, port)).expect("connect");
     let client_port = client.local_addr().expect("addr").port();
@@ -50,7 +55,11 @@ fn one_connection(ip: IpAddr) {
     let counters = probe.counters().expect("counters");
     let sockets = by_socket(&events);
     assert_eq!(events.len(), 12, "events: {events:#?}");
-    assert_eq!(sockets.len(), 3, "three sockets: client, accepted, listener");
+    assert_eq!(
+        sockets.len(),
+        3,
+        "three sockets: client, accepted, listener"
+    );
     let me = std::process::id();
     let mut seen = Vec::new();
     for (_, evs) in sockets {
@@ -65,7 +74,11 @@ fn one_connection(ip: IpAddr) {
             "client"
         } else if st == SERVER {
             for e in &evs {
-                assert_eq!((e.sport, e.dport), (port, client_port), "server ports {e:?}");
+                assert_eq!(
+                    (e.sport, e.dport),
+                    (port, client_port),
+                    "server ports {e:?}"
+                );
                 assert_eq!(event::local_addr(e), ip);
                 assert_eq!(event::remote_addr(e), ip);
             }
@@ -100,14 +113,22 @@ fn one_connection(ip: IpAddr) {
 #[test]
 fn ipv4_loopback_connection_has_exact_transitions() {
     if root() {
-        one_connection(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        one_connection(IpAddr::V4(Ipv4Addr::LOCALHOST), false);
+    }
+}
+
+#[test]
+fn generic_record_reader_gives_the_same_transitions() {
+    if root() {
+        one_connection(IpAddr::V4(Ipv4Addr::LOCALHOST), true);
+        one_connection(IpAddr::V6(Ipv6Addr::LOCALHOST), true);
     }
 }
 
 #[test]
 fn ipv6_loopback_connection_has_exact_transitions() {
     if root() {
-        one_connection(IpAddr::V6(Ipv6Addr::LOCALHOST));
+        one_connection(IpAddr::V6(Ipv6Addr::LOCALHOST), false);
     }
 }
 
@@ -161,7 +182,11 @@ fn port_filter_drops_other_traffic_in_the_kernel() {
         "unexpected events: {events:?}"
     );
     let counters = probe.counters().expect("counters");
-    assert!(counters.filtered >= 12, "kernel filtered {}", counters.filtered);
+    assert!(
+        counters.filtered >= 12,
+        "kernel filtered {}",
+        counters.filtered
+    );
 }
 
 #[test]

@@ -38,6 +38,17 @@ pub fn attach_with(spec: FilterSpec, preexisting: &Preexisting) -> Probe {
     Probe::attach(&opts, preexisting).expect("attach the probe")
 }
 
+/// Attached with the generic record reader (a copy at the format file's offsets), the path
+/// kernels with another layout of the tracepoint take.
+pub fn attach_generic(spec: FilterSpec) -> Probe {
+    let opts = ProbeOptions {
+        filter: spec.to_kernel().expect("filter"),
+        allow_direct_read: false,
+        ..ProbeOptions::default()
+    };
+    Probe::attach(&opts, &Preexisting::default()).expect("attach the probe")
+}
+
 pub fn attach(spec: FilterSpec) -> Probe {
     attach_with(spec, &Preexisting::default())
 }
