@@ -5,10 +5,10 @@
 //! attached never makes one, so its owner comes from here.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs,
     net::{Ipv4Addr, Ipv6Addr},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use tcpstate_common::{ListenKey, Owner, TupleKey, AF_INET, AF_INET6, TASK_COMM_LEN};
@@ -85,7 +85,11 @@ pub fn socket_owners(proc_root: &Path) -> HashMap<u64, Owner> {
         return owners;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         // Processes come and go while we read; whatever vanished is simply skipped.
@@ -168,15 +172,46 @@ pub fn join(sockets: &[ProcSocket], owners: &HashMap<u64, Owner>) -> Preexisting
     out
 }
 
-/// Reads the host's current TCP sockets and their owners.
-pub fn scan() -> Preexisting {
-    let mut sockets = Vec::new();
-    for (path, family) in [("/proc/net/tcp", AF_INET), ("/proc/net/tcp6", AF_INET6)] {
-        if let Ok(text) = fs::read_to_string(path) {
-            sockets.extend(parse_proc_net_tcp(&text, family));
+/// One process per network namespace: /proc/net/tcp shows only the reader's namespace, and the
+/// tracepoint sees them all (containers included), so each is read through one of its members.
+fn namespace_representatives(proc_root: &Path) -> Vec<PathBuf> {
+    let mut seen = HashSet::new();
+    let mut out = vec![proc_root.join("self")];
+    if let Ok(own) = fs::read_link(proc_root.join("self/ns/net")) {
+        seen.insert(own);
+    }
+    let Ok(dir) = fs::read_dir(proc_root) else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let is_pid = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()));
+        if !is_pid {
+            continue;
+        }
+        if let Ok(ns) = fs::read_link(entry.path().join("ns/net")) {
+            if seen.insert(ns) {
+                out.push(entry.path());
+            }
         }
     }
-    join(&sockets, &socket_owners(Path::new("/proc")))
+    out
+}
+
+/// Reads the host's current TCP sockets, in every network namespace, and their owners.
+pub fn scan() -> Preexisting {
+    let proc_root = Path::new("/proc");
+    let mut sockets = Vec::new();
+    for member in namespace_representatives(proc_root) {
+        for (file, family) in [("net/tcp", AF_INET), ("net/tcp6", AF_INET6)] {
+            if let Ok(text) = fs::read_to_string(member.join(file)) {
+                sockets.extend(parse_proc_net_tcp(&text, family));
+            }
+        }
+    }
+    join(&sockets, &socket_owners(proc_root))
 }
 
 /// For messages: a listening key as text.
@@ -206,7 +241,10 @@ mod tests {
     fn parses_ipv4_lines() {
         let s = parse_proc_net_tcp(TCP, AF_INET);
         assert_eq!(s.len(), 3);
-        assert_eq!((s[0].state, s[0].lport, s[0].inode), (ST_LISTEN, 8080, 1145));
+        assert_eq!(
+            (s[0].state, s[0].lport, s[0].inode),
+            (ST_LISTEN, 8080, 1145)
+        );
         assert_eq!(&s[1].local[..4], &[127, 0, 0, 1]);
         assert_eq!((s[1].lport, s[1].rport), (8080, 50000));
     }
@@ -234,7 +272,10 @@ mod tests {
         assert_eq!(p.listeners.len(), 1);
         assert_eq!(describe(&p.listeners[0].0), "0.0.0.0:8080");
         assert_eq!(&p.listeners[0].1.comm[..4], b"srv\0");
-        assert!(p.connections.is_empty(), "a shared socket has no single owner");
+        assert!(
+            p.connections.is_empty(),
+            "a shared socket has no single owner"
+        );
     }
 
     #[test]

@@ -80,15 +80,28 @@ pub fn collect(probe: &mut Probe, want: usize) -> Vec<Event> {
     collect_for(probe, want, Duration::from_secs(3))
 }
 
-pub fn by_socket(events: &[Event]) -> BTreeMap<u64, Vec<Event>> {
-    let mut m: BTreeMap<u64, Vec<Event>> = BTreeMap::new();
+/// Events grouped per socket lifetime, keyed by (socket address, first timestamp): the kernel
+/// reuses a freed socket's address for the next one.
+pub fn by_socket(events: &[Event]) -> BTreeMap<(u64, u64), Vec<Event>> {
+    let mut per_addr: BTreeMap<u64, Vec<Event>> = BTreeMap::new();
     for e in events {
-        m.entry(e.skaddr).or_default().push(*e);
+        per_addr.entry(e.skaddr).or_default().push(*e);
     }
-    for v in m.values_mut() {
-        v.sort_by_key(|e| e.ts_ns);
+    let mut out = BTreeMap::new();
+    for (addr, mut evs) in per_addr {
+        evs.sort_by_key(|e| e.ts_ns);
+        let mut life: Vec<Event> = Vec::new();
+        for e in evs {
+            if event::starts_lifetime(&e) && !life.is_empty() {
+                out.insert((addr, life[0].ts_ns), std::mem::take(&mut life));
+            }
+            life.push(e);
+        }
+        if let Some(first) = life.first() {
+            out.insert((addr, first.ts_ns), life);
+        }
     }
-    m
+    out
 }
 
 pub fn states(v: &[Event]) -> Vec<(u8, u8)> {
