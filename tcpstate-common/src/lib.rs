@@ -246,7 +246,8 @@ pub struct TupleKey {
 pub mod counter {
     /// TCP state changes the program ran for.
     pub const SEEN: u32 = 0;
-    /// Events rejected by the in-kernel filters.
+    /// Events rejected by the in-kernel filters (held connect() events included once they are
+    /// dropped), so that SEEN = FILTERED + events submitted for themselves + RINGBUF_FULL + held.
     pub const FILTERED: u32 = 1;
     /// Events written to the ring buffer.
     pub const SUBMITTED: u32 = 2;

@@ -262,8 +262,13 @@ fn handle(ctx: &TracePointContext) {
         match filter(&ev, flags) {
             Verdict::Pass => {}
             Verdict::Reject => {
-                if flags & (filter_flags::LPORT | filter_flags::PORT) != 0 && ev.sport != 0 {
-                    let _ = PENDING.remove(&ev.skaddr);
+                // A held connect() event of a socket that turned out not to match is dropped
+                // with it, and counted as filtered like it.
+                if flags & (filter_flags::LPORT | filter_flags::PORT) != 0
+                    && ev.sport != 0
+                    && PENDING.remove(&ev.skaddr).is_ok()
+                {
+                    count(counter::FILTERED);
                 }
                 count(counter::FILTERED);
                 return;
