@@ -31,8 +31,12 @@ fn main() {
 }
 
 fn run() -> Result<(), String> {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("no CARGO_MANIFEST_DIR")?);
-    let root = manifest_dir.parent().ok_or("no workspace root")?.to_path_buf();
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("no CARGO_MANIFEST_DIR")?);
+    let root = manifest_dir
+        .parent()
+        .ok_or("no workspace root")?
+        .to_path_buf();
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or("no OUT_DIR")?);
     let object = out_dir.join("tcpstate.bpf.o");
 
@@ -63,14 +67,21 @@ fn run() -> Result<(), String> {
         .join("ebpf");
     let mut cmd = route.cargo();
     cmd.current_dir(&root)
-        .args(["build", "--locked", "--release", "--package", "tcpstate-ebpf", "--bin", "tcpstate"])
+        .args([
+            "build",
+            "--locked",
+            "--release",
+            "--package",
+            "tcpstate-ebpf",
+            "--bin",
+            "tcpstate",
+        ])
         .args(["--target", TARGET, "-Z", "build-std=core", "--target-dir"])
         .arg(&target_dir);
     clean_env(&mut cmd);
     route.configure(&mut cmd);
-    let linker_dir = bpf_linker_dir().ok_or(
-        "bpf-linker is not installed (or not on PATH): run `cargo xtask setup`",
-    )?;
+    let linker_dir = bpf_linker_dir()
+        .ok_or("bpf-linker is not installed (or not on PATH): run `cargo xtask setup`")?;
     let mut path = OsString::from(linker_dir.as_os_str());
     if let Some(old) = env::var_os("PATH") {
         path.push(":");
@@ -128,9 +139,11 @@ impl Route {
         if debian {
             return Ok(Route::Debian);
         }
-        Err("no compiler that can build for bpfel-unknown-none (nightly + rust-src, or Debian's \
+        Err(
+            "no compiler that can build for bpfel-unknown-none (nightly + rust-src, or Debian's \
              rustc-web + rust-web-src): run `cargo xtask setup`"
-            .into())
+                .into(),
+        )
     }
 
     fn cargo(&self) -> Command {

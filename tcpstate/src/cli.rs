@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Trace TCP state changes live (needs root).
-    Trace(TraceArgs),
+    Trace(Box<TraceArgs>),
     /// Rebuild the output of a recording made with `trace --record` (no root needed).
     Replay(ReplayArgs),
 }
@@ -213,7 +213,16 @@ mod tests {
     #[test]
     fn filters_from_flags() {
         let cli = Cli::try_parse_from([
-            "tcpstate", "trace", "-p", "1,2", "-L", "80", "--port", "443", "--addr", "10.0.0.0/8",
+            "tcpstate",
+            "trace",
+            "-p",
+            "1,2",
+            "-L",
+            "80",
+            "--port",
+            "443",
+            "--addr",
+            "10.0.0.0/8",
             "-6",
         ])
         .unwrap();

@@ -109,7 +109,9 @@ pub fn ensure_tracefs() -> Result<(PathBuf, bool), EnvError> {
     }
     match mount("tracefs", TRACEFS) {
         Ok(()) if has_events(Path::new(TRACEFS)) => Ok((PathBuf::from(TRACEFS), true)),
-        Ok(()) => Err(EnvError::NoTracefs(format!("{TRACEFS} has no events after mounting"))),
+        Ok(()) => Err(EnvError::NoTracefs(format!(
+            "{TRACEFS} has no events after mounting"
+        ))),
         Err(e) => Err(EnvError::NoTracefs(e.to_string())),
     }
 }

@@ -144,9 +144,37 @@ pub(crate) mod tests {
 
     #[test]
     fn lifetimes() {
-        assert!(starts_lifetime(&ev(0, 1, state::CLOSE, state::SYN_SENT, 0, 1)));
-        assert!(starts_lifetime(&ev(0, 1, state::LISTEN, state::SYN_RECV, 1, 1)));
-        assert!(!starts_lifetime(&ev(0, 1, state::SYN_SENT, state::ESTABLISHED, 1, 1)));
-        assert!(ends_lifetime(&ev(0, 1, state::FIN_WAIT2, state::CLOSE, 1, 1)));
+        assert!(starts_lifetime(&ev(
+            0,
+            1,
+            state::CLOSE,
+            state::SYN_SENT,
+            0,
+            1
+        )));
+        assert!(starts_lifetime(&ev(
+            0,
+            1,
+            state::LISTEN,
+            state::SYN_RECV,
+            1,
+            1
+        )));
+        assert!(!starts_lifetime(&ev(
+            0,
+            1,
+            state::SYN_SENT,
+            state::ESTABLISHED,
+            1,
+            1
+        )));
+        assert!(ends_lifetime(&ev(
+            0,
+            1,
+            state::FIN_WAIT2,
+            state::CLOSE,
+            1,
+            1
+        )));
     }
 }

@@ -244,7 +244,12 @@ impl FilterSpec {
 pub fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4: Ipv4Addr| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4: Ipv4Addr| v4.is_loopback())
+        }
     }
 }
 
@@ -298,7 +303,10 @@ mod tests {
         let k = spec.to_kernel().unwrap();
         assert_eq!(
             k.filter.flags,
-            filter_flags::LPORT | filter_flags::RPORT | filter_flags::COMM | filter_flags::IPV6_ONLY
+            filter_flags::LPORT
+                | filter_flags::RPORT
+                | filter_flags::COMM
+                | filter_flags::IPV6_ONLY
         );
         assert_eq!(k.ports[&80], port_bits::LOCAL | port_bits::REMOTE);
         assert_eq!(k.ports[&443], port_bits::REMOTE);

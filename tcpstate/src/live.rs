@@ -16,8 +16,7 @@ use tokio::{
 
 use crate::{
     cli::TraceArgs,
-    clock,
-    event,
+    clock, event,
     input::{Input, KernelCounters},
     output::{Output, OutputError},
     probe::{Probe, ProbeOptions},
@@ -76,7 +75,10 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
     let before = procscan::scan();
     let mut probe = Probe::attach(&opts, &before).map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(dir) = &probe.mounted_tracefs {
-        eprintln!("tcpstate: tracefs was not mounted; mounted it at {}", dir.display());
+        eprintln!(
+            "tcpstate: tracefs was not mounted; mounted it at {}",
+            dir.display()
+        );
     }
     // Sockets created between the first scan and the attach.
     probe
@@ -93,17 +95,16 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
                 realtime_minus_mono_ns: clock.realtime_minus_mono_ns,
                 command: std::env::args().collect::<Vec<_>>().join(" "),
             };
-            let w = RecordWriter::new(BufWriter::with_capacity(1 << 20, file), &header)
+            let w = RecordWriter::new(file, &header)
                 .with_context(|| format!("writing {}", path.display()))?;
             Some((path, w))
         }
         None => None,
     };
 
-    let mut output = Output::new(&args.output, clock);
+    let mut output = Output::new(&args.output, clock.into());
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
-    output.start(&mut out).ok();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -138,7 +139,11 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             .write(&Input::Counters(counters))
             .and_then(|()| w_finish(w));
         if let Err(e) = r {
-            eprintln!("tcpstate: error: writing {}: {}", path.display(), describe_io(&e));
+            eprintln!(
+                "tcpstate: error: writing {}: {}",
+                path.display(),
+                describe_io(&e)
+            );
             exit = 1;
         }
     }
@@ -223,7 +228,7 @@ impl std::fmt::Display for LoopError {
     }
 }
 
-type Recorder = Option<(std::path::PathBuf, RecordWriter<BufWriter<fs::File>>)>;
+type Recorder = Option<(std::path::PathBuf, RecordWriter<fs::File>)>;
 
 /// Everything an input goes through: the recording, then the output.
 struct Session<'a, W: Write> {
@@ -244,7 +249,10 @@ impl<W: Write> Session<'_, W> {
     }
 
     /// Reads everything the ring buffer holds; true once `--count` is reached.
-    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Result<bool, LoopError> {
+    fn drain(
+        &mut self,
+        ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    ) -> Result<bool, LoopError> {
         let mut any = false;
         while let Some(item) = ring.next() {
             let decoded = event::decode(&item);
@@ -261,9 +269,7 @@ impl<W: Write> Session<'_, W> {
             }
         }
         if any {
-            self.out
-                .flush()
-                .map_err(|e| LoopError::Output(e.into()))?;
+            self.out.flush().map_err(|e| LoopError::Output(e.into()))?;
         }
         Ok(false)
     }
@@ -346,7 +352,9 @@ async fn event_loop<W: Write>(
             }
         }
     };
-    // Whatever the kernel delivered before the stop is still shown.
+    // Whatever the kernel delivered before the stop is still shown, and with the program
+    // detached first, delivered + lost accounts for every event it ran for.
+    probe.detach();
     probe.flush_log();
     if session.drain(ring.get_mut())? {
         return Ok(Stop::Count);

@@ -1,8 +1,12 @@
 //! Connects the command-line output flags to the pipeline and maps write errors.
 
-use std::{collections::HashMap, fmt, io};
+use std::{fmt, io};
 
-use crate::{clock::Start, cli::OutputArgs, event, input::Input};
+use crate::{
+    cli::{OutputArgs, OutputFormat},
+    input::Input,
+    pipeline::{ClockBase, Format, Mode, OutputConfig, Pipeline, TimeColumn},
+};
 
 #[derive(Debug)]
 pub enum OutputError {
@@ -32,63 +36,69 @@ impl fmt::Display for OutputError {
 
 impl std::error::Error for OutputError {}
 
+fn ms_to_ns(ms: f64) -> u64 {
+    (ms * 1e6).round() as u64
+}
+
+/// The pipeline's configuration for these flags; the same for `trace` and `replay`, so both
+/// print the same bytes for the same inputs.
+pub fn config(args: &OutputArgs, clock: ClockBase) -> OutputConfig {
+    OutputConfig {
+        mode: if args.transitions {
+            Mode::Transitions
+        } else if args.timeline {
+            Mode::Timeline
+        } else {
+            Mode::Connections
+        },
+        format: match args.format {
+            OutputFormat::Table => Format::Table,
+            OutputFormat::Json => Format::Json,
+        },
+        time: if args.wall_time {
+            TimeColumn::Wall
+        } else if args.relative_time {
+            TimeColumn::Relative
+        } else {
+            TimeColumn::None
+        },
+        wide: args.wide,
+        min_handshake_ns: args.min_handshake_ms.map(ms_to_ns),
+        min_close_wait_ns: args.min_close_wait_ms.map(ms_to_ns),
+        interval_ns: args.interval.map(|s| (s * 1e9).round() as u64),
+        max_tracked: args.max_tracked as usize,
+        clock,
+        summary_at_end: !args.no_summary,
+        ..OutputConfig::default()
+    }
+}
+
+/// The pipeline with its output errors mapped.
 pub struct Output {
-    clock: Start,
-    records: u64,
-    last_ts: HashMap<u64, u64>,
+    pipeline: Pipeline,
 }
 
 impl Output {
-    pub fn new(_args: &OutputArgs, clock: Start) -> Self {
+    pub fn new(args: &OutputArgs, clock: ClockBase) -> Self {
         Output {
-            clock,
-            records: 0,
-            last_ts: HashMap::new(),
+            pipeline: Pipeline::new(config(args, clock)),
         }
-    }
-
-    pub fn start(&mut self, out: &mut impl io::Write) -> Result<(), OutputError> {
-        writeln!(
-            out,
-            "{:<7} {:<16} {:<26} {:<26} {:<27} {:>9}",
-            "PID", "COMM", "LADDR:LPORT", "RADDR:RPORT", "OLDSTATE -> NEWSTATE", "MS"
-        )?;
-        Ok(())
     }
 
     pub fn push(&mut self, input: &Input, out: &mut impl io::Write) -> Result<(), OutputError> {
-        let Input::Event(ev) = input else {
-            return Ok(());
-        };
-        let _ = self.clock;
-        let ms = match self.last_ts.insert(ev.skaddr, ev.ts_ns) {
-            Some(prev) if !event::starts_lifetime(ev) => ev.ts_ns.saturating_sub(prev) as f64 / 1e6,
-            _ => 0.0,
-        };
-        if event::ends_lifetime(ev) {
-            self.last_ts.remove(&ev.skaddr);
-        }
-        let pid = if ev.owner_pid == 0 { "-".to_string() } else { ev.owner_pid.to_string() };
-        let comm = if ev.owner_pid == 0 { "-".into() } else { event::comm(&ev.owner_comm) };
-        writeln!(
-            out,
-            "{:<7} {:<16} {:<26} {:<26} {:<27} {:>9.3}",
-            pid,
-            comm,
-            format!("{}:{}", event::local_addr(ev), ev.sport),
-            format!("{}:{}", event::remote_addr(ev), ev.dport),
-            format!("{} -> {}", event::state_name(ev.oldstate), event::state_name(ev.newstate)),
-            ms
-        )?;
-        self.records += 1;
-        Ok(())
+        Ok(self.pipeline.push(input, out)?)
     }
 
-    pub fn finish(&mut self, _out: &mut impl io::Write) -> Result<(), OutputError> {
-        Ok(())
+    pub fn finish(&mut self, out: &mut impl io::Write) -> Result<(), OutputError> {
+        Ok(self.pipeline.finish(out)?)
     }
 
+    /// Whether `--count` output records were written.
     pub fn limit_reached(&self, count: Option<u64>) -> bool {
-        count.is_some_and(|c| self.records >= c)
+        count.is_some_and(|c| self.pipeline.records() >= c)
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
     }
 }

@@ -12,7 +12,7 @@ use std::{
 
 use aya::{
     maps::{HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{trace_point::TracePointLinkId, TracePoint},
     Ebpf, EbpfLoader,
 };
 use tcpstate_common::{
@@ -101,6 +101,7 @@ pub struct Probe {
     /// Whether tracefs had to be mounted (the caller says so on stderr).
     pub mounted_tracefs: Option<PathBuf>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    link: Option<TracePointLinkId>,
 }
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
@@ -178,7 +179,7 @@ impl Probe {
             .map_err(|e| ProbeError::Load(e.to_string()))?
             .as_fd()
             .as_raw_fd();
-        program
+        let link = program
             .attach("sock", "inet_sock_set_state")
             .map_err(|e| ProbeError::Attach(format!("{e:#}")))?;
 
@@ -188,7 +189,24 @@ impl Probe {
             prog_fd,
             mounted_tracefs: mounted.then_some(tracefs),
             logger,
+            link: Some(link),
         })
+    }
+
+    /// Stops the program from running while keeping its maps readable: after this, what the
+    /// ring buffer holds is all there will be, and the counters are final.
+    pub fn detach(&mut self) {
+        let Some(link) = self.link.take() else {
+            return;
+        };
+        if let Some(Ok(program)) = self
+            .ebpf
+            .program_mut(names::PROGRAM)
+            .map(<&mut TracePoint>::try_from)
+        {
+            // An error leaves it attached until the probe is dropped, a moment later.
+            let _ = program.detach(link);
+        }
     }
 
     /// The ring buffer of events; can be taken once.

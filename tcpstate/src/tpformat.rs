@@ -19,14 +19,20 @@ pub struct Field {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FormatError {
     /// A `field:` line that does not have the `offset:N; size:N;` shape.
-    Malformed { line: usize, text: String },
+    Malformed {
+        line: usize,
+        text: String,
+    },
     Missing(&'static str),
     BadSize {
         field: &'static str,
         size: usize,
         expected: &'static [usize],
     },
-    TooLong { field: &'static str, end: usize },
+    TooLong {
+        field: &'static str,
+        end: usize,
+    },
 }
 
 impl fmt::Display for FormatError {
@@ -104,29 +110,32 @@ fn field_name(decl: &str) -> Option<String> {
 pub fn inet_sock_set_state_layout(text: &str) -> Result<Layout, FormatError> {
     let fields = parse_fields(text)?;
     let mut end = 0usize;
-    let mut get = |name: &'static str, expected: &'static [usize]| -> Result<(u16, usize), FormatError> {
-        let f = fields
-            .iter()
-            .find(|f| f.name == name)
-            .ok_or(FormatError::Missing(name))?;
-        if !expected.contains(&f.size) {
-            return Err(FormatError::BadSize {
-                field: name,
-                size: f.size,
-                expected,
-            });
-        }
-        let field_end = f.offset + f.size;
-        if field_end > MAX_RECORD_LEN {
-            return Err(FormatError::TooLong {
-                field: name,
-                end: field_end,
-            });
-        }
-        end = end.max(field_end);
-        // In range: field_end <= MAX_RECORD_LEN.
-        Ok((f.offset as u16, f.size))
-    };
+    let mut get =
+        |name: &'static str, expected: &'static [usize]| -> Result<(u16, usize), FormatError> {
+            let f = fields
+                .iter()
+                .find(|f| f.name == name)
+                .ok_or(FormatError::Missing(name))?;
+            if !expected.contains(&f.size) {
+                return Err(FormatError::BadSize {
+                    field: name,
+                    size: f.size,
+                    expected,
+                });
+            }
+            // A format file is input: an absurd offset must be an error, not an overflow.
+            let field_end = f
+                .offset
+                .checked_add(f.size)
+                .filter(|&e| e <= MAX_RECORD_LEN)
+                .ok_or(FormatError::TooLong {
+                    field: name,
+                    end: f.offset.saturating_add(f.size),
+                })?;
+            end = end.max(field_end);
+            // In range: field_end <= MAX_RECORD_LEN.
+            Ok((f.offset as u16, f.size))
+        };
     let (skaddr, _) = get("skaddr", &[8])?;
     let (oldstate, _) = get("oldstate", &[4])?;
     let (newstate, _) = get("newstate", &[4])?;
@@ -197,7 +206,11 @@ mod tests {
         let text = MODERN.replace("offset:24;\tsize:2;", "offset:24;\tsize:4;");
         assert!(matches!(
             inet_sock_set_state_layout(&text),
-            Err(FormatError::BadSize { field: "sport", size: 4, .. })
+            Err(FormatError::BadSize {
+                field: "sport",
+                size: 4,
+                ..
+            })
         ));
     }
 
@@ -206,7 +219,22 @@ mod tests {
         let text = MODERN.replace("offset:56;", "offset:500;");
         assert!(matches!(
             inet_sock_set_state_layout(&text),
-            Err(FormatError::TooLong { field: "daddr_v6", .. })
+            Err(FormatError::TooLong {
+                field: "daddr_v6",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn huge_offset_is_an_error_not_an_overflow() {
+        let text = MODERN.replace("offset:56;", "offset:18446744073709551615;");
+        assert!(matches!(
+            inet_sock_set_state_layout(&text),
+            Err(FormatError::TooLong {
+                field: "daddr_v6",
+                ..
+            })
         ));
     }
 

@@ -5,7 +5,7 @@ mod probe_util;
 
 use std::{
     fs,
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader},
     net::{TcpListener, TcpStream},
     path::Path,
     process::{Child, ChildStderr, Command, Stdio},
@@ -116,18 +116,6 @@ fn loaded(id: u32) -> bool {
         .any(|p| p.id() == id)
 }
 
-fn one_connection() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("listen");
-    let port = l.local_addr().expect("addr").port();
-    let c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let (s, _) = l.accept().expect("accept");
-    drop(c);
-    let mut buf = [0u8; 8];
-    let _ = (&s).read(&mut buf);
-    drop((s, l));
-    port
-}
-
 #[test]
 fn kill_9_leaves_nothing_attached_or_pinned() {
     if !root() {
@@ -146,7 +134,10 @@ fn kill_9_leaves_nothing_attached_or_pinned() {
     while ids.iter().any(|&id| loaded(id)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!ids.iter().any(|&id| loaded(id)), "programs {ids:?} survived kill -9");
+    assert!(
+        !ids.iter().any(|&id| loaded(id)),
+        "programs {ids:?} survived kill -9"
+    );
     let pinned_after: Vec<_> = fs::read_dir("/sys/fs/bpf")
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
@@ -163,7 +154,10 @@ fn sigterm_and_sigint_stop_cleanly_with_the_summary() {
         let ids = t.program_ids();
         t.signal(sig);
         let line = t.wait_line("tcpstate: ", Duration::from_secs(10));
-        assert!(line.contains("events delivered") && line.contains("lost"), "{line}");
+        assert!(
+            line.contains("events delivered") && line.contains("lost"),
+            "{line}"
+        );
         assert_eq!(t.wait(Duration::from_secs(10)), 0, "signal {sig}");
         let deadline = Instant::now() + Duration::from_secs(5);
         while ids.iter().any(|&id| loaded(id)) && Instant::now() < deadline {
@@ -180,14 +174,19 @@ fn closed_stdout_stops_the_tracer() {
     }
     let port = probe_util::free_port("127.0.0.1".parse().expect("ip"));
     let port_s = port.to_string();
-    let mut t = Tracer::start(&["trace", "--transitions", "--port", &port_s], Stdio::piped());
+    let mut t = Tracer::start(
+        &["trace", "--transitions", "--port", &port_s],
+        Stdio::piped(),
+    );
     // Read one line, then close the pipe as `| head -1` does.
     let stdout = t.child.stdout.take().expect("stdout");
     let l = TcpListener::bind(("127.0.0.1", port)).expect("listen");
     let c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     drop((l.accept(), c, l));
     let mut first = String::new();
-    BufReader::new(stdout).read_line(&mut first).expect("read a line");
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("read a line");
     assert!(!first.is_empty());
     // The reader is gone now; the tracer must notice and stop on its own.
     let line = t.wait_line("tcpstate: ", Duration::from_secs(10));
@@ -209,7 +208,7 @@ fn two_tracers_both_see_every_event() {
         .map(|p| {
             let f = fs::File::create(p).expect("create output");
             Tracer::start(
-                &["trace", "--transitions", "--port", &port_s],
+                &["trace", "--transitions", "-o", "json", "--port", &port_s],
                 Stdio::from(f),
             )
         })
@@ -230,7 +229,7 @@ fn two_tracers_both_see_every_event() {
         let text = fs::read_to_string(p).expect("read output");
         let n = text
             .lines()
-            .filter(|l| l.contains(" -> ") && !l.contains("NEWSTATE"))
+            .filter(|l| l.contains("\"tcpstate.transition.v1\""))
             .count();
         assert_eq!(n, 20 * 10 + 2, "{}: {n} transitions", p.display());
     }
@@ -256,7 +255,10 @@ fn bad_flags_are_one_line_errors() {
         let out = Command::new(BIN).args(args).output().expect("run");
         assert_ne!(out.status.code(), Some(0), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.starts_with("error:") || err.starts_with("tcpstate: error:"), "{args:?}: {err}");
+        assert!(
+            err.starts_with("error:") || err.starts_with("tcpstate: error:"),
+            "{args:?}: {err}"
+        );
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
@@ -275,7 +277,12 @@ fn non_root_gets_a_clear_message_and_nothing_loads() {
     fs::copy(BIN, &copy).expect("copy binary");
     let _ = Command::new("chmod").arg("755").arg(&copy).status();
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(&copy)
         .arg("trace")
         .output();

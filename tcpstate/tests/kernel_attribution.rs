@@ -90,7 +90,10 @@ fn every_event_names_the_owner_not_the_running_task() {
     assert_owner(&r["listener"][0], server_pid, "listener");
     // The point of all this: on loopback the running task is often the peer.
     let wrong_ctx = events.iter().filter(|e| e.ctx_pid != e.owner_pid).count();
-    assert!(wrong_ctx > 0, "expected some events to run in the peer's context");
+    assert!(
+        wrong_ctx > 0,
+        "expected some events to run in the peer's context"
+    );
     let accepted_first = r["accepted"][0][0];
     assert_eq!(accepted_first.owner_source, owner_source::LISTENER);
 }
@@ -116,7 +119,11 @@ fn listener_that_existed_before_tracing_gets_its_connections() {
     let events = collect(&mut probe, 11);
     let r = roles(&events);
     assert_owner(&r["client"][0], client_pid, "client");
-    assert_owner(&r["accepted"][0], server_pid, "accepted by a pre-existing listener");
+    assert_owner(
+        &r["accepted"][0],
+        server_pid,
+        "accepted by a pre-existing listener",
+    );
     let listener = &r["listener"][0];
     assert_eq!(states(listener), [(LISTEN, CLOSE)]);
     assert_owner(listener, server_pid, "pre-existing listener");
@@ -152,12 +159,19 @@ fn pid_filter_keeps_exactly_the_servers_sockets() {
     let r = roles(&events);
     assert!(!r.contains_key("client"), "the client is another process");
     assert_eq!(r["accepted"].len(), 1);
-    assert_eq!(states(&r["accepted"][0]).len(), 5, "all of the accepted socket");
+    assert_eq!(
+        states(&r["accepted"][0]).len(),
+        5,
+        "all of the accepted socket"
+    );
     assert_eq!(states(&r["listener"][0]), [(LISTEN, CLOSE)]);
     assert!(events.iter().all(|e| e.owner_pid == server_pid));
     let c = probe.counters().expect("counters");
     // 3 connections of 10 transitions, their listener's 2, and the tcppeer client's 5.
-    assert!(c.filtered >= 3 * 10 + 2 + 5, "other traffic dropped in the kernel: {c:?}");
+    assert!(
+        c.filtered >= 3 * 10 + 2 + 5,
+        "other traffic dropped in the kernel: {c:?}"
+    );
 }
 
 #[test]
@@ -232,9 +246,11 @@ fn lport_filter_still_delivers_the_connect_event() {
     if !root() {
         return;
     }
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .expect("port range");
-    let mut it = range.split_whitespace().map(|p| p.parse::<u16>().expect("port"));
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").expect("port range");
+    let mut it = range
+        .split_whitespace()
+        .map(|p| p.parse::<u16>().expect("port"));
     let (lo, hi) = (it.next().expect("lo"), it.next().expect("hi"));
     // A server port outside the ephemeral range.
     let listener = (2000u16..lo)
@@ -256,7 +272,10 @@ fn lport_filter_still_delivers_the_connect_event() {
     assert_eq!(sockets.len(), 1, "only the client: {sockets:#?}");
     let client = sockets.values().next().expect("client");
     assert_eq!(states(client).len(), 5, "{client:#?}");
-    assert_eq!((client[0].oldstate, client[0].newstate, client[0].sport), (CLOSE, SYN_SENT, 0));
+    assert_eq!(
+        (client[0].oldstate, client[0].newstate, client[0].sport),
+        (CLOSE, SYN_SENT, 0)
+    );
     assert_ne!(client[0].flags & event_flags::DEFERRED, 0);
     assert!(client[1..].iter().all(|e| e.sport == cport));
     assert!(probe.counters().expect("counters").deferred >= 1);

@@ -129,7 +129,10 @@ fn owners_and_connect_latency_over_a_delayed_link() {
         // A SYN and its SYN-ACK each crossed the link: never less than one RTT. (How much
         // more depends on the relay and the machine's load, not on the tracer.)
         let rtt = 2 * DELAY.as_nanos() as u64;
-        assert!(latency >= rtt, "connect latency {latency} ns for an RTT of {rtt} ns");
+        assert!(
+            latency >= rtt,
+            "connect latency {latency} ns for an RTT of {rtt} ns"
+        );
         diffs.push((end - start) - latency);
     }
     diffs.sort_unstable();

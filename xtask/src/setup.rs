@@ -116,7 +116,10 @@ fn install_debian_packages() -> Result<()> {
             missing.join(" ")
         );
     }
-    say(&format!("installing Debian packages: {}", missing.join(" ")));
+    say(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
     run(Command::new("apt-get").args(["update", "-q"]))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
@@ -126,9 +129,16 @@ fn install_debian_packages() -> Result<()> {
 
 fn install_bpf_linker(route: Route) -> Result<()> {
     let mut cmd = Command::new("cargo");
-    cmd.args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"])
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("CARGO_TARGET_DIR");
+    cmd.args([
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--locked",
+        "--force",
+    ])
+    .env_remove("RUSTUP_TOOLCHAIN")
+    .env_remove("CARGO_TARGET_DIR");
     if route == Route::Debian {
         // Without llvm-config on PATH, llvm-sys looks for LLVM in the wrong place.
         let path = std::env::var("PATH").unwrap_or_default();

@@ -92,7 +92,9 @@ impl ProgStats {
         ProgStats {
             run_time_ns: self.run_time_ns.saturating_sub(earlier.run_time_ns),
             run_cnt: self.run_cnt.saturating_sub(earlier.run_cnt),
-            recursion_misses: self.recursion_misses.saturating_sub(earlier.recursion_misses),
+            recursion_misses: self
+                .recursion_misses
+                .saturating_sub(earlier.recursion_misses),
         }
     }
 }
@@ -109,13 +111,17 @@ pub fn tracepoint_prog_stats(pid: u32) -> Result<ProgStats> {
     let mut found = false;
     for entry in fs::read_dir(&fd_dir).with_context(|| format!("listing {fd_dir}"))? {
         let Ok(entry) = entry else { continue };
-        let Ok(target) = fs::read_link(entry.path()) else { continue };
+        let Ok(target) = fs::read_link(entry.path()) else {
+            continue;
+        };
         if target != Path::new("anon_inode:bpf-prog") {
             continue;
         }
         let info_path = format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy());
         // The descriptor may close between the listing and this read.
-        let Ok(info) = fs::read_to_string(&info_path) else { continue };
+        let Ok(info) = fs::read_to_string(&info_path) else {
+            continue;
+        };
         if let Some(stats) = parse_prog_fdinfo(&info) {
             found = true;
             total.run_time_ns += stats.run_time_ns;
@@ -127,6 +133,26 @@ pub fn tracepoint_prog_stats(pid: u32) -> Result<ProgStats> {
         bail!("process {pid} holds no tracepoint BPF program");
     }
     Ok(total)
+}
+
+/// Other processes holding tracepoint BPF programs, as (pid, comm): another tracer on
+/// `inet_sock_set_state` would trace the storm too, untraced rounds included.
+pub fn other_tracepoint_holders() -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut holders: Vec<(u32, String)> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|&pid| tracepoint_prog_stats(pid).is_ok())
+        .map(|pid| {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            (pid, comm.trim().to_string())
+        })
+        .collect();
+    holders.sort();
+    holders
 }
 
 fn parse_prog_fdinfo(info: &str) -> Option<ProgStats> {
@@ -217,6 +243,9 @@ mod tests {
                 recursion_misses: 1
             })
         );
-        assert_eq!(parse_prog_fdinfo(&info.replace("prog_type:\t5", "prog_type:\t2")), None);
+        assert_eq!(
+            parse_prog_fdinfo(&info.replace("prog_type:\t5", "prog_type:\t2")),
+            None
+        );
     }
 }

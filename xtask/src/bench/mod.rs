@@ -60,7 +60,17 @@ pub struct BenchArgs {
 const PORTS_PER_WORKER: usize = 4;
 const SOURCES: u8 = 32;
 
+/// Set for the release build of xtask that `run` starts, so it does not start another.
+const RELEASE_CHILD_ENV: &str = "TCPSTATE_BENCH_RELEASE";
+
 pub fn run(args: &BenchArgs) -> Result<()> {
+    // `cargo xtask` is a debug build; the storm generator and above all the engine benchmark
+    // must run optimised, and the engine benchmark needs the tcpstate library linked in.
+    if (cfg!(debug_assertions) || !cfg!(feature = "engine"))
+        && std::env::var_os(RELEASE_CHILD_ENV).is_none()
+    {
+        return rerun_in_release();
+    }
     if args.engine {
         return engine::run(args.engine_connections);
     }
@@ -94,7 +104,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         if !(minutes.is_finite() && minutes > 0.0) {
             bail!("--soak needs a positive number of minutes");
         }
-        if let Some(why) = tools.unavailable(Config::Timeline) {
+        if let Some(why) = tools.unavailable(Config::Connections) {
             bail!("--soak needs the tcpstate tracer: {why}");
         }
         return soak::run(&storm, &tools, Duration::from_secs_f64(minutes * 60.0));
@@ -129,6 +139,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             }
         }
     };
+    warn_other_tracers();
     let seconds = Duration::from_secs_f64(args.seconds);
     let plan = rounds::Plan {
         rounds: args.rounds as usize,
@@ -146,6 +157,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     );
     let m = rounds::run(&storm, &plan)?;
     drop(storm);
+    warn_other_tracers();
 
     let untraced = report::untraced_rate(&m);
     let summaries: Vec<_> = configs
@@ -153,7 +165,58 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .filter_map(|&c| report::summarize(&m, c))
         .collect();
     report::print_table(untraced, workers, args.seconds, &summaries);
-    println!("{}", report::to_json(untraced, workers, args.seconds, &summaries));
+    println!(
+        "{}",
+        report::to_json(untraced, workers, args.seconds, &summaries)
+    );
+    Ok(())
+}
+
+fn warn_other_tracers() {
+    let others = measure::other_tracepoint_holders();
+    if !others.is_empty() {
+        let list: Vec<String> = others
+            .iter()
+            .map(|(pid, comm)| format!("{pid} {comm}"))
+            .collect();
+        eprintln!(
+            "bench: warning: other processes hold tracepoint BPF programs ({}); if they trace \
+             inet_sock_set_state they slow every round, untraced ones included",
+            list.join(", ")
+        );
+    }
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    // Lets the workspace's own toolchain choice apply rather than the caller's override.
+    cmd.env_remove("RUSTUP_TOOLCHAIN")
+        .current_dir(workspace_root());
+    cmd
+}
+
+/// Runs this same xtask command again from a release build with the `engine` feature.
+fn rerun_in_release() -> Result<()> {
+    eprintln!("bench: running from a release build of xtask (features: engine)");
+    let status = cargo()
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "xtask",
+            "--bin",
+            "xtask",
+            "--features",
+            "engine",
+        ])
+        .arg("--")
+        .args(std::env::args_os().skip(1))
+        .env(RELEASE_CHILD_ENV, "1")
+        .status()
+        .context("running cargo run --release -p xtask")?;
+    if !status.success() {
+        bail!("the release build of the benchmark failed ({status})");
+    }
     Ok(())
 }
 
@@ -182,9 +245,7 @@ fn workspace_root() -> PathBuf {
 /// `cargo build --release -p tcpstate`, returning the path of the binary cargo reports.
 fn build_tracer() -> Result<PathBuf> {
     eprintln!("bench: cargo build --release -p tcpstate");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(workspace_root())
+    let out = cargo()
         .args(["build", "--release", "-p", "tcpstate", "--bin", "tcpstate"])
         .arg("--message-format=json-render-diagnostics")
         .stdin(Stdio::null())

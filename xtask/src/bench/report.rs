@@ -19,6 +19,9 @@ pub struct Summary {
     pub conn_per_s: f64,
     /// Extra whole-machine CPU per event: median over rounds.
     pub extra_cpu_ns_per_event: f64,
+    /// Extra CPU of the storm and tracer processes per event: median over rounds. Unlike the
+    /// whole-machine figure, other work on the host does not enter it.
+    pub extra_own_cpu_ns_per_event: f64,
     /// The tracer process's CPU per event, over all rounds.
     pub tracer_cpu_ns_per_event: f64,
     /// The kernel program's run time per run, over all rounds (`None`: not measured).
@@ -33,6 +36,7 @@ pub struct Summary {
     pub filtered: u64,
     /// Program runs the tracer counted (background TCP traffic of the host included).
     pub seen: Option<u64>,
+    pub deferred: u64,
     /// expected − delivered − lost − filtered: events nobody accounts for (negative when other
     /// TCP traffic of the host was traced too).
     pub unaccounted: i64,
@@ -83,6 +87,7 @@ pub fn summarize(m: &Measurements, config: Config) -> Option<Summary> {
     }
     let mut ratios = Vec::with_capacity(rounds.len());
     let mut extra_cpu = Vec::with_capacity(rounds.len());
+    let mut extra_own = Vec::with_capacity(rounds.len());
     for t in &rounds {
         let around: Vec<&UntracedRound> = bracket(m, t).collect();
         let n = around.len().max(1) as f64;
@@ -92,15 +97,24 @@ pub fn summarize(m: &Measurements, config: Config) -> Option<Summary> {
             .map(|u| cpu_ns_per_connection(u.busy_ticks, &u.storm))
             .sum::<f64>()
             / n;
+        let base_own = around
+            .iter()
+            .map(|u| cpu_ns_per_connection(u.storm_ticks, &u.storm))
+            .sum::<f64>()
+            / n;
         ratios.push(t.storm.per_second() / base_rate);
         extra_cpu.push(
-            (cpu_ns_per_connection(t.busy_ticks, &t.storm) - base_cpu) / EVENTS_PER_CONNECTION as f64,
+            (cpu_ns_per_connection(t.busy_ticks, &t.storm) - base_cpu)
+                / EVENTS_PER_CONNECTION as f64,
+        );
+        extra_own.push(
+            (cpu_ns_per_connection(t.storm_ticks + t.tracer_ticks, &t.storm) - base_own)
+                / EVENTS_PER_CONNECTION as f64,
         );
     }
     let sum = |f: &dyn Fn(&TracedRound) -> u64| rounds.iter().map(|t| f(t)).sum::<u64>();
-    let sum_opt = |f: &dyn Fn(&TracedRound) -> Option<u64>| {
-        rounds.iter().map(|t| f(t)).sum::<Option<u64>>()
-    };
+    let sum_opt =
+        |f: &dyn Fn(&TracedRound) -> Option<u64>| rounds.iter().map(|t| f(t)).sum::<Option<u64>>();
     let connections = sum(&|t| t.storm.connections);
     let expected = sum(&|t| t.storm.events());
     let secs: f64 = rounds.iter().map(|t| t.storm.elapsed.as_secs_f64()).sum();
@@ -113,15 +127,27 @@ pub fn summarize(m: &Measurements, config: Config) -> Option<Summary> {
             .or(t.prog.map(|p| p.recursion_misses))
     });
     let filtered = sum(&|t| t.counts.filtered);
-    let per_event = |total: f64| if expected > 0 { total / expected as f64 } else { f64::NAN };
-    let prog = sum_opt(&|t| t.prog.map(|p| p.run_time_ns)).zip(sum_opt(&|t| t.prog.map(|p| p.run_cnt)));
+    let per_event = |total: f64| {
+        if expected > 0 {
+            total / expected as f64
+        } else {
+            f64::NAN
+        }
+    };
+    let prog =
+        sum_opt(&|t| t.prog.map(|p| p.run_time_ns)).zip(sum_opt(&|t| t.prog.map(|p| p.run_cnt)));
     let accounted = delivered + buffer_full + recursion_misses.unwrap_or(0) + filtered;
     Some(Summary {
         config,
         rounds: rounds.len(),
         ratio: Spread::of(&ratios),
-        conn_per_s: if secs > 0.0 { connections as f64 / secs } else { 0.0 },
+        conn_per_s: if secs > 0.0 {
+            connections as f64 / secs
+        } else {
+            0.0
+        },
         extra_cpu_ns_per_event: Spread::of(&extra_cpu).median,
+        extra_own_cpu_ns_per_event: Spread::of(&extra_own).median,
         tracer_cpu_ns_per_event: per_event(measure::ticks_to_ns(sum(&|t| t.tracer_ticks))),
         prog_ns_per_event: prog
             .filter(|&(_, runs)| runs > 0)
@@ -133,6 +159,7 @@ pub fn summarize(m: &Measurements, config: Config) -> Option<Summary> {
         recursion_misses,
         filtered,
         seen: sum_opt(&|t| t.counts.seen),
+        deferred: sum(&|t| t.counts.deferred),
         unaccounted: expected as i64 - accounted as i64,
         output_bytes_per_event: per_event(sum(&|t| t.counts.output_bytes) as f64),
     })
@@ -158,40 +185,74 @@ pub fn print_table(untraced: Spread, workers: usize, seconds: f64, summaries: &[
         untraced.median, untraced.min, untraced.max
     );
     println!();
-    println!(
-        "{:<44} {:>5} {:>11} {:>7} {:>9} {:>9} {:>9} {:>10} {:>7} {:>7} {:>11}",
+    let row = |cells: [&str; 12]| {
+        println!(
+            "{:<42} {:>5} {:>9} {:>6} {:>8} {:>8} {:>7} {:>7} {:>9} {:>6} {:>6} {:>8}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            cells[5],
+            cells[6],
+            cells[7],
+            cells[8],
+            cells[9],
+            cells[10],
+            cells[11]
+        )
+    };
+    row([
+        "",
+        "",
+        "",
+        "",
+        "extra CPU ns/ev",
+        "",
+        "tracer",
+        "kernel",
+        "",
+        "",
+        "recur",
+        "unac-",
+    ]);
+    row([
         "configuration",
         "ratio",
         "range",
         "conn/s",
-        "extra CPU",
-        "tracer",
-        "kernel",
+        "machine",
+        "own",
+        "ns/ev",
+        "ns/ev",
         "delivered",
         "drops",
-        "recurs.",
-        "unaccounted"
-    );
-    println!(
-        "{:<44} {:>5} {:>11} {:>7} {:>9} {:>9} {:>9} {:>10} {:>7} {:>7} {:>11}",
-        "", "", "", "", "ns/event", "ns/event", "ns/event", "", "", "misses", ""
-    );
+        "miss",
+        "counted",
+    ]);
     for s in summaries {
-        println!(
-            "{:<44} {:>5.2} {:>11} {:>7.0} {:>9.0} {:>9.0} {:>9} {:>10} {:>7} {:>7} {:>11}",
+        row([
             s.config.label(),
-            s.ratio.median,
-            format!("{:.2}-{:.2}", s.ratio.min, s.ratio.max),
-            s.conn_per_s,
-            s.extra_cpu_ns_per_event,
-            s.tracer_cpu_ns_per_event,
-            opt(s.prog_ns_per_event, 0),
-            s.delivered,
-            s.buffer_full,
-            s.recursion_misses.map_or("-".to_string(), |n| n.to_string()),
-            s.unaccounted,
-        );
+            &format!("{:.2}", s.ratio.median),
+            &format!("{:.2}-{:.2}", s.ratio.min, s.ratio.max),
+            &format!("{:.0}", s.conn_per_s),
+            &opt(Some(s.extra_cpu_ns_per_event), 0),
+            &opt(Some(s.extra_own_cpu_ns_per_event), 0),
+            &opt(Some(s.tracer_cpu_ns_per_event), 0),
+            &opt(s.prog_ns_per_event, 0),
+            &s.delivered.to_string(),
+            &s.buffer_full.to_string(),
+            &s.recursion_misses
+                .map_or("-".to_string(), |n| n.to_string()),
+            &s.unaccounted.to_string(),
+        ]);
     }
+    println!();
+    println!(
+        "ratio: traced conn/s / mean of the untraced rounds around it (median, range). extra CPU \
+         per event over untraced: machine = all CPUs (/proc/stat), own = storm + tracer \
+         processes. See docs/benchmark.md."
+    );
     println!();
 }
 
@@ -208,6 +269,7 @@ pub fn to_json(untraced: Spread, workers: usize, seconds: f64, summaries: &[Summ
                 "ratio_max": s.ratio.max,
                 "conn_per_s": s.conn_per_s,
                 "extra_cpu_ns_per_event": s.extra_cpu_ns_per_event,
+                "extra_storm_tracer_cpu_ns_per_event": s.extra_own_cpu_ns_per_event,
                 "tracer_cpu_ns_per_event": s.tracer_cpu_ns_per_event,
                 "kernel_prog_ns_per_event": s.prog_ns_per_event,
                 "connections": s.connections,
@@ -217,6 +279,7 @@ pub fn to_json(untraced: Spread, workers: usize, seconds: f64, summaries: &[Summ
                 "recursion_misses": s.recursion_misses,
                 "filtered": s.filtered,
                 "seen": s.seen,
+                "deferred": s.deferred,
                 "unaccounted": s.unaccounted,
                 "output_bytes_per_event": s.output_bytes_per_event,
             })
@@ -259,14 +322,23 @@ mod tests {
     fn ratio_uses_bracketing_untraced_rounds() {
         let hz = measure::ticks_per_second();
         let untraced = vec![
-            UntracedRound { storm: storm(1000), busy_ticks: hz },
-            UntracedRound { storm: storm(3000), busy_ticks: hz },
+            UntracedRound {
+                storm: storm(1000),
+                busy_ticks: hz,
+                storm_ticks: hz / 2,
+            },
+            UntracedRound {
+                storm: storm(3000),
+                busy_ticks: hz,
+                storm_ticks: hz / 2,
+            },
         ];
         let traced = vec![TracedRound {
-            config: Config::Timeline,
+            config: Config::Connections,
             after_untraced: 0,
             storm: storm(1000),
             busy_ticks: hz,
+            storm_ticks: hz / 2,
             tracer_ticks: hz / 10,
             prog: None,
             counts: TracerCounts {
@@ -275,15 +347,19 @@ mod tests {
                 recursion_misses: Some(1),
                 filtered: 0,
                 seen: Some(10_000),
+                deferred: 0,
                 output_bytes: 1_000_000,
             },
         }];
         let m = Measurements { untraced, traced };
-        let s = summarize(&m, Config::Timeline).expect("one round");
+        let s = summarize(&m, Config::Connections).expect("one round");
         assert_eq!(s.ratio.median, 0.5);
         // Baseline CPU per connection: mean of 1 ms and 1/3 ms; traced: 1 ms per connection.
         let expected_extra = (1e6 - (1e6 + 1e6 / 3.0) / 2.0) / 10.0;
         assert!((s.extra_cpu_ns_per_event - expected_extra).abs() < 1e-6);
+        // Own CPU: 0.6 ms per connection traced against a mean of 0.5 ms and 1/6 ms.
+        let expected_own = (0.6e6 - (0.5e6 + 0.5e6 / 3.0) / 2.0) / 10.0;
+        assert!((s.extra_own_cpu_ns_per_event - expected_own).abs() < 1e-6);
         assert!((s.tracer_cpu_ns_per_event - 1e8 / 10_000.0).abs() < 1e-6);
         assert_eq!(s.unaccounted, 10_000 - 9_990 - 5 - 1);
         assert_eq!(s.prog_ns_per_event, None);

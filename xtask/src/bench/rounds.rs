@@ -29,6 +29,8 @@ pub struct UntracedRound {
     pub storm: StormResult,
     /// Busy CPU ticks of the whole machine during the storm.
     pub busy_ticks: u64,
+    /// CPU ticks of this process (the storm, and the kernel's work in its system calls).
+    pub storm_ticks: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +41,8 @@ pub struct TracedRound {
     pub storm: StormResult,
     /// Busy CPU ticks of the whole machine from the storm's start until the tracer caught up.
     pub busy_ticks: u64,
+    /// CPU ticks of this process over the same span (the kernel program runs in its context).
+    pub storm_ticks: u64,
     /// CPU ticks of the tracer process over the same span.
     pub tracer_ticks: u64,
     /// The tracer's program over the same span (`None` when it could not be read).
@@ -89,7 +93,11 @@ pub fn run(storm: &Storm, plan: &Plan<'_>) -> Result<Measurements> {
                 plan.rounds,
                 config.label(),
                 t.storm.per_second(),
-                if baseline > 0.0 { t.storm.per_second() / baseline } else { 0.0 }
+                if baseline > 0.0 {
+                    t.storm.per_second() / baseline
+                } else {
+                    0.0
+                }
             );
             m.traced.push(t);
         }
@@ -98,26 +106,38 @@ pub fn run(storm: &Storm, plan: &Plan<'_>) -> Result<Measurements> {
 }
 
 fn untraced_round(storm: &Storm, seconds: Duration) -> Result<UntracedRound> {
+    let me = std::process::id();
     let busy0 = measure::machine_busy_ticks()?;
+    let own0 = measure::process_cpu_ticks(me)?;
     let result = storm.run_for(seconds)?;
+    let own1 = measure::process_cpu_ticks(me)?;
     let busy1 = measure::machine_busy_ticks()?;
     Ok(UntracedRound {
         storm: result,
         busy_ticks: busy1.saturating_sub(busy0),
+        storm_ticks: own1.saturating_sub(own0),
     })
 }
 
-fn traced_round(storm: &Storm, plan: &Plan<'_>, config: Config, round: usize) -> Result<TracedRound> {
+fn traced_round(
+    storm: &Storm,
+    plan: &Plan<'_>,
+    config: Config,
+    round: usize,
+) -> Result<TracedRound> {
     let output = plan.scratch.join(format!("{}-{round}.out", config.key()));
     let tracer = Tracer::start(config, plan.tools, &output)?;
     let pid = tracer.pid();
     // Lets the tracer finish its start-up work before anything is counted.
     thread::sleep(Duration::from_millis(200));
+    let me = std::process::id();
     let busy0 = measure::machine_busy_ticks()?;
+    let own0 = measure::process_cpu_ticks(me)?;
     let tracer0 = measure::process_cpu_ticks(pid)?;
     let prog0 = measure::tracepoint_prog_stats(pid).ok();
     let result = storm.run_for(plan.seconds)?;
     let tracer1 = wait_drained(pid, tracer0)?;
+    let own1 = measure::process_cpu_ticks(me)?;
     let busy1 = measure::machine_busy_ticks()?;
     let prog = match (prog0, measure::tracepoint_prog_stats(pid).ok()) {
         (Some(a), Some(b)) => Some(b.since(&a)),
@@ -130,6 +150,7 @@ fn traced_round(storm: &Storm, plan: &Plan<'_>, config: Config, round: usize) ->
         after_untraced: round,
         storm: result,
         busy_ticks: busy1.saturating_sub(busy0),
+        storm_ticks: own1.saturating_sub(own0),
         tracer_ticks: tracer1.saturating_sub(tracer0),
         prog,
         counts,

@@ -32,12 +32,16 @@ struct Sample {
 
 pub fn run(storm: &Storm, tools: &Tools, duration: Duration) -> Result<()> {
     // The output would be gigabytes; /dev/null keeps the formatting work without the disk.
-    let tracer = Tracer::start(Config::Timeline, tools, std::path::Path::new("/dev/null"))?;
+    let tracer = Tracer::start(
+        Config::Connections,
+        tools,
+        std::path::Path::new("/dev/null"),
+    )?;
     let pid = tracer.pid();
     eprintln!(
         "bench: soak for {:.0} s under `{}`, sampling its VmRSS every {} s",
         duration.as_secs_f64(),
-        Config::Timeline.label(),
+        Config::Connections.label(),
         SAMPLE_EVERY.as_secs()
     );
     let stop = AtomicBool::new(false);
@@ -58,7 +62,12 @@ pub fn run(storm: &Storm, tools: &Tools, duration: Duration) -> Result<()> {
     println!();
     println!("{:>8} {:>12} {:>10}", "time s", "VmRSS KiB", "conn/s");
     for s in &samples {
-        println!("{:>8.0} {:>12} {:>10.0}", s.at.as_secs_f64(), s.rss_kib, s.conn_per_s);
+        println!(
+            "{:>8.0} {:>12} {:>10.0}",
+            s.at.as_secs_f64(),
+            s.rss_kib,
+            s.conn_per_s
+        );
     }
     match &verdict {
         Some(v) => println!(
@@ -95,11 +104,16 @@ pub fn run(storm: &Storm, tools: &Tools, duration: Duration) -> Result<()> {
 
 fn sample(pid: u32, duration: Duration, progress: &AtomicU64) -> Result<Vec<Sample>> {
     let start = Instant::now();
-    let mut samples = Vec::new();
+    // The tracer's memory as the storm starts.
+    let mut samples = vec![Sample {
+        at: Duration::ZERO,
+        rss_kib: measure::vm_rss_kib(&pid.to_string())?,
+        conn_per_s: 0.0,
+    }];
     let mut last_count = 0;
     let mut last_at = Duration::ZERO;
     while start.elapsed() < duration {
-        let next = SAMPLE_EVERY * (samples.len() as u32 + 1);
+        let next = SAMPLE_EVERY * samples.len() as u32;
         thread::sleep(next.min(duration).saturating_sub(start.elapsed()));
         let at = start.elapsed();
         let count = progress.load(Ordering::Relaxed);
@@ -109,7 +123,12 @@ fn sample(pid: u32, duration: Duration, progress: &AtomicU64) -> Result<Vec<Samp
             rss_kib,
             conn_per_s: (count - last_count) as f64 / (at - last_at).as_secs_f64().max(1e-9),
         };
-        eprintln!("bench: {:>5.0} s  VmRSS {:>8} KiB  {:>6.0} conn/s", at.as_secs_f64(), rss_kib, s.conn_per_s);
+        eprintln!(
+            "bench: {:>5.0} s  VmRSS {:>8} KiB  {:>6.0} conn/s",
+            at.as_secs_f64(),
+            rss_kib,
+            s.conn_per_s
+        );
         samples.push(s);
         last_count = count;
         last_at = at;
@@ -165,12 +184,18 @@ mod tests {
     #[test]
     fn flat_after_warm_up() {
         // Growth during warm-up (the first 20 s) does not count.
-        let v = flatness(&samples(&[100, 900, 1000, 1010, 1030, 1040]), Duration::from_secs(20))
-            .expect("enough samples");
+        let v = flatness(
+            &samples(&[100, 900, 1000, 1010, 1030, 1040]),
+            Duration::from_secs(20),
+        )
+        .expect("enough samples");
         assert_eq!((v.first, v.second_half_max), (900, 1040));
         assert!(!v.flat);
-        let v = flatness(&samples(&[100, 1000, 1000, 1010, 1030, 1040]), Duration::from_secs(20))
-            .expect("enough samples");
+        let v = flatness(
+            &samples(&[100, 1000, 1000, 1010, 1030, 1040]),
+            Duration::from_secs(20),
+        )
+        .expect("enough samples");
         assert!(v.flat);
         assert_eq!(flatness(&samples(&[100]), Duration::ZERO), None);
     }

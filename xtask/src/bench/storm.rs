@@ -75,6 +75,7 @@ struct Listener {
 }
 
 impl Listener {
+    #[cfg(test)]
     fn port(&self) -> u16 {
         u16::from_be(self.addr.sin_port)
     }
@@ -92,7 +93,9 @@ impl Storm {
         let ports = config.ports_per_worker.max(1);
         let mut per_worker = Vec::with_capacity(workers);
         for _ in 0..workers {
-            let listeners = (0..ports).map(|_| listen_loopback()).collect::<io::Result<_>>()?;
+            let listeners = (0..ports)
+                .map(|_| listen_loopback())
+                .collect::<io::Result<_>>()?;
             per_worker.push(listeners);
         }
         let sources = (0..config.sources.clamp(1, 250))
@@ -105,6 +108,7 @@ impl Storm {
     }
 
     /// The listening ports, for filters that pick out the storm's own events.
+    #[cfg(test)]
     pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
         self.per_worker.iter().flatten().map(Listener::port)
     }
@@ -132,9 +136,7 @@ impl Storm {
                 .enumerate()
                 .map(|(index, listeners)| {
                     let sources = &self.sources;
-                    scope.spawn(move || {
-                        worker(index, listeners, sources, deadline, stop, progress)
-                    })
+                    scope.spawn(move || worker(index, listeners, sources, deadline, stop, progress))
                 })
                 .collect();
             handles
@@ -183,7 +185,7 @@ fn worker(
         match one_connection(listener, source) {
             Ok(()) => {
                 connections += 1;
-                if connections % PROGRESS_BATCH == 0 {
+                if connections.is_multiple_of(PROGRESS_BATCH) {
                     progress.fetch_add(PROGRESS_BATCH, Ordering::Relaxed);
                 }
             }
@@ -245,14 +247,18 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
 
 fn tcp_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain system call; the descriptor is owned by the returned OwnedFd.
-    let fd = check(unsafe {
-        libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
-    })?;
+    let fd =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: `fd` is a fresh descriptor nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn set_int_opt(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn set_int_opt(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: `value` outlives the call and its size is passed.
     check(unsafe {
         libc::setsockopt(
@@ -301,7 +307,12 @@ fn accept(listener: &OwnedFd) -> io::Result<OwnedFd> {
     loop {
         // SAFETY: no address is requested; the descriptor is owned by the returned OwnedFd.
         let fd = unsafe {
-            libc::accept4(listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
         };
         match check(fd) {
             // SAFETY: a fresh descriptor nothing else owns.
@@ -336,7 +347,11 @@ fn listen_loopback() -> io::Result<Listener> {
     let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: `addr` and `len` are valid for writes and `len` holds the buffer's size.
     check(unsafe {
-        libc::getsockname(fd.as_raw_fd(), (&mut addr as *mut libc::sockaddr_in).cast(), &mut len)
+        libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut addr as *mut libc::sockaddr_in).cast(),
+            &mut len,
+        )
     })?;
     Ok(Listener { fd, addr })
 }
@@ -362,7 +377,9 @@ mod tests {
 
     #[test]
     fn storm_completes_connections() {
-        let result = small_storm().run_for(Duration::from_millis(200)).expect("storm");
+        let result = small_storm()
+            .run_for(Duration::from_millis(200))
+            .expect("storm");
         assert!(result.connections > 0);
         assert_eq!(result.connect_failures, 0);
         assert_eq!(result.events(), result.connections * EVENTS_PER_CONNECTION);
@@ -418,30 +435,29 @@ mod tests {
             .filter_map(|l| {
                 let (key, n) = l.strip_prefix("@[")?.split_once("]: ")?;
                 let (old, new) = key.split_once(", ")?;
-                Some(((old.parse().ok()?, new.parse().ok()?), n.trim().parse().ok()?))
+                Some((
+                    (old.parse().ok()?, new.parse().ok()?),
+                    n.trim().parse().ok()?,
+                ))
             })
             .collect();
         let n = result.connections;
         assert!(n > 0);
         let expected: BTreeMap<(u8, u8), u64> = [
-            (7, 2), (2, 1), (1, 4), (4, 5), (5, 7), // client
-            (10, 3), (3, 1), (1, 8), (8, 9), (9, 7), // accepted server socket
+            (7, 2),
+            (2, 1),
+            (1, 4),
+            (4, 5),
+            (5, 7), // client
+            (10, 3),
+            (3, 1),
+            (1, 8),
+            (8, 9),
+            (9, 7), // accepted server socket
         ]
         .into_iter()
         .map(|k| (k, n))
         .collect();
         assert_eq!(counts, expected, "bpftrace output:\n{text}");
-    }
-}
-#[cfg(test)]
-mod tmp_rate {
-    use super::*;
-    #[test]
-    fn tmp_rate() {
-        for workers in [1usize, 2, 3, 4] {
-            let s = Storm::new(StormConfig { workers, ports_per_worker: 4, sources: 32 }).unwrap();
-            let r = s.run_for(Duration::from_secs(2)).unwrap();
-            eprintln!("TMP workers {workers}: {:.0} conn/s", r.per_second());
-        }
     }
 }

@@ -36,8 +36,8 @@ const STDERR_TAIL_LINES: usize = 20;
 /// A way of tracing the storm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Config {
-    /// `tcpstate trace`: the default connection timelines, to a file.
-    Timeline,
+    /// `tcpstate trace`: the default output, one line per connection, to a file.
+    Connections,
     /// `tcpstate trace --transitions --output json`, to a file.
     Json,
     /// `tcpstate trace --port 1`: the kernel filters every event out.
@@ -47,12 +47,17 @@ pub enum Config {
 }
 
 impl Config {
-    pub const ALL: [Config; 4] = [Config::Timeline, Config::Json, Config::Filtered, Config::Bpftrace];
+    pub const ALL: [Config; 4] = [
+        Config::Connections,
+        Config::Json,
+        Config::Filtered,
+        Config::Bpftrace,
+    ];
 
     /// The command line, as shown in the report.
     pub fn label(self) -> &'static str {
         match self {
-            Config::Timeline => "tcpstate trace",
+            Config::Connections => "tcpstate trace",
             Config::Json => "tcpstate trace --transitions --output json",
             Config::Filtered => "tcpstate trace --port 1",
             Config::Bpftrace => "bpftrace printf",
@@ -62,7 +67,7 @@ impl Config {
     /// The name used in the JSON result and on the command line.
     pub fn key(self) -> &'static str {
         match self {
-            Config::Timeline => "timeline",
+            Config::Connections => "connections",
             Config::Json => "json",
             Config::Filtered => "filtered",
             Config::Bpftrace => "bpftrace",
@@ -71,7 +76,7 @@ impl Config {
 
     fn tcpstate_args(self) -> &'static [&'static str] {
         match self {
-            Config::Timeline => &["trace"],
+            Config::Connections => &["trace"],
             Config::Json => &["trace", "--transitions", "--output", "json"],
             Config::Filtered => &["trace", "--port", "1"],
             Config::Bpftrace => &[],
@@ -143,10 +148,19 @@ impl TracefsMount {
         let (source, target) = (c("tracefs")?, c(TRACEFS)?);
         // SAFETY: NUL-terminated strings that outlive the call; no mount data.
         let ret = unsafe {
-            libc::mount(source.as_ptr(), target.as_ptr(), source.as_ptr(), 0, std::ptr::null())
+            libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                source.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
         };
         if ret != 0 {
-            bail!("mounting tracefs at {TRACEFS}: {}", std::io::Error::last_os_error());
+            bail!(
+                "mounting tracefs at {TRACEFS}: {}",
+                std::io::Error::last_os_error()
+            );
         }
         Ok(TracefsMount { mounted: true })
     }
@@ -183,6 +197,8 @@ pub struct TracerCounts {
     pub filtered: u64,
     /// Times the program ran, when the tracer counts them.
     pub seen: Option<u64>,
+    /// Events the kernel held back until their port was known (tcpstate's port filters).
+    pub deferred: u64,
     /// Bytes of output written.
     pub output_bytes: u64,
 }
@@ -211,7 +227,10 @@ impl Tracer {
         let _ = fs::remove_file(&counters);
         let mut cmd = match config {
             Config::Bpftrace => {
-                let bin = tools.bpftrace.as_ref().context("bpftrace is not installed")?;
+                let bin = tools
+                    .bpftrace
+                    .as_ref()
+                    .context("bpftrace is not installed")?;
                 let mut cmd = Command::new(bin);
                 cmd.arg("--unsafe")
                     .arg("-o")
@@ -221,7 +240,10 @@ impl Tracer {
                 cmd
             }
             _ => {
-                let bin = tools.tcpstate.as_ref().context("no usable tcpstate binary")?;
+                let bin = tools
+                    .tcpstate
+                    .as_ref()
+                    .context("no usable tcpstate binary")?;
                 let mut cmd = Command::new(bin);
                 cmd.args(config.tcpstate_args())
                     .arg("--counters-json")
@@ -313,7 +335,10 @@ impl Tracer {
             }
             if start.elapsed() > EXIT_TIMEOUT {
                 self.kill();
-                bail!("{} did not exit within {EXIT_TIMEOUT:?} of SIGINT", self.config.label());
+                bail!(
+                    "{} did not exit within {EXIT_TIMEOUT:?} of SIGINT",
+                    self.config.label()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         };
@@ -418,6 +443,7 @@ fn parse_counters(text: &str) -> Result<TracerCounts> {
         recursion_misses: Some(field("recursion_misses")?),
         filtered: field("filtered")?,
         seen: Some(field("seen")?),
+        deferred: field("deferred")?,
         output_bytes: 0,
     })
 }
@@ -438,6 +464,7 @@ mod tests {
                 recursion_misses: Some(2),
                 filtered: 10,
                 seen: Some(30),
+                deferred: 0,
                 output_bytes: 0,
             }
         );

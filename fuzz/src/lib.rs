@@ -1,0 +1,3 @@
+//! The properties the fuzz targets check.
+
+pub mod checks;

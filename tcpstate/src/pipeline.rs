@@ -1,0 +1,492 @@
+//! The pure pipeline: the stream of [`Input`]s in, text or JSON Lines out.
+//!
+//! Input -> reorder window -> timeline engine -> statistics, pairing of both ends -> report.
+//! Output is a deterministic function of the inputs alone: times come from event timestamps,
+//! ticks and the [`ClockBase`], never from reading a clock, which is what lets a replay of a
+//! recording reproduce a live trace byte for byte.
+
+use std::collections::HashSet;
+use std::io::{self, Write};
+
+use crate::event::Event;
+use crate::input::{Input, KernelCounters};
+use crate::report::pairing::{self, Emit, Pairing};
+use crate::report::summary::{PipelineCounts, Summary, SummaryKind};
+use crate::report::time::TimeFormatter;
+use crate::report::{json, ladder, summary, table, transitions};
+use crate::stats::Stats;
+use crate::timeline::{self, Conn, Engine, Phase, Reorder};
+
+pub use crate::report::time::{ClockBase, TimeColumn};
+
+/// What is printed per record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// One record per finished connection.
+    #[default]
+    Connections,
+    /// One record per state change.
+    Transitions,
+    /// Each finished connection as a ladder of its transitions (JSON: as `Connections`, whose
+    /// objects carry the ladder).
+    Timeline,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    /// JSON Lines.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputConfig {
+    pub mode: Mode,
+    pub format: Format,
+    pub time: TimeColumn,
+    /// Wide address columns (IPv6).
+    pub wide: bool,
+    /// Print only connections whose handshake took at least this long (connections and
+    /// timeline modes; the summary still counts every connection).
+    pub min_handshake_ns: Option<u64>,
+    /// Print only connections that stayed in CLOSE_WAIT at least this long.
+    pub min_close_wait_ns: Option<u64>,
+    /// Also print a summary every this much event time (covering that interval).
+    pub interval_ns: Option<u64>,
+    pub max_tracked: usize,
+    pub reorder_window_ns: u64,
+    pub clock: ClockBase,
+    pub summary_at_end: bool,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            mode: Mode::Connections,
+            format: Format::Table,
+            time: TimeColumn::None,
+            wide: false,
+            min_handshake_ns: None,
+            min_close_wait_ns: None,
+            interval_ns: None,
+            max_tracked: timeline::DEFAULT_MAX_TRACKED,
+            reorder_window_ns: timeline::DEFAULT_WINDOW_NS,
+            clock: ClockBase::default(),
+            summary_at_end: true,
+        }
+    }
+}
+
+pub struct Pipeline {
+    cfg: OutputConfig,
+    reorder: Reorder,
+    engine: Engine,
+    pairing: Pairing,
+    time: TimeFormatter,
+    total: Stats,
+    interval: Stats,
+    counters: Option<KernelCounters>,
+    /// Scratch space reused for every event, so the hot path does not allocate.
+    done: Vec<Conn>,
+    emits: Vec<Emit>,
+    text: String,
+    started: bool,
+    finished: bool,
+    /// Where interval boundaries are counted from: the start of tracing, or the first time
+    /// seen when the clock base does not say.
+    anchor_ns: Option<u64>,
+    interval_start_ns: u64,
+    next_summary_ns: Option<u64>,
+    records: u64,
+}
+
+impl Pipeline {
+    pub fn new(cfg: OutputConfig) -> Pipeline {
+        Pipeline {
+            reorder: Reorder::new(cfg.reorder_window_ns, timeline::DEFAULT_CAPACITY),
+            engine: Engine::new(cfg.max_tracked),
+            pairing: Pairing::new(pairing::DEFAULT_WAIT_NS, pairing::DEFAULT_MAX_HELD),
+            time: TimeFormatter::new(cfg.time, cfg.clock),
+            total: Stats::default(),
+            interval: Stats::default(),
+            counters: None,
+            done: Vec::new(),
+            emits: Vec::new(),
+            text: String::new(),
+            started: false,
+            finished: false,
+            anchor_ns: (cfg.clock.start_mono_ns != 0).then_some(cfg.clock.start_mono_ns),
+            interval_start_ns: 0,
+            next_summary_ns: None,
+            records: 0,
+            cfg,
+        }
+    }
+
+    /// Feeds one input; writes whatever became final. The first call writes the header.
+    pub fn push(&mut self, input: &Input, out: &mut impl Write) -> io::Result<()> {
+        if self.finished {
+            return Ok(());
+        }
+        self.start(out)?;
+        match *input {
+            Input::Event(ev) => {
+                self.anchor_ns.get_or_insert(ev.ts_ns);
+                self.reorder.push(ev);
+            }
+            Input::Tick { now_ns } => {
+                self.anchor_ns.get_or_insert(now_ns);
+                self.reorder.advance(now_ns);
+            }
+            Input::Counters(c) => {
+                self.counters = Some(c);
+                return Ok(());
+            }
+        }
+        while let Some(ev) = self.reorder.pop_ready() {
+            self.process(&ev, out)?;
+        }
+        self.advance(self.reorder.watermark(), out)
+    }
+
+    /// Ends the stream: releases held events, reports open connections as `open` and anything
+    /// waiting for its other end, then the final summary. Later calls do nothing.
+    pub fn finish(&mut self, out: &mut impl Write) -> io::Result<()> {
+        if self.finished {
+            return Ok(());
+        }
+        self.start(out)?;
+        while let Some(ev) = self.reorder.pop_any() {
+            self.process(&ev, out)?;
+        }
+        let end = self.reorder.clock_ns().max(self.engine.now_ns());
+        self.advance(end, out)?;
+        let mut done = std::mem::take(&mut self.done);
+        self.engine.finish(end, &mut done);
+        // Both ends of a connection can still be open: pair them within this last batch.
+        let open_tuples: HashSet<u64> = done.iter().map(|c| c.tuple_hash(false)).collect();
+        for c in done.drain(..) {
+            self.record(&c);
+            if self.cfg.mode != Mode::Transitions {
+                let peer_open = open_tuples.contains(&c.tuple_hash(true));
+                self.pairing.offer(c, peer_open, &mut self.emits);
+            }
+        }
+        self.done = done;
+        self.pairing.flush(&mut self.emits);
+        self.print_emits(out)?;
+        if self.cfg.summary_at_end {
+            let start = self.anchor_ns.unwrap_or(end);
+            self.print_summary(SummaryKind::Final, start, end, out)?;
+        }
+        self.finished = true;
+        Ok(())
+    }
+
+    /// Connection or transition records written so far (for `--count`).
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Statistics over every connection finished so far.
+    pub fn stats(&self) -> &Stats {
+        &self.total
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn config(&self) -> &OutputConfig {
+        &self.cfg
+    }
+
+    fn start(&mut self, out: &mut impl Write) -> io::Result<()> {
+        if self.started {
+            return Ok(());
+        }
+        self.started = true;
+        if self.cfg.format == Format::Table {
+            let wide = self.cfg.wide;
+            match self.cfg.mode {
+                Mode::Connections => table::header(&self.time, wide, &mut self.text),
+                Mode::Transitions => transitions::header(&self.time, wide, &mut self.text),
+                Mode::Timeline => Ok(()),
+            }
+            .map_err(fmt_error)?;
+        }
+        self.write_text(out)
+    }
+
+    fn process(&mut self, ev: &Event, out: &mut impl Write) -> io::Result<()> {
+        self.advance(ev.ts_ns, out)?;
+        let mut done = std::mem::take(&mut self.done);
+        let step = self.engine.push(ev, &mut done);
+        if self.cfg.mode == Mode::Transitions {
+            self.records += 1;
+            match self.cfg.format {
+                Format::Table => {
+                    transitions::line(ev, &step, &mut self.time, self.cfg.wide, &mut self.text)
+                        .map_err(fmt_error)?;
+                    self.write_text(out)?;
+                }
+                Format::Json => json::transition(ev, &step, &self.cfg.clock, out)?,
+            }
+        }
+        for c in done.drain(..) {
+            self.record(&c);
+            if self.cfg.mode != Mode::Transitions {
+                let peer_open = self.engine.has_open_peer(&c);
+                self.pairing.offer(c, peer_open, &mut self.emits);
+            }
+        }
+        self.done = done;
+        self.print_emits(out)
+    }
+
+    /// The event clock reached `now_ns`: connections waiting too long for their other end are
+    /// printed alone, and interval summaries fall due.
+    fn advance(&mut self, now_ns: u64, out: &mut impl Write) -> io::Result<()> {
+        self.pairing.expire(now_ns, &mut self.emits);
+        self.print_emits(out)?;
+        let Some(iv) = self.cfg.interval_ns.filter(|&iv| iv > 0) else {
+            return Ok(());
+        };
+        let next = match self.next_summary_ns {
+            Some(n) => n,
+            None => {
+                let anchor = self.anchor_ns.unwrap_or(now_ns);
+                self.interval_start_ns = anchor;
+                let n = anchor.saturating_add(iv);
+                self.next_summary_ns = Some(n);
+                n
+            }
+        };
+        if now_ns < next {
+            return Ok(());
+        }
+        self.print_summary(SummaryKind::Interval, self.interval_start_ns, next, out)?;
+        self.interval.clear();
+        // Quiet intervals in between had nothing to report: skip to the one holding `now_ns`.
+        let skipped = (now_ns - next) / iv;
+        self.interval_start_ns = next.saturating_add(skipped.saturating_mul(iv));
+        self.next_summary_ns = Some(self.interval_start_ns.saturating_add(iv));
+        Ok(())
+    }
+
+    fn record(&mut self, c: &Conn) {
+        self.total.record(c);
+        if self.cfg.interval_ns.is_some() {
+            self.interval.record(c);
+        }
+    }
+
+    fn passes(&self, c: &Conn) -> bool {
+        let at_least = |min: Option<u64>, v: Option<u64>| match min {
+            Some(m) => v.is_some_and(|v| v >= m),
+            None => true,
+        };
+        at_least(self.cfg.min_handshake_ns, c.handshake_ns())
+            && at_least(self.cfg.min_close_wait_ns, c.phase_ns(Phase::CloseWait))
+    }
+
+    /// Prints what pairing released; a pair is shown when either end passes the thresholds,
+    /// because each end is the context of the other.
+    fn print_emits(&mut self, out: &mut impl Write) -> io::Result<()> {
+        let mut emits = std::mem::take(&mut self.emits);
+        let mut result = Ok(());
+        for e in emits.drain(..) {
+            let r = match e.second {
+                None if self.passes(&e.first) => self.print_single(&e.first, out),
+                Some(b) if self.passes(&e.first) || self.passes(&b) => {
+                    self.print_pair(&e.first, &b, out)
+                }
+                _ => Ok(()),
+            };
+            if r.is_err() {
+                result = r;
+                break;
+            }
+        }
+        emits.clear();
+        self.emits = emits;
+        result
+    }
+
+    fn print_single(&mut self, c: &Conn, out: &mut impl Write) -> io::Result<()> {
+        self.records += 1;
+        match (self.cfg.format, self.cfg.mode) {
+            (Format::Json, _) => json::connection(c, None, &self.cfg.clock, out),
+            (Format::Table, Mode::Timeline) => {
+                ladder::single(c, &mut self.time, &mut self.text).map_err(fmt_error)?;
+                self.write_text(out)
+            }
+            (Format::Table, _) => {
+                table::line(c, false, &mut self.time, self.cfg.wide, &mut self.text)
+                    .map_err(fmt_error)?;
+                self.write_text(out)
+            }
+        }
+    }
+
+    fn print_pair(&mut self, a: &Conn, b: &Conn, out: &mut impl Write) -> io::Result<()> {
+        self.records += 2;
+        match (self.cfg.format, self.cfg.mode) {
+            (Format::Json, _) => {
+                json::connection(a, Some(b), &self.cfg.clock, out)?;
+                json::connection(b, Some(a), &self.cfg.clock, out)
+            }
+            (Format::Table, Mode::Timeline) => {
+                ladder::pair(a, b, &mut self.time, &mut self.text).map_err(fmt_error)?;
+                self.write_text(out)
+            }
+            (Format::Table, _) => {
+                let wide = self.cfg.wide;
+                table::line(a, false, &mut self.time, wide, &mut self.text).map_err(fmt_error)?;
+                table::line(b, true, &mut self.time, wide, &mut self.text).map_err(fmt_error)?;
+                self.write_text(out)
+            }
+        }
+    }
+
+    fn print_summary(
+        &mut self,
+        kind: SummaryKind,
+        start_ns: u64,
+        end_ns: u64,
+        out: &mut impl Write,
+    ) -> io::Result<()> {
+        let (stats, still_open) = match kind {
+            SummaryKind::Interval => (&self.interval, self.engine.open_count() as u64),
+            SummaryKind::Final => (&self.total, self.total.outcome(timeline::Outcome::Open)),
+        };
+        let s = Summary {
+            kind,
+            start_ns,
+            end_ns,
+            stats,
+            still_open,
+            evictions: self.engine.evictions(),
+            counters: self.counters,
+            pipeline: PipelineCounts {
+                events: self.engine.events(),
+                late: self.reorder.late(),
+                forced: self.reorder.forced(),
+                superseded: self.engine.superseded(),
+                ignored: self.engine.ignored(),
+                paired: self.pairing.paired(),
+            },
+        };
+        match self.cfg.format {
+            Format::Json => json::summary(&s, out),
+            Format::Table => {
+                if self.cfg.mode != Mode::Timeline {
+                    self.text.push('\n');
+                }
+                summary::text(&s, &mut self.text).map_err(fmt_error)?;
+                self.write_text(out)
+            }
+        }
+    }
+
+    fn write_text(&mut self, out: &mut impl Write) -> io::Result<()> {
+        if self.text.is_empty() {
+            return Ok(());
+        }
+        let r = out.write_all(self.text.as_bytes());
+        self.text.clear();
+        r
+    }
+}
+
+fn fmt_error(_: std::fmt::Error) -> io::Error {
+    io::Error::other("formatting output failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::tests::ev;
+    use tcpstate_common::state::*;
+
+    /// `n` loopback conversations (client + accepted socket, ten transitions), overlapping in
+    /// time and reusing socket addresses like a busy host.
+    pub(crate) fn synthetic(n: u64) -> Vec<Input> {
+        let mut out = Vec::with_capacity(n as usize * 10);
+        for i in 0..n {
+            let t = 1_000_000_000 + i * 2_000;
+            let client = 0xffff_8880_0000_0000 + (i % 4096) * 4096;
+            let child = client + 2048;
+            let port = 10_000 + (i % 50_000) as u16;
+            let seq = [
+                ev(t, client, CLOSE, SYN_SENT, 0, 8080),
+                ev(t + 20_000, child, LISTEN, SYN_RECV, 8080, port),
+                ev(t + 21_000, child, SYN_RECV, ESTABLISHED, 8080, port),
+                ev(t + 30_000, client, SYN_SENT, ESTABLISHED, port, 8080),
+                ev(t + 500_000, client, ESTABLISHED, FIN_WAIT1, port, 8080),
+                ev(t + 510_000, child, ESTABLISHED, CLOSE_WAIT, 8080, port),
+                ev(t + 515_000, client, FIN_WAIT1, FIN_WAIT2, port, 8080),
+                ev(t + 700_000, child, CLOSE_WAIT, LAST_ACK, 8080, port),
+                ev(t + 720_000, client, FIN_WAIT2, CLOSE, port, 8080),
+                ev(t + 720_500, child, LAST_ACK, CLOSE, 8080, port),
+            ];
+            out.extend(seq.iter().map(|&e| Input::Event(e)));
+        }
+        // Arrival order: roughly by time, as from one ring buffer.
+        out.sort_by_key(|i| match i {
+            Input::Event(e) => e.ts_ns,
+            _ => 0,
+        });
+        out
+    }
+
+    /// CPU time of this thread: the machine may be shared, wall time is not a fair measure.
+    fn thread_cpu_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: ts is a valid timespec for the call to fill.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+
+    /// Transitions per second through the whole pipeline into `io::sink()`. Run with
+    /// `cargo test --release -p tcpstate --lib throughput -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn throughput() {
+        let inputs = synthetic(200_000);
+        for (mode, format) in [
+            (Mode::Connections, Format::Table),
+            (Mode::Connections, Format::Json),
+            (Mode::Transitions, Format::Table),
+            (Mode::Transitions, Format::Json),
+            (Mode::Timeline, Format::Table),
+        ] {
+            let mut p = Pipeline::new(OutputConfig {
+                mode,
+                format,
+                ..OutputConfig::default()
+            });
+            let mut out = io::sink();
+            let started = std::time::Instant::now();
+            let cpu_started = thread_cpu_ns();
+            for i in &inputs {
+                p.push(i, &mut out).unwrap();
+            }
+            p.finish(&mut out).unwrap();
+            let secs = started.elapsed().as_secs_f64();
+            let cpu = (thread_cpu_ns() - cpu_started) as f64 / 1e9;
+            println!(
+                "{mode:?}/{format:?}: {} transitions, {secs:.3} s wall, {cpu:.3} s cpu = {:.2} M/s per core ({} records, {} paired)",
+                inputs.len(),
+                inputs.len() as f64 / cpu / 1e6,
+                p.records(),
+                p.pairing.paired()
+            );
+            assert_eq!(p.stats().connections, 400_000);
+        }
+    }
+}

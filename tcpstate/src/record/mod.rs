@@ -1,0 +1,259 @@
+//! Recordings: `tcpstate trace --record FILE` stores the stream of [`Input`]s the pipeline saw,
+//! `tcpstate replay FILE` feeds it to the same pipeline again.
+//!
+//! The byte layout is specified in `docs/record-format.md`; keep the two in step. In short: a
+//! header (magic, format version, tool version, kernel release, clock, start time, command line)
+//! closed by a CRC-32, then one record per input, each `kind, length, payload, CRC-32`. Everything
+//! is little-endian. A reader yields every record before the first damaged one, then one error
+//! naming the byte offset where the damage starts; a file that ends exactly after a record is a
+//! complete (possibly cut short) recording, one that ends inside a record is an error.
+
+mod crc32;
+mod file;
+mod reader;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::{fmt, io};
+
+use tcpstate_common::EVENT_SIZE;
+
+use crate::{event::Event, input::KernelCounters};
+
+pub use file::{create_record_file, CreateError};
+pub use reader::RecordReader;
+pub use writer::RecordWriter;
+
+/// First bytes of every recording. PNG's trick: the high-bit byte and the CR LF / ^Z / LF
+/// sequence expose transfers that mangle binary files.
+pub const MAGIC: [u8; 8] = *b"\x89TSR\r\n\x1a\n";
+/// The format this code writes and the only one it reads.
+pub const FORMAT_VERSION: u16 = 1;
+/// The clock of every timestamp in a recording.
+pub const CLOCK: &str = "CLOCK_MONOTONIC";
+
+/// Magic, version, event size, header body length.
+const FIXED_HEADER_LEN: usize = 16;
+/// Two timestamps and four strings of at most `u16::MAX` bytes, each with its length.
+const MAX_HEADER_BODY: u32 = 16 + 4 * (2 + u16::MAX as u32);
+const CRC_LEN: usize = 4;
+/// Kind and payload length.
+const RECORD_HEAD_LEN: usize = 4;
+const COUNTERS_LEN: usize = 6 * 8;
+const TICK_LEN: usize = 8;
+/// The largest record: an event.
+const MAX_RECORD_LEN: usize = RECORD_HEAD_LEN + EVENT_SIZE + CRC_LEN;
+
+/// Record kinds. 0 is never used, so a run of zero bytes (a hole left by a crash) is damage.
+mod kinds {
+    pub const EVENT: u16 = 1;
+    pub const TICK: u16 = 2;
+    pub const COUNTERS: u16 = 3;
+}
+
+/// What a recording says about where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// tcpstate's version that wrote it (`env!("CARGO_PKG_VERSION")`).
+    pub tool_version: String,
+    /// `uname -r` of the traced host.
+    pub kernel_release: String,
+    /// CLOCK_MONOTONIC when tracing started.
+    pub start_mono_ns: u64,
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC at the start, so a replay prints the wall-clock times
+    /// the live trace printed.
+    pub realtime_minus_mono_ns: i64,
+    /// The command line or flags of the trace, free-form.
+    pub command: String,
+}
+
+impl Header {
+    /// A header for a recording made now by this build of tcpstate.
+    pub fn new(
+        kernel_release: String,
+        start_mono_ns: u64,
+        realtime_minus_mono_ns: i64,
+        command: String,
+    ) -> Self {
+        Header {
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel_release,
+            start_mono_ns,
+            realtime_minus_mono_ns,
+            command,
+        }
+    }
+}
+
+/// A recording that cannot be read (further).
+#[derive(Debug)]
+pub struct RecordError {
+    /// Where the damage starts: the records before this byte were all valid.
+    pub offset: u64,
+    pub kind: RecordErrorKind,
+}
+
+#[derive(Debug)]
+pub enum RecordErrorKind {
+    /// Reading the file failed.
+    Io(io::Error),
+    /// Not a recording at all.
+    BadMagic,
+    UnsupportedVersion(u16),
+    /// Events of another size than this build's `Event`.
+    EventSize(u16),
+    HeaderTooLong(u32),
+    /// The header's checksum is right but its content is not.
+    BadHeader(&'static str),
+    /// The file ends inside the header: `have` of `need` bytes.
+    TruncatedHeader {
+        have: usize,
+        need: usize,
+    },
+    /// The file ends `have` bytes into a record (of `need` bytes when its length was readable).
+    TruncatedRecord {
+        have: usize,
+        need: Option<usize>,
+    },
+    BadChecksum {
+        stored: u32,
+        computed: u32,
+    },
+    UnknownKind(u16),
+    /// A known kind with another payload length than the kind has.
+    BadLength {
+        kind: u16,
+        len: u16,
+        expected: u16,
+    },
+}
+
+impl RecordError {
+    fn new(offset: u64, kind: RecordErrorKind) -> Self {
+        RecordError { offset, kind }
+    }
+
+    /// Whether the recording merely ends early (a writer that was killed or ran out of disk),
+    /// rather than being damaged or unreadable.
+    pub fn is_truncation(&self) -> bool {
+        matches!(
+            self.kind,
+            RecordErrorKind::TruncatedHeader { .. } | RecordErrorKind::TruncatedRecord { .. }
+        )
+    }
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use RecordErrorKind as K;
+        let at = self.offset;
+        match &self.kind {
+            K::Io(e) => write!(f, "cannot read recording at byte {at}: {e}"),
+            K::BadMagic => write!(f, "not a tcpstate recording (bad magic at byte {at})"),
+            K::UnsupportedVersion(v) => write!(
+                f,
+                "unsupported recording at byte {at}: format version {v}, tcpstate {} reads version {FORMAT_VERSION}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            K::EventSize(n) => write!(
+                f,
+                "unsupported recording at byte {at}: events of {n} bytes, this tcpstate reads {EVENT_SIZE}"
+            ),
+            K::HeaderTooLong(n) => write!(
+                f,
+                "corrupt recording at byte {at}: header of {n} bytes, at most {MAX_HEADER_BODY} allowed"
+            ),
+            K::BadHeader(what) => write!(f, "corrupt recording at byte {at}: {what}"),
+            K::TruncatedHeader { have, need } => write!(
+                f,
+                "truncated recording at byte {at}: the file ends {have} bytes into a header of {need}"
+            ),
+            K::TruncatedRecord { have, need: Some(need) } => write!(
+                f,
+                "truncated recording at byte {at}: the file ends {have} bytes into a record of {need}"
+            ),
+            K::TruncatedRecord { have, need: None } => write!(
+                f,
+                "truncated recording at byte {at}: the file ends {have} bytes into a record"
+            ),
+            K::BadChecksum { stored, computed } => write!(
+                f,
+                "corrupt recording at byte {at}: bad checksum (stored {stored:#010x}, computed {computed:#010x})"
+            ),
+            K::UnknownKind(k) => write!(f, "corrupt recording at byte {at}: unknown record kind {k}"),
+            K::BadLength { kind, len, expected } => write!(
+                f,
+                "corrupt recording at byte {at}: record kind {kind} has length {len}, expected {expected}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RecordError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            RecordErrorKind::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The payload length of a record kind, `None` for kinds this version does not know.
+fn payload_len(kind: u16) -> Option<usize> {
+    match kind {
+        kinds::EVENT => Some(EVENT_SIZE),
+        kinds::TICK => Some(TICK_LEN),
+        kinds::COUNTERS => Some(COUNTERS_LEN),
+        _ => None,
+    }
+}
+
+/// Converts an event between this host's layout and the file's little-endian one (the same
+/// swap both ways; nothing to do on little-endian hosts).
+fn event_le(ev: &Event) -> Event {
+    let mut e = *ev;
+    e.ts_ns = e.ts_ns.to_le();
+    e.skaddr = e.skaddr.to_le();
+    e.ctx_pid = e.ctx_pid.to_le();
+    e.ctx_tid = e.ctx_tid.to_le();
+    e.owner_pid = e.owner_pid.to_le();
+    e.owner_tid = e.owner_tid.to_le();
+    e.sport = e.sport.to_le();
+    e.dport = e.dport.to_le();
+    e
+}
+
+fn counters_to_bytes(c: &KernelCounters) -> [u8; COUNTERS_LEN] {
+    let mut out = [0u8; COUNTERS_LEN];
+    let values = [
+        c.seen,
+        c.filtered,
+        c.submitted,
+        c.ringbuf_full,
+        c.deferred,
+        c.recursion_misses,
+    ];
+    for (chunk, v) in out.chunks_exact_mut(8).zip(values) {
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+fn counters_from_bytes(b: &[u8; COUNTERS_LEN]) -> KernelCounters {
+    let mut v = [0u64; 6];
+    for (value, chunk) in v.iter_mut().zip(b.chunks_exact(8)) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        *value = u64::from_le_bytes(word);
+    }
+    KernelCounters {
+        seen: v[0],
+        filtered: v[1],
+        submitted: v[2],
+        ringbuf_full: v[3],
+        deferred: v[4],
+        recursion_misses: v[5],
+    }
+}

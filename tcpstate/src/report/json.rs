@@ -1,0 +1,392 @@
+//! JSON Lines: one object per connection, per transition or per summary, each naming its
+//! schema (`docs/json-schema.md`, `docs/schema/*.json`). Field names are stable snake_case;
+//! times are integer nanoseconds (monotonic `*_ns`, wall clock `*_unix_ns`) with rounded
+//! millisecond companions (`*_ms`); unknown values are `null`.
+
+use std::{borrow::Cow, io, net::IpAddr};
+
+use serde::{ser::SerializeSeq, Serialize, Serializer};
+use tcpstate_common::{owner_source, AF_INET};
+
+use super::ms_f64;
+use super::summary::{Summary, SummaryKind};
+use crate::event::{comm, local_addr, remote_addr, state_name, Event};
+use crate::stats::{Histogram, Log2Histogram};
+use crate::timeline::{Conn, Outcome, Phase, Role, Step};
+
+pub const CONNECTION_SCHEMA: &str = "tcpstate.connection.v1";
+pub const TRANSITION_SCHEMA: &str = "tcpstate.transition.v1";
+pub const SUMMARY_SCHEMA: &str = "tcpstate.summary.v1";
+
+/// A u64 as a hex string (kernel addresses exceed what JSON numbers hold exactly everywhere).
+struct Hex(u64);
+
+impl Serialize for Hex {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{:#x}", self.0))
+    }
+}
+
+fn family(f: u8) -> &'static str {
+    if f == AF_INET {
+        "ipv4"
+    } else {
+        "ipv6"
+    }
+}
+
+pub fn owner_source_name(source: u8) -> &'static str {
+    match source {
+        owner_source::SYSCALL => "syscall",
+        owner_source::REMEMBERED => "remembered",
+        owner_source::LISTENER => "listener",
+        owner_source::PROC_SCAN => "proc_scan",
+        _ => "unknown",
+    }
+}
+
+fn opt_ms(ns: Option<u64>) -> Option<f64> {
+    ns.map(ms_f64)
+}
+
+struct Ladder<'a>(&'a Conn);
+
+impl Serialize for Ladder<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct RungJson {
+            state: &'static str,
+            offset_ns: u64,
+            offset_ms: f64,
+            gap: bool,
+        }
+        let mut seq = s.serialize_seq(Some(self.0.ladder().count()))?;
+        for r in self.0.ladder() {
+            seq.serialize_element(&RungJson {
+                state: state_name(r.state),
+                offset_ns: r.offset_ns,
+                offset_ms: ms_f64(r.offset_ns),
+                gap: r.gap,
+            })?;
+        }
+        seq.end()
+    }
+}
+
+#[derive(Serialize)]
+struct ConnectionJson<'a> {
+    schema: &'static str,
+    id: u32,
+    peer_id: Option<u32>,
+    skaddr: Hex,
+    family: &'static str,
+    laddr: IpAddr,
+    lport: u16,
+    raddr: IpAddr,
+    rport: u16,
+    role: &'static str,
+    outcome: &'static str,
+    closer: Option<&'static str>,
+    time_wait: bool,
+    partial: bool,
+    incomplete: bool,
+    first_state: &'static str,
+    last_state: &'static str,
+    pid: Option<u32>,
+    comm: Option<Cow<'a, str>>,
+    owner_source: &'static str,
+    ctx_pid: u32,
+    ctx_comm: Cow<'a, str>,
+    start_ns: u64,
+    end_ns: u64,
+    start_unix_ns: i64,
+    end_unix_ns: i64,
+    life_ns: u64,
+    life_ms: f64,
+    handshake_ns: Option<u64>,
+    handshake_ms: Option<f64>,
+    established_ns: Option<u64>,
+    established_ms: Option<f64>,
+    fin_wait1_ns: Option<u64>,
+    fin_wait1_ms: Option<f64>,
+    fin_wait2_ns: Option<u64>,
+    fin_wait2_ms: Option<f64>,
+    closing_ns: Option<u64>,
+    closing_ms: Option<f64>,
+    close_wait_ns: Option<u64>,
+    close_wait_ms: Option<f64>,
+    last_ack_ns: Option<u64>,
+    last_ack_ms: Option<f64>,
+    close_ns: Option<u64>,
+    close_ms: Option<f64>,
+    transitions: Ladder<'a>,
+    transitions_overflow: bool,
+}
+
+/// One connection object (`tcpstate.connection.v1`) and its newline.
+pub fn connection(
+    c: &Conn,
+    peer: Option<&Conn>,
+    clock: &super::time::ClockBase,
+    out: &mut impl io::Write,
+) -> io::Result<()> {
+    let phase = |p| c.phase_ns(p);
+    let obj = ConnectionJson {
+        schema: CONNECTION_SCHEMA,
+        id: c.id(),
+        peer_id: peer.map(Conn::id),
+        skaddr: Hex(c.skaddr()),
+        family: family(c.family()),
+        laddr: c.laddr(),
+        lport: c.lport(),
+        raddr: c.raddr(),
+        rport: c.rport(),
+        role: c.role().name(),
+        outcome: c.outcome().name(),
+        closer: c.closer().name(),
+        time_wait: c.time_wait(),
+        partial: c.partial(),
+        incomplete: c.incomplete(),
+        first_state: state_name(c.first_state()),
+        last_state: state_name(c.state()),
+        pid: c.owner().map(|o| o.0),
+        comm: c.owner().map(|o| comm(o.1)),
+        owner_source: owner_source_name(c.owner_source()),
+        ctx_pid: c.ctx().0,
+        ctx_comm: comm(c.ctx().1),
+        start_ns: c.first_ts(),
+        end_ns: c.last_ts(),
+        start_unix_ns: clock.unix_ns(c.first_ts()),
+        end_unix_ns: clock.unix_ns(c.last_ts()),
+        life_ns: c.life_ns(),
+        life_ms: ms_f64(c.life_ns()),
+        handshake_ns: phase(Phase::Handshake),
+        handshake_ms: opt_ms(phase(Phase::Handshake)),
+        established_ns: phase(Phase::Established),
+        established_ms: opt_ms(phase(Phase::Established)),
+        fin_wait1_ns: phase(Phase::FinWait1),
+        fin_wait1_ms: opt_ms(phase(Phase::FinWait1)),
+        fin_wait2_ns: phase(Phase::FinWait2),
+        fin_wait2_ms: opt_ms(phase(Phase::FinWait2)),
+        closing_ns: phase(Phase::Closing),
+        closing_ms: opt_ms(phase(Phase::Closing)),
+        close_wait_ns: phase(Phase::CloseWait),
+        close_wait_ms: opt_ms(phase(Phase::CloseWait)),
+        last_ack_ns: phase(Phase::LastAck),
+        last_ack_ms: opt_ms(phase(Phase::LastAck)),
+        close_ns: c.close_ns(),
+        close_ms: opt_ms(c.close_ns()),
+        transitions: Ladder(c),
+        transitions_overflow: c.ladder_overflow(),
+    };
+    write_line(&obj, out)
+}
+
+#[derive(Serialize)]
+struct TransitionJson<'a> {
+    schema: &'static str,
+    ts_ns: u64,
+    unix_ns: i64,
+    skaddr: Hex,
+    family: &'static str,
+    laddr: IpAddr,
+    lport: u16,
+    raddr: IpAddr,
+    rport: u16,
+    old_state: &'static str,
+    new_state: &'static str,
+    old_state_ns: Option<u64>,
+    old_state_ms: Option<f64>,
+    pid: Option<u32>,
+    comm: Option<Cow<'a, str>>,
+    owner_source: &'static str,
+    ctx_pid: u32,
+    ctx_comm: Cow<'a, str>,
+}
+
+/// One transition object (`tcpstate.transition.v1`) and its newline.
+pub fn transition(
+    ev: &Event,
+    step: &Step,
+    clock: &super::time::ClockBase,
+    out: &mut impl io::Write,
+) -> io::Result<()> {
+    let in_old = step.since_ns.map(|s| ev.ts_ns.saturating_sub(s));
+    let known = step.owner_pid != 0;
+    let obj = TransitionJson {
+        schema: TRANSITION_SCHEMA,
+        ts_ns: ev.ts_ns,
+        unix_ns: clock.unix_ns(ev.ts_ns),
+        skaddr: Hex(ev.skaddr),
+        family: family(ev.family),
+        laddr: local_addr(ev),
+        lport: ev.sport,
+        raddr: remote_addr(ev),
+        rport: ev.dport,
+        old_state: state_name(ev.oldstate),
+        new_state: state_name(ev.newstate),
+        old_state_ns: in_old,
+        old_state_ms: opt_ms(in_old),
+        pid: known.then_some(step.owner_pid),
+        comm: known.then(|| comm(&step.owner_comm)),
+        owner_source: owner_source_name(step.owner_source),
+        ctx_pid: ev.ctx_pid,
+        ctx_comm: comm(&ev.ctx_comm),
+    };
+    write_line(&obj, out)
+}
+
+#[derive(Serialize)]
+struct LatencyJson {
+    count: u64,
+    p50_ns: Option<u64>,
+    p90_ns: Option<u64>,
+    p99_ns: Option<u64>,
+    max_ns: Option<u64>,
+    p50_ms: Option<f64>,
+    p90_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    max_ms: Option<f64>,
+}
+
+impl LatencyJson {
+    fn of(h: &Histogram) -> LatencyJson {
+        let p = |q| h.percentile(q);
+        LatencyJson {
+            count: h.count(),
+            p50_ns: p(50.0),
+            p90_ns: p(90.0),
+            p99_ns: p(99.0),
+            max_ns: h.max(),
+            p50_ms: opt_ms(p(50.0)),
+            p90_ms: opt_ms(p(90.0)),
+            p99_ms: opt_ms(p(99.0)),
+            max_ms: opt_ms(h.max()),
+        }
+    }
+}
+
+/// The non-empty part of a log2 histogram as `[{low, high, count}]`.
+struct Buckets<'a>(&'a Log2Histogram);
+
+impl Serialize for Buckets<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Bucket {
+            low: u64,
+            high: u64,
+            count: u64,
+        }
+        s.collect_seq(
+            self.0
+                .buckets()
+                .map(|(low, high, count)| Bucket { low, high, count }),
+        )
+    }
+}
+
+/// Counts keyed by the stable names of an enum's values, all of them present.
+struct Counts<'a>(&'a [(&'static str, u64)]);
+
+impl Serialize for Counts<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (*k, *v)))
+    }
+}
+
+#[derive(Serialize)]
+struct KernelJson {
+    seen: u64,
+    filtered: u64,
+    submitted: u64,
+    ringbuf_full: u64,
+    recursion_misses: u64,
+    lost: u64,
+    deferred: u64,
+}
+
+#[derive(Serialize)]
+struct PipelineJson {
+    events: u64,
+    late_events: u64,
+    forced_releases: u64,
+    superseded: u64,
+    ignored: u64,
+    paired: u64,
+}
+
+#[derive(Serialize)]
+struct SummaryJson<'a> {
+    schema: &'static str,
+    kind: &'static str,
+    start_ns: u64,
+    end_ns: u64,
+    connections: u64,
+    outcomes: Counts<'a>,
+    roles: Counts<'a>,
+    time_wait: u64,
+    partial: u64,
+    incomplete: u64,
+    still_open: u64,
+    evictions: u64,
+    connect_latency: LatencyJson,
+    connect_latency_us_log2: Buckets<'a>,
+    close_wait: LatencyJson,
+    kernel: Option<KernelJson>,
+    pipeline: PipelineJson,
+}
+
+/// One summary object (`tcpstate.summary.v1`) and its newline.
+pub fn summary(s: &Summary<'_>, out: &mut impl io::Write) -> io::Result<()> {
+    let outcomes: Vec<(&'static str, u64)> = Outcome::ALL
+        .iter()
+        .map(|&o| (o.name(), s.stats.outcome(o)))
+        .collect();
+    let roles: Vec<(&'static str, u64)> = Role::ALL
+        .iter()
+        .map(|&r| (r.name(), s.stats.role(r)))
+        .collect();
+    let obj = SummaryJson {
+        schema: SUMMARY_SCHEMA,
+        kind: match s.kind {
+            SummaryKind::Interval => "interval",
+            SummaryKind::Final => "final",
+        },
+        start_ns: s.start_ns,
+        end_ns: s.end_ns,
+        connections: s.stats.connections,
+        outcomes: Counts(&outcomes),
+        roles: Counts(&roles),
+        time_wait: s.stats.time_wait,
+        partial: s.stats.partial,
+        incomplete: s.stats.incomplete,
+        still_open: s.still_open,
+        evictions: s.evictions,
+        connect_latency: LatencyJson::of(&s.stats.connect),
+        connect_latency_us_log2: Buckets(&s.stats.connect_us),
+        close_wait: LatencyJson::of(&s.stats.close_wait),
+        kernel: s.counters.map(|k| KernelJson {
+            seen: k.seen,
+            filtered: k.filtered,
+            submitted: k.submitted,
+            ringbuf_full: k.ringbuf_full,
+            recursion_misses: k.recursion_misses,
+            lost: k.lost(),
+            deferred: k.deferred,
+        }),
+        pipeline: PipelineJson {
+            events: s.pipeline.events,
+            late_events: s.pipeline.late,
+            forced_releases: s.pipeline.forced,
+            superseded: s.pipeline.superseded,
+            ignored: s.pipeline.ignored,
+            paired: s.pipeline.paired,
+        },
+    };
+    write_line(&obj, out)
+}
+
+fn write_line(obj: &impl Serialize, out: &mut impl io::Write) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, obj).map_err(io::Error::from)?;
+    out.write_all(b"\n")
+}

@@ -1,0 +1,226 @@
+//! `--timeline`: each finished connection as a small ladder of its transitions.
+//!
+//! A block per connection: a title (role and ends; the time column, if any, is when its first
+//! event happened), a line with the owner, outcome and every known phase duration, notes, then
+//! one rung per transition with its offset from the first event. A gap rung (`~>`) marks a
+//! state reached through transitions that were never seen. When both ends of a connection are
+//! on this host the two ladders are drawn side by side on one time axis. A blank line ends each
+//! block.
+
+use std::fmt::{self, Write};
+
+use super::time::TimeFormatter;
+use super::{comm_or_dash, right, spaces, Endpoint, Ms, Small};
+use crate::event::state_name;
+use crate::timeline::{Conn, Outcome, Phase, LADDER};
+
+/// Width of the left ladder when two are side by side.
+const LEFT: usize = 36;
+
+/// `+1.234 ms`, right-aligned so the decimal points line up.
+struct Offset(u64);
+
+impl Offset {
+    fn write(&self, out: &mut impl Write) -> fmt::Result {
+        let mut s = Small::new();
+        s.push_str("+");
+        s.push_ms(self.0);
+        right(out, s.as_str(), 12)?;
+        out.write_str(" ms")
+    }
+}
+
+fn owner(c: &Conn, out: &mut impl Write) -> fmt::Result {
+    match c.owner() {
+        Some((pid, comm)) => write!(out, "pid {pid} ({})", comm_or_dash(comm)),
+        None => write!(out, "pid - (owner unknown)"),
+    }
+}
+
+/// Owner, outcome, phases, closer and life on one line.
+fn describe(c: &Conn, out: &mut impl Write) -> fmt::Result {
+    owner(c, out)?;
+    write!(out, "  {}", c.outcome().name())?;
+    for p in [Phase::Handshake, Phase::Established]
+        .into_iter()
+        .chain(Phase::TEARDOWN)
+    {
+        if let Some(ns) = c.phase_ns(p) {
+            write!(out, "  {} {} ms", p.name(), Ms(ns))?;
+        }
+    }
+    if let Some(name) = c.closer().name() {
+        write!(out, "  closer {name}")?;
+    }
+    write!(out, "  life {} ms", Ms(c.life_ns()))?;
+    if matches!(c.outcome(), Outcome::Open | Outcome::Evicted) {
+        write!(out, " so far")?;
+    }
+    Ok(())
+}
+
+fn notes(c: &Conn, prefix: &str, out: &mut impl Write) -> fmt::Result {
+    if c.partial() {
+        writeln!(
+            out,
+            "  {prefix}note: started before tracing; first seen in {}",
+            state_name(c.first_state())
+        )?;
+    }
+    if c.incomplete() {
+        writeln!(
+            out,
+            "  {prefix}note: transitions are missing (~> marks where)"
+        )?;
+    }
+    if c.ladder_overflow() {
+        writeln!(
+            out,
+            "  {prefix}note: more than {LADDER} transitions; the middle ones are not shown"
+        )?;
+    }
+    Ok(())
+}
+
+/// One line of a ladder.
+#[derive(Clone, Copy)]
+enum Row {
+    Transition {
+        from: u8,
+        to: u8,
+        gap: bool,
+        time_wait: bool,
+    },
+    StillOpen(u8),
+    Evicted(u8),
+}
+
+impl Row {
+    fn write(&self, out: &mut impl Write) -> fmt::Result {
+        match *self {
+            Row::Transition {
+                from,
+                to,
+                gap,
+                time_wait,
+            } => {
+                let arrow = if gap { "~>" } else { "->" };
+                write!(out, "{} {arrow} {}", state_name(from), state_name(to))?;
+                if time_wait {
+                    out.write_str(" = TIME_WAIT 60 s")?;
+                }
+                Ok(())
+            }
+            Row::StillOpen(s) => write!(out, "(still {} at end of trace)", state_name(s)),
+            Row::Evicted(s) => write!(out, "(evicted in {})", state_name(s)),
+        }
+    }
+}
+
+/// The rows of a ladder with their offsets from the connection's first event.
+fn rows(c: &Conn) -> impl Iterator<Item = (u64, Row)> + '_ {
+    let total = c.ladder().count();
+    let mut prev = c.first_state();
+    let rungs = c.ladder().enumerate().map(move |(i, r)| {
+        let row = Row::Transition {
+            from: prev,
+            to: r.state,
+            gap: r.gap,
+            time_wait: i + 1 == total && c.time_wait(),
+        };
+        prev = r.state;
+        (r.offset_ns, row)
+    });
+    let last = c.state();
+    let end = match c.outcome() {
+        Outcome::Open => Some((c.life_ns(), Row::StillOpen(last))),
+        Outcome::Evicted => Some((c.life_ns(), Row::Evicted(last))),
+        _ => None,
+    };
+    rungs.chain(end)
+}
+
+/// `rows` with offsets from `start` instead of the connection's first event.
+fn shifted(c: &Conn, start: u64) -> impl Iterator<Item = (u64, Row)> + '_ {
+    let base = c.first_ts().saturating_sub(start);
+    rows(c).map(move |(off, row)| (base.saturating_add(off), row))
+}
+
+fn write_row(offset: u64, indent: usize, row: &Row, out: &mut impl Write) -> fmt::Result {
+    out.write_str("  ")?;
+    Offset(offset).write(out)?;
+    spaces(out, 2 + indent)?;
+    row.write(out)?;
+    out.write_char('\n')
+}
+
+/// One connection's ladder.
+pub fn single(c: &Conn, time: &mut TimeFormatter, out: &mut impl Write) -> fmt::Result {
+    time.write(c.first_ts(), out)?;
+    write!(
+        out,
+        "{} {}",
+        c.role().name(),
+        Endpoint(c.laddr(), c.lport())
+    )?;
+    if c.rport() != 0 {
+        write!(out, " -> {}", Endpoint(c.raddr(), c.rport()))?;
+    }
+    out.write_char('\n')?;
+    out.write_str("  ")?;
+    describe(c, out)?;
+    out.write_char('\n')?;
+    notes(c, "", out)?;
+    for (offset, row) in rows(c) {
+        write_row(offset, 0, &row, out)?;
+    }
+    out.write_char('\n')
+}
+
+/// Both ends of one connection, `a` on the left (the client when roles are known).
+pub fn pair(a: &Conn, b: &Conn, time: &mut TimeFormatter, out: &mut impl Write) -> fmt::Result {
+    let start = a.first_ts().min(b.first_ts());
+    time.write(start, out)?;
+    writeln!(
+        out,
+        "{} {} <-> {} {} (both ends on this host)",
+        a.role().name(),
+        Endpoint(a.laddr(), a.lport()),
+        b.role().name(),
+        Endpoint(b.laddr(), b.lport())
+    )?;
+    let mut labels = [String::new(), String::new()];
+    for (c, label) in [a, b].into_iter().zip(labels.iter_mut()) {
+        write!(
+            label,
+            "{} {}",
+            c.role().name(),
+            Endpoint(c.laddr(), c.lport())
+        )?;
+        write!(out, "  {label}: ")?;
+        describe(c, out)?;
+        out.write_char('\n')?;
+        notes(c, &format!("{label}: "), out)?;
+    }
+    writeln!(out, "{:19}{:<LEFT$} {}", "", labels[0], labels[1])?;
+    let mut left = shifted(a, start).peekable();
+    let mut right = shifted(b, start).peekable();
+    loop {
+        // Merge on one time axis; the left side first on ties.
+        let take_left = match (left.peek(), right.peek()) {
+            (Some(l), Some(r)) => l.0 <= r.0,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        let (row, indent) = if take_left {
+            (left.next(), 0)
+        } else {
+            (right.next(), LEFT + 1)
+        };
+        if let Some((off, row)) = row {
+            write_row(off, indent, &row, out)?;
+        }
+    }
+    out.write_char('\n')
+}

@@ -1,0 +1,151 @@
+//! The summary printed at the end (and every interval): what happened, how fast, what was lost.
+
+use std::fmt::{self, Write};
+
+use super::Ms;
+use crate::input::KernelCounters;
+use crate::stats::Stats;
+use crate::timeline::{Outcome, Role};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SummaryKind {
+    /// Connections that finished during one interval.
+    Interval,
+    /// Every connection since tracing started.
+    Final,
+}
+
+/// Counters of the user-space pipeline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PipelineCounts {
+    /// Events processed.
+    pub events: u64,
+    /// Events that arrived after the reorder window had passed them.
+    pub late: u64,
+    /// Events released early because the reorder buffer was full.
+    pub forced: u64,
+    /// Lifetimes ended because a new one started at their socket address.
+    pub superseded: u64,
+    /// CLOSE -> CLOSE events.
+    pub ignored: u64,
+    /// Connections shown together with their other end on this host (once per pair).
+    pub paired: u64,
+}
+
+/// Everything a summary shows.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary<'a> {
+    pub kind: SummaryKind,
+    /// The period covered, event clock.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub stats: &'a Stats,
+    /// Lifetimes open at `end_ns` (for the final summary: those reported as `open`).
+    pub still_open: u64,
+    /// Evictions since tracing started.
+    pub evictions: u64,
+    /// The kernel's latest counters, cumulative since tracing started.
+    pub counters: Option<KernelCounters>,
+    pub pipeline: PipelineCounts,
+}
+
+/// The human-readable summary block.
+pub fn text(s: &Summary<'_>, out: &mut impl Write) -> fmt::Result {
+    let st = s.stats;
+    let what = match s.kind {
+        SummaryKind::Interval => "interval",
+        SummaryKind::Final => "summary",
+    };
+    // `Ms` of microseconds prints seconds with three decimals.
+    let seconds = Ms(s.end_ns.saturating_sub(s.start_ns) / 1_000);
+    writeln!(
+        out,
+        "--- {what}: {} connections in {seconds} s ---",
+        st.connections
+    )?;
+    write!(out, "roles:")?;
+    list(Role::ALL.iter().map(|&r| (r.name(), st.role(r))), out)?;
+    write!(out, "outcomes:")?;
+    list(Outcome::ALL.iter().map(|&o| (o.name(), st.outcome(o))), out)?;
+    let h = &st.connect;
+    match (
+        h.percentile(50.0),
+        h.percentile(90.0),
+        h.percentile(99.0),
+        h.max(),
+    ) {
+        (Some(p50), Some(p90), Some(p99), Some(max)) => {
+            writeln!(
+                out,
+                "connect latency (n={}): p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
+                h.count(),
+                Ms(p50),
+                Ms(p90),
+                Ms(p99),
+                Ms(max)
+            )?;
+            st.connect_us.render("usecs", out)?;
+        }
+        _ => writeln!(out, "connect latency: no completed client handshakes")?,
+    }
+    let h = &st.close_wait;
+    match (h.percentile(50.0), h.percentile(99.0), h.max()) {
+        (Some(p50), Some(p99), Some(max)) => writeln!(
+            out,
+            "close_wait (n={}): p50 {} ms, p99 {} ms, max {} ms",
+            h.count(),
+            Ms(p50),
+            Ms(p99),
+            Ms(max)
+        )?,
+        _ => writeln!(out, "close_wait: none completed")?,
+    }
+    writeln!(
+        out,
+        "tracking: {} still open, {} evicted, {} first seen mid-life, {} with missing transitions",
+        s.still_open, s.evictions, st.partial, st.incomplete
+    )?;
+    let p = &s.pipeline;
+    writeln!(
+        out,
+        "events: {} processed, {} late for the reorder window, {} released early, {} sockets reused while open, {} paired",
+        p.events, p.late, p.forced, p.superseded, p.paired
+    )?;
+    match s.counters {
+        Some(k) => {
+            writeln!(
+                out,
+                "kernel: {} seen, {} filtered, {} submitted, {} lost (ringbuf_full {}, recursion_misses {})",
+                k.seen,
+                k.filtered,
+                k.submitted,
+                k.lost(),
+                k.ringbuf_full,
+                k.recursion_misses
+            )?;
+            if k.lost() > 0 {
+                writeln!(
+                    out,
+                    "WARNING: {} events were lost in the kernel: some timelines are incomplete",
+                    k.lost()
+                )?;
+            }
+        }
+        None => writeln!(out, "kernel: no counters received")?,
+    }
+    Ok(())
+}
+
+/// ` name n, name n` of the non-zero counts, or ` none`, and a newline.
+fn list<'n>(items: impl Iterator<Item = (&'n str, u64)>, out: &mut impl Write) -> fmt::Result {
+    let mut any = false;
+    for (name, n) in items.filter(|&(_, n)| n > 0) {
+        let sep = if any { "," } else { "" };
+        write!(out, "{sep} {name} {n}")?;
+        any = true;
+    }
+    if !any {
+        write!(out, " none")?;
+    }
+    out.write_char('\n')
+}

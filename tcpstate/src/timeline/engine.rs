@@ -1,0 +1,319 @@
+//! Follows every socket from its first to its last transition.
+
+use tcpstate_common::{state, Event, TASK_COMM_LEN};
+
+use super::conn::{Conn, Outcome};
+use super::index::Index;
+use crate::event::{ends_lifetime, starts_lifetime};
+
+/// Default bound on tracked sockets.
+pub const DEFAULT_MAX_TRACKED: usize = 65536;
+
+const NIL: u32 = u32::MAX;
+
+/// A slab entry: a connection plus its links in the creation-order list (or, when free, the
+/// next free slot in `next`).
+#[derive(Debug)]
+struct Slot {
+    conn: Conn,
+    prev: u32,
+    next: u32,
+}
+
+/// What the engine learnt from one event, for per-transition output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// When the socket entered the state this event leaves; `None` for the first event of a
+    /// lifetime, a socket first seen mid-life, or after missed transitions.
+    pub since_ns: Option<u64>,
+    /// The best known owner of the socket after this event (0: unknown).
+    pub owner_pid: u32,
+    pub owner_comm: [u8; TASK_COMM_LEN],
+    /// How that owner was learnt (`owner_source` value).
+    pub owner_source: u8,
+}
+
+/// Turns events, in timestamp order, into finished [`Conn`]s.
+///
+/// Sockets are keyed by their kernel address, and a lifetime runs from a transition out of
+/// CLOSE (or a child's LISTEN -> SYN_RECV) to the next transition into CLOSE; an address is
+/// reused by later sockets. A lifetime-starting event for an address whose lifetime is still
+/// open ends the old one as [`Outcome::Incomplete`] and starts a new one. An event for an
+/// unknown address that does not start a lifetime starts a partial one (first seen mid-life).
+///
+/// At most `max_tracked` lifetimes are open at once. A new one beyond that evicts the oldest
+/// (by creation, O(1)): the evicted lifetime is finished with [`Outcome::Evicted`], its phases
+/// cut at the evicting event, so it is both reported and counted.
+///
+/// CLOSE -> CLOSE events carry no lifetime and are ignored (counted in [`Engine::ignored`]).
+#[derive(Debug)]
+pub struct Engine {
+    slots: Vec<Slot>,
+    free: u32,
+    /// Oldest and newest open lifetime.
+    head: u32,
+    tail: u32,
+    len: usize,
+    max_tracked: usize,
+    by_addr: Index,
+    /// Open lifetimes whose two ports are known, by (family, local end, remote end): finds a
+    /// connection's other end when both are on this host.
+    by_tuple: Index,
+    next_id: u32,
+    now_ns: u64,
+    events: u64,
+    evictions: u64,
+    superseded: u64,
+    ignored: u64,
+}
+
+impl Engine {
+    /// `max_tracked` is clamped to at least 1.
+    pub fn new(max_tracked: usize) -> Engine {
+        Engine {
+            slots: Vec::new(),
+            free: NIL,
+            head: NIL,
+            tail: NIL,
+            len: 0,
+            max_tracked: max_tracked.clamp(1, NIL as usize - 1),
+            by_addr: Index::new(),
+            by_tuple: Index::new(),
+            next_id: 0,
+            now_ns: 0,
+            events: 0,
+            evictions: 0,
+            superseded: 0,
+            ignored: 0,
+        }
+    }
+
+    /// Feeds one event. Lifetimes that end (closed, superseded, evicted) are appended to `done`.
+    pub fn push(&mut self, ev: &Event, done: &mut Vec<Conn>) -> Step {
+        self.events += 1;
+        self.now_ns = self.now_ns.max(ev.ts_ns);
+        if ev.oldstate == state::CLOSE && ev.newstate == state::CLOSE {
+            self.ignored += 1;
+            return Step {
+                since_ns: None,
+                owner_pid: ev.owner_pid,
+                owner_comm: ev.owner_comm,
+                owner_source: ev.owner_source,
+            };
+        }
+        let starts = starts_lifetime(ev);
+        let ends = ends_lifetime(ev);
+        let (slot, since) = match self.find(ev.skaddr) {
+            Some(s) if !starts => (s, self.update(s, ev)),
+            found => {
+                if let Some(s) = found {
+                    self.superseded += 1;
+                    let mut old = self.remove(s);
+                    old.supersede();
+                    done.push(old);
+                }
+                let conn = Conn::start(ev, self.next_id, !starts);
+                self.next_id = self.next_id.wrapping_add(1);
+                if ends {
+                    // Seen only at its very end: never enters the table.
+                    let mut conn = conn;
+                    conn.close(ev, None);
+                    done.push(conn);
+                    return step_of(&conn, None);
+                }
+                (self.insert(conn, done), None)
+            }
+        };
+        let step = step_of(&self.slots[slot as usize].conn, since);
+        if ends {
+            let mut conn = self.remove(slot);
+            conn.close(ev, since);
+            done.push(conn);
+        }
+        step
+    }
+
+    /// Ends every open lifetime as [`Outcome::Open`] at `now_ns` (or the last event, if later),
+    /// oldest first, and empties the engine.
+    pub fn finish(&mut self, now_ns: u64, done: &mut Vec<Conn>) {
+        let now = now_ns.max(self.now_ns);
+        while self.head != NIL {
+            let mut conn = self.remove(self.head);
+            conn.cut(now, Outcome::Open);
+            done.push(conn);
+        }
+    }
+
+    /// Whether `conn`'s other end (same host) is an open lifetime.
+    pub fn has_open_peer(&self, conn: &Conn) -> bool {
+        if !conn.full_tuple() {
+            return false;
+        }
+        let slots = &self.slots;
+        self.by_tuple
+            .find(conn.tuple_hash(true), |s| {
+                conn.is_peer(&slots[s as usize].conn)
+            })
+            .is_some()
+    }
+
+    /// Open lifetimes, oldest first.
+    pub fn open(&self) -> impl Iterator<Item = &Conn> + '_ {
+        let mut at = self.head;
+        std::iter::from_fn(move || {
+            let slot = self.slots.get(at as usize)?;
+            at = slot.next;
+            Some(&slot.conn)
+        })
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.len
+    }
+    pub fn max_tracked(&self) -> usize {
+        self.max_tracked
+    }
+    /// Events fed so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+    /// Lifetimes ended because a new one started at their address.
+    pub fn superseded(&self) -> u64 {
+        self.superseded
+    }
+    /// CLOSE -> CLOSE events.
+    pub fn ignored(&self) -> u64 {
+        self.ignored
+    }
+    /// The latest event time seen.
+    pub fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
+
+    fn find(&self, skaddr: u64) -> Option<u32> {
+        let slots = &self.slots;
+        self.by_addr
+            .find(skaddr, |s| slots[s as usize].conn.skaddr() == skaddr)
+    }
+
+    fn update(&mut self, s: u32, ev: &Event) -> Option<u64> {
+        let i = s as usize;
+        if self.slots[i].conn.tuple_changes(ev) {
+            self.unindex_tuple(s);
+            self.slots[i].conn.take_tuple(ev);
+            self.index_tuple(s);
+        }
+        self.slots[i].conn.apply(ev)
+    }
+
+    fn insert(&mut self, conn: Conn, done: &mut Vec<Conn>) -> u32 {
+        if self.len >= self.max_tracked {
+            self.evictions += 1;
+            let mut old = self.remove(self.head);
+            old.cut(self.now_ns, Outcome::Evicted);
+            done.push(old);
+        }
+        let slot = Slot {
+            conn,
+            prev: self.tail,
+            next: NIL,
+        };
+        let s = if self.free != NIL {
+            let s = self.free;
+            self.free = self.slots[s as usize].next;
+            self.slots[s as usize] = slot;
+            s
+        } else {
+            if self.slots.len() == self.slots.capacity() {
+                // Grow by doubling but never past the bound, so a full table holds no slack.
+                let want = (self.slots.len() * 2).max(16).min(self.max_tracked);
+                self.slots
+                    .reserve_exact(want.saturating_sub(self.slots.len()).max(1));
+            }
+            self.slots.push(slot);
+            (self.slots.len() - 1) as u32
+        };
+        match self.tail {
+            NIL => self.head = s,
+            t => self.slots[t as usize].next = s,
+        }
+        self.tail = s;
+        self.len += 1;
+        let slots = &self.slots;
+        self.by_addr
+            .insert(conn.skaddr(), s, |x| slots[x as usize].conn.skaddr());
+        self.index_tuple(s);
+        s
+    }
+
+    fn remove(&mut self, s: u32) -> Conn {
+        let i = s as usize;
+        let (prev, next) = (self.slots[i].prev, self.slots[i].next);
+        match prev {
+            NIL => self.head = next,
+            p => self.slots[p as usize].next = next,
+        }
+        match next {
+            NIL => self.tail = prev,
+            n => self.slots[n as usize].prev = prev,
+        }
+        let conn = self.slots[i].conn;
+        let slots = &self.slots;
+        self.by_addr
+            .remove(conn.skaddr(), s, |x| slots[x as usize].conn.skaddr());
+        self.unindex_tuple(s);
+        self.slots[i].prev = NIL;
+        self.slots[i].next = self.free;
+        self.free = s;
+        self.len -= 1;
+        conn
+    }
+
+    fn index_tuple(&mut self, s: u32) {
+        let conn = &self.slots[s as usize].conn;
+        if conn.full_tuple() {
+            let slots = &self.slots;
+            self.by_tuple.insert(conn.tuple_hash(false), s, |x| {
+                slots[x as usize].conn.tuple_hash(false)
+            });
+        }
+    }
+
+    fn unindex_tuple(&mut self, s: u32) {
+        let conn = &self.slots[s as usize].conn;
+        if conn.full_tuple() {
+            let slots = &self.slots;
+            self.by_tuple.remove(conn.tuple_hash(false), s, |x| {
+                slots[x as usize].conn.tuple_hash(false)
+            });
+        }
+    }
+
+    /// Bytes the table holds per tracked connection when full: the slab entry plus both index
+    /// buckets, counted at their real occupancy.
+    pub fn bytes_per_connection(&self) -> usize {
+        let per_slot = std::mem::size_of::<Slot>();
+        let index_bytes = (self.by_addr.buckets() + self.by_tuple.buckets()) * 4;
+        per_slot + index_bytes / self.len.max(1)
+    }
+}
+
+fn step_of(conn: &Conn, since: Option<u64>) -> Step {
+    let (owner_pid, owner_comm) = match conn.owner() {
+        Some((pid, comm)) => {
+            let mut c = [0u8; TASK_COMM_LEN];
+            c.copy_from_slice(comm);
+            (pid, c)
+        }
+        None => (0, [0; TASK_COMM_LEN]),
+    };
+    Step {
+        since_ns: since,
+        owner_pid,
+        owner_comm,
+        owner_source: conn.owner_source(),
+    }
+}

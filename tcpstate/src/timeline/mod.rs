@@ -1,0 +1,18 @@
+//! Per-connection timelines: the pure heart of tcpstate.
+//!
+//! [`Reorder`] puts events back in timestamp order, [`Engine`] follows each socket lifetime
+//! from its first to its last transition and hands over finished [`Conn`]s, classified by role,
+//! outcome and closer, with the time spent in each phase.
+
+mod conn;
+mod engine;
+mod index;
+mod reorder;
+mod span;
+#[cfg(test)]
+mod tests;
+
+pub use conn::{Closer, Conn, Outcome, Phase, Role, Rung, LADDER, REFUSED_BEFORE_NS};
+pub use engine::{Engine, Step, DEFAULT_MAX_TRACKED};
+pub use reorder::{Reorder, DEFAULT_CAPACITY, DEFAULT_WINDOW_NS};
+pub use span::Span;

@@ -1,0 +1,241 @@
+//! Runs the fuzz corpora (`fuzz/corpus/<target>/`) through the fuzz targets' checks on stable
+//! Rust, so every `cargo test` exercises them. Seeds named `ok-*` must parse, `bad-*` must be
+//! refused; any other file (inputs the fuzzer found) must merely be handled without a panic.
+//!
+//! The seeds are generated: `cargo test -p tcpstate --test fuzz_corpus -- --ignored
+//! write_seeds` rewrites them from the code below (after a format change, for instance).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use tcpstate::{
+    event::Event,
+    input::{Input, KernelCounters},
+    record::{Header, RecordWriter},
+};
+
+#[path = "../../fuzz/src/checks.rs"]
+mod checks;
+
+fn corpus_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target)
+}
+
+/// Every file of a corpus, by name.
+fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = corpus_dir(target);
+    let mut files: Vec<_> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.file_type().unwrap().is_file())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        // cargo-fuzz's temporary files.
+        .filter(|name| !name.starts_with('.'))
+        .map(|name| {
+            let data = fs::read(dir.join(&name)).unwrap();
+            (name, data)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Runs `check` on every file; returns how many `ok-` and `bad-` seeds there were.
+fn run(target: &str, check: impl Fn(&[u8]) -> bool) -> (usize, usize) {
+    let (mut ok, mut bad) = (0, 0);
+    for (name, data) in corpus(target) {
+        // Names the file should the check panic.
+        eprintln!("{target}/{name}");
+        let parsed = check(&data);
+        if name.starts_with("ok-") {
+            assert!(parsed, "{target}/{name} was refused");
+            ok += 1;
+        } else if name.starts_with("bad-") {
+            assert!(!parsed, "{target}/{name} was accepted");
+            bad += 1;
+        }
+    }
+    (ok, bad)
+}
+
+#[test]
+fn tpformat_corpus() {
+    let (ok, bad) = run("tpformat", checks::tpformat);
+    assert!(ok >= 2 && bad >= 2, "{ok} ok and {bad} bad seeds");
+}
+
+#[test]
+fn record_corpus() {
+    let (ok, bad) = run("record", |data| match checks::record(data) {
+        Ok(_) => true,
+        Err(e) => {
+            // Every refusal is one line naming the offset.
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("at byte {}", e.offset)) && !msg.contains('\n'),
+                "{msg}"
+            );
+            false
+        }
+    });
+    assert!(ok >= 2 && bad >= 2, "{ok} ok and {bad} bad seeds");
+}
+
+// ---- seed generation ----
+
+fn event(ts_ns: u64, skaddr: u64, old: u8, new: u8, sport: u16, dport: u16, pid: u32) -> Input {
+    let mut e = Event::zeroed();
+    e.ts_ns = ts_ns;
+    e.skaddr = skaddr;
+    e.oldstate = old;
+    e.newstate = new;
+    e.family = 2;
+    e.sport = sport;
+    e.dport = dport;
+    e.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    e.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    e.ctx_pid = pid;
+    e.ctx_tid = pid;
+    e.ctx_comm[..4].copy_from_slice(b"curl");
+    e.owner_pid = pid;
+    e.owner_tid = pid;
+    e.owner_comm[..4].copy_from_slice(b"curl");
+    e.owner_source = 1;
+    Input::Event(e)
+}
+
+/// One loopback connection as Linux 6.18 reports it: the client, the accepted child, the listener.
+fn loopback_connection() -> Vec<Input> {
+    let (client, child, listener) = (
+        0xffff_8880_0a00_0000,
+        0xffff_8880_0b00_0000,
+        0xffff_8880_0c00_0000,
+    );
+    let ms = 1_000_000;
+    let base = 5_000 * ms;
+    vec![
+        event(base, listener, 7, 10, 8080, 0, 200),
+        Input::Tick {
+            now_ns: base + 100 * ms,
+        },
+        event(base + 200 * ms, client, 7, 2, 0, 8080, 100),
+        event(base + 200 * ms + 40_000, client, 2, 1, 40_000, 8080, 100),
+        event(base + 200 * ms + 45_000, child, 10, 3, 8080, 40_000, 0),
+        event(base + 200 * ms + 46_000, child, 3, 1, 8080, 40_000, 0),
+        event(base + 210 * ms, client, 1, 4, 40_000, 8080, 100),
+        event(base + 210 * ms + 20_000, child, 1, 8, 8080, 40_000, 0),
+        event(base + 210 * ms + 30_000, client, 4, 5, 40_000, 8080, 100),
+        event(base + 211 * ms, child, 8, 9, 8080, 40_000, 200),
+        event(base + 211 * ms + 30_000, child, 9, 7, 8080, 40_000, 0),
+        event(base + 211 * ms + 31_000, client, 5, 7, 40_000, 8080, 0),
+        Input::Counters(KernelCounters {
+            seen: 11,
+            filtered: 0,
+            submitted: 11,
+            ringbuf_full: 0,
+            deferred: 1,
+            recursion_misses: 0,
+        }),
+        event(base + 300 * ms, listener, 10, 7, 8080, 0, 200),
+        Input::Tick {
+            now_ns: base + 1_000 * ms,
+        },
+    ]
+}
+
+fn recording(inputs: &[Input]) -> Vec<u8> {
+    let header = Header {
+        tool_version: "0.1.0".into(),
+        kernel_release: "6.18.0-fuzz-seed".into(),
+        start_mono_ns: 5_000_000_000,
+        realtime_minus_mono_ns: 1_763_700_000_000_000_000,
+        command: "tcpstate trace --record seed.tsr".into(),
+    };
+    let mut w = RecordWriter::new(Vec::new(), &header).unwrap();
+    for i in inputs {
+        w.write(i).unwrap();
+    }
+    w.finish().unwrap()
+}
+
+fn record_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let full = recording(&loopback_connection());
+    let empty = recording(&[]);
+    let one = recording(&loopback_connection()[..1]);
+    // Damage inside the fourth record; the header is `empty.len()` bytes, events 120.
+    let fourth = empty.len() + 120 + 16 + 120 + 10;
+    let mut flipped = full.clone();
+    flipped[fourth] ^= 0x10;
+    let mut version = one.clone();
+    version[8] = 99;
+    let mut zeroed_tail = one.clone();
+    zeroed_tail.extend([0u8; 64]);
+    vec![
+        ("ok-header-only.tsr", empty.clone()),
+        ("ok-one-event.tsr", one.clone()),
+        ("ok-loopback-connection.tsr", full.clone()),
+        ("bad-cut-inside-a-record.tsr", full[..fourth].to_vec()),
+        (
+            "bad-cut-inside-the-header.tsr",
+            empty[..empty.len() - 3].to_vec(),
+        ),
+        ("bad-flipped-bit.tsr", flipped),
+        ("bad-future-version.tsr", version),
+        ("bad-zeroed-tail.tsr", zeroed_tail),
+        ("bad-not-a-recording.tsr", b"tcpstate\n".to_vec()),
+    ]
+}
+
+fn tpformat_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let modern = include_str!("../testdata/format-6.18.txt");
+    let old = include_str!("../testdata/format-5.4.txt");
+    vec![
+        ("ok-format-6.18.txt", modern.into()),
+        ("ok-format-5.4.txt", old.into()),
+        ("ok-crlf.txt", modern.replace('\n', "\r\n").into()),
+        (
+            "ok-fields-only.txt",
+            modern
+                .lines()
+                .filter(|l| l.contains("field:"))
+                .collect::<Vec<_>>()
+                .join("\n")
+                .into(),
+        ),
+        (
+            "bad-missing-field.txt",
+            modern.replace("daddr_v6[16]", "other[16]").into(),
+        ),
+        (
+            "bad-wrong-size.txt",
+            modern
+                .replace("offset:24;\tsize:2;", "offset:24;\tsize:4;")
+                .into(),
+        ),
+        (
+            "bad-beyond-copied-bytes.txt",
+            modern.replace("offset:56;", "offset:120;").into(),
+        ),
+        (
+            "bad-malformed-line.txt",
+            modern.replace("offset:26;", "offset:2x;").into(),
+        ),
+        ("bad-empty.txt", Vec::new()),
+    ]
+}
+
+#[test]
+#[ignore = "rewrites fuzz/corpus seeds; run by hand"]
+fn write_seeds() {
+    for (target, seeds) in [("record", record_seeds()), ("tpformat", tpformat_seeds())] {
+        let dir = corpus_dir(target);
+        fs::create_dir_all(&dir).unwrap();
+        for (name, data) in seeds {
+            fs::write(dir.join(name), data).unwrap();
+        }
+    }
+}
