@@ -151,19 +151,17 @@ pub fn join(sockets: &[ProcSocket], owners: &HashMap<u64, Owner>) -> Preexisting
                 },
                 *owner,
             )),
-            ST_ESTABLISHED | 0x02..=0x09 | 0x0B if owner.pid != 0 => {
-                out.connections.push((
-                    TupleKey {
-                        family: s.family as u16,
-                        sport: s.lport,
-                        dport: s.rport,
-                        _pad: 0,
-                        saddr: s.local,
-                        daddr: s.remote,
-                    },
-                    *owner,
-                ))
-            }
+            ST_ESTABLISHED | 0x02..=0x09 | 0x0B if owner.pid != 0 => out.connections.push((
+                TupleKey {
+                    family: s.family as u16,
+                    sport: s.lport,
+                    dport: s.rport,
+                    _pad: 0,
+                    saddr: s.local,
+                    daddr: s.remote,
+                },
+                *owner,
+            )),
             _ => {}
         }
     }

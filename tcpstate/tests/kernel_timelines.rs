@@ -5,118 +5,13 @@
 mod probe_util;
 mod support;
 
-use std::{
-    fs,
-    io::{BufRead, BufReader},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use probe_util::{free_port, root};
+use probe_util::{free_port, root, trace::Trace};
 use serde_json::Value;
 use support::{field_u64, run_client, PeerProcess};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tcpstate");
 const LIMIT: Duration = Duration::from_secs(20);
-
-struct Trace {
-    child: Child,
-    dir: PathBuf,
-    extra: Vec<String>,
-}
-
-impl Trace {
-    /// Starts `tcpstate trace --port PORT --record FILE EXTRA` and waits until it is attached.
-    /// Without `-o` in EXTRA, the output is JSON.
-    fn start(port: u16, extra: &[&str]) -> Trace {
-        let dir = std::env::temp_dir().join(format!(
-            "tcpstate-timelines-{}-{port}",
-            std::process::id()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("temp dir");
-        let out = fs::File::create(dir.join("live.json")).expect("output file");
-        let port_s = port.to_string();
-        let rec = dir.join("rec.tsr");
-        let rec_s = rec.to_string_lossy().into_owned();
-        let mut args = vec!["trace", "--port", &port_s, "--record", &rec_s];
-        if !extra.contains(&"-o") {
-            args.extend_from_slice(&["-o", "json"]);
-        }
-        args.extend_from_slice(extra);
-        let mut child = Command::new(BIN)
-            .args(&args)
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tcpstate");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            assert!(Instant::now() < deadline, "tcpstate did not start");
-            match lines.next() {
-                Some(Ok(l)) if l.starts_with("tcpstate: tracing") => break,
-                Some(Ok(_)) => continue,
-                _ => panic!("tcpstate exited before tracing"),
-            }
-        }
-        // Keep draining stderr so the tracer never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
-        Trace {
-            child,
-            dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-
-    /// Stops the tracer, returns the connection objects it printed, and checks that replaying
-    /// the recording prints exactly the same bytes.
-    fn stop(mut self) -> Vec<Value> {
-        // Let the last events reach user space before the stop.
-        std::thread::sleep(Duration::from_millis(200));
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + LIMIT;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "tcpstate did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(status.success(), "tcpstate exit: {status}");
-        let live = fs::read(self.dir.join("live.json")).expect("live output");
-        let mut replay = Command::new(BIN);
-        replay.arg("replay").arg(self.dir.join("rec.tsr"));
-        if !self.extra.iter().any(|a| a == "-o") {
-            replay.args(["-o", "json"]);
-        }
-        let replay = replay.args(&self.extra).output().expect("run replay");
-        assert!(replay.status.success(), "replay: {:?}", replay);
-        assert_eq!(
-            String::from_utf8_lossy(&replay.stdout),
-            String::from_utf8_lossy(&live),
-            "replay must print what the live trace printed"
-        );
-        let text = String::from_utf8_lossy(&live).into_owned();
-        // Table output has no objects to return; the comparison above is its test.
-        text.lines()
-            .filter(|l| l.starts_with('{'))
-            .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
-            .filter(|v| v["schema"] == "tcpstate.connection.v1")
-            .collect()
-    }
-}
-
-impl Drop for Trace {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn find<'a>(conns: &'a [Value], role: &str) -> Vec<&'a Value> {
     conns.iter().filter(|c| c["role"] == role).collect()
@@ -156,12 +51,18 @@ fn client_closes_first() {
     }
     let (conns, cpid, spid) = run_scenario(&[], &[]);
     let c = one(&conns, "client");
-    assert_eq!((c["outcome"].as_str(), c["closer"].as_str()), (Some("time_wait"), Some("local")));
+    assert_eq!(
+        (c["outcome"].as_str(), c["closer"].as_str()),
+        (Some("time_wait"), Some("local"))
+    );
     assert_eq!(c["time_wait"], true);
     assert_eq!(c["pid"], cpid);
     assert!(ms(c, "handshake_ms") > 0.0);
     let s = one(&conns, "server");
-    assert_eq!((s["outcome"].as_str(), s["closer"].as_str()), (Some("closed"), Some("remote")));
+    assert_eq!(
+        (s["outcome"].as_str(), s["closer"].as_str()),
+        (Some("closed"), Some("remote"))
+    );
     assert_eq!(s["pid"], spid);
     assert_eq!(s["peer_id"], c["id"], "both ends paired");
     let l = one(&conns, "listener");
@@ -175,9 +76,15 @@ fn server_closes_first() {
     }
     let (conns, _, _) = run_scenario(&["--close-first"], &["--wait-eof"]);
     let c = one(&conns, "client");
-    assert_eq!((c["outcome"].as_str(), c["closer"].as_str()), (Some("closed"), Some("remote")));
+    assert_eq!(
+        (c["outcome"].as_str(), c["closer"].as_str()),
+        (Some("closed"), Some("remote"))
+    );
     let s = one(&conns, "server");
-    assert_eq!((s["outcome"].as_str(), s["closer"].as_str()), (Some("time_wait"), Some("local")));
+    assert_eq!(
+        (s["outcome"].as_str(), s["closer"].as_str()),
+        (Some("time_wait"), Some("local"))
+    );
 }
 
 #[test]
@@ -233,7 +140,10 @@ fn half_close_with_data_after_shutdown() {
     assert_eq!(s["closer"], "local");
     assert_eq!(s["outcome"], "time_wait");
     let c = one(&conns, "client");
-    assert_eq!((c["closer"].as_str(), c["outcome"].as_str()), (Some("remote"), Some("closed")));
+    assert_eq!(
+        (c["closer"].as_str(), c["outcome"].as_str()),
+        (Some("remote"), Some("closed"))
+    );
     assert!(ms(c, "close_wait_ms") >= 0.0);
 }
 

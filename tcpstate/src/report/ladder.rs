@@ -60,6 +60,12 @@ fn describe(c: &Conn, out: &mut impl Write) -> fmt::Result {
 }
 
 fn notes(c: &Conn, prefix: &str, out: &mut impl Write) -> fmt::Result {
+    if c.syn_retransmitted() {
+        writeln!(
+            out,
+            "  {prefix}note: SYN_SENT outlasted the 1 s SYN timeout: a SYN or SYN-ACK was lost"
+        )?;
+    }
     if c.partial() {
         writeln!(
             out,

@@ -258,7 +258,7 @@ fn json_connection_line() {
     let expected = concat!(
         r#"{"schema":"tcpstate.connection.v1","id":0,"peer_id":null,"skaddr":"0xa1","family":"ipv4","#,
         r#""laddr":"127.0.0.1","lport":40000,"raddr":"192.0.2.9","rport":5432,"role":"client","#,
-        r#""outcome":"refused","closer":null,"time_wait":false,"partial":false,"incomplete":false,"#,
+        r#""outcome":"refused","closer":null,"time_wait":false,"syn_retransmitted":false,"partial":false,"incomplete":false,"#,
         r#""first_state":"CLOSE","last_state":"CLOSE","pid":42,"comm":"curl","owner_source":"syscall","#,
         r#""ctx_pid":42,"ctx_comm":"curl","start_ns":100000000000,"end_ns":100000150000,"#,
         r#""start_unix_ns":1700000100000000000,"end_unix_ns":1700000100000150000,"#,

@@ -96,6 +96,10 @@ pub fn line(
         write!(out, "{sep}peer of line above")?;
         sep = "; ";
     }
+    if c.syn_retransmitted() {
+        write!(out, "{sep}SYN retransmitted")?;
+        sep = "; ";
+    }
     if c.partial() {
         write!(out, "{sep}first seen {}", state_name(c.first_state()))?;
         sep = "; ";

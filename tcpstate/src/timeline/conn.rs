@@ -611,6 +611,14 @@ impl Conn {
     pub fn incomplete(&self) -> bool {
         self.flags & flag::INCOMPLETE != 0
     }
+    /// A connect() whose SYN_SENT lasted at least the first SYN retransmission timeout (1 s,
+    /// `TCP_TIMEOUT_INIT`): its SYN, or the SYN-ACK, was lost and the SYN sent again. (A path
+    /// whose round trip alone exceeds 1 s would look the same; such paths are rare.)
+    pub fn syn_retransmitted(&self) -> bool {
+        self.role == Role::Client
+            && (self.outcome == Outcome::TimedOut
+                || self.handshake_ns().is_some_and(|h| h >= REFUSED_BEFORE_NS))
+    }
     /// The lifetime ended by entering TIME_WAIT (FIN_WAIT2 or CLOSING -> CLOSE).
     pub fn time_wait(&self) -> bool {
         self.flags & flag::TIME_WAIT != 0

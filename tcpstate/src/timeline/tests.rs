@@ -203,6 +203,26 @@ fn refused_and_timed_out_connects() {
     assert_eq!(connect(SEC - 1).outcome(), Outcome::Refused);
     assert_eq!(connect(SEC).outcome(), Outcome::TimedOut);
     assert_eq!(connect(127 * SEC).outcome(), Outcome::TimedOut);
+    assert!(!refused.syn_retransmitted());
+    assert!(connect(3 * SEC).syn_retransmitted());
+}
+
+#[test]
+fn a_handshake_past_the_syn_timeout_means_a_lost_syn() {
+    let handshake = |took| {
+        one(
+            &run(&[
+                ev(T, CLIENT, CLOSE, SYN_SENT, 0, 80),
+                ev(T + took, CLIENT, SYN_SENT, ESTABLISHED, 5000, 80),
+            ]),
+            CLIENT,
+        )
+    };
+    assert!(!handshake(40 * MS).syn_retransmitted());
+    assert!(!handshake(SEC - 1).syn_retransmitted());
+    let lost = handshake(SEC + 40 * MS);
+    assert!(lost.syn_retransmitted());
+    assert_eq!(lost.handshake_ns(), Some(SEC + 40 * MS));
 }
 
 #[test]

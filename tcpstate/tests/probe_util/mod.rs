@@ -2,6 +2,8 @@
 //! kernel delivers (bounded in time), group it by socket.
 #![allow(dead_code)]
 
+pub mod trace;
+
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr, TcpListener},
