@@ -92,6 +92,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
              makes the figures noisy"
         );
     }
+    warn_other_tracers();
     let storm = Storm::new(StormConfig {
         workers,
         ports_per_worker: PORTS_PER_WORKER,
@@ -139,7 +140,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             }
         }
     };
-    warn_other_tracers();
     let seconds = Duration::from_secs_f64(args.seconds);
     let plan = rounds::Plan {
         rounds: args.rounds as usize,
