@@ -403,7 +403,16 @@ fn set_owner(ev: &mut Event, owner: &Owner, source: u8) {
     ev.owner_tid = owner.tid;
     ev.owner_comm = owner.comm;
     ev.owner_source = source;
-    if ev.newstate != state::CLOSE && OWNERS.insert(&ev.skaddr, owner, BPF_ANY as u64).is_err() {
+    if ev.newstate == state::CLOSE {
+        return;
+    }
+    // Overwrite a known socket's entry in place: an LRU map's update allocates a new element
+    // every time, the dearest operation on this path.
+    if let Some(slot) = OWNERS.get_ptr_mut(&ev.skaddr) {
+        // SAFETY: a live value of this map; a socket's state changes under its lock, so one
+        // socket's entry has one writer at a time.
+        unsafe { *slot = *owner };
+    } else if OWNERS.insert(&ev.skaddr, owner, BPF_ANY as u64).is_err() {
         count(counter::OWNER_UPDATE_FAILED);
     }
 }

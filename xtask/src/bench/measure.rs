@@ -23,19 +23,26 @@ pub fn ticks_to_ns(ticks: u64) -> f64 {
     ticks as f64 * 1e9 / ticks_per_second() as f64
 }
 
-/// The one-minute load average.
-pub fn load_average() -> Option<f64> {
-    let text = fs::read_to_string("/proc/loadavg").ok()?;
-    text.split_whitespace().next()?.parse().ok()
-}
-
 /// Busy CPU time of the whole machine, all CPUs, in ticks: everything but idle and iowait.
 pub fn machine_busy_ticks() -> Result<u64> {
-    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    parse_machine_busy(&stat).context("parsing /proc/stat")
+    Ok(machine_ticks()?.0)
 }
 
-fn parse_machine_busy(stat: &str) -> Option<u64> {
+/// The share of all CPUs' time that was busy over the next `span`.
+pub fn machine_busy_share(span: std::time::Duration) -> Result<f64> {
+    let (busy0, total0) = machine_ticks()?;
+    std::thread::sleep(span);
+    let (busy1, total1) = machine_ticks()?;
+    Ok(busy1.saturating_sub(busy0) as f64 / total1.saturating_sub(total0).max(1) as f64)
+}
+
+/// (busy, total) ticks of all CPUs.
+fn machine_ticks() -> Result<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    parse_machine_ticks(&stat).context("parsing /proc/stat")
+}
+
+fn parse_machine_ticks(stat: &str) -> Option<(u64, u64)> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let fields: Vec<u64> = line
         .split_whitespace()
@@ -44,10 +51,11 @@ fn parse_machine_busy(stat: &str) -> Option<u64> {
         .collect::<Option<_>>()?;
     // user nice system idle iowait irq softirq steal [guest guest_nice]; guest time is already
     // part of user time.
-    let [user, nice, system, _idle, _iowait, irq, softirq, steal, ..] = fields[..] else {
+    let [user, nice, system, idle, iowait, irq, softirq, steal, ..] = fields[..] else {
         return None;
     };
-    Some(user + nice + system + irq + softirq + steal)
+    let busy = user + nice + system + irq + softirq + steal;
+    Some((busy, busy + idle + iowait))
 }
 
 /// User plus system CPU time of one process (all its threads), in ticks.
@@ -214,8 +222,8 @@ mod tests {
     #[test]
     fn machine_busy_excludes_idle() {
         let stat = "cpu  100 5 50 9000 20 3 7 1 0 0\ncpu0 50 2 25 4500 10 1 3 0 0 0\n";
-        assert_eq!(parse_machine_busy(stat), Some(100 + 5 + 50 + 3 + 7 + 1));
-        assert_eq!(parse_machine_busy("cpu  1 2\n"), None);
+        assert_eq!(parse_machine_ticks(stat), Some((166, 166 + 9020)));
+        assert_eq!(parse_machine_ticks("cpu  1 2\n"), None);
     }
 
     #[test]

@@ -86,12 +86,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
         .clamp(1, 64);
     let tools = find_tools(args)?;
-    if let Some(load) = measure::load_average().filter(|&l| l > 0.5) {
-        eprintln!(
-            "bench: warning: load average {load:.2} before starting: other work on this machine \
-             makes the figures noisy"
-        );
-    }
     warn_other_tracers();
     let storm = Storm::new(StormConfig {
         workers,
@@ -155,6 +149,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         configs.len(),
         (plan.rounds * (configs.len() + 1) + 1) as f64 * (args.seconds + 0.5)
     );
+    warn_busy();
     let m = rounds::run(&storm, &plan)?;
     drop(storm);
     warn_other_tracers();
@@ -170,6 +165,20 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         report::to_json(untraced, workers, args.seconds, &summaries)
     );
     Ok(())
+}
+
+/// Warns when other work keeps the CPUs busy: it takes CPU from the storm unevenly across
+/// rounds and enters the whole-machine CPU figure.
+fn warn_busy() {
+    if let Ok(share) = measure::machine_busy_share(Duration::from_secs(1)) {
+        if share > 0.10 {
+            eprintln!(
+                "bench: warning: the CPUs were {:.0}% busy in the second before starting: other \
+                 work on this machine makes the figures noisy",
+                share * 100.0
+            );
+        }
+    }
 }
 
 fn warn_other_tracers() {
