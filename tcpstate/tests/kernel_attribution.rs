@@ -6,12 +6,13 @@ mod probe_util;
 mod support;
 
 use std::{
-    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     time::Duration,
 };
 
-use probe_util::{attach, attach_with, by_socket, collect, free_port, root, states};
+use probe_util::{
+    attach, attach_with, by_socket, collect, free_port, port_probe, roles, root, states,
+};
 use support::{field_u64, run_client, PeerProcess};
 use tcpstate::{
     event::{self, Event},
@@ -37,21 +38,6 @@ fn client(addr: &str) -> (u32, u16) {
     )
 }
 
-/// Sorts each socket of `events` into client / accepted / listener by its first transition.
-fn roles(events: &[Event]) -> BTreeMap<&'static str, Vec<Vec<Event>>> {
-    let mut out: BTreeMap<&'static str, Vec<Vec<Event>>> = BTreeMap::new();
-    for (_, evs) in by_socket(events) {
-        let role = match (evs[0].oldstate, evs[0].newstate) {
-            (CLOSE, SYN_SENT) => "client",
-            (LISTEN, SYN_RECV) => "accepted",
-            (CLOSE, LISTEN) | (LISTEN, CLOSE) => "listener",
-            other => panic!("unexpected first transition {other:?}: {evs:?}"),
-        };
-        out.entry(role).or_default().push(evs);
-    }
-    out
-}
-
 fn assert_owner(evs: &[Event], pid: u32, what: &str) {
     for e in evs {
         assert_eq!(
@@ -73,10 +59,7 @@ fn every_event_names_the_owner_not_the_running_task() {
         return;
     }
     let port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let mut probe = attach(FilterSpec {
-        ports: vec![port],
-        ..Default::default()
-    });
+    let mut probe = port_probe(port);
     let (srv, _) = server(&["--listen", &format!("127.0.0.1:{port}"), "--accept", "1"]);
     let server_pid = srv.pid();
     let (client_pid, _) = client(&format!("127.0.0.1:{port}"));

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use probe_util::{attach, attach_generic, by_socket, collect, free_port, root, states};
+use probe_util::{attach, attach_generic, by_socket, collect, free_port, port_probe, root, states};
 use tcpstate::{event, filter::FilterSpec};
 use tcpstate_common::state::*;
 
@@ -32,14 +32,13 @@ const LISTENER: &[(u8, u8)] = &[(CLOSE, LISTEN), (LISTEN, CLOSE)];
 /// One connect/accept/close on `ip`, client closing first; checks all 12 transitions.
 fn one_connection(ip: IpAddr, generic_reader: bool) {
     let port = free_port(ip);
-    let spec = FilterSpec {
-        ports: vec![port],
-        ..Default::default()
-    };
     let mut probe = if generic_reader {
-        attach_generic(spec)
+        attach_generic(FilterSpec {
+            ports: vec![port],
+            ..Default::default()
+        })
     } else {
-        attach(spec)
+        port_probe(port)
     };
     let listener = TcpListener::bind(SocketAddr::new(ip, port)).expect("listen");
     let client = TcpStream::connect(SocketAddr::new(ip, port)).expect("connect");

@@ -16,6 +16,7 @@ use tcpstate::{
     probe::{Probe, ProbeOptions},
     procscan::Preexisting,
 };
+use tcpstate_common::state::{CLOSE, LISTEN, SYN_RECV, SYN_SENT};
 
 pub fn root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -53,6 +54,14 @@ pub fn attach_generic(spec: FilterSpec) -> Probe {
 
 pub fn attach(spec: FilterSpec) -> Probe {
     attach_with(spec, &Preexisting::default())
+}
+
+/// Attached with only this port (either end) kept: the test's own traffic.
+pub fn port_probe(port: u16) -> Probe {
+    attach(FilterSpec {
+        ports: vec![port],
+        ..Default::default()
+    })
 }
 
 /// Reads events until `want` arrived (then a short grace for extras) or `limit` passed.
@@ -102,6 +111,21 @@ pub fn by_socket(events: &[Event]) -> BTreeMap<(u64, u64), Vec<Event>> {
         if let Some(first) = life.first() {
             out.insert((addr, first.ts_ns), life);
         }
+    }
+    out
+}
+
+/// Socket lifetimes sorted into client / accepted / listener by their first transition.
+pub fn roles(events: &[Event]) -> BTreeMap<&'static str, Vec<Vec<Event>>> {
+    let mut out: BTreeMap<&'static str, Vec<Vec<Event>>> = BTreeMap::new();
+    for (_, evs) in by_socket(events) {
+        let role = match (evs[0].oldstate, evs[0].newstate) {
+            (CLOSE, SYN_SENT) => "client",
+            (LISTEN, SYN_RECV) => "accepted",
+            (CLOSE, LISTEN) | (LISTEN, CLOSE) => "listener",
+            other => panic!("unexpected first transition {other:?}: {:?}", states(&evs)),
+        };
+        out.entry(role).or_default().push(evs);
     }
     out
 }
