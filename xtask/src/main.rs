@@ -1,5 +1,6 @@
 //! Build, run and test automation: `cargo xtask <command>`.
 
+mod bench;
 mod setup;
 
 use std::process::Command;
@@ -26,6 +27,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Measure what tracing costs: loopback connection storm, untraced vs traced
+    /// (docs/benchmark.md).
+    Bench(bench::BenchArgs),
     /// Set up, then run the whole test suite (kernel tests need root; they say so otherwise).
     Test {
         /// Extra arguments for `cargo test`.
@@ -84,6 +88,10 @@ fn main() -> Result<()> {
                 }
             })?;
             std::process::exit(s.code().unwrap_or(1));
+        }
+        Cmd::Bench(args) => {
+            setup::ensure()?;
+            bench::run(&args)?;
         }
         Cmd::Test { args } => {
             setup::ensure()?;

@@ -102,7 +102,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         if let Some(why) = tools.unavailable(Config::Connections) {
             bail!("--soak needs the tcpstate tracer: {why}");
         }
-        return soak::run(&storm, &tools, Duration::from_secs_f64(minutes * 60.0));
+        return soak::run(
+            &storm,
+            &tools,
+            scratch.path(),
+            Duration::from_secs_f64(minutes * 60.0),
+        );
     }
 
     let wanted: Vec<Config> = if args.config.is_empty() {

@@ -126,7 +126,10 @@ fn traced_round(
     round: usize,
 ) -> Result<TracedRound> {
     let output = plan.scratch.join(format!("{}-{round}.out", config.key()));
-    let tracer = Tracer::start(config, plan.tools, &output)?;
+    let counters = plan
+        .scratch
+        .join(format!("{}-{round}.counters.json", config.key()));
+    let tracer = Tracer::start(config, plan.tools, &output, &counters)?;
     let pid = tracer.pid();
     // Lets the tracer finish its start-up work before anything is counted.
     thread::sleep(Duration::from_millis(200));

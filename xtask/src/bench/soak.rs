@@ -5,6 +5,7 @@
 //! second half of the run with the first sample after warm-up.
 
 use std::{
+    path::Path,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     thread,
     time::{Duration, Instant},
@@ -30,12 +31,13 @@ struct Sample {
     conn_per_s: f64,
 }
 
-pub fn run(storm: &Storm, tools: &Tools, duration: Duration) -> Result<()> {
+pub fn run(storm: &Storm, tools: &Tools, scratch: &Path, duration: Duration) -> Result<()> {
     // The output would be gigabytes; /dev/null keeps the formatting work without the disk.
     let tracer = Tracer::start(
         Config::Connections,
         tools,
-        std::path::Path::new("/dev/null"),
+        Path::new("/dev/null"),
+        &scratch.join("soak.counters.json"),
     )?;
     let pid = tracer.pid();
     eprintln!(

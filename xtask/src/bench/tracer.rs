@@ -220,10 +220,10 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Starts `config`, writing its output to `output` (a file, or /dev/null) and its counters
-    /// next to it, and returns once it is attached.
-    pub fn start(config: Config, tools: &Tools, output: &Path) -> Result<Tracer> {
-        let counters = output.with_extension("counters.json");
+    /// Starts `config`, writing its output to `output` (a file, or /dev/null) and tcpstate's
+    /// counters to `counters`, and returns once it is attached.
+    pub fn start(config: Config, tools: &Tools, output: &Path, counters: &Path) -> Result<Tracer> {
+        let counters = counters.to_path_buf();
         let _ = fs::remove_file(&counters);
         let mut cmd = match config {
             Config::Bpftrace => {
