@@ -85,6 +85,8 @@ pub struct Event {
 
 pub const EVENT_SIZE: usize = 112;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
+const _: () = assert!(core::mem::size_of::<Owner>() == 24);
+const _: () = assert!(core::mem::size_of::<ListenOwner>() == 32);
 
 impl Event {
     pub const fn zeroed() -> Self {
@@ -202,8 +204,9 @@ pub struct Settings {
     pub _pad: u32,
 }
 
-/// The process that owns a socket.
-#[repr(C)]
+/// The process that owns a socket. 8-byte aligned so the kernel program copies it as three
+/// words (a less aligned copy becomes a call to a memmove subprogram in BPF code).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owner {
     pub pid: u32,

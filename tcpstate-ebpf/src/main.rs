@@ -1,7 +1,8 @@
 //! tcpstate's kernel side: one tracepoint program on `sock:inet_sock_set_state`.
 //!
-//! It copies the tracepoint record once, attributes the socket to its owning process, applies
-//! the user's filters and streams what passes through a ring buffer. Everything that is
+//! It reads the tracepoint record, drops what the socket filters (family, ports, addresses)
+//! reject before doing anything costly, attributes the socket to its owning process, applies the
+//! owner filters, and writes what passes straight into a ring buffer slot. Everything that is
 //! configurable is a load-time global in `.rodata`: the verifier sees those as constants and
 //! prunes the code of filters that are off, and of logging when it is off.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -13,12 +14,8 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 use aya_ebpf::{
-    bindings::{
-        BPF_ANY, BPF_F_NO_COMMON_LRU, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-    },
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
-    },
+    bindings::{BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf, generated},
     macros::{map, tracepoint},
     maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
@@ -71,10 +68,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// Socket address -> owning process, for the life of the socket.
+/// Socket address -> owning process, for the life of the socket. A plain (preallocated) hash:
+/// cheaper per update than an LRU map; entries are removed when their socket closes, and when
+/// it is full a new socket's owner stays unknown (counted), never wrong.
 #[map]
-static OWNERS: LruHashMap<u64, Owner> =
-    LruHashMap::with_max_entries(OWNERS_MAX, BPF_F_NO_COMMON_LRU);
+static OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(OWNERS_MAX, 0);
 
 /// Listening address -> owner of the listener, to attribute accepted sockets.
 #[map]
@@ -113,12 +111,37 @@ fn konst<T: Copy>(v: &T) -> T {
     unsafe { core::ptr::read_volatile(v) }
 }
 
+/// Adds one to a per-CPU counter; returns the new value (0 if the slot is missing).
 #[inline(always)]
-fn count(index: u32) {
-    if let Some(p) = COUNTERS.get_ptr_mut(index) {
+fn count(index: u32) -> u64 {
+    match COUNTERS.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot; only this CPU writes it while the program runs.
-        unsafe { *p = (*p).wrapping_add(1) };
+        Some(p) => unsafe {
+            *p = (*p).wrapping_add(1);
+            *p
+        },
+        None => 0,
     }
+}
+
+/// The socket fields of one record. Addresses are two native words each, network byte order
+/// in memory, IPv4 in the first 4 bytes: moved as words, never byte by byte.
+#[derive(Clone, Copy)]
+struct Sock {
+    skaddr: u64,
+    oldstate: u8,
+    newstate: u8,
+    family: u8,
+    sport: u16,
+    dport: u16,
+    saddr: [u64; 2],
+    daddr: [u64; 2],
+}
+
+#[inline(always)]
+fn bytes16(words: [u64; 2]) -> [u8; 16] {
+    // SAFETY: two u64 are 16 bytes with no invalid values.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) }
 }
 
 struct Record {
@@ -141,19 +164,20 @@ impl Record {
     }
 
     #[inline(always)]
-    fn u64_at(&self, off: u16) -> u64 {
+    fn u32_at(&self, off: u16) -> u32 {
         let o = off as usize;
-        match self.buf.get(o..o + 8) {
-            Some(b) => u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+        match self.buf.get(o..o + 4) {
+            Some(b) => u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
             None => 0,
         }
     }
 
     #[inline(always)]
-    fn copy_to(&self, off: u16, dst: &mut [u8]) {
+    fn u64_at(&self, off: u16) -> u64 {
         let o = off as usize;
-        if let Some(src) = self.buf.get(o..o + dst.len()) {
-            dst.copy_from_slice(src);
+        match self.buf.get(o..o + 8) {
+            Some(b) => u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+            None => 0,
         }
     }
 }
@@ -166,153 +190,318 @@ fn ctx_field<T: Copy>(ctx: &TracePointContext, off: u16) -> T {
     unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(off as usize) as *const T) }
 }
 
-/// Fills the socket fields of `ev` from the record; returns its protocol.
+/// The socket fields of a TCP record, by direct loads; None for another protocol.
 #[inline(always)]
-fn read_direct(ctx: &TracePointContext, ev: &mut Event) -> u16 {
+fn read_direct(ctx: &TracePointContext) -> Option<Sock> {
     const M: Layout = MODERN_LAYOUT;
-    let protocol: u16 = ctx_field(ctx, M.protocol);
-    if protocol != IPPROTO_TCP {
-        return protocol;
+    if ctx_field::<u16>(ctx, M.protocol) != IPPROTO_TCP {
+        return None;
     }
-    ev.skaddr = ctx_field(ctx, M.skaddr);
-    ev.oldstate = ctx_field::<u32>(ctx, M.oldstate) as u8;
-    ev.newstate = ctx_field::<u32>(ctx, M.newstate) as u8;
-    ev.family = ctx_field::<u16>(ctx, M.family) as u8;
-    ev.sport = ctx_field(ctx, M.sport);
-    ev.dport = ctx_field(ctx, M.dport);
-    if ev.family == AF_INET {
-        ev.saddr[..4].copy_from_slice(&ctx_field::<[u8; 4]>(ctx, M.saddr));
-        ev.daddr[..4].copy_from_slice(&ctx_field::<[u8; 4]>(ctx, M.daddr));
+    let family = ctx_field::<u16>(ctx, M.family) as u8;
+    let (saddr, daddr) = if family == AF_INET {
+        (
+            [u64::from(ctx_field::<u32>(ctx, M.saddr)), 0],
+            [u64::from(ctx_field::<u32>(ctx, M.daddr)), 0],
+        )
     } else {
-        // Two aligned 8-byte loads each: the verifier only allows aligned context reads.
-        let s0: u64 = ctx_field(ctx, M.saddr_v6);
-        let s1: u64 = ctx_field(ctx, M.saddr_v6 + 8);
-        let d0: u64 = ctx_field(ctx, M.daddr_v6);
-        let d1: u64 = ctx_field(ctx, M.daddr_v6 + 8);
-        ev.saddr[..8].copy_from_slice(&s0.to_ne_bytes());
-        ev.saddr[8..].copy_from_slice(&s1.to_ne_bytes());
-        ev.daddr[..8].copy_from_slice(&d0.to_ne_bytes());
-        ev.daddr[8..].copy_from_slice(&d1.to_ne_bytes());
-    }
-    protocol
+        // Aligned 8-byte loads: the verifier only allows aligned context reads.
+        (
+            [ctx_field(ctx, M.saddr_v6), ctx_field(ctx, M.saddr_v6 + 8)],
+            [ctx_field(ctx, M.daddr_v6), ctx_field(ctx, M.daddr_v6 + 8)],
+        )
+    };
+    Some(Sock {
+        skaddr: ctx_field(ctx, M.skaddr),
+        oldstate: ctx_field::<u32>(ctx, M.oldstate) as u8,
+        newstate: ctx_field::<u32>(ctx, M.newstate) as u8,
+        family,
+        sport: ctx_field(ctx, M.sport),
+        dport: ctx_field(ctx, M.dport),
+        saddr,
+        daddr,
+    })
 }
 
 /// The same from one copy of the record at the offsets the format file gave (other layouts).
 #[inline(always)]
-fn read_copied(ctx: &TracePointContext, ev: &mut Event) -> u16 {
+fn read_copied(ctx: &TracePointContext) -> Option<Sock> {
     let mut rec = Record {
         buf: [0; MAX_RECORD_LEN],
     };
     let len = konst(&LAYOUT.record_len) as usize;
-    let Some(dst) = rec.buf.get_mut(..len) else {
-        return 0;
-    };
+    let dst = rec.buf.get_mut(..len)?;
     // SAFETY: the tracepoint record is readable kernel memory of at least `record_len` bytes
     // (user space checked it against the format file).
-    if unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, dst) }.is_err() {
-        return 0;
-    }
+    unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, dst) }.ok()?;
     let protocol = if konst(&LAYOUT.protocol_size) == 1 {
         rec.u8_at(konst(&LAYOUT.protocol)) as u16
     } else {
         rec.u16_at(konst(&LAYOUT.protocol))
     };
     if protocol != IPPROTO_TCP {
-        return protocol;
+        return None;
     }
-    ev.skaddr = rec.u64_at(konst(&LAYOUT.skaddr));
-    // The tracepoint stores states as int; the values fit in a byte.
-    ev.oldstate = rec.u8_at(konst(&LAYOUT.oldstate));
-    ev.newstate = rec.u8_at(konst(&LAYOUT.newstate));
-    ev.family = rec.u16_at(konst(&LAYOUT.family)) as u8;
-    ev.sport = rec.u16_at(konst(&LAYOUT.sport));
-    ev.dport = rec.u16_at(konst(&LAYOUT.dport));
-    if ev.family == AF_INET {
-        rec.copy_to(konst(&LAYOUT.saddr), &mut ev.saddr[..4]);
-        rec.copy_to(konst(&LAYOUT.daddr), &mut ev.daddr[..4]);
+    let family = rec.u16_at(konst(&LAYOUT.family)) as u8;
+    let (saddr, daddr) = if family == AF_INET {
+        (
+            [u64::from(rec.u32_at(konst(&LAYOUT.saddr))), 0],
+            [u64::from(rec.u32_at(konst(&LAYOUT.daddr))), 0],
+        )
     } else {
-        rec.copy_to(konst(&LAYOUT.saddr_v6), &mut ev.saddr);
-        rec.copy_to(konst(&LAYOUT.daddr_v6), &mut ev.daddr);
-    }
-    protocol
+        let (so, d) = (konst(&LAYOUT.saddr_v6), konst(&LAYOUT.daddr_v6));
+        (
+            [rec.u64_at(so), rec.u64_at(so + 8)],
+            [rec.u64_at(d), rec.u64_at(d + 8)],
+        )
+    };
+    Some(Sock {
+        skaddr: rec.u64_at(konst(&LAYOUT.skaddr)),
+        // The tracepoint stores states as int; the values fit in a byte.
+        oldstate: rec.u8_at(konst(&LAYOUT.oldstate)),
+        newstate: rec.u8_at(konst(&LAYOUT.newstate)),
+        family,
+        sport: rec.u16_at(konst(&LAYOUT.sport)),
+        dport: rec.u16_at(konst(&LAYOUT.dport)),
+        saddr,
+        daddr,
+    })
 }
+
+/// Copies an owner out of a map value as three words (Owner is 8-byte aligned): a plain struct
+/// copy becomes a call to a memmove subprogram.
+#[inline(always)]
+fn copy_owner(src: &Owner) -> Owner {
+    let p = src as *const Owner as *const u64;
+    // SAFETY: Owner is 24 bytes, 8-byte aligned, plain data.
+    unsafe {
+        let words = [
+            core::ptr::read(p),
+            core::ptr::read(p.add(1)),
+            core::ptr::read(p.add(2)),
+        ];
+        core::mem::transmute::<[u64; 3], Owner>(words)
+    }
+}
+
+/// The current task's name, written by the helper without zeroing the buffer first (the
+/// helper pads it itself; zeroing would be a memset call).
+#[inline(always)]
+fn current_comm() -> [u8; TASK_COMM_LEN] {
+    let mut words = core::mem::MaybeUninit::<[u64; 2]>::uninit();
+    // SAFETY: a 16-byte buffer; on failure the helper zeroes it.
+    unsafe {
+        generated::bpf_get_current_comm(words.as_mut_ptr() as *mut _, TASK_COMM_LEN as u32);
+        bytes16(words.assume_init())
+    }
+}
+
+/// The filters that look at the socket only, checked before anything costly.
+const SOCKET_FILTERS: u32 = filter_flags::IPV4_ONLY
+    | filter_flags::IPV6_ONLY
+    | filter_flags::ADDR
+    | filter_flags::RPORT
+    | filter_flags::LPORT
+    | filter_flags::PORT;
+/// The filters on the owner, checked once it is known.
+const OWNER_FILTERS: u32 = filter_flags::PID | filter_flags::COMM;
+const PORT_FILTERS: u32 = filter_flags::LPORT | filter_flags::PORT;
 
 #[inline(always)]
 fn handle(ctx: &TracePointContext) {
-    let mut ev = Event::zeroed();
-    let protocol = if konst(&SETTINGS.direct_read) == 1 {
-        read_direct(ctx, &mut ev)
+    let found = if konst(&SETTINGS.direct_read) == 1 {
+        read_direct(ctx)
     } else {
-        read_copied(ctx, &mut ev)
+        read_copied(ctx)
     };
-    if protocol != IPPROTO_TCP {
+    let Some(s) = found else {
         return;
-    }
+    };
     count(counter::SEEN);
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    ev.ctx_pid = (pid_tgid >> 32) as u32;
-    ev.ctx_tid = pid_tgid as u32;
-    ev.ctx_comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
-
-    attribute(ctx, &mut ev);
 
     let flags = konst(&FILTER.flags);
-    if flags != 0 {
-        match filter(&ev, flags) {
+    let mut defer = false;
+    if flags & SOCKET_FILTERS != 0 {
+        match filter_socket(&s, flags) {
             Verdict::Pass => {}
+            Verdict::Defer => defer = true,
             Verdict::Reject => {
-                // A held connect() event of a socket that turned out not to match is dropped
-                // with it, and counted as filtered like it.
-                if flags & (filter_flags::LPORT | filter_flags::PORT) != 0
-                    && ev.sport != 0
-                    && PENDING.remove(&ev.skaddr).is_ok()
-                {
-                    count(counter::FILTERED);
+                // Listeners are tracked even when filtered out: the sockets they accept may
+                // match (their remote end is a client, the listener's is 0).
+                if s.newstate == state::LISTEN || s.oldstate == state::LISTEN {
+                    attribute(ctx, &s, bpf_get_current_pid_tgid());
                 }
-                count(counter::FILTERED);
+                reject(&s, flags);
                 return;
-            }
-            Verdict::Defer => {
-                ev.flags |= event_flags::DEFERRED;
-                if PENDING.insert(&ev.skaddr, &ev, BPF_ANY as u64).is_ok() {
-                    count(counter::DEFERRED);
-                } else {
-                    count(counter::FILTERED);
-                }
-                return;
-            }
-        }
-        if flags & (filter_flags::LPORT | filter_flags::PORT) != 0 {
-            // SAFETY: the value is copied out before the entry is removed.
-            if let Some(held) = unsafe { PENDING.get(&ev.skaddr) } {
-                let held = *held;
-                let _ = PENDING.remove(&ev.skaddr);
-                submit(ctx, &held);
             }
         }
     }
-    submit(ctx, &ev);
+
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let who = attribute(ctx, &s, pid_tgid);
+
+    if flags & OWNER_FILTERS != 0 && !owner_passes(&who.owner, flags) {
+        reject(&s, flags);
+        return;
+    }
+    let ts = unsafe { bpf_ktime_get_ns() };
+    if defer {
+        hold(&s, ts, pid_tgid, &who);
+        return;
+    }
+    if flags & PORT_FILTERS != 0 {
+        release_held(ctx, s.skaddr);
+    }
+    emit(ctx, &s, ts, pid_tgid, &who);
 }
 
+/// Counts a rejected event, and drops the socket's held connect() event with it.
 #[inline(always)]
-fn submit(ctx: &TracePointContext, ev: &Event) {
-    let wake = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= konst(&SETTINGS.wakeup_bytes) {
-        BPF_RB_FORCE_WAKEUP
+fn reject(s: &Sock, flags: u32) {
+    // The held event of a socket that turned out not to match is dropped with it, and counted
+    // as filtered like it.
+    if flags & PORT_FILTERS != 0 && s.sport != 0 && PENDING.remove(&s.skaddr).is_ok() {
+        count(counter::FILTERED);
+    }
+    count(counter::FILTERED);
+}
+
+struct Attribution {
+    owner: Owner,
+    source: u8,
+    /// `owner.comm` is the current task's (the event is the owner's own system call).
+    ctx_comm_known: bool,
+}
+
+impl Attribution {
+    const UNKNOWN: Attribution = Attribution {
+        owner: Owner {
+            pid: 0,
+            tid: 0,
+            comm: [0; TASK_COMM_LEN],
+        },
+        source: owner_source::UNKNOWN,
+        ctx_comm_known: false,
+    };
+
+    #[inline(always)]
+    fn known(owner: Owner, source: u8) -> Attribution {
+        Attribution {
+            owner,
+            source,
+            ctx_comm_known: false,
+        }
+    }
+}
+
+/// Whether to wake user space for this submission. It drains on a short timer anyway; a
+/// wake-up only matters when a burst fills the buffer faster, so the fill level is checked on
+/// every 64th submission of a CPU (a query per event costs as much as a third of the submit).
+#[inline(always)]
+fn wake_flag(submitted: u64) -> u64 {
+    if submitted & 63 == 0
+        && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= konst(&SETTINGS.wakeup_bytes)
+    {
+        BPF_RB_FORCE_WAKEUP as u64
     } else {
-        BPF_RB_NO_WAKEUP
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// Writes the event straight into a ring buffer slot: no copy of it on the stack.
+#[inline(always)]
+fn emit(ctx: &TracePointContext, s: &Sock, ts: u64, pid_tgid: u64, who: &Attribution) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(counter::RINGBUF_FULL);
+        debug!(ctx, "ring buffer full, event lost");
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` is a reserved, 8-byte aligned slot of size_of::<Event>() bytes; every field is
+    // written before it is submitted.
+    unsafe {
+        (*e).ts_ns = ts;
+        (*e).skaddr = s.skaddr;
+        (*e).ctx_pid = (pid_tgid >> 32) as u32;
+        (*e).ctx_tid = pid_tgid as u32;
+        (*e).owner_pid = who.owner.pid;
+        (*e).owner_tid = who.owner.tid;
+        (*e).oldstate = s.oldstate;
+        (*e).newstate = s.newstate;
+        (*e).family = s.family;
+        (*e).flags = 0;
+        (*e).sport = s.sport;
+        (*e).dport = s.dport;
+        (*e).saddr = bytes16(s.saddr);
+        (*e).daddr = bytes16(s.daddr);
+        (*e).owner_comm = who.owner.comm;
+        if who.ctx_comm_known {
+            (*e).ctx_comm = who.owner.comm;
+        } else {
+            // Straight into the slot; on failure the helper zeroes it.
+            let comm = (*e).ctx_comm.as_mut_ptr() as *mut core::ffi::c_void;
+            generated::bpf_get_current_comm(comm, TASK_COMM_LEN as u32);
+        }
+        // owner_source and its 7 padding bytes as one little-endian word (offset 104, aligned):
+        // a 7-byte fill would be a memset call.
+        core::ptr::write(
+            core::ptr::addr_of_mut!((*e).owner_source) as *mut u64,
+            u64::from(who.source),
+        );
+    }
+    let wake = wake_flag(count(counter::SUBMITTED));
+    entry.submit(wake);
+}
+
+/// Keeps a connect() event whose local port is not chosen yet (port filters only).
+#[inline(always)]
+fn hold(s: &Sock, ts: u64, pid_tgid: u64, who: &Attribution) {
+    let ev = Event {
+        ts_ns: ts,
+        skaddr: s.skaddr,
+        ctx_pid: (pid_tgid >> 32) as u32,
+        ctx_tid: pid_tgid as u32,
+        owner_pid: who.owner.pid,
+        owner_tid: who.owner.tid,
+        oldstate: s.oldstate,
+        newstate: s.newstate,
+        family: s.family,
+        flags: event_flags::DEFERRED,
+        sport: s.sport,
+        dport: s.dport,
+        saddr: bytes16(s.saddr),
+        daddr: bytes16(s.daddr),
+        // connect() is the owner's own system call: the current task is the owner.
+        ctx_comm: who.owner.comm,
+        owner_comm: who.owner.comm,
+        owner_source: who.source,
+        _pad: [0; 7],
+    };
+    if PENDING.insert(&s.skaddr, &ev, BPF_ANY as u64).is_ok() {
+        count(counter::DEFERRED);
+    } else {
+        count(counter::FILTERED);
+    }
+}
+
+/// Delivers the socket's held connect() event, now that the socket passed the filters.
+#[inline(always)]
+fn release_held(ctx: &TracePointContext, skaddr: u64) {
+    // SAFETY: the value is copied into the ring buffer before the entry is removed.
+    let Some(held) = (unsafe { PENDING.get(&skaddr) }) else {
+        return;
     };
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
-            entry.write(*ev);
-            entry.submit(wake as u64);
-            count(counter::SUBMITTED);
+            entry.write(*held);
+            let wake = wake_flag(count(counter::SUBMITTED));
+            entry.submit(wake);
         }
         None => {
             count(counter::RINGBUF_FULL);
-            debug!(ctx, "ring buffer full, event lost");
+            debug!(ctx, "ring buffer full, held event lost");
         }
     }
+    let _ = PENDING.remove(&skaddr);
 }
 
 /// Transitions that only a system call of the socket's owner makes: connect(), listen(),
@@ -332,101 +521,105 @@ fn is_owner_syscall(old: u8, new: u8) -> bool {
 }
 
 #[inline(always)]
-fn listen_key(ev: &Event) -> ListenKey {
+fn listen_key(s: &Sock) -> ListenKey {
     ListenKey {
-        family: ev.family as u16,
-        port: ev.sport,
-        addr: ev.saddr,
+        family: s.family as u16,
+        port: s.sport,
+        addr: bytes16(s.saddr),
     }
 }
 
 #[inline(always)]
-fn attribute(ctx: &TracePointContext, ev: &mut Event) {
-    let (old, new) = (ev.oldstate, ev.newstate);
-    if is_owner_syscall(old, new) {
+fn attribute(ctx: &TracePointContext, s: &Sock, pid_tgid: u64) -> Attribution {
+    let (old, new) = (s.oldstate, s.newstate);
+    let who = if is_owner_syscall(old, new) {
         let owner = Owner {
-            pid: ev.ctx_pid,
-            tid: ev.ctx_tid,
-            comm: ev.ctx_comm,
+            pid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            comm: current_comm(),
         };
-        set_owner(ev, &owner, owner_source::SYSCALL);
+        remember_owner(s, &owner);
         if new == state::LISTEN {
-            note_listener(ev, &owner);
+            note_listener(s, &owner);
         } else if old == state::LISTEN {
-            forget_listener(ev);
+            forget_listener(s, owner.pid);
+        }
+        Attribution {
+            owner,
+            source: owner_source::SYSCALL,
+            ctx_comm_known: true,
         }
     } else if old == state::LISTEN && new == state::SYN_RECV {
         // A child socket born from a listener in softirq: its owner is the listener's.
-        let mut key = listen_key(ev);
+        let mut key = listen_key(s);
         // SAFETY: the value is copied out at once.
-        let mut found = unsafe { LISTENERS.get(&key) }.map(|l| l.owner);
+        let mut found = unsafe { LISTENERS.get(&key) }.map(|l| copy_owner(&l.owner));
         if found.is_none() {
             key.addr = [0; 16];
-            found = unsafe { LISTENERS.get(&key) }.map(|l| l.owner);
+            found = unsafe { LISTENERS.get(&key) }.map(|l| copy_owner(&l.owner));
         }
-        if let Some(owner) = found {
-            if owner.pid != 0 {
-                set_owner(ev, &owner, owner_source::LISTENER);
+        match found {
+            Some(owner) if owner.pid != 0 => {
+                remember_owner(s, &owner);
+                Attribution::known(owner, owner_source::LISTENER)
             }
+            _ => Attribution::UNKNOWN,
         }
-    } else if let Some(owner) = unsafe { OWNERS.get(&ev.skaddr) } {
-        ev.owner_pid = owner.pid;
-        ev.owner_tid = owner.tid;
-        ev.owner_comm = owner.comm;
-        ev.owner_source = owner_source::REMEMBERED;
+    } else if let Some(owner) = unsafe { OWNERS.get(&s.skaddr) } {
+        Attribution::known(copy_owner(owner), owner_source::REMEMBERED)
     } else {
         let key = TupleKey {
-            family: ev.family as u16,
-            sport: ev.sport,
-            dport: ev.dport,
+            family: s.family as u16,
+            sport: s.sport,
+            dport: s.dport,
             _pad: 0,
-            saddr: ev.saddr,
-            daddr: ev.daddr,
+            saddr: bytes16(s.saddr),
+            daddr: bytes16(s.daddr),
         };
-        if let Some(owner) = unsafe { PREEXISTING.get(&key) } {
-            let owner = *owner;
-            set_owner(ev, &owner, owner_source::PROC_SCAN);
+        match unsafe { PREEXISTING.get(&key) } {
+            Some(owner) => {
+                let owner = copy_owner(owner);
+                remember_owner(s, &owner);
+                Attribution::known(owner, owner_source::PROC_SCAN)
+            }
+            None => Attribution::UNKNOWN,
         }
-    }
+    };
     if new == state::CLOSE {
         // The socket's life is over; its address may be reused by an unrelated socket.
-        let _ = OWNERS.remove(&ev.skaddr);
+        let _ = OWNERS.remove(&s.skaddr);
     }
-    if ev.owner_pid == 0 {
-        debug!(ctx, "owner unknown for {:x}", ev.skaddr);
+    if who.owner.pid == 0 {
+        debug!(ctx, "owner unknown for {:x}", s.skaddr);
     }
+    who
 }
 
 #[inline(always)]
-fn set_owner(ev: &mut Event, owner: &Owner, source: u8) {
-    ev.owner_pid = owner.pid;
-    ev.owner_tid = owner.tid;
-    ev.owner_comm = owner.comm;
-    ev.owner_source = source;
-    if ev.newstate == state::CLOSE {
+fn remember_owner(s: &Sock, owner: &Owner) {
+    if s.newstate == state::CLOSE {
         return;
     }
-    // Overwrite a known socket's entry in place: an LRU map's update allocates a new element
-    // every time, the dearest operation on this path.
-    if let Some(slot) = OWNERS.get_ptr_mut(&ev.skaddr) {
+    // Overwrite a known socket's entry in place rather than through a map update.
+    if let Some(slot) = OWNERS.get_ptr_mut(&s.skaddr) {
         // SAFETY: a live value of this map; a socket's state changes under its lock, so one
         // socket's entry has one writer at a time.
         unsafe { *slot = *owner };
-    } else if OWNERS.insert(&ev.skaddr, owner, BPF_ANY as u64).is_err() {
+    } else if OWNERS.insert(&s.skaddr, owner, BPF_ANY as u64).is_err() {
         count(counter::OWNER_UPDATE_FAILED);
     }
 }
 
 #[inline(always)]
-fn note_listener(ev: &Event, owner: &Owner) {
-    let key = listen_key(ev);
+fn note_listener(s: &Sock, owner: &Owner) {
+    let key = listen_key(s);
     let mut value = ListenOwner {
-        skaddr: ev.skaddr,
+        skaddr: s.skaddr,
         owner: *owner,
     };
     // SAFETY: the value is read at once.
     if let Some(prev) = unsafe { LISTENERS.get(&key) } {
-        if prev.skaddr != ev.skaddr && prev.owner.pid != owner.pid {
+        if prev.skaddr != s.skaddr && prev.owner.pid != owner.pid {
             // Two processes share this port (SO_REUSEPORT): which one accepts is unknowable here.
             value.owner.pid = 0;
             value.owner.tid = 0;
@@ -436,12 +629,12 @@ fn note_listener(ev: &Event, owner: &Owner) {
 }
 
 #[inline(always)]
-fn forget_listener(ev: &Event) {
-    let key = listen_key(ev);
-    // SAFETY: the value is read at once.
+fn forget_listener(s: &Sock, closer_pid: u32) {
+    let key = listen_key(s);
     // A listener found by the start-up scan has no known address; its owner closing it is enough.
+    // SAFETY: the value is read at once.
     let mine = unsafe { LISTENERS.get(&key) }
-        .is_some_and(|l| l.skaddr == ev.skaddr || (l.skaddr == 0 && l.owner.pid == ev.ctx_pid));
+        .is_some_and(|l| l.skaddr == s.skaddr || (l.skaddr == 0 && l.owner.pid == closer_pid));
     if mine {
         let _ = LISTENERS.remove(&key);
     }
@@ -461,48 +654,48 @@ fn port_has(port: u16, bit: u8) -> bool {
 }
 
 #[inline(always)]
-fn filter(ev: &Event, flags: u32) -> Verdict {
-    if flags & filter_flags::IPV4_ONLY != 0 && ev.family != AF_INET {
-        return Verdict::Reject;
-    }
-    if flags & filter_flags::IPV6_ONLY != 0 && ev.family != AF_INET6 {
-        return Verdict::Reject;
-    }
+fn owner_passes(owner: &Owner, flags: u32) -> bool {
     if flags & filter_flags::PID != 0 {
-        let known = ev.owner_pid != 0
-            && (unsafe { PIDS.get(&ev.owner_pid) }.is_some()
-                || unsafe { PIDS.get(&ev.owner_tid) }.is_some());
+        let known = owner.pid != 0
+            && (unsafe { PIDS.get(&owner.pid) }.is_some()
+                || unsafe { PIDS.get(&owner.tid) }.is_some());
         if !known {
-            return Verdict::Reject;
+            return false;
         }
     }
-    if flags & filter_flags::COMM != 0 && ev.owner_comm != konst(&FILTER.comm) {
+    !(flags & filter_flags::COMM != 0 && owner.comm != konst(&FILTER.comm))
+}
+
+#[inline(always)]
+fn filter_socket(s: &Sock, flags: u32) -> Verdict {
+    if flags & filter_flags::IPV4_ONLY != 0 && s.family != AF_INET {
+        return Verdict::Reject;
+    }
+    if flags & filter_flags::IPV6_ONLY != 0 && s.family != AF_INET6 {
         return Verdict::Reject;
     }
     if flags & filter_flags::ADDR != 0 {
-        let mut data = [0u8; 16];
-        let prefix = if ev.family == AF_INET {
+        let mut data = bytes16(s.daddr);
+        if s.family == AF_INET {
+            // The trie holds IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d).
+            let v4 = [data[0], data[1], data[2], data[3]];
+            data = [0; 16];
             data[10] = 0xff;
             data[11] = 0xff;
-            data[12..16].copy_from_slice(&ev.daddr[..4]);
-            128
-        } else {
-            data = ev.daddr;
-            128
-        };
-        if ADDRS.get(Key::new(prefix, data)).is_none() {
+            data[12..16].copy_from_slice(&v4);
+        }
+        if ADDRS.get(Key::new(128, data)).is_none() {
             return Verdict::Reject;
         }
     }
-    if flags & filter_flags::RPORT != 0 && !port_has(ev.dport, port_bits::REMOTE) {
+    if flags & filter_flags::RPORT != 0 && !port_has(s.dport, port_bits::REMOTE) {
         return Verdict::Reject;
     }
     // A connect() changes state before it picks its local port: that first event has port 0.
-    let port_unknown =
-        ev.sport == 0 && ev.oldstate == state::CLOSE && ev.newstate == state::SYN_SENT;
+    let port_unknown = s.sport == 0 && s.oldstate == state::CLOSE && s.newstate == state::SYN_SENT;
     if flags & filter_flags::PORT != 0
-        && !port_has(ev.dport, port_bits::EITHER)
-        && !port_has(ev.sport, port_bits::EITHER)
+        && !port_has(s.dport, port_bits::EITHER)
+        && !port_has(s.sport, port_bits::EITHER)
     {
         return if port_unknown {
             Verdict::Defer
@@ -510,7 +703,7 @@ fn filter(ev: &Event, flags: u32) -> Verdict {
             Verdict::Reject
         };
     }
-    if flags & filter_flags::LPORT != 0 && !port_has(ev.sport, port_bits::LOCAL) {
+    if flags & filter_flags::LPORT != 0 && !port_has(s.sport, port_bits::LOCAL) {
         return if port_unknown {
             Verdict::Defer
         } else {

@@ -263,3 +263,31 @@ fn lport_filter_still_delivers_the_connect_event() {
     assert!(client[1..].iter().all(|e| e.sport == cport));
     assert!(probe.counters().expect("counters").deferred >= 1);
 }
+
+/// A filter that rejects the listener itself (its remote end is 0.0.0.0) must not lose the
+/// owner of the sockets it accepts, which match.
+#[test]
+fn accepted_sockets_keep_their_owner_when_the_listener_is_filtered_out() {
+    if !root() {
+        return;
+    }
+    let port = free_port(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let mut probe = attach(FilterSpec {
+        addrs: vec!["127.0.0.1/32".parse::<Cidr>().expect("cidr")],
+        ports: vec![port],
+        ..Default::default()
+    });
+    // The listener is created while tracing, so only its LISTEN transition names its owner.
+    let (srv, _) = server(&["--listen", &format!("127.0.0.1:{port}"), "--accept", "1"]);
+    let server_pid = srv.pid();
+    let (client_pid, _) = client(&format!("127.0.0.1:{port}"));
+    srv.finish(LIMIT).expect("server").assert_success();
+    let events = collect(&mut probe, 10);
+    let r = roles(&events);
+    assert!(
+        !r.contains_key("listener"),
+        "the listener's remote is 0.0.0.0"
+    );
+    assert_owner(&r["accepted"][0], server_pid, "accepted socket");
+    assert_owner(&r["client"][0], client_pid, "client");
+}
