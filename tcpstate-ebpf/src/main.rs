@@ -348,10 +348,17 @@ fn handle(ctx: &TracePointContext) {
         hold(&s, ts, pid_tgid, &who);
         return;
     }
-    if flags & PORT_FILTERS != 0 {
+    if flags & PORT_FILTERS != 0 && holds_connect(&s) {
         release_held(ctx, s.skaddr);
     }
     emit(ctx, &s, ts, pid_tgid, &who);
+}
+
+/// Whether this socket may have a connect() event held: only the transition that follows it,
+/// out of SYN_SENT, can find one (so other events skip the map).
+#[inline(always)]
+fn holds_connect(s: &Sock) -> bool {
+    s.oldstate == state::SYN_SENT && s.sport != 0
 }
 
 /// Counts a rejected event, and drops the socket's held connect() event with it.
@@ -359,8 +366,11 @@ fn handle(ctx: &TracePointContext) {
 fn reject(s: &Sock, flags: u32) {
     // The held event of a socket that turned out not to match is dropped with it, and counted
     // as filtered like it.
-    if flags & PORT_FILTERS != 0 && s.sport != 0 && PENDING.remove(&s.skaddr).is_ok() {
+    if flags & PORT_FILTERS != 0 && holds_connect(s) && PENDING.remove(&s.skaddr).is_ok() {
         count(counter::FILTERED);
+        // Its connect() was attributed while held; the rest of its events are rejected before
+        // attribution, so nothing else would ever remove that entry.
+        let _ = OWNERS.remove(&s.skaddr);
     }
     count(counter::FILTERED);
 }
@@ -563,7 +573,12 @@ fn attribute(ctx: &TracePointContext, s: &Sock, pid_tgid: u64) -> Attribution {
                 remember_owner(s, &owner);
                 Attribution::known(owner, owner_source::LISTENER)
             }
-            _ => Attribution::UNKNOWN,
+            _ => {
+                // A new socket at this address: whatever an earlier one left there is not its
+                // owner.
+                let _ = OWNERS.remove(&s.skaddr);
+                Attribution::UNKNOWN
+            }
         }
     } else if let Some(owner) = unsafe { OWNERS.get(&s.skaddr) } {
         Attribution::known(copy_owner(owner), owner_source::REMEMBERED)
