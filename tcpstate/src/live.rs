@@ -36,6 +36,7 @@ enum Stop {
     Duration,
     Count,
     StdoutClosed,
+    RecordFailed,
 }
 
 /// What the run saw, for the final line on stderr.
@@ -123,17 +124,30 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
     };
 
     // Whatever stopped us, account for everything and leave nothing attached.
-    let counters = probe.counters().unwrap_or_default();
-    let mut stop = match result {
+    let mut exit = 0;
+    let stop = match result {
         Ok(stop) => stop,
         Err(LoopError::Output(OutputError::Closed)) => Stop::StdoutClosed,
+        Err(LoopError::Record(path, e)) => {
+            // Nothing more can be recorded: stop, but still show and count what was seen.
+            eprintln!(
+                "tcpstate: error: writing {}: {}; tracing stopped",
+                path.display(),
+                describe_io(&e)
+            );
+            recorder = None;
+            exit = 1;
+            Stop::RecordFailed
+        }
         Err(e) => {
             drop(probe);
             return Err(anyhow::anyhow!("{e}"));
         }
     };
+    // The loop detaches before its last drain; after an early stop this does it.
+    probe.detach();
+    let counters = probe.counters().unwrap_or_default();
     drop(probe);
-    let mut exit = 0;
     if let Some((path, mut w)) = recorder.take() {
         let r = w
             .write(&Input::Counters(counters))
@@ -152,14 +166,14 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             .push(&Input::Counters(counters), &mut out)
             .and_then(|()| output.finish(&mut out))
             .and_then(|()| out.flush().map_err(OutputError::from));
-        if let Err(OutputError::Closed) = r {
-            stop = Stop::StdoutClosed;
-        } else if let Err(e) = r {
-            eprintln!("tcpstate: error: {e}");
-            exit = 1;
+        match r {
+            Ok(()) | Err(OutputError::Closed) => {}
+            Err(e) => {
+                eprintln!("tcpstate: error: {e}");
+                exit = 1;
+            }
         }
     }
-    let _ = stop;
     if let Some(path) = &args.counters_json {
         write_counters_json(path, &counters, totals.delivered)
             .with_context(|| format!("writing {}", path.display()))?;

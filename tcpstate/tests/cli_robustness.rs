@@ -297,3 +297,84 @@ fn non_root_gets_a_clear_message_and_nothing_loads() {
     assert!(err.contains("needs root") && err.contains("sudo"), "{err}");
     assert!(Path::new(BIN).exists());
 }
+
+/// A 64 KiB tmpfs, unmounted (and its directory removed) on drop, also when the test fails.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount() -> SmallFs {
+        let dir = tempdir().join("smallfs");
+        fs::create_dir_all(&dir).expect("mount point");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tcpstate-test"])
+            .arg(&dir)
+            .status()
+            .expect("run mount");
+        assert!(ok.success(), "mounting a tmpfs");
+        SmallFs(dir)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = fs::remove_dir_all(self.0.parent().unwrap_or(&self.0));
+    }
+}
+
+#[test]
+fn disk_full_while_recording_stops_with_a_clear_error_and_a_valid_prefix() {
+    if !root() {
+        return;
+    }
+    let small = SmallFs::mount();
+    let rec = small.0.join("rec.tsr");
+    let port = probe_util::free_port("127.0.0.1".parse().expect("ip"));
+    let port_s = port.to_string();
+    let rec_s = rec.to_string_lossy().into_owned();
+    let mut t = Tracer::start(
+        &["trace", "--port", &port_s, "--record", &rec_s],
+        Stdio::null(),
+    );
+    // Each connection records 10 events of 120 bytes: 200 of them overflow 64 KiB.
+    let l = TcpListener::bind(("127.0.0.1", port)).expect("listen");
+    for _ in 0..200 {
+        let c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let (s, _) = l.accept().expect("accept");
+        drop((c, s));
+    }
+    drop(l);
+    let err = t.wait_line("tcpstate: error:", Duration::from_secs(10));
+    assert!(err.contains("disk full") && err.contains(&rec_s), "{err}");
+    assert_eq!(
+        t.wait(Duration::from_secs(10)),
+        1,
+        "data was lost: non-zero exit"
+    );
+    assert!(
+        t.stderr_lines
+            .iter()
+            .any(|l| l.contains("events delivered"))
+            || t.wait_line("tcpstate: ", Duration::from_secs(5))
+                .contains("events delivered"),
+        "the final counts are still printed: {:?}",
+        t.stderr_lines
+    );
+    // Everything that made it to the disk replays; the damage, if any, is named by offset.
+    let out = Command::new(BIN)
+        .args(["replay", "-o", "json"])
+        .arg(&rec)
+        .output()
+        .expect("replay");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let conns = text
+        .lines()
+        .filter(|l| l.contains("tcpstate.connection.v1"))
+        .count();
+    assert!(conns > 10, "replayed {conns} connections");
+    if out.status.code() != Some(0) {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("at byte"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
