@@ -1,0 +1,130 @@
+//! `tcpstate replay` of a committed recording (tcpstate/testdata/scenarios.tsr: a real loopback
+//! session with a client-first close, a server-first close, a reset, a refused connect, a
+//! 150 ms CLOSE_WAIT and an IPv6 connection) against committed expected output. No root needed.
+//!
+//! After an intended change of the output, regenerate the expected files with
+//! `TCPSTATE_BLESS=1 cargo test -p tcpstate --test replay_golden` and review the diff.
+
+use std::{fs, path::PathBuf, process::Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tcpstate");
+
+fn testdata(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name)
+}
+
+fn replay(file: &PathBuf, flags: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .arg("replay")
+        .arg(file)
+        .args(flags)
+        .output()
+        .expect("run tcpstate replay");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn golden(expected: &str, flags: &[&str]) {
+    let (code, stdout, stderr) = replay(&testdata("scenarios.tsr"), flags);
+    assert_eq!(code, 0, "{stderr}");
+    let path = testdata(expected);
+    if std::env::var_os("TCPSTATE_BLESS").is_some() {
+        fs::write(&path, &stdout).expect("write expected output");
+    }
+    let want = fs::read_to_string(&path).expect("expected output");
+    assert_eq!(
+        stdout,
+        want,
+        "replay {flags:?} differs from {}",
+        path.display()
+    );
+}
+
+#[test]
+fn table() {
+    golden("scenarios.table.txt", &[]);
+}
+
+#[test]
+fn json() {
+    golden("scenarios.json", &["-o", "json"]);
+}
+
+#[test]
+fn timeline() {
+    golden(
+        "scenarios.timeline.txt",
+        &["--timeline", "-t", "--no-summary"],
+    );
+}
+
+#[test]
+fn transitions() {
+    golden(
+        "scenarios.transitions.txt",
+        &["--transitions", "-w", "--no-summary"],
+    );
+}
+
+#[test]
+fn json_objects_have_the_documented_schema_names() {
+    let (_, stdout, _) = replay(&testdata("scenarios.tsr"), &["-o", "json"]);
+    let mut kinds = std::collections::BTreeMap::new();
+    for line in stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON object per line");
+        *kinds
+            .entry(v["schema"].as_str().expect("schema").to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(kinds.get("tcpstate.connection.v1"), Some(&16), "{kinds:?}");
+    assert_eq!(kinds.get("tcpstate.summary.v1"), Some(&1));
+}
+
+fn damaged(bytes: &[u8], name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tcpstate-golden-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("temp dir");
+    let p = dir.join(name);
+    fs::write(&p, bytes).expect("write damaged copy");
+    p
+}
+
+#[test]
+fn a_truncated_recording_prints_what_is_valid_then_names_the_offset() {
+    let full = fs::read(testdata("scenarios.tsr")).expect("fixture");
+    let cut = damaged(&full[..full.len() * 2 / 3 + 5], "cut.tsr");
+    let (code, stdout, stderr) = replay(&cut, &["--transitions", "--no-summary"]);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.lines().count() > 20,
+        "the valid prefix is printed:\n{stdout}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("truncated recording at byte"), "{stderr}");
+    let _ = fs::remove_file(cut);
+}
+
+#[test]
+fn a_corrupt_byte_is_detected_and_named() {
+    let mut bytes = fs::read(testdata("scenarios.tsr")).expect("fixture");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    let bad = damaged(&bytes, "flipped.tsr");
+    let (code, stdout, stderr) = replay(&bad, &["--transitions", "--no-summary"]);
+    assert_eq!(code, 1);
+    assert!(!stdout.is_empty());
+    assert!(stderr.contains("corrupt recording at byte"), "{stderr}");
+    let _ = fs::remove_file(bad);
+}
+
+#[test]
+fn not_a_recording_is_one_clear_line() {
+    let (code, _, stderr) = replay(&testdata("format-6.18.txt"), &[]);
+    assert_eq!(code, 1);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("not a tcpstate recording"), "{stderr}");
+}
