@@ -103,7 +103,7 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
         None => None,
     };
 
-    let mut output = Output::new(&args.output, clock.into());
+    let mut output = Output::new(&args.output, clock.into(), args.count);
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
 
@@ -118,7 +118,6 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             out: &mut out,
             recorder: &mut recorder,
             totals: &mut totals,
-            count: args.count,
         };
         rt.block_on(event_loop(args, &mut probe, &mut session))
     };
@@ -250,7 +249,6 @@ struct Session<'a, W: Write> {
     out: &'a mut W,
     recorder: &'a mut Recorder,
     totals: &'a mut Totals,
-    count: Option<u64>,
 }
 
 impl<W: Write> Session<'_, W> {
@@ -278,7 +276,7 @@ impl<W: Write> Session<'_, W> {
             self.totals.delivered += 1;
             any = true;
             self.feed(&Input::Event(ev))?;
-            if self.output.limit_reached(self.count) {
+            if self.output.limit_reached() {
                 return Ok(true);
             }
         }
@@ -355,7 +353,7 @@ async fn event_loop<W: Write>(
                 }
                 probe.flush_log();
                 session.feed(&Input::Tick { now_ns: clock::monotonic_ns() })?;
-                if session.output.limit_reached(session.count) {
+                if session.output.limit_reached() {
                     return Ok(Stop::Count);
                 }
                 session.out.flush().map_err(|e| LoopError::Output(e.into()))?;

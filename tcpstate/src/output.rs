@@ -41,8 +41,8 @@ fn ms_to_ns(ms: f64) -> u64 {
 }
 
 /// The pipeline's configuration for these flags; the same for `trace` and `replay`, so both
-/// print the same bytes for the same inputs.
-pub fn config(args: &OutputArgs, clock: ClockBase) -> OutputConfig {
+/// print the same bytes for the same inputs. `max_records` is `trace --count`.
+pub fn config(args: &OutputArgs, clock: ClockBase, max_records: Option<u64>) -> OutputConfig {
     OutputConfig {
         mode: if args.transitions {
             Mode::Transitions
@@ -69,6 +69,7 @@ pub fn config(args: &OutputArgs, clock: ClockBase) -> OutputConfig {
         max_tracked: args.max_tracked as usize,
         clock,
         summary_at_end: !args.no_summary,
+        max_records,
         ..OutputConfig::default()
     }
 }
@@ -79,9 +80,9 @@ pub struct Output {
 }
 
 impl Output {
-    pub fn new(args: &OutputArgs, clock: ClockBase) -> Self {
+    pub fn new(args: &OutputArgs, clock: ClockBase, max_records: Option<u64>) -> Self {
         Output {
-            pipeline: Pipeline::new(config(args, clock)),
+            pipeline: Pipeline::new(config(args, clock, max_records)),
         }
     }
 
@@ -94,8 +95,8 @@ impl Output {
     }
 
     /// Whether `--count` output records were written.
-    pub fn limit_reached(&self, count: Option<u64>) -> bool {
-        count.is_some_and(|c| self.pipeline.records() >= c)
+    pub fn limit_reached(&self) -> bool {
+        self.pipeline.limit_reached()
     }
 
     pub fn pipeline(&self) -> &Pipeline {

@@ -58,6 +58,9 @@ pub struct OutputConfig {
     pub reorder_window_ns: u64,
     pub clock: ClockBase,
     pub summary_at_end: bool,
+    /// Print at most this many records (`--count`); both ends of a pair are never split.
+    /// Statistics still count everything.
+    pub max_records: Option<u64>,
 }
 
 impl Default for OutputConfig {
@@ -74,6 +77,7 @@ impl Default for OutputConfig {
             reorder_window_ns: timeline::DEFAULT_WINDOW_NS,
             clock: ClockBase::default(),
             summary_at_end: true,
+            max_records: None,
         }
     }
 }
@@ -189,6 +193,11 @@ impl Pipeline {
         self.records
     }
 
+    /// Whether `max_records` records were printed.
+    pub fn limit_reached(&self) -> bool {
+        self.cfg.max_records.is_some_and(|m| self.records >= m)
+    }
+
     /// Statistics over every connection finished so far.
     pub fn stats(&self) -> &Stats {
         &self.total
@@ -223,7 +232,7 @@ impl Pipeline {
         self.advance(ev.ts_ns, out)?;
         let mut done = std::mem::take(&mut self.done);
         let step = self.engine.push(ev, &mut done);
-        if self.cfg.mode == Mode::Transitions {
+        if self.cfg.mode == Mode::Transitions && !self.limit_reached() {
             self.records += 1;
             match self.cfg.format {
                 Format::Table => {
@@ -297,6 +306,9 @@ impl Pipeline {
         let mut emits = std::mem::take(&mut self.emits);
         let mut result = Ok(());
         for e in emits.drain(..) {
+            if self.limit_reached() {
+                break;
+            }
             let r = match e.second {
                 None if self.passes(&e.first) => self.print_single(&e.first, out),
                 Some(b) if self.passes(&e.first) || self.passes(&b) => {

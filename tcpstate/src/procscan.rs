@@ -46,16 +46,25 @@ fn parse_endpoint(s: &str, family: u8) -> Option<([u8; 16], u16)> {
 }
 
 /// Parses the text of /proc/net/tcp (`family` AF_INET) or /proc/net/tcp6 (AF_INET6); lines that
-/// do not parse are skipped (the header, or a format this version does not know).
+/// do not parse are skipped (the header, or a format this version does not know). Sockets no
+/// process holds (inode 0: TIME_WAIT, orphans) are skipped before their addresses are parsed:
+/// a busy host has hundreds of thousands of them.
 pub fn parse_proc_net_tcp(text: &str, family: u8) -> Vec<ProcSocket> {
     text.lines()
         .skip(1)
         .filter_map(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            let (local, lport) = parse_endpoint(cols.get(1)?, family)?;
-            let (remote, rport) = parse_endpoint(cols.get(2)?, family)?;
-            let state = u8::from_str_radix(cols.get(3)?, 16).ok()?;
-            let inode = cols.get(9)?.parse().ok()?;
+            let mut cols = line.split_whitespace();
+            let local = cols.nth(1)?;
+            let remote = cols.next()?;
+            let state = cols.next()?;
+            // tx_queue:rx_queue, tr:tm->when, retrnsmt, uid, timeout, then the inode.
+            let inode: u64 = cols.nth(5)?.parse().ok()?;
+            if inode == 0 {
+                return None;
+            }
+            let state = u8::from_str_radix(state, 16).ok()?;
+            let (local, lport) = parse_endpoint(local, family)?;
+            let (remote, rport) = parse_endpoint(remote, family)?;
             Some(ProcSocket {
                 family,
                 state,
@@ -236,7 +245,8 @@ mod tests {
     #[test]
     fn parses_ipv4_lines() {
         let s = parse_proc_net_tcp(TCP, AF_INET);
-        assert_eq!(s.len(), 3);
+        // The TIME_WAIT line has inode 0: nobody holds it.
+        assert_eq!(s.len(), 2);
         assert_eq!(
             (s[0].state, s[0].lport, s[0].inode),
             (ST_LISTEN, 8080, 1145)

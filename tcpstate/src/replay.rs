@@ -24,7 +24,7 @@ pub fn run(args: &ReplayArgs) -> Result<i32> {
         start_mono_ns: header.start_mono_ns,
         realtime_minus_mono_ns: header.realtime_minus_mono_ns,
     };
-    let mut output = Output::new(&args.output, clock);
+    let mut output = Output::new(&args.output, clock, None);
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
 

@@ -537,3 +537,43 @@ fn wide_columns_fit_ipv6() {
     assert_eq!(col(lines[0]), col(lines[1]));
     assert_eq!(col(lines[0]), col(lines[2]));
 }
+
+#[test]
+fn max_records_limits_what_is_printed_not_what_is_counted() {
+    let inputs = events(&odd_ones());
+    let all = render(config(Mode::Transitions, Format::Json), &inputs);
+    let total = all.lines().count();
+    assert!(total > 3);
+    let cfg = OutputConfig {
+        max_records: Some(3),
+        summary_at_end: true,
+        ..config(Mode::Transitions, Format::Json)
+    };
+    let limited = render(cfg, &inputs);
+    let records = limited
+        .lines()
+        .filter(|l| l.contains("tcpstate.transition.v1"))
+        .count();
+    assert_eq!(records, 3);
+    let summary = limited
+        .lines()
+        .find(|l| l.contains("tcpstate.summary.v1"))
+        .expect("the summary still comes");
+    // Every event still went through the engine and the statistics.
+    let v: serde_json::Value = serde_json::from_str(summary).expect("summary JSON");
+    let unlimited: serde_json::Value = serde_json::from_str(
+        render(
+            OutputConfig {
+                summary_at_end: true,
+                ..config(Mode::Transitions, Format::Json)
+            },
+            &inputs,
+        )
+        .lines()
+        .last()
+        .expect("summary"),
+    )
+    .expect("summary JSON");
+    assert_eq!(v["connections"], unlimited["connections"]);
+    assert_eq!(v["pipeline"]["events"], total as u64);
+}
