@@ -59,8 +59,11 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
         allow_direct_read: true,
     };
     if args.debug {
+        // The kernel program's records carry its crate's target, `tcpstate`; aya's own loader
+        // chatter stays at warnings.
         env_logger::Builder::new()
-            .filter_level(log::LevelFilter::Debug)
+            .filter_level(log::LevelFilter::Warn)
+            .filter_module("tcpstate", log::LevelFilter::Debug)
             .target(env_logger::Target::Stderr)
             .init();
     }
