@@ -4,6 +4,7 @@ use std::{
     ffi::CString,
     fmt, fs, io,
     path::{Path, PathBuf},
+    sync::Mutex,
 };
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
@@ -102,17 +103,30 @@ fn has_events(dir: &Path) -> bool {
 /// Finds tracefs, mounting it at /sys/kernel/tracing when it is not mounted anywhere.
 /// Returns the directory and whether this call mounted it (said on stderr by the caller).
 pub fn ensure_tracefs() -> Result<(PathBuf, bool), EnvError> {
-    for dir in [TRACEFS, DEBUGFS_TRACING] {
-        if has_events(Path::new(dir)) {
-            return Ok((PathBuf::from(dir), false));
-        }
+    // One mount attempt at a time in this process; another process may still race us, which
+    // the re-check after a failed mount covers.
+    static MOUNTING: Mutex<()> = Mutex::new(());
+    let _guard = MOUNTING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mounted = || {
+        [TRACEFS, DEBUGFS_TRACING]
+            .into_iter()
+            .find(|dir| has_events(Path::new(dir)))
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = mounted() {
+        return Ok((dir, false));
     }
     match mount("tracefs", TRACEFS) {
         Ok(()) if has_events(Path::new(TRACEFS)) => Ok((PathBuf::from(TRACEFS), true)),
         Ok(()) => Err(EnvError::NoTracefs(format!(
             "{TRACEFS} has no events after mounting"
         ))),
-        Err(e) => Err(EnvError::NoTracefs(e.to_string())),
+        Err(e) => match mounted() {
+            Some(dir) => Ok((dir, false)),
+            None => Err(EnvError::NoTracefs(e.to_string())),
+        },
     }
 }
 
