@@ -100,6 +100,14 @@ pub(crate) mod tests {
     use super::*;
     use tcpstate_common::AF_INET6;
 
+    pub const US: u64 = 1_000;
+    pub const MS: u64 = 1_000_000;
+    pub const SEC: u64 = 1_000_000_000;
+    /// Socket addresses for tests: a listener, a client, and the child the listener accepts.
+    pub const LISTENER: u64 = 0xffff_8880_0001_0000;
+    pub const CLIENT: u64 = 0xffff_8880_0002_0000;
+    pub const CHILD: u64 = 0xffff_8880_0003_0000;
+
     /// A test event: IPv4 127.0.0.1:sport -> 127.0.0.1:dport.
     pub fn ev(ts_ns: u64, skaddr: u64, old: u8, new: u8, sport: u16, dport: u16) -> Event {
         let mut e = Event::zeroed();

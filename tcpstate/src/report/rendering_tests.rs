@@ -2,18 +2,11 @@
 
 use tcpstate_common::{owner_source, state::*, Event};
 
-use crate::event::tests::ev;
+use crate::event::tests::{ev, CHILD, CLIENT, LISTENER, MS, SEC, US};
 use crate::input::{Input, KernelCounters};
 use crate::pipeline::{ClockBase, Format, Mode, OutputConfig, Pipeline, TimeColumn};
 
-const US: u64 = 1_000;
-const MS: u64 = 1_000_000;
-const SEC: u64 = 1_000_000_000;
 const T: u64 = 100 * SEC;
-
-const LISTENER: u64 = 0xffff_8880_0001_0000;
-const CLIENT: u64 = 0xffff_8880_0002_0000;
-const CHILD: u64 = 0xffff_8880_0003_0000;
 
 fn server(mut e: Event) -> Event {
     e.owner_pid = 7;

@@ -3,17 +3,10 @@
 use tcpstate_common::{owner_source, state::*, Event};
 
 use super::*;
-use crate::event::tests::ev;
+use crate::event::tests::{ev, CHILD, CLIENT, LISTENER, MS, SEC, US};
 
-const US: u64 = 1_000;
-const MS: u64 = 1_000_000;
-const SEC: u64 = 1_000_000_000;
 /// An arbitrary start, so nothing accidentally works because timestamps are 0.
 const T: u64 = 5 * SEC;
-
-const LISTENER: u64 = 0xffff_8880_0001_0000;
-const CLIENT: u64 = 0xffff_8880_0002_0000;
-const CHILD: u64 = 0xffff_8880_0003_0000;
 
 fn run(events: &[Event]) -> Vec<Conn> {
     run_until(events, 0)
