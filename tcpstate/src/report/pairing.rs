@@ -6,7 +6,10 @@
 //! time has passed since it finished, or when more than `max_held` are waiting (oldest first),
 //! or at the end. A connection whose other end is not being traced is never held.
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    hash::{BuildHasherDefault, Hasher},
+};
 
 use crate::timeline::{Conn, Role};
 
@@ -38,12 +41,34 @@ struct Held {
     deadline_ns: u64,
 }
 
+/// The keys of `Pairing::awaited` are already well-mixed tuple hashes: hashing them again
+/// (SipHash) costs more than the lookup.
+#[derive(Debug, Default)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; fold anything else in rather than panic.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
 #[derive(Debug)]
 pub struct Pairing {
     held: VecDeque<Held>,
     /// How many held connections wait for an end with this tuple hash: lets a finishing
     /// connection skip the scan when nobody waits for it.
-    awaited: HashMap<u64, u32>,
+    awaited: HashMap<u64, u32, BuildHasherDefault<PreHashed>>,
     /// No held deadline is earlier than this (it may be stale-low after a removal).
     next_deadline_ns: u64,
     wait_ns: u64,
@@ -55,7 +80,7 @@ impl Pairing {
     pub fn new(wait_ns: u64, max_held: usize) -> Pairing {
         Pairing {
             held: VecDeque::new(),
-            awaited: HashMap::new(),
+            awaited: HashMap::default(),
             next_deadline_ns: u64::MAX,
             wait_ns,
             max_held: max_held.max(1),
