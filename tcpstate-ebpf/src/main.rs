@@ -337,6 +337,30 @@ fn handle(ctx: &TracePointContext) {
     }
 
     let pid_tgid = bpf_get_current_pid_tgid();
+    if defer {
+        // A connect() whose local port is not chosen yet. Its owner travels with the held
+        // event and enters the owner table only if the socket turns out to match: most held
+        // connects are dropped, and then cost no table insert and delete.
+        let who = Attribution {
+            owner: Owner {
+                pid: (pid_tgid >> 32) as u32,
+                tid: pid_tgid as u32,
+                comm: current_comm(),
+            },
+            source: owner_source::SYSCALL,
+            ctx_comm_known: true,
+        };
+        if flags & OWNER_FILTERS != 0 && !owner_passes(&who.owner, flags) {
+            reject(&s, flags);
+            return;
+        }
+        hold(&s, unsafe { bpf_ktime_get_ns() }, pid_tgid, &who);
+        return;
+    }
+    // Before attribution, so that this event finds the owner the held one carried.
+    if flags & PORT_FILTERS != 0 && holds_connect(&s) {
+        release_held(ctx, &s);
+    }
     let who = attribute(ctx, &s, pid_tgid);
 
     if flags & OWNER_FILTERS != 0 && !owner_passes(&who.owner, flags) {
@@ -344,13 +368,6 @@ fn handle(ctx: &TracePointContext) {
         return;
     }
     let ts = unsafe { bpf_ktime_get_ns() };
-    if defer {
-        hold(&s, ts, pid_tgid, &who);
-        return;
-    }
-    if flags & PORT_FILTERS != 0 && holds_connect(&s) {
-        release_held(ctx, s.skaddr);
-    }
     emit(ctx, &s, ts, pid_tgid, &who);
 }
 
@@ -368,9 +385,6 @@ fn reject(s: &Sock, flags: u32) {
     // as filtered like it.
     if flags & PORT_FILTERS != 0 && holds_connect(s) && PENDING.remove(&s.skaddr).is_ok() {
         count(counter::FILTERED);
-        // Its connect() was attributed while held; the rest of its events are rejected before
-        // attribution, so nothing else would ever remove that entry.
-        let _ = OWNERS.remove(&s.skaddr);
     }
     count(counter::FILTERED);
 }
@@ -495,11 +509,20 @@ fn hold(s: &Sock, ts: u64, pid_tgid: u64, who: &Attribution) {
 
 /// Delivers the socket's held connect() event, now that the socket passed the filters.
 #[inline(always)]
-fn release_held(ctx: &TracePointContext, skaddr: u64) {
+fn release_held(ctx: &TracePointContext, s: &Sock) {
+    let skaddr = s.skaddr;
     // SAFETY: the value is copied into the ring buffer before the entry is removed.
     let Some(held) = (unsafe { PENDING.get(&skaddr) }) else {
         return;
     };
+    if held.owner_pid != 0 {
+        let owner = Owner {
+            pid: held.owner_pid,
+            tid: held.owner_tid,
+            comm: held.owner_comm,
+        };
+        remember_owner(s, &owner);
+    }
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(*held);

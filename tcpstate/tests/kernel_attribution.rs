@@ -277,6 +277,9 @@ fn lport_filter_still_delivers_the_connect_event() {
     );
     assert_ne!(client[0].flags & event_flags::DEFERRED, 0);
     assert!(client[1..].iter().all(|e| e.sport == cport));
+    // The owner travelled with the held event and reached the owner table on its release.
+    let me = std::process::id();
+    assert!(client.iter().all(|e| e.owner_pid == me), "{client:#?}");
     assert!(probe.counters().expect("counters").deferred >= 1);
 }
 
