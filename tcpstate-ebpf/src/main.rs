@@ -341,15 +341,7 @@ fn handle(ctx: &TracePointContext) {
         // A connect() whose local port is not chosen yet. Its owner travels with the held
         // event and enters the owner table only if the socket turns out to match: most held
         // connects are dropped, and then cost no table insert and delete.
-        let who = Attribution {
-            owner: Owner {
-                pid: (pid_tgid >> 32) as u32,
-                tid: pid_tgid as u32,
-                comm: current_comm(),
-            },
-            source: owner_source::SYSCALL,
-            ctx_comm_known: true,
-        };
+        let who = Attribution::current_task(pid_tgid);
         if flags & OWNER_FILTERS != 0 && !owner_passes(&who.owner, flags) {
             reject(&s, flags);
             return;
@@ -406,6 +398,20 @@ impl Attribution {
         source: owner_source::UNKNOWN,
         ctx_comm_known: false,
     };
+
+    /// The event is the owner's own system call: the current task owns the socket.
+    #[inline(always)]
+    fn current_task(pid_tgid: u64) -> Attribution {
+        Attribution {
+            owner: Owner {
+                pid: (pid_tgid >> 32) as u32,
+                tid: pid_tgid as u32,
+                comm: current_comm(),
+            },
+            source: owner_source::SYSCALL,
+            ctx_comm_known: true,
+        }
+    }
 
     #[inline(always)]
     fn known(owner: Owner, source: u8) -> Attribution {
@@ -566,22 +572,14 @@ fn listen_key(s: &Sock) -> ListenKey {
 fn attribute(ctx: &TracePointContext, s: &Sock, pid_tgid: u64) -> Attribution {
     let (old, new) = (s.oldstate, s.newstate);
     let who = if is_owner_syscall(old, new) {
-        let owner = Owner {
-            pid: (pid_tgid >> 32) as u32,
-            tid: pid_tgid as u32,
-            comm: current_comm(),
-        };
-        remember_owner(s, &owner);
+        let who = Attribution::current_task(pid_tgid);
+        remember_owner(s, &who.owner);
         if new == state::LISTEN {
-            note_listener(s, &owner);
+            note_listener(s, &who.owner);
         } else if old == state::LISTEN {
-            forget_listener(s, owner.pid);
+            forget_listener(s, who.owner.pid);
         }
-        Attribution {
-            owner,
-            source: owner_source::SYSCALL,
-            ctx_comm_known: true,
-        }
+        who
     } else if old == state::LISTEN && new == state::SYN_RECV {
         // A child socket born from a listener in softirq: its owner is the listener's.
         let mut key = listen_key(s);

@@ -47,10 +47,9 @@ struct Totals {
 }
 
 pub fn run(args: &TraceArgs) -> Result<i32> {
-    let filter = args
-        .filter_spec()
-        .to_kernel()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let spec = args.filter_spec();
+    let filtered = !spec.is_empty();
+    let filter = spec.to_kernel().map_err(|e| anyhow::anyhow!("{e}"))?;
     let opts = ProbeOptions {
         buffer_bytes: args.buffer_size,
         wakeup_bytes: u64::from(args.buffer_size / 4),
@@ -92,13 +91,12 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
     let clock = clock::Start::now();
     let mut recorder = match record_file {
         Some((path, file)) => {
-            let header = record::Header {
-                tool_version: env!("CARGO_PKG_VERSION").to_string(),
-                kernel_release: crate::environment::kernel_release(),
-                start_mono_ns: clock.start_mono_ns,
-                realtime_minus_mono_ns: clock.realtime_minus_mono_ns,
-                command: std::env::args().collect::<Vec<_>>().join(" "),
-            };
+            let header = record::Header::new(
+                crate::environment::kernel_release(),
+                clock.start_mono_ns,
+                clock.realtime_minus_mono_ns,
+                std::env::args().collect::<Vec<_>>().join(" "),
+            );
             let w = RecordWriter::new(file, &header)
                 .with_context(|| format!("writing {}", path.display()))?;
             Some((path, w))
@@ -122,7 +120,7 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             recorder: &mut recorder,
             totals: &mut totals,
         };
-        rt.block_on(event_loop(args, &mut probe, &mut session))
+        rt.block_on(event_loop(args, filtered, &mut probe, &mut session))
     };
 
     // Whatever stopped us, account for everything and leave nothing attached.
@@ -210,21 +208,17 @@ fn describe_io(e: &io::Error) -> String {
     }
 }
 
-fn describe_filters(args: &TraceArgs) -> String {
-    let spec = args.filter_spec();
-    if spec.is_empty() {
-        String::new()
-    } else {
-        " (filtered in the kernel)".into()
-    }
-}
-
 fn write_counters_json(path: &Path, c: &KernelCounters, delivered: u64) -> io::Result<()> {
-    let text = format!(
-        "{{\"seen\":{},\"filtered\":{},\"submitted\":{},\"delivered\":{},\"ringbuf_full\":{},\"recursion_misses\":{},\"deferred\":{}}}\n",
-        c.seen, c.filtered, c.submitted, delivered, c.ringbuf_full, c.recursion_misses, c.deferred
-    );
-    fs::write(path, text)
+    let value = serde_json::json!({
+        "seen": c.seen,
+        "filtered": c.filtered,
+        "submitted": c.submitted,
+        "delivered": delivered,
+        "ringbuf_full": c.ringbuf_full,
+        "recursion_misses": c.recursion_misses,
+        "deferred": c.deferred,
+    });
+    fs::write(path, format!("{value}\n"))
 }
 
 #[derive(Debug)]
@@ -305,6 +299,7 @@ fn stdout_closed() -> bool {
 
 async fn event_loop<W: Write>(
     args: &TraceArgs,
+    filtered: bool,
     probe: &mut Probe,
     session: &mut Session<'_, W>,
 ) -> Result<Stop, LoopError> {
@@ -321,7 +316,11 @@ async fn event_loop<W: Write>(
     // Said only now that a signal stops us cleanly: scripts wait for this line.
     eprintln!(
         "tcpstate: tracing TCP state changes{}; Ctrl-C to stop",
-        describe_filters(args)
+        if filtered {
+            " (filtered in the kernel)"
+        } else {
+            ""
+        }
     );
     let mut drain_timer = interval(DRAIN_EVERY);
     drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
