@@ -1,22 +1,23 @@
 //! tcpstate: what TCP really does on a host, traced with eBPF.
 //!
 //! The pure logic (decoding, timelines, filters, formatting, statistics, recordings) lives in
-//! modules that need neither aya nor root; `probe` is the thin kernel boundary.
+//! modules that need neither aya nor root and builds with `--no-default-features`; `kernel` is
+//! the thin kernel boundary and `live` the trace that drives it.
 
 pub mod cli;
-pub mod clock;
-pub mod environment;
+pub(crate) mod clock;
 pub mod event;
 pub mod filter;
 pub mod input;
+#[cfg(feature = "kernel")]
+pub mod kernel;
+#[cfg(feature = "kernel")]
 pub mod live;
-pub mod output;
+pub(crate) mod output;
 pub mod pipeline;
-pub mod probe;
-pub mod procscan;
 pub mod record;
 pub mod replay;
-pub mod report;
-pub mod stats;
-pub mod timeline;
+pub(crate) mod report;
+pub(crate) mod stats;
+pub(crate) mod timeline;
 pub mod tpformat;

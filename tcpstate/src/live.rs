@@ -18,9 +18,12 @@ use crate::{
     cli::TraceArgs,
     clock, event,
     input::{Input, KernelCounters},
+    kernel::{
+        environment,
+        probe::{Probe, ProbeOptions},
+        procscan,
+    },
     output::{Output, OutputError},
-    probe::{Probe, ProbeOptions},
-    procscan,
     record::{self, RecordWriter},
 };
 
@@ -92,7 +95,7 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
     let mut recorder = match record_file {
         Some((path, file)) => {
             let header = record::Header::new(
-                crate::environment::kernel_release(),
+                environment::kernel_release(),
                 clock.start_mono_ns,
                 clock.realtime_minus_mono_ns,
                 std::env::args().collect::<Vec<_>>().join(" "),

@@ -6,7 +6,7 @@ use tcpstate::cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Trace(args) => tcpstate::live::run(args),
+        Command::Trace(args) => trace(args),
         Command::Replay(args) => tcpstate::replay::run(args),
     };
     match result {
@@ -17,4 +17,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[cfg(feature = "kernel")]
+fn trace(args: &tcpstate::cli::TraceArgs) -> anyhow::Result<i32> {
+    tcpstate::live::run(args)
+}
+
+#[cfg(not(feature = "kernel"))]
+fn trace(_: &tcpstate::cli::TraceArgs) -> anyhow::Result<i32> {
+    anyhow::bail!(
+        "this tcpstate was built without the eBPF program (--no-default-features): `trace` \
+         needs the default build (`cargo xtask build`); `replay` works in this one"
+    )
 }

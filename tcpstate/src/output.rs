@@ -98,8 +98,4 @@ impl Output {
     pub fn limit_reached(&self) -> bool {
         self.pipeline.limit_reached()
     }
-
-    pub fn pipeline(&self) -> &Pipeline {
-        &self.pipeline
-    }
 }

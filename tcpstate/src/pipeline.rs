@@ -11,9 +11,8 @@ use std::io::{self, Write};
 use crate::event::Event;
 use crate::input::{Input, KernelCounters};
 use crate::report::pairing::{self, Emit, Pairing};
+use crate::report::render::{self, Renderer};
 use crate::report::summary::{PipelineCounts, Summary, SummaryKind};
-use crate::report::time::TimeFormatter;
-use crate::report::{json, ladder, summary, table, transitions};
 use crate::stats::Stats;
 use crate::timeline::{self, Conn, Engine, Phase, Reorder};
 
@@ -63,6 +62,19 @@ pub struct OutputConfig {
     pub max_records: Option<u64>,
 }
 
+impl OutputConfig {
+    fn renderer(&self) -> render::Kind {
+        use render::Kind;
+        match (self.mode, self.format) {
+            (Mode::Connections, Format::Table) => Kind::ConnectionTable,
+            (Mode::Transitions, Format::Table) => Kind::TransitionTable,
+            (Mode::Timeline, Format::Table) => Kind::Ladder,
+            (Mode::Transitions, Format::Json) => Kind::TransitionJson,
+            (_, Format::Json) => Kind::ConnectionJson,
+        }
+    }
+}
+
 impl Default for OutputConfig {
     fn default() -> Self {
         OutputConfig {
@@ -87,14 +99,15 @@ pub struct Pipeline {
     reorder: Reorder,
     engine: Engine,
     pairing: Pairing,
-    time: TimeFormatter,
+    renderer: Box<dyn Renderer>,
     total: Stats,
     interval: Stats,
     counters: Option<KernelCounters>,
     /// Scratch space reused for every event, so the hot path does not allocate.
     done: Vec<Conn>,
     emits: Vec<Emit>,
-    text: String,
+    /// What the renderer wrote for the record at hand.
+    buf: Vec<u8>,
     started: bool,
     finished: bool,
     /// Where interval boundaries are counted from: the start of tracing, or the first time
@@ -111,13 +124,13 @@ impl Pipeline {
             reorder: Reorder::new(cfg.reorder_window_ns, timeline::DEFAULT_CAPACITY),
             engine: Engine::new(cfg.max_tracked),
             pairing: Pairing::new(pairing::DEFAULT_WAIT_NS, pairing::DEFAULT_MAX_HELD),
-            time: TimeFormatter::new(cfg.time, cfg.clock),
+            renderer: render::new(cfg.renderer(), cfg.time, cfg.clock, cfg.wide),
             total: Stats::default(),
             interval: Stats::default(),
             counters: None,
             done: Vec::new(),
             emits: Vec::new(),
-            text: String::new(),
+            buf: Vec::with_capacity(4096),
             started: false,
             finished: false,
             anchor_ns: (cfg.clock.start_mono_ns != 0).then_some(cfg.clock.start_mono_ns),
@@ -216,16 +229,8 @@ impl Pipeline {
             return Ok(());
         }
         self.started = true;
-        if self.cfg.format == Format::Table {
-            let wide = self.cfg.wide;
-            match self.cfg.mode {
-                Mode::Connections => table::header(&self.time, wide, &mut self.text),
-                Mode::Transitions => transitions::header(&self.time, wide, &mut self.text),
-                Mode::Timeline => Ok(()),
-            }
-            .map_err(fmt_error)?;
-        }
-        self.write_text(out)
+        self.renderer.start(&mut self.buf)?;
+        render::flush(&mut self.buf, out)
     }
 
     fn process(&mut self, ev: &Event, out: &mut impl Write) -> io::Result<()> {
@@ -234,14 +239,8 @@ impl Pipeline {
         let step = self.engine.push(ev, &mut done);
         if self.cfg.mode == Mode::Transitions && !self.limit_reached() {
             self.records += 1;
-            match self.cfg.format {
-                Format::Table => {
-                    transitions::line(ev, &step, &mut self.time, self.cfg.wide, &mut self.text)
-                        .map_err(fmt_error)?;
-                    self.write_text(out)?;
-                }
-                Format::Json => json::transition(ev, &step, &self.cfg.clock, out)?,
-            }
+            self.renderer.transition(ev, &step, &mut self.buf)?;
+            render::flush(&mut self.buf, out)?;
         }
         for c in done.drain(..) {
             self.record(&c);
@@ -328,38 +327,14 @@ impl Pipeline {
 
     fn print_single(&mut self, c: &Conn, out: &mut impl Write) -> io::Result<()> {
         self.records += 1;
-        match (self.cfg.format, self.cfg.mode) {
-            (Format::Json, _) => json::connection(c, None, &self.cfg.clock, out),
-            (Format::Table, Mode::Timeline) => {
-                ladder::single(c, &mut self.time, &mut self.text).map_err(fmt_error)?;
-                self.write_text(out)
-            }
-            (Format::Table, _) => {
-                table::line(c, false, &mut self.time, self.cfg.wide, &mut self.text)
-                    .map_err(fmt_error)?;
-                self.write_text(out)
-            }
-        }
+        self.renderer.single(c, &mut self.buf)?;
+        render::flush(&mut self.buf, out)
     }
 
     fn print_pair(&mut self, a: &Conn, b: &Conn, out: &mut impl Write) -> io::Result<()> {
         self.records += 2;
-        match (self.cfg.format, self.cfg.mode) {
-            (Format::Json, _) => {
-                json::connection(a, Some(b), &self.cfg.clock, out)?;
-                json::connection(b, Some(a), &self.cfg.clock, out)
-            }
-            (Format::Table, Mode::Timeline) => {
-                ladder::pair(a, b, &mut self.time, &mut self.text).map_err(fmt_error)?;
-                self.write_text(out)
-            }
-            (Format::Table, _) => {
-                let wide = self.cfg.wide;
-                table::line(a, false, &mut self.time, wide, &mut self.text).map_err(fmt_error)?;
-                table::line(b, true, &mut self.time, wide, &mut self.text).map_err(fmt_error)?;
-                self.write_text(out)
-            }
-        }
+        self.renderer.pair(a, b, &mut self.buf)?;
+        render::flush(&mut self.buf, out)
     }
 
     fn print_summary(
@@ -390,30 +365,9 @@ impl Pipeline {
                 paired: self.pairing.paired(),
             },
         };
-        match self.cfg.format {
-            Format::Json => json::summary(&s, out),
-            Format::Table => {
-                if self.cfg.mode != Mode::Timeline {
-                    self.text.push('\n');
-                }
-                summary::text(&s, &mut self.text).map_err(fmt_error)?;
-                self.write_text(out)
-            }
-        }
+        self.renderer.summary(&s, &mut self.buf)?;
+        render::flush(&mut self.buf, out)
     }
-
-    fn write_text(&mut self, out: &mut impl Write) -> io::Result<()> {
-        if self.text.is_empty() {
-            return Ok(());
-        }
-        let r = out.write_all(self.text.as_bytes());
-        self.text.clear();
-        r
-    }
-}
-
-fn fmt_error(_: std::fmt::Error) -> io::Error {
-    io::Error::other("formatting output failed")
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! The `tcpstate` binary as a user runs it: clean stops, `kill -9`, a closed stdout, two tracers
 //! at once, bad input. Tests that trace need root and say so otherwise.
+// Loads the eBPF program: only in the default (`kernel`) build.
+#![cfg(feature = "kernel")]
 
 mod probe_util;
 

@@ -1,6 +1,8 @@
 //! Owner attribution and in-kernel filters on loopback, with client and server in separate
 //! processes: every event must name the socket's owner (or nobody), never the task that
 //! happened to run, and every filter must be complete and exclusive.
+// Loads the eBPF program: only in the default (`kernel`) build.
+#![cfg(feature = "kernel")]
 
 mod probe_util;
 mod support;
@@ -17,7 +19,7 @@ use support::{field_u64, run_client, PeerProcess};
 use tcpstate::{
     event::{self, Event},
     filter::{Cidr, FilterSpec},
-    procscan,
+    kernel::procscan,
 };
 use tcpstate_common::{event_flags, owner_source, state::*};
 

@@ -1,5 +1,7 @@
 //! The real program on a real (non-loopback) path: client and server in two network namespaces
 //! joined by a link that delays every packet by 20 ms (RTT 40 ms). Needs root.
+// Loads the eBPF program: only in the default (`kernel`) build.
+#![cfg(feature = "kernel")]
 
 mod probe_util;
 mod support;
@@ -14,7 +16,7 @@ use support::{field_u64, run_client, DelayedLink, LinkConfig, PeerProcess};
 use tcpstate::{
     event::{self, Event},
     filter::{Cidr, FilterSpec},
-    procscan,
+    kernel::procscan,
 };
 use tcpstate_common::state::*;
 
@@ -202,28 +204,29 @@ fn filters_over_a_delayed_link_are_complete_and_exclusive() {
     noise.join().expect("noise");
     let client_pid = field_u64(out.conns()[0], "pid") as u32;
 
-    let expect = |name: &str, probe: &mut tcpstate::probe::Probe, want: &[(&str, usize, usize)]| {
-        let events = collect_for(
-            probe,
-            want.iter().map(|w| w.1 * w.2).sum(),
-            Duration::from_secs(5),
-        );
-        let r = roles(&events);
-        let got: Vec<(&str, usize)> = r.iter().map(|(k, v)| (*k, v.len())).collect();
-        let wanted: Vec<(&str, usize)> = want.iter().map(|w| (w.0, w.1)).collect();
-        assert_eq!(got, wanted, "{name}: sockets by role");
-        for (role, _, per_socket) in want {
-            for evs in &r[role] {
-                assert_eq!(evs.len(), *per_socket, "{name}: all of each {role} socket");
+    let expect =
+        |name: &str, probe: &mut tcpstate::kernel::probe::Probe, want: &[(&str, usize, usize)]| {
+            let events = collect_for(
+                probe,
+                want.iter().map(|w| w.1 * w.2).sum(),
+                Duration::from_secs(5),
+            );
+            let r = roles(&events);
+            let got: Vec<(&str, usize)> = r.iter().map(|(k, v)| (*k, v.len())).collect();
+            let wanted: Vec<(&str, usize)> = want.iter().map(|w| (w.0, w.1)).collect();
+            assert_eq!(got, wanted, "{name}: sockets by role");
+            for (role, _, per_socket) in want {
+                for evs in &r[role] {
+                    assert_eq!(evs.len(), *per_socket, "{name}: all of each {role} socket");
+                }
             }
-        }
-        let c = probe.counters().expect("counters");
-        assert!(
-            c.filtered >= 20 * 10,
-            "{name}: loopback noise dropped in the kernel: {c:?}"
-        );
-        events
-    };
+            let c = probe.counters().expect("counters");
+            assert!(
+                c.filtered >= 20 * 10,
+                "{name}: loopback noise dropped in the kernel: {c:?}"
+            );
+            events
+        };
     let ev = expect(
         "pid",
         &mut by_pid,

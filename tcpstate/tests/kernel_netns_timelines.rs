@@ -1,6 +1,8 @@
 //! `tcpstate trace` end to end over a link with a known delay (two network namespaces, RTT
 //! 40 ms): connect latency against the client's own timing, a lost SYN, a timed-out connect, a
 //! simultaneous close and a CLOSE_WAIT leak, each with the owning process. Needs root.
+// Loads the eBPF program: only in the default (`kernel`) build.
+#![cfg(feature = "kernel")]
 
 mod probe_util;
 mod support;

@@ -1,6 +1,8 @@
 //! `tcpstate trace` end to end on real loopback connections made by `tcppeer`: each scenario's
 //! connections must come out with the right role, outcome, closer and phase times, and
 //! `tcpstate replay` of the recording must print the very same bytes. Needs root.
+// Loads the eBPF program: only in the default (`kernel`) build.
+#![cfg(feature = "kernel")]
 
 mod probe_util;
 mod support;

@@ -1,5 +1,7 @@
 //! Loads the real eBPF program, makes real loopback connections and checks exactly what the
 //! kernel reports. Needs root; each test says so and passes trivially without it.
+// Loads the eBPF program: only in the default (`kernel`) build.
+#![cfg(feature = "kernel")]
 
 mod probe_util;
 

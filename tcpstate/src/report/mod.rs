@@ -5,6 +5,7 @@
 pub mod json;
 pub mod ladder;
 pub mod pairing;
+pub(crate) mod render;
 #[cfg(test)]
 mod rendering_tests;
 #[cfg(test)]

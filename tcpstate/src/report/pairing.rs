@@ -140,10 +140,6 @@ impl Pairing {
         }
     }
 
-    pub fn held(&self) -> usize {
-        self.held.len()
-    }
-
     /// Pairs of connections shown together.
     pub fn paired(&self) -> u64 {
         self.paired

@@ -65,14 +65,6 @@ impl TimeFormatter {
         }
     }
 
-    pub fn column(&self) -> TimeColumn {
-        self.column
-    }
-
-    pub fn clock(&self) -> ClockBase {
-        self.clock
-    }
-
     /// The column header including its trailing space, or nothing.
     pub fn header(&self) -> &'static str {
         match self.column {

@@ -12,7 +12,8 @@ mod span;
 #[cfg(test)]
 mod tests;
 
-pub use conn::{Closer, Conn, Outcome, Phase, Role, Rung, LADDER, REFUSED_BEFORE_NS};
-pub use engine::{Engine, Step, DEFAULT_MAX_TRACKED};
-pub use reorder::{Reorder, DEFAULT_CAPACITY, DEFAULT_WINDOW_NS};
-pub use span::Span;
+#[cfg(test)]
+pub(crate) use conn::Closer;
+pub(crate) use conn::{Conn, Outcome, Phase, Role, LADDER};
+pub(crate) use engine::{Engine, Step, DEFAULT_MAX_TRACKED};
+pub(crate) use reorder::{Reorder, DEFAULT_CAPACITY, DEFAULT_WINDOW_NS};

@@ -101,6 +101,7 @@ impl Reorder {
         self.clock_ns
     }
 
+    #[cfg(test)]
     pub fn held(&self) -> usize {
         self.held.len()
     }

@@ -13,8 +13,10 @@ use std::{
 use tcpstate::{
     event::{self, Event},
     filter::FilterSpec,
-    probe::{Probe, ProbeOptions},
-    procscan::Preexisting,
+    kernel::{
+        probe::{Probe, ProbeOptions},
+        procscan::Preexisting,
+    },
 };
 use tcpstate_common::state::{CLOSE, LISTEN, SYN_RECV, SYN_SENT};
 

@@ -19,11 +19,13 @@ use tcpstate_common::{
     counter, names, Layout, ListenKey, ListenOwner, Owner, Settings, TupleKey, MODERN_LAYOUT,
 };
 
-use crate::{
+use super::{
     environment::{self, EnvError},
+    procscan::Preexisting,
+};
+use crate::{
     filter::KernelFilter,
     input::KernelCounters,
-    procscan::Preexisting,
     tpformat::{self, FormatError},
 };
 

@@ -1,0 +1,190 @@
+//! The seam between the pipeline and the output modes: one [`Renderer`] per mode and format,
+//! picked once, so a new mode is one new type here and nothing in the pipeline.
+//!
+//! Renderers write into a byte buffer the pipeline owns and hands to its writer afterwards:
+//! rendering stays monomorphic and allocation-free on the hot path, whatever the writer is.
+
+use std::fmt;
+use std::io;
+
+use super::summary::{self, Summary};
+use super::time::{ClockBase, TimeColumn, TimeFormatter};
+use super::{json, ladder, table, transitions};
+use crate::event::Event;
+use crate::timeline::{Conn, Step};
+
+/// What the pipeline prints, record by record.
+pub(crate) trait Renderer {
+    /// Before the first record (a table's column header).
+    fn start(&mut self, _out: &mut Vec<u8>) -> io::Result<()> {
+        Ok(())
+    }
+    /// One state change; called only by modes that print transitions.
+    fn transition(&mut self, ev: &Event, step: &Step, out: &mut Vec<u8>) -> io::Result<()>;
+    /// A finished connection shown alone.
+    fn single(&mut self, c: &Conn, out: &mut Vec<u8>) -> io::Result<()>;
+    /// Both ends of one connection on this host, `a` first.
+    fn pair(&mut self, a: &Conn, b: &Conn, out: &mut Vec<u8>) -> io::Result<()>;
+    fn summary(&mut self, s: &Summary<'_>, out: &mut Vec<u8>) -> io::Result<()>;
+}
+
+/// Which renderer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    ConnectionTable,
+    TransitionTable,
+    Ladder,
+    /// Connection objects (also for `--timeline`: the objects carry the ladder).
+    ConnectionJson,
+    TransitionJson,
+}
+
+pub(crate) fn new(kind: Kind, time: TimeColumn, clock: ClockBase, wide: bool) -> Box<dyn Renderer> {
+    let text = |wide| Text {
+        time: TimeFormatter::new(time, clock),
+        wide,
+    };
+    match kind {
+        Kind::ConnectionTable => Box::new(ConnectionTable(text(wide))),
+        Kind::TransitionTable => Box::new(TransitionTable(text(wide))),
+        Kind::Ladder => Box::new(Ladder(text(wide))),
+        Kind::ConnectionJson | Kind::TransitionJson => Box::new(Json { clock }),
+    }
+}
+
+/// `fmt::Write` into the pipeline's byte buffer, for the text renderers.
+struct Utf8<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for Utf8<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+fn fmt_error(_: fmt::Error) -> io::Error {
+    io::Error::other("formatting output failed")
+}
+
+/// What the text renderers share.
+struct Text {
+    time: TimeFormatter,
+    wide: bool,
+}
+
+impl Text {
+    /// The summary block, after an empty line that sets it off from a table.
+    fn summary(&self, s: &Summary<'_>, blank_line: bool, out: &mut Vec<u8>) -> io::Result<()> {
+        if blank_line {
+            out.push(b'\n');
+        }
+        summary::text(s, &mut Utf8(out)).map_err(fmt_error)
+    }
+}
+
+struct ConnectionTable(Text);
+
+impl Renderer for ConnectionTable {
+    fn start(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        table::header(&self.0.time, self.0.wide, &mut Utf8(out)).map_err(fmt_error)
+    }
+
+    fn transition(&mut self, _: &Event, _: &Step, _: &mut Vec<u8>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn single(&mut self, c: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
+        let t = &mut self.0;
+        table::line(c, false, &mut t.time, t.wide, &mut Utf8(out)).map_err(fmt_error)
+    }
+
+    fn pair(&mut self, a: &Conn, b: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
+        let t = &mut self.0;
+        table::line(a, false, &mut t.time, t.wide, &mut Utf8(out)).map_err(fmt_error)?;
+        table::line(b, true, &mut t.time, t.wide, &mut Utf8(out)).map_err(fmt_error)
+    }
+
+    fn summary(&mut self, s: &Summary<'_>, out: &mut Vec<u8>) -> io::Result<()> {
+        self.0.summary(s, true, out)
+    }
+}
+
+struct TransitionTable(Text);
+
+impl Renderer for TransitionTable {
+    fn start(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        transitions::header(&self.0.time, self.0.wide, &mut Utf8(out)).map_err(fmt_error)
+    }
+
+    fn transition(&mut self, ev: &Event, step: &Step, out: &mut Vec<u8>) -> io::Result<()> {
+        let t = &mut self.0;
+        transitions::line(ev, step, &mut t.time, t.wide, &mut Utf8(out)).map_err(fmt_error)
+    }
+
+    fn single(&mut self, _: &Conn, _: &mut Vec<u8>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn pair(&mut self, _: &Conn, _: &Conn, _: &mut Vec<u8>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn summary(&mut self, s: &Summary<'_>, out: &mut Vec<u8>) -> io::Result<()> {
+        self.0.summary(s, true, out)
+    }
+}
+
+struct Ladder(Text);
+
+impl Renderer for Ladder {
+    fn transition(&mut self, _: &Event, _: &Step, _: &mut Vec<u8>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn single(&mut self, c: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
+        ladder::single(c, &mut self.0.time, &mut Utf8(out)).map_err(fmt_error)
+    }
+
+    fn pair(&mut self, a: &Conn, b: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
+        ladder::pair(a, b, &mut self.0.time, &mut Utf8(out)).map_err(fmt_error)
+    }
+
+    fn summary(&mut self, s: &Summary<'_>, out: &mut Vec<u8>) -> io::Result<()> {
+        // Each ladder already ends with an empty line.
+        self.0.summary(s, false, out)
+    }
+}
+
+/// JSON Lines: one object per record.
+struct Json {
+    clock: ClockBase,
+}
+
+impl Renderer for Json {
+    fn transition(&mut self, ev: &Event, step: &Step, out: &mut Vec<u8>) -> io::Result<()> {
+        json::transition(ev, step, &self.clock, out)
+    }
+
+    fn single(&mut self, c: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
+        json::connection(c, None, &self.clock, out)
+    }
+
+    fn pair(&mut self, a: &Conn, b: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
+        json::connection(a, Some(b), &self.clock, out)?;
+        json::connection(b, Some(a), &self.clock, out)
+    }
+
+    fn summary(&mut self, s: &Summary<'_>, out: &mut Vec<u8>) -> io::Result<()> {
+        json::summary(s, out)
+    }
+}
+
+/// Hands what a renderer wrote to the writer and empties the buffer for the next record.
+pub(crate) fn flush(buf: &mut Vec<u8>, out: &mut impl io::Write) -> io::Result<()> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let r = out.write_all(buf);
+    buf.clear();
+    r
+}
