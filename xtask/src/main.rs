@@ -2,6 +2,7 @@
 
 mod bench;
 mod setup;
+mod toolchain;
 
 use std::process::Command;
 
