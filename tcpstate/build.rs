@@ -8,6 +8,8 @@
 //!
 //! `TCPSTATE_EBPF_TOOLCHAIN` forces one: `debian` or `rustup:<toolchain>`.
 //! `TCPSTATE_EBPF_OBJECT` skips the build and embeds a prebuilt object instead.
+//! Without the `kernel` feature (`--no-default-features`) nothing is built: the pure core
+//! needs neither the object nor the eBPF toolchain.
 //!
 //! How the toolchain is found lives in `xtask/src/toolchain.rs`, shared with `cargo xtask setup`.
 
@@ -33,6 +35,11 @@ fn main() {
 }
 
 fn run() -> Result<(), String> {
+    if env::var_os("CARGO_FEATURE_KERNEL").is_none() {
+        // Features are part of the build script's unit: turning `kernel` on reruns it.
+        println!("cargo:rerun-if-changed=build.rs");
+        return Ok(());
+    }
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("no CARGO_MANIFEST_DIR")?);
     let root = manifest_dir

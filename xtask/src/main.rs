@@ -36,7 +36,7 @@ enum Cmd {
     /// than the compilers the project is built with.
     CheckMsrv,
     /// Set up, check the lock files (check-msrv), then run the whole test suite (kernel tests
-    /// need root; they say so otherwise).
+    /// need root; they say so otherwise) and the core's tests without the `kernel` feature.
     Test {
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -110,6 +110,12 @@ fn main() -> Result<()> {
                 );
             }
             status(cargo().args(["test", "--workspace"]).args(&args))?;
+            // The pure core must build and pass without the eBPF toolchain.
+            status(
+                cargo()
+                    .args(["test", "--package", "tcpstate", "--no-default-features"])
+                    .args(&args),
+            )?;
         }
     }
     Ok(())
