@@ -1,5 +1,5 @@
 //! Builds the eBPF program (`tcpstate-ebpf`) and leaves the object in OUT_DIR, where
-//! `src/probe.rs` embeds it: the release binary is then self-contained.
+//! `src/kernel/probe.rs` embeds it: the release binary is then self-contained.
 //!
 //! The eBPF crate needs a compiler with the source of `core` (for `-Z build-std=core`) and
 //! `bpf-linker`. Two routes are supported and picked automatically:
@@ -8,19 +8,23 @@
 //!
 //! `TCPSTATE_EBPF_TOOLCHAIN` forces one: `debian` or `rustup:<toolchain>`.
 //! `TCPSTATE_EBPF_OBJECT` skips the build and embeds a prebuilt object instead.
+//! Without the `kernel` feature (`--no-default-features`) nothing is built: the pure core
+//! needs neither the object nor the eBPF toolchain.
+//!
+//! How the toolchain is found lives in `xtask/src/toolchain.rs`, shared with `cargo xtask setup`.
+
+#[path = "../xtask/src/toolchain.rs"]
+mod toolchain;
 
 use std::{
     env,
     ffi::OsString,
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{exit, Command},
 };
 
-const TARGET: &str = "bpfel-unknown-none";
-const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
-const DEBIAN_CARGO: &str = "/usr/bin/cargo";
-const DEBIAN_SRC: &str = "/usr/lib/rustlib/src/rust/library/core";
+use toolchain::{Route, TARGET};
 
 fn main() {
     if let Err(msg) = run() {
@@ -31,6 +35,11 @@ fn main() {
 }
 
 fn run() -> Result<(), String> {
+    if env::var_os("CARGO_FEATURE_KERNEL").is_none() {
+        // Features are part of the build script's unit: turning `kernel` on reruns it.
+        println!("cargo:rerun-if-changed=build.rs");
+        return Ok(());
+    }
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("no CARGO_MANIFEST_DIR")?);
     let root = manifest_dir
@@ -60,7 +69,7 @@ fn run() -> Result<(), String> {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
 
-    let route = Route::pick()?;
+    let route = Route::for_build()?;
     let target_dir = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
@@ -80,8 +89,9 @@ fn run() -> Result<(), String> {
         .arg(&target_dir);
     clean_env(&mut cmd);
     route.configure(&mut cmd);
-    let linker_dir = bpf_linker_dir()
+    let linker = toolchain::bpf_linker_path()
         .ok_or("bpf-linker is not installed (or not on PATH): run `cargo xtask setup`")?;
+    let linker_dir = linker.parent().ok_or("bpf-linker has no directory")?;
     let mut path = OsString::from(linker_dir.as_os_str());
     if let Some(old) = env::var_os("PATH") {
         path.push(":");
@@ -103,105 +113,6 @@ fn run() -> Result<(), String> {
     let built = target_dir.join(TARGET).join("release").join("tcpstate");
     fs::copy(&built, &object).map_err(|e| format!("copying {}: {e}", built.display()))?;
     Ok(())
-}
-
-#[derive(Debug)]
-enum Route {
-    Debian,
-    Rustup(String),
-}
-
-impl Route {
-    fn pick() -> Result<Route, String> {
-        match env::var("TCPSTATE_EBPF_TOOLCHAIN").ok().as_deref() {
-            Some("debian") => return Ok(Route::Debian),
-            Some(other) => {
-                if let Some(name) = other.strip_prefix("rustup:") {
-                    return Ok(Route::Rustup(name.to_string()));
-                }
-                return Err(format!(
-                    "TCPSTATE_EBPF_TOOLCHAIN={other}: expected `debian` or `rustup:<toolchain>`"
-                ));
-            }
-            None => {}
-        }
-        let debian = Path::new(DEBIAN_RUSTC).exists()
-            && Path::new(DEBIAN_CARGO).exists()
-            && Path::new(DEBIAN_SRC).exists();
-        // A bpf-linker built on Debian's LLVM pairs with Debian's rustc (one libLLVM for both);
-        // with another compiler its LLVM could be older than the compiler's, which fails.
-        if debian && bpf_linker_dir().is_some_and(|d| links_debian_llvm(&d.join("bpf-linker"))) {
-            return Ok(Route::Debian);
-        }
-        if rustup_has_rust_src("nightly") {
-            return Ok(Route::Rustup("nightly".into()));
-        }
-        if debian {
-            return Ok(Route::Debian);
-        }
-        Err(
-            "no compiler that can build for bpfel-unknown-none (nightly + rust-src, or Debian's \
-             rustc-web + rust-web-src): run `cargo xtask setup`"
-                .into(),
-        )
-    }
-
-    fn cargo(&self) -> Command {
-        match self {
-            Route::Debian => Command::new(DEBIAN_CARGO),
-            Route::Rustup(toolchain) => {
-                let mut c = Command::new("rustup");
-                c.args(["run", toolchain, "cargo"]);
-                c
-            }
-        }
-    }
-
-    fn configure(&self, cmd: &mut Command) {
-        if let Route::Debian = self {
-            cmd.env("RUSTC", DEBIAN_RUSTC);
-            // Debian's compiler is a stable release; build-std needs unstable flags.
-            cmd.env("RUSTC_BOOTSTRAP", "1");
-        }
-    }
-}
-
-fn rustup_has_rust_src(toolchain: &str) -> bool {
-    let Ok(out) = Command::new("rustup")
-        .args(["run", toolchain, "rustc", "--print", "sysroot"])
-        .env_remove("RUSTC")
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .output()
-    else {
-        return false;
-    };
-    if !out.status.success() {
-        return false;
-    }
-    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    Path::new(&sysroot)
-        .join("lib/rustlib/src/rust/library/core")
-        .exists()
-}
-
-fn links_debian_llvm(linker: &Path) -> bool {
-    Command::new("ldd")
-        .arg(linker)
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("/usr/lib/llvm-"))
-}
-
-fn bpf_linker_dir() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = env::var_os("PATH")
-        .map(|p| env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(home) = env::var_os("CARGO_HOME") {
-        dirs.push(PathBuf::from(home).join("bin"));
-    }
-    if let Some(home) = env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".cargo/bin"));
-    }
-    dirs.into_iter().find(|d| d.join("bpf-linker").is_file())
 }
 
 /// The outer cargo's variables describe the host build (and clippy's wrapper); none of them may

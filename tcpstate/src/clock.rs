@@ -11,6 +11,7 @@ fn clock_ns(id: libc::clockid_t) -> i128 {
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns()` and so of every event.
+#[cfg(feature = "kernel")]
 pub fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC) as u64
 }

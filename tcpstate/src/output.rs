@@ -95,6 +95,7 @@ impl Output {
     }
 
     /// Whether `--count` output records were written.
+    #[cfg(feature = "kernel")]
     pub fn limit_reached(&self) -> bool {
         self.pipeline.limit_reached()
     }

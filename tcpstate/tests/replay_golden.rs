@@ -128,3 +128,21 @@ fn not_a_recording_is_one_clear_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("not a tcpstate recording"), "{stderr}");
 }
+
+/// The binary of the core build (`--no-default-features`) replays (the tests above) and says
+/// plainly that tracing needs the default build.
+#[cfg(not(feature = "kernel"))]
+#[test]
+fn core_build_explains_that_trace_needs_the_default_build() {
+    let out = Command::new(BIN)
+        .args(["trace", "--duration", "1"])
+        .output()
+        .expect("run tcpstate trace");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("built without the eBPF program") && stderr.contains("default build"),
+        "{stderr}"
+    );
+}

@@ -1,7 +1,9 @@
 //! Build, run and test automation: `cargo xtask <command>`.
 
 mod bench;
+mod msrv;
 mod setup;
+mod toolchain;
 
 use std::process::Command;
 
@@ -30,7 +32,11 @@ enum Cmd {
     /// Measure what tracing costs: loopback connection storm, untraced vs traced
     /// (docs/benchmark.md).
     Bench(bench::BenchArgs),
-    /// Set up, then run the whole test suite (kernel tests need root; they say so otherwise).
+    /// Fail if Cargo.lock (or fuzz/Cargo.lock) resolves a package whose rust-version is newer
+    /// than the compilers the project is built with.
+    CheckMsrv,
+    /// Set up, check the lock files (check-msrv), then run the whole test suite (kernel tests
+    /// need root; they say so otherwise) and the core's tests without the `kernel` feature.
     Test {
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -93,8 +99,10 @@ fn main() -> Result<()> {
             setup::ensure()?;
             bench::run(&args)?;
         }
+        Cmd::CheckMsrv => msrv::run()?,
         Cmd::Test { args } => {
             setup::ensure()?;
+            msrv::run()?;
             if !is_root() {
                 eprintln!(
                     "xtask: not root: the kernel tests will be skipped (each says so); run \
@@ -102,6 +110,12 @@ fn main() -> Result<()> {
                 );
             }
             status(cargo().args(["test", "--workspace"]).args(&args))?;
+            // The pure core must build and pass without the eBPF toolchain.
+            status(
+                cargo()
+                    .args(["test", "--package", "tcpstate", "--no-default-features"])
+                    .args(&args),
+            )?;
         }
     }
     Ok(())
