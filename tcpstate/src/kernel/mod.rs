@@ -3,6 +3,7 @@
 //! into maps, and reading its ring buffer and counters. Everything else is pure and builds
 //! without the `kernel` feature.
 
+pub mod btf;
 pub(crate) mod environment;
 pub mod probe;
 pub mod procscan;

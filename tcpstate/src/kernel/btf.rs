@@ -1,0 +1,272 @@
+//! Where the socket fields tcpstate reads live in this kernel's `struct sock` / `struct
+//! tcp_sock`, from its BTF (`/sys/kernel/btf/vmlinux`).
+//!
+//! Rust eBPF programs get no CO-RE relocations, so the offsets are resolved here at start-up and
+//! handed to the program as load-time constants, the way the tracepoint's format-file offsets
+//! are. A field this kernel lacks (or has with another size) is `None`: its value is then
+//! unknown (`null` in the output, said once on stderr), never read from a wrong place.
+
+use std::{fs, io, path::Path};
+
+use btfparse::{Offset, Readable, TypeInformation};
+
+/// The kernel's BTF of itself.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// One field: the struct it is found from, the member path inside it, and the size the program
+/// reads. Every path starts at the socket pointer the tracepoint hands over (`struct sock` is
+/// the first member of `tcp_sock` and of `inet_connection_sock`), so each offset is from the
+/// start of the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    pub name: &'static str,
+    pub strukt: &'static str,
+    pub path: &'static str,
+    pub size: usize,
+}
+
+/// The socket facts of a connection: what `ss -ti` shows, plus the error and the listener's
+/// queue.
+pub const FIELDS: &[Field] = &[
+    Field {
+        name: "sk_err",
+        strukt: "sock",
+        path: "sk_err",
+        size: 4,
+    },
+    Field {
+        name: "sk_err_soft",
+        strukt: "sock",
+        path: "sk_err_soft",
+        size: 4,
+    },
+    Field {
+        name: "ack_backlog",
+        strukt: "sock",
+        path: "sk_ack_backlog",
+        size: 4,
+    },
+    Field {
+        name: "max_ack_backlog",
+        strukt: "sock",
+        path: "sk_max_ack_backlog",
+        size: 4,
+    },
+    Field {
+        name: "net",
+        strukt: "sock",
+        path: "__sk_common.skc_net",
+        size: 8,
+    },
+    Field {
+        name: "retransmits",
+        strukt: "inet_connection_sock",
+        path: "icsk_retransmits",
+        size: 1,
+    },
+    Field {
+        name: "probes_out",
+        strukt: "inet_connection_sock",
+        path: "icsk_probes_out",
+        size: 1,
+    },
+    Field {
+        name: "srtt_us",
+        strukt: "tcp_sock",
+        path: "srtt_us",
+        size: 4,
+    },
+    Field {
+        name: "min_rtt_us",
+        strukt: "tcp_sock",
+        path: "rtt_min.s[0].v",
+        size: 4,
+    },
+    Field {
+        name: "packets_out",
+        strukt: "tcp_sock",
+        path: "packets_out",
+        size: 4,
+    },
+    Field {
+        name: "total_retrans",
+        strukt: "tcp_sock",
+        path: "total_retrans",
+        size: 4,
+    },
+    Field {
+        name: "bytes_acked",
+        strukt: "tcp_sock",
+        path: "bytes_acked",
+        size: 8,
+    },
+    Field {
+        name: "bytes_received",
+        strukt: "tcp_sock",
+        path: "bytes_received",
+        size: 8,
+    },
+    Field {
+        name: "bytes_retrans",
+        strukt: "tcp_sock",
+        path: "bytes_retrans",
+        size: 8,
+    },
+    Field {
+        name: "segs_in",
+        strukt: "tcp_sock",
+        path: "segs_in",
+        size: 4,
+    },
+    Field {
+        name: "segs_out",
+        strukt: "tcp_sock",
+        path: "segs_out",
+        size: 4,
+    },
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("reading {path}: {source}")]
+    Read { path: String, source: io::Error },
+    #[error("{path} is not valid BTF: {message}")]
+    Parse { path: String, message: String },
+}
+
+/// Offsets of [`FIELDS`], in the same order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SockOffsets {
+    pub offsets: Vec<Option<u16>>,
+}
+
+impl SockOffsets {
+    pub fn get(&self, name: &str) -> Option<u16> {
+        let i = FIELDS.iter().position(|f| f.name == name)?;
+        self.offsets.get(i).copied().flatten()
+    }
+
+    /// The fields this kernel lacks, to say once at start-up.
+    pub fn missing(&self) -> impl Iterator<Item = &'static Field> + '_ {
+        FIELDS
+            .iter()
+            .zip(&self.offsets)
+            .filter(|(_, o)| o.is_none())
+            .map(|(f, _)| f)
+    }
+}
+
+/// The BTF blob, read whole: the file is sysfs and small (a few MiB).
+struct Blob(Vec<u8>);
+
+impl Readable for Blob {
+    fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let slice = start
+            .checked_add(buffer.len())
+            .and_then(|end| self.0.get(start..end))
+            .ok_or_else(|| btfparse::Error::new(btfparse::ErrorKind::EOF, "read past the end"))?;
+        buffer.copy_from_slice(slice);
+        Ok(())
+    }
+}
+
+/// Resolves [`FIELDS`] from the BTF file at `path`.
+pub fn resolve(path: &Path) -> Result<SockOffsets, BtfError> {
+    let shown = path.display().to_string();
+    let blob = fs::read(path).map_err(|source| BtfError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let types = TypeInformation::new(&Blob(blob)).map_err(|e| BtfError::Parse {
+        path: shown,
+        message: e.message().to_string(),
+    })?;
+    Ok(SockOffsets {
+        offsets: FIELDS.iter().map(|f| offset_of(&types, f)).collect(),
+    })
+}
+
+fn offset_of(types: &TypeInformation, f: &Field) -> Option<u16> {
+    let tid = types.id_of(f.strukt)?;
+    match types.offset_of(tid, f.path).ok()? {
+        (member, Offset::ByteOffset(off)) if types.size_of(member).ok()? == f.size => {
+            u16::try_from(off).ok()
+        }
+        // A bitfield or a field of another size: not what the program would read.
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The running kernel's BTF (every kernel tcpstate traces on has it; /sys is readable
+    /// without root).
+    #[test]
+    fn resolves_every_field_on_this_kernel() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            eprintln!("skipped: {VMLINUX_BTF} missing");
+            assert!(std::env::var_os("CI").is_none(), "CI must have kernel BTF");
+            return;
+        }
+        let o = resolve(path).expect("resolve");
+        let missing: Vec<_> = o.missing().map(|f| f.name).collect();
+        assert!(missing.is_empty(), "missing on this kernel: {missing:?}");
+        // `struct sock` comes first in `tcp_sock`: its fields lie before the TCP ones.
+        let sk_err = o.get("sk_err").expect("sk_err");
+        let srtt = o.get("srtt_us").expect("srtt_us");
+        assert!(sk_err < srtt);
+        // Each offset is aligned to its size, as the compiler lays structs out.
+        for (f, off) in FIELDS.iter().zip(&o.offsets) {
+            let off = off.expect("resolved");
+            assert_eq!(usize::from(off) % f.size, 0, "{} at {off}", f.name);
+        }
+    }
+
+    #[test]
+    fn a_missing_or_resized_field_is_none() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            return;
+        }
+        let blob = fs::read(path).expect("read");
+        let types = TypeInformation::new(&Blob(blob)).expect("parse");
+        let absent = Field {
+            name: "x",
+            strukt: "tcp_sock",
+            path: "no_such_member",
+            size: 4,
+        };
+        assert_eq!(offset_of(&types, &absent), None);
+        let resized = Field {
+            name: "x",
+            strukt: "tcp_sock",
+            path: "bytes_acked",
+            size: 4,
+        };
+        assert_eq!(offset_of(&types, &resized), None);
+        let no_struct = Field {
+            name: "x",
+            strukt: "no_such_struct",
+            path: "a",
+            size: 4,
+        };
+        assert_eq!(offset_of(&types, &no_struct), None);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let dir = std::env::temp_dir().join(format!("tcpstate-btf-{}", std::process::id()));
+        fs::write(&dir, b"not btf at all").expect("write");
+        let r = resolve(&dir);
+        let _ = fs::remove_file(&dir);
+        assert!(matches!(r, Err(BtfError::Parse { .. })), "{r:?}");
+        assert!(matches!(
+            resolve(Path::new("/nonexistent/btf")),
+            Err(BtfError::Read { .. })
+        ));
+    }
+}
