@@ -5,31 +5,9 @@
 
 use crate::event::Event;
 
-/// Totals of the kernel program's counters (summed over CPUs) plus the kernel's own count of
-/// skipped runs of the program. All are cumulative since tracing started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KernelCounters {
-    /// TCP state changes the program ran for.
-    pub seen: u64,
-    /// Rejected by the in-kernel filters.
-    pub filtered: u64,
-    /// Written to the ring buffer.
-    pub submitted: u64,
-    /// Lost: the ring buffer was full.
-    pub ringbuf_full: u64,
-    /// First events of a connect() held back until their local port was known.
-    pub deferred: u64,
-    /// Lost: the kernel skipped the program because another BPF program ran on that CPU
-    /// (`recursion_misses` of the program's info).
-    pub recursion_misses: u64,
-}
-
-impl KernelCounters {
-    /// Events that existed but never reached user space.
-    pub fn lost(&self) -> u64 {
-        self.ringbuf_full + self.recursion_misses
-    }
-}
+/// The kernel program's counters plus the kernel's own count of skipped runs of the program,
+/// each known or unknown; the one type every output and the recording use.
+pub use tcpstate_common::{Counter, KernelCounters};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Input {

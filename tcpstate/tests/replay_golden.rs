@@ -82,7 +82,7 @@ fn json_objects_have_the_documented_schema_names() {
             .or_insert(0) += 1;
     }
     assert_eq!(kinds.get("tcpstate.connection.v1"), Some(&16), "{kinds:?}");
-    assert_eq!(kinds.get("tcpstate.summary.v1"), Some(&1));
+    assert_eq!(kinds.get("tcpstate.summary.v2"), Some(&1));
 }
 
 fn damaged(bytes: &[u8], name: &str) -> PathBuf {

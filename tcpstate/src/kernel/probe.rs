@@ -16,7 +16,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tcpstate_common::{
-    counter, names, Layout, ListenKey, ListenOwner, Owner, Settings, TupleKey, MODERN_LAYOUT,
+    names, Counter, Layout, ListenKey, ListenOwner, Owner, Settings, TupleKey, MODERN_LAYOUT,
 };
 
 use super::{
@@ -226,23 +226,37 @@ impl Probe {
         fill_preexisting(&mut self.ebpf, preexisting)
     }
 
-    /// Sums of the program's per-CPU counters plus the kernel's count of skipped runs.
+    /// Sums of the program's per-CPU counters plus the kernel's count of skipped runs. A
+    /// counter that cannot be read is unknown in the result, and its error is in the list.
+    pub fn read_counters(&self) -> (KernelCounters, Vec<(Counter, String)>) {
+        let mut out = KernelCounters::unknown();
+        let mut errors = Vec::new();
+        for c in Counter::ALL {
+            let value = match c.kernel_index() {
+                Some(idx) => self
+                    .counters
+                    .get(&idx, 0)
+                    .map(|values| values.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
+                    .map_err(|e| format!("eBPF map {}: {e}", names::COUNTERS)),
+                None => prog_recursion_misses(self.prog_fd).map_err(|e| {
+                    format!("reading the program's info (BPF_OBJ_GET_INFO_BY_FD): {e}")
+                }),
+            };
+            match value {
+                Ok(v) => out.set(c, Some(v)),
+                Err(e) => errors.push((c, e)),
+            }
+        }
+        (out, errors)
+    }
+
+    /// All counters, or the first that cannot be read as an error.
     pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
-        let sum = |idx: u32| -> Result<u64, ProbeError> {
-            let values = self
-                .counters
-                .get(&idx, 0)
-                .map_err(map_err(names::COUNTERS))?;
-            Ok(values.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
-        };
-        Ok(KernelCounters {
-            seen: sum(counter::SEEN)?,
-            filtered: sum(counter::FILTERED)?,
-            submitted: sum(counter::SUBMITTED)?,
-            ringbuf_full: sum(counter::RINGBUF_FULL)?,
-            deferred: sum(counter::DEFERRED)?,
-            recursion_misses: prog_recursion_misses(self.prog_fd).unwrap_or(0),
-        })
+        let (c, errors) = self.read_counters();
+        match errors.into_iter().next() {
+            None => Ok(c),
+            Some((_, e)) => Err(ProbeError::Map(names::COUNTERS, e)),
+        }
     }
 
     /// Forwards pending kernel diagnostics to the log (only with `debug_log`).
@@ -254,7 +268,21 @@ impl Probe {
 
     /// The kernel's id of the loaded program (for tests and `bpftool`).
     pub fn program_id(&self) -> Option<u32> {
-        prog_info(self.prog_fd).map(|i| i.id)
+        prog_info(self.prog_fd).ok().map(|i| i.id)
+    }
+
+    /// Connect() events held in the kernel right now (for tests of the accounting identity).
+    pub fn held_events(&self) -> Result<u64, ProbeError> {
+        let pending: HashMap<_, u64, tcpstate_common::Event> = self
+            .ebpf
+            .map(names::PENDING)
+            .ok_or(ProbeError::Map(names::PENDING, "missing".into()))?
+            .try_into()
+            .map_err(map_err(names::PENDING))?;
+        pending
+            .keys()
+            .try_fold(0u64, |n, key| key.map(|_| n + 1))
+            .map_err(map_err(names::PENDING))
     }
 }
 
@@ -323,7 +351,7 @@ fn fill_preexisting(ebpf: &mut Ebpf, p: &Preexisting) -> Result<(), ProbeError> 
 
 /// `struct bpf_prog_info` through BPF_OBJ_GET_INFO_BY_FD; aya's ProgramInfo does not expose
 /// `recursion_misses`.
-fn prog_info(fd: RawFd) -> Option<aya_obj::generated::bpf_prog_info> {
+fn prog_info(fd: RawFd) -> std::io::Result<aya_obj::generated::bpf_prog_info> {
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     #[repr(C)]
     struct InfoAttr {
@@ -347,9 +375,13 @@ fn prog_info(fd: RawFd) -> Option<aya_obj::generated::bpf_prog_info> {
             std::mem::size_of::<InfoAttr>() as u32,
         )
     };
-    (rc == 0).then_some(info)
+    if rc == 0 {
+        Ok(info)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
-fn prog_recursion_misses(fd: RawFd) -> Option<u64> {
+fn prog_recursion_misses(fd: RawFd) -> std::io::Result<u64> {
     prog_info(fd).map(|i| i.recursion_misses)
 }

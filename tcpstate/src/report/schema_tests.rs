@@ -7,13 +7,13 @@ use serde_json::Value;
 
 use super::rendering_tests::{conversation, odd_ones, render};
 use crate::event::tests::ev;
-use crate::input::{Input, KernelCounters};
+use crate::input::{Counter, Input, KernelCounters};
 use crate::pipeline::{Format, Mode, OutputConfig};
 use tcpstate_common::state::*;
 
 const CONNECTION: &str = include_str!("../../../docs/schema/connection.v1.json");
 const TRANSITION: &str = include_str!("../../../docs/schema/transition.v1.json");
-const SUMMARY: &str = include_str!("../../../docs/schema/summary.v1.json");
+const SUMMARY: &str = include_str!("../../../docs/schema/summary.v2.json");
 
 const KNOWN: [&str; 15] = [
     "$schema",
@@ -171,14 +171,15 @@ fn inputs() -> Vec<Input> {
             80,
         )));
     }
-    inputs.push(Input::Counters(KernelCounters {
-        seen: 40,
-        filtered: 2,
-        submitted: 37,
-        ringbuf_full: 1,
-        deferred: 1,
-        recursion_misses: 0,
-    }));
+    inputs.push(Input::Counters(
+        KernelCounters::zero()
+            .with(Counter::Seen, 40)
+            .with(Counter::Filtered, 2)
+            .with(Counter::Submitted, 37)
+            .with(Counter::RingbufFull, 1)
+            .with(Counter::Deferred, 1)
+            .with(Counter::RecursionMisses, 0),
+    ));
     inputs
 }
 
