@@ -333,7 +333,7 @@ impl<W: Write> Session<'_, W> {
                 return Ok(true);
             }
             // A burst can keep this loop going for long: flushing only after it would not do.
-            if self.totals.delivered % FLUSH_CHECK_EVENTS == 0 {
+            if self.totals.delivered.is_multiple_of(FLUSH_CHECK_EVENTS) {
                 self.flush_record_if_due()?;
             }
         }

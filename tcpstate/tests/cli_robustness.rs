@@ -4,6 +4,7 @@
 #![cfg(feature = "kernel")]
 
 mod probe_util;
+mod skip;
 
 use std::{
     fs,
@@ -291,7 +292,7 @@ fn non_root_gets_a_clear_message_and_nothing_loads() {
         .output();
     let _ = fs::remove_file(&copy);
     let Ok(out) = out else {
-        probe_util::skip::skip(
+        skip::skip(
             "non_root_gets_a_clear_message_and_nothing_loads",
             "setpriv (util-linux) is not installed",
         );

@@ -5,6 +5,7 @@
 #![cfg(feature = "kernel")]
 
 mod probe_util;
+mod skip;
 
 use std::{
     net::{Ipv4Addr, TcpListener, TcpStream},
@@ -106,7 +107,9 @@ fn every_event_is_accounted_for_with_held_connects() {
 
     let c = check_identity(&mut releasing, "local port filter");
     let n = |which| count(&c, which);
-    assert!(n(Counter::Released) >= 20 + 15 + 5 + 1, "{c:?}");
+    // Every connect of ours: 20 + 15 accepted, 5 + 1 refused.
+    let connects = 20 + 15 + 5 + 1;
+    assert!(n(Counter::Released) >= connects, "{c:?}");
     assert!(n(Counter::Submitted) >= released.len() as u64, "{c:?}");
     for zero in [
         Counter::HoldFailed,
@@ -132,5 +135,6 @@ fn every_event_is_accounted_for_without_a_filter() {
     // Nothing is held without a port filter.
     assert_eq!(count(&c, Counter::Deferred), 0, "{c:?}");
     assert_eq!(c.held(), Some(0));
-    assert!(count(&c, Counter::Seen) >= 10 * 10 + 3 * 2 + 1, "{c:?}");
+    let ours = 10 * 10 + 3 * 2 + 1;
+    assert!(count(&c, Counter::Seen) >= ours, "{c:?}");
 }

@@ -4,6 +4,7 @@
 #![cfg(feature = "kernel")]
 
 mod probe_util;
+mod skip;
 mod support;
 
 use std::{

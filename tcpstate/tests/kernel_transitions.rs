@@ -4,6 +4,7 @@
 #![cfg(feature = "kernel")]
 
 mod probe_util;
+mod skip;
 
 use std::{
     io::Read,

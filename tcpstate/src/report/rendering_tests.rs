@@ -570,3 +570,37 @@ fn max_records_limits_what_is_printed_not_what_is_counted() {
     assert_eq!(v["connections"], unlimited["connections"]);
     assert_eq!(v["pipeline"]["events"], total as u64);
 }
+
+/// The text summary names every kernel counter; one that could not be read says so.
+#[test]
+fn text_summary_names_every_counter() {
+    let cfg = OutputConfig {
+        summary_at_end: true,
+        ..config(Mode::Connections, Format::Table)
+    };
+    let known = KernelCounters::zero()
+        .with(Counter::Seen, 12)
+        .with(Counter::HoldFailed, 2)
+        .with(Counter::OwnerUpdateFailed, 1);
+    let out = render(cfg, &[Input::Counters(known)]);
+    for c in Counter::ALL {
+        assert!(out.contains(c.name()), "{}: {out}", c.name());
+    }
+    assert!(
+        out.contains("kernel: 12 seen, 0 filtered, 0 submitted, 2 lost"),
+        "{out}"
+    );
+    assert!(out.contains("2 events were lost"), "{out}");
+    assert!(out.contains("owner table was full 1 times"), "{out}");
+    assert!(!out.contains("unknown"), "{out}");
+
+    let mut partial = known;
+    partial.set(Counter::RecursionMisses, None);
+    let out = render(cfg, &[Input::Counters(partial)]);
+    assert!(out.contains("lost unknown"), "{out}");
+    assert!(out.contains("recursion_misses unknown"), "{out}");
+    assert!(
+        out.contains("WARNING: kernel counters unknown (unreadable, or not in this recording): recursion_misses"),
+        "{out}"
+    );
+}

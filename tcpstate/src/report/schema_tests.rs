@@ -269,3 +269,48 @@ fn the_checker_catches_mistakes() {
     extra["surprise"] = Value::from(1);
     assert!(check(&schema, &extra, "c").is_err());
 }
+
+/// The schema's `kernel` object is the one list of counters, plus the two derived from it.
+#[test]
+fn the_summary_schema_lists_every_counter() {
+    let schema: Value = serde_json::from_str(SUMMARY).unwrap_or(Value::Null);
+    let kernel = &schema["properties"]["kernel"];
+    // `required` is ordered (and all fields are required); the properties object is not.
+    let documented: Vec<&str> = kernel["required"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut want: Vec<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
+    want.extend(["lost", "held"]);
+    assert_eq!(documented, want);
+    assert_eq!(
+        kernel["properties"].as_object().map(|o| o.len()),
+        Some(want.len())
+    );
+}
+
+/// A counter that could not be read is `null` in the summary, and that is valid.
+#[test]
+fn unknown_counters_are_null_and_valid() {
+    let schema: Value = serde_json::from_str(SUMMARY).unwrap_or(Value::Null);
+    let counters = KernelCounters::unknown()
+        .with(Counter::Seen, 5)
+        .with(Counter::RingbufFull, 1);
+    let out = render(
+        OutputConfig {
+            format: Format::Json,
+            summary_at_end: true,
+            ..OutputConfig::default()
+        },
+        &[Input::Counters(counters)],
+    );
+    let line = out.lines().last().unwrap_or("");
+    let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+    assert_eq!(check(&schema, &v, "s"), Ok(()), "{line}");
+    assert_eq!(v["kernel"]["seen"], 5);
+    assert_eq!(v["kernel"]["ringbuf_full"], 1);
+    assert!(v["kernel"]["recursion_misses"].is_null());
+    // One loss counter unknown: the total is unknown too, not a partial sum.
+    assert!(v["kernel"]["lost"].is_null());
+    assert!(v["kernel"]["held"].is_null());
+}

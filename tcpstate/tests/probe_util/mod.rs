@@ -2,8 +2,6 @@
 //! kernel delivers (bounded in time), group it by socket.
 #![allow(dead_code)]
 
-#[path = "../skip/mod.rs"]
-pub mod skip;
 pub mod trace;
 
 use std::{
@@ -29,7 +27,7 @@ pub fn root() -> bool {
         .name()
         .unwrap_or("kernel test")
         .to_string();
-    skip::need_root(&test)
+    crate::skip::need_root(&test)
 }
 
 /// A counter that must be known.

@@ -9,8 +9,6 @@ pub mod link;
 pub mod netns;
 pub mod peer;
 pub mod relay;
-#[path = "../skip/mod.rs"]
-pub mod skip;
 
 pub use link::{DelayedLink, LinkConfig};
 pub use netns::{enter_netns, run_in_netns};
@@ -18,4 +16,4 @@ pub use peer::{field_u64, peer_path, run_client, PeerOutput, PeerProcess};
 pub use relay::mono_ns;
 
 /// Whether the test runs as root; when not it is skipped, which fails in CI (`CI=true`).
-pub use skip::need_root;
+pub use crate::skip::need_root;
