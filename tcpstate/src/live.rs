@@ -65,14 +65,11 @@ struct CounterReader {
 impl CounterReader {
     fn read(&mut self, probe: &Probe) -> KernelCounters {
         let (counters, errors) = probe.read_counters();
-        for (c, e) in errors {
-            let bit = 1 << c.position();
+        for e in errors {
+            let bit = 1 << e.counter.position();
             if self.reported & bit == 0 {
                 self.reported |= bit;
-                eprintln!(
-                    "tcpstate: error: cannot read the kernel counter {}: {e}; it is shown as unknown",
-                    c.name()
-                );
+                eprintln!("tcpstate: error: {e}; it is shown as unknown");
             }
         }
         counters

@@ -95,6 +95,27 @@ impl From<EnvError> for ProbeError {
     }
 }
 
+/// A kernel counter that could not be read: it is unknown, never 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterError {
+    pub counter: Counter,
+    /// What failed, said for a user.
+    pub reason: String,
+}
+
+impl fmt::Display for CounterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot read the kernel counter {}: {}",
+            self.counter.name(),
+            self.reason
+        )
+    }
+}
+
+impl std::error::Error for CounterError {}
+
 /// Loaded, configured and attached.
 pub struct Probe {
     ebpf: Ebpf,
@@ -228,7 +249,7 @@ impl Probe {
 
     /// Sums of the program's per-CPU counters plus the kernel's count of skipped runs. A
     /// counter that cannot be read is unknown in the result, and its error is in the list.
-    pub fn read_counters(&self) -> (KernelCounters, Vec<(Counter, String)>) {
+    pub fn read_counters(&self) -> (KernelCounters, Vec<CounterError>) {
         let mut out = KernelCounters::unknown();
         let mut errors = Vec::new();
         for c in Counter::ALL {
@@ -244,18 +265,18 @@ impl Probe {
             };
             match value {
                 Ok(v) => out.set(c, Some(v)),
-                Err(e) => errors.push((c, e)),
+                Err(reason) => errors.push(CounterError { counter: c, reason }),
             }
         }
         (out, errors)
     }
 
     /// All counters, or the first that cannot be read as an error.
-    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
+    pub fn counters(&self) -> Result<KernelCounters, CounterError> {
         let (c, errors) = self.read_counters();
         match errors.into_iter().next() {
             None => Ok(c),
-            Some((_, e)) => Err(ProbeError::Map(names::COUNTERS, e)),
+            Some(e) => Err(e),
         }
     }
 
