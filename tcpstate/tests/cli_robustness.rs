@@ -394,7 +394,9 @@ fn a_recording_survives_kill_9() {
         return;
     }
     const N: usize = 10;
-    let dir = tempdir();
+    // Its own directory: tempdir() is shared by the tests of this file, which remove it.
+    let dir = std::env::temp_dir().join(format!("tcpstate-kill9-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("temp dir");
     let rec = dir.join("killed.tsr");
     let port = probe_util::free_port("127.0.0.1".parse().expect("ip"));
     let port_s = port.to_string();
