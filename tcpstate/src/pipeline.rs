@@ -160,6 +160,8 @@ impl Pipeline {
                 self.counters = Some(c);
                 return Ok(());
             }
+            // WHY-BRANCH PLACEHOLDER: joined to connections by the user-space work of issue 10.
+            Input::Facts(_) | Input::Retransmit(_) | Input::Reset(_) => return Ok(()),
         }
         while let Some(ev) = self.reorder.pop_ready() {
             self.process(&ev, out)?;
