@@ -702,15 +702,61 @@ fn owner_passes(owner: &Owner, flags: u32) -> bool {
     !(flags & filter_flags::COMM != 0 && owner.comm != konst(&FILTER.comm))
 }
 
+/// The low half of an IPv4-mapped address's second word (`::ffff:a.b.c.d`: bytes 8..12 are
+/// 00 00 ff ff) as it sits in memory: 0xffff0000 on this little-endian target.
+const V4_MAPPED_WORD1_LOW: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// Which families a socket's traffic is, for `-4` / `-6`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Carries {
+    V4,
+    V6,
+    /// A dual-stack listener (`::`, no remote): it accepts either.
+    Both,
+}
+
+/// An AF_INET6 socket carries IPv4 when its remote address is v4-mapped (an IPv4 client
+/// accepted by a dual-stack listener, or a connect() to `::ffff:a.b.c.d`). A socket without a
+/// remote address (a listener) is judged by its local one: bound to `::` it may accept both
+/// families (whether IPV6_V6ONLY is set is not in the record), so `-4` and `-6` both keep it.
+/// Word-wise compares on the two address words only: no byte loops for the verifier.
+#[inline(always)]
+fn carries(s: &Sock) -> Carries {
+    if s.family != AF_INET6 {
+        // AF_INET, the only other family of a TCP socket.
+        return Carries::V4;
+    }
+    let unspecified = |a: &[u64; 2]| a[0] == 0 && a[1] == 0;
+    let a = if unspecified(&s.daddr) {
+        &s.saddr
+    } else {
+        &s.daddr
+    };
+    if a[0] == 0 && a[1] as u32 == V4_MAPPED_WORD1_LOW {
+        Carries::V4
+    } else if unspecified(a) {
+        Carries::Both
+    } else {
+        Carries::V6
+    }
+}
+
 #[inline(always)]
 fn filter_socket(s: &Sock, flags: u32) -> Verdict {
-    if flags & filter_flags::IPV4_ONLY != 0 && s.family != AF_INET {
-        return Verdict::Reject;
-    }
-    if flags & filter_flags::IPV6_ONLY != 0 && s.family != AF_INET6 {
-        return Verdict::Reject;
+    if flags & (filter_flags::IPV4_ONLY | filter_flags::IPV6_ONLY) != 0 {
+        let wanted = if flags & filter_flags::IPV4_ONLY != 0 {
+            Carries::V4
+        } else {
+            Carries::V6
+        };
+        let c = carries(s);
+        if c != wanted && c != Carries::Both {
+            return Verdict::Reject;
+        }
     }
     if flags & filter_flags::ADDR != 0 {
+        // An AF_INET6 socket's v4-mapped address is already in the trie's form, so an IPv4
+        // block matches it too.
         let mut data = bytes16(s.daddr);
         if s.family == AF_INET {
             // The trie holds IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d).

@@ -19,7 +19,7 @@ use std::{
 
 const USAGE: &str = "\
 usage:
-  tcppeer server --listen ADDR:PORT [--netns NAME] [--accept N] [--send BYTES]
+  tcppeer server --listen ADDR:PORT [--netns NAME] [--accept N] [--send BYTES] [--dual-stack]
                  [--close-wait-ms MS | --close-first | --shutdown-write-then-read]
                  [--linger0] [--shutdown-at-mono-ns T] [--timeout-s S]
   tcppeer client --connect ADDR:PORT [--netns NAME] [--count N] [--interval-ms MS]
@@ -32,6 +32,9 @@ server: prints {\"event\":\"listening\",...} once listening, then handles N conn
   --close-first            close right after accept (the server closes first)
   --shutdown-write-then-read  shutdown(SHUT_WR) after accept, then read until EOF
   --send BYTES             write BYTES right after accept (pair with a reading client)
+  --dual-stack             IPV6_V6ONLY off on an IPv6 listener (e.g. [::]:PORT): IPv4 clients
+                           are accepted too, as v4-mapped addresses (whatever the sysctl
+                           net.ipv6.bindv6only says)
 client: connects N times in sequence, each with one blocking connect().
   Default (--close-first): write --send BYTES, then close (the client closes first).
   --wait-eof               read until the server's EOF, then write --send BYTES, then close
@@ -92,6 +95,7 @@ struct Opts {
     wait_eof: bool,
     shutdown_write_then_read: bool,
     linger0: bool,
+    dual_stack: bool,
     realtime: bool,
     shutdown_at: Option<u64>,
     timeout: Duration,
@@ -117,6 +121,7 @@ impl Opts {
             wait_eof: false,
             shutdown_write_then_read: false,
             linger0: false,
+            dual_stack: false,
             realtime: false,
             shutdown_at: None,
             timeout: Duration::from_secs(10),
@@ -147,6 +152,7 @@ impl Opts {
                 ("--wait-eof", Mode::Client) => o.wait_eof = true,
                 ("--shutdown-write-then-read", Mode::Server) => o.shutdown_write_then_read = true,
                 ("--linger0", _) => o.linger0 = true,
+                ("--dual-stack", Mode::Server) => o.dual_stack = true,
                 ("--realtime", _) => o.realtime = true,
                 ("--shutdown-at-mono-ns" | "--simultaneous-close-at-mono-ns", _) => {
                     o.shutdown_at = Some(parse(flag, value()?)?)
@@ -175,6 +181,9 @@ impl Opts {
             || (o.wait_eof && (o.close_first || o.shutdown_at.is_some()))
         {
             return Err("choose one way to close".into());
+        }
+        if o.dual_stack && !o.addr.is_ipv6() {
+            return Err("--dual-stack needs an IPv6 --listen address".into());
         }
         if o.shutdown_at.is_some() && o.count != 1 {
             return Err("--shutdown-at-mono-ns is for a single connection".into());
@@ -438,9 +447,41 @@ fn close(stream: TcpStream, rec: &mut Record) {
     drop(stream);
 }
 
+/// A listener built by hand, so that IPV6_V6ONLY is set (off) before bind(): std leaves it
+/// to the sysctl's default.
+fn dual_stack_listener(addr: &SocketAddr) -> io::Result<TcpListener> {
+    // SAFETY: plain syscall.
+    let raw = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: raw is a fresh fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    setsockopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &0i32)?;
+    setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &1i32)?;
+    let (storage, len) = sockaddr(addr);
+    // SAFETY: storage holds a sockaddr of `len` bytes.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    // SAFETY: plain syscall on our fd.
+    if r != 0 || unsafe { libc::listen(fd.as_raw_fd(), 128) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(TcpListener::from(fd))
+}
+
 fn server(o: &Opts) -> Result<(), String> {
-    let listener =
-        TcpListener::bind(o.addr).map_err(|e| format!("cannot listen on {}: {e}", o.addr))?;
+    let listener = if o.dual_stack {
+        dual_stack_listener(&o.addr)
+    } else {
+        TcpListener::bind(o.addr)
+    }
+    .map_err(|e| format!("cannot listen on {}: {e}", o.addr))?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     emit(&format!(
         "{{\"event\":\"listening\",\"pid\":{},\"port\":{port}}}",

@@ -92,13 +92,14 @@ pub struct TraceArgs {
     /// Only connections with this port at either end.
     #[arg(long = "port", value_name = "PORTS", value_parser = filter::parse_ports)]
     pub ports: Vec<Vec<u16>>,
-    /// Only these remote addresses (IP or CIDR, repeatable).
+    /// Only these remote addresses (IP or CIDR, repeatable; an IPv4 block also matches an
+    /// IPv6 socket's v4-mapped address).
     #[arg(long = "addr", value_name = "CIDR")]
     pub addrs: Vec<Cidr>,
-    /// IPv4 only.
+    /// IPv4 only (IPv6 sockets with a v4-mapped remote address included; listeners on `::` too).
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
     pub ipv4: bool,
-    /// IPv6 only.
+    /// IPv6 only (not IPv6 sockets with a v4-mapped remote address; listeners on `::` too).
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
 

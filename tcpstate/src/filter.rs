@@ -152,6 +152,11 @@ pub fn parse_pids(s: &str) -> Result<Vec<u32>, FilterError> {
     Ok(out)
 }
 
+/// `-4` / `-6`, decided in the kernel by what a socket carries rather than by its family
+/// alone: an AF_INET6 socket whose remote address is v4-mapped (an IPv4 client accepted by a
+/// dual-stack listener) is IPv4. A socket without a remote address (a listener) is judged by
+/// its local one; bound to `::` it may accept both families (the record does not say whether
+/// IPV6_V6ONLY is set), so both keep it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Family {
     #[default]
@@ -286,6 +291,12 @@ mod tests {
         assert!(v6.contains("fd12::1".parse().unwrap()));
         assert!(!v6.contains("fe80::1".parse().unwrap()));
         assert_eq!(v6.to_string(), "fd00::/8");
+        // An IPv4 peer on an IPv6 socket (v4-mapped) is in the IPv4 block, as in the kernel's
+        // trie.
+        let net: Cidr = "198.18.0.0/24".parse().unwrap();
+        assert!(net.contains("::ffff:198.18.0.2".parse().unwrap()));
+        assert!(!net.contains("::ffff:198.19.0.2".parse().unwrap()));
+        assert!(!net.contains("c612::2".parse().unwrap()));
         for bad in ["10.0.0.0/33", "::/129", "nope", "1.2.3.4/x"] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }

@@ -234,3 +234,94 @@ fn close_wait_leak_over_the_link() {
         "under the threshold"
     );
 }
+
+/// An IPv4 client accepted by a dual-stack listener (`[::]:PORT`, IPV6_V6ONLY off): the server
+/// end is an AF_INET6 socket with v4-mapped addresses, and it is one IPv4 connection. Both
+/// namespaces are on this host, so each tracer sees both ends. An IPv6 client of the same
+/// listener is the contrast. The listener, bound to `::`, accepts either family: `-4` and `-6`
+/// both keep it.
+#[test]
+fn dual_stack_server_and_ipv4_client_are_one_connection() {
+    if !root() {
+        return;
+    }
+    let link = DelayedLink::new(LinkConfig::with_delay(DELAY)).expect("link");
+    let port = test_port(1) + 8000;
+    // The same two connections seen by four tracers at once, one per filter.
+    let cases: [(&str, &[&str]); 4] = [
+        ("unfiltered", &[]),
+        ("-4", &["-4"]),
+        ("-6", &["-6"]),
+        ("--addr", &["--addr", "198.18.0.0/24"]),
+    ];
+    let traces: Vec<(&str, Trace)> = cases
+        .iter()
+        .map(|&(name, filters)| (name, Trace::start_filtered(port, filters, &[])))
+        .collect();
+    let listen = format!("[::]:{port}");
+    let (srv, _) = PeerProcess::server([
+        "--listen",
+        &listen,
+        "--dual-stack",
+        "--netns",
+        link.ns_b(),
+        "--accept",
+        "2",
+    ])
+    .expect("server");
+    for server in [
+        format!("{}:{port}", link.addr_b_v4()),
+        format!("[{}]:{port}", link.addr_b_v6()),
+    ] {
+        run_client(["--connect", &server, "--netns", link.ns_a()], LIMIT)
+            .expect("client")
+            .assert_success();
+    }
+    srv.finish(LIMIT).expect("server").assert_success();
+
+    let (a4, b4) = (link.addr_a_v4().to_string(), link.addr_b_v4().to_string());
+    let (a6, b6) = (link.addr_a_v6().to_string(), link.addr_b_v6().to_string());
+    // (client family, client laddr, client raddr, server laddr, server raddr): the families
+    // the kernel reports, the addresses as the sockets hold them.
+    let v4 = (
+        "ipv4",
+        &a4,
+        &b4,
+        format!("::ffff:{b4}"),
+        format!("::ffff:{a4}"),
+    );
+    let v6 = ("ipv6", &a6, &b6, b6.clone(), a6.clone());
+    for (name, trace) in traces {
+        let conns = trace.stop();
+        let (want, listener): (Vec<_>, bool) = match name {
+            "unfiltered" => (vec![&v4, &v6], true),
+            "-4" => (vec![&v4], true),
+            "-6" => (vec![&v6], true),
+            // A listener has no remote address to match.
+            _ => (vec![&v4], false),
+        };
+        let (clients, servers) = (of_role(&conns, "client"), of_role(&conns, "server"));
+        assert_eq!(clients.len(), want.len(), "{name}: {conns:#?}");
+        assert_eq!(servers.len(), want.len(), "{name}: {conns:#?}");
+        for (family, c_l, c_r, s_l, s_r) in want {
+            let c = clients
+                .iter()
+                .find(|c| c["laddr"] == c_l.as_str() && c["raddr"] == c_r.as_str())
+                .unwrap_or_else(|| panic!("{name}: no {family} client in {conns:#?}"));
+            let s = servers
+                .iter()
+                .find(|s| s["laddr"] == s_l.as_str() && s["raddr"] == s_r.as_str())
+                .unwrap_or_else(|| panic!("{name}: no server for the {family} client"));
+            assert_eq!(c["family"], *family, "{name}");
+            assert_eq!(s["family"], "ipv6", "{name}");
+            // Paired: shown together, each naming the other.
+            assert_eq!(c["peer_id"], s["id"], "{name}: {family}: {conns:#?}");
+            assert_eq!(s["peer_id"], c["id"], "{name}: {family}: {conns:#?}");
+        }
+        let listeners = of_role(&conns, "listener");
+        assert_eq!(listeners.len(), usize::from(listener), "{name}: {conns:#?}");
+        if let Some(l) = listeners.first() {
+            assert_eq!((&l["family"], &l["laddr"]), (&"ipv6".into(), &"::".into()));
+        }
+    }
+}

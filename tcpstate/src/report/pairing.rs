@@ -185,3 +185,35 @@ fn ordered(a: Conn, b: Conn) -> Emit {
         second: Some(second),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timeline::{tests::dual_stack_client_closes_first, Engine};
+
+    #[test]
+    fn both_ends_of_a_dual_stack_connection_are_shown_together() {
+        let mut engine = Engine::new(16);
+        let mut pairing = Pairing::new(DEFAULT_WAIT_NS, DEFAULT_MAX_HELD);
+        let (mut done, mut out) = (Vec::new(), Vec::new());
+        for e in &dual_stack_client_closes_first() {
+            engine.push(e, &mut done);
+            for c in done.drain(..) {
+                let peer_open = engine.has_open_peer(&c);
+                pairing.offer(c, peer_open, &mut out);
+            }
+        }
+        pairing.flush(&mut out);
+        assert_eq!(pairing.paired(), 1);
+        let pair = out
+            .iter()
+            .find(|e| e.second.is_some())
+            .unwrap_or_else(|| panic!("no pair in {out:#?}"));
+        assert_eq!(pair.first.role(), Role::Client);
+        assert_eq!(pair.first.family(), tcpstate_common::AF_INET);
+        assert_eq!(
+            pair.second.map(|c| c.family()),
+            Some(tcpstate_common::AF_INET6)
+        );
+    }
+}

@@ -480,15 +480,19 @@ impl Conn {
         self.lport != 0 && self.rport != 0
     }
 
-    /// Hash of (family, local end, remote end); `reversed` swaps the ends, giving the hash the
-    /// peer socket on this host would have.
+    /// Hash of (local end, remote end) with addresses normalised (see [`normalised`]);
+    /// `reversed` swaps the ends, giving the hash the peer socket on this host would have.
     pub(crate) fn tuple_hash(&self, reversed: bool) -> u64 {
+        let (la, ra) = (
+            normalised(self.family, &self.laddr),
+            normalised(self.family, &self.raddr),
+        );
         let (a, ap, b, bp) = if reversed {
-            (&self.raddr, self.rport, &self.laddr, self.lport)
+            (&ra, self.rport, &la, self.lport)
         } else {
-            (&self.laddr, self.lport, &self.raddr, self.rport)
+            (&la, self.lport, &ra, self.rport)
         };
-        let mut h = u64::from(self.family) << 32 | u64::from(ap) << 16 | u64::from(bp);
+        let mut h = u64::from(ap) << 16 | u64::from(bp);
         for chunk in [a, b] {
             for half in chunk.chunks_exact(8) {
                 let mut w = [0u8; 8];
@@ -500,14 +504,15 @@ impl Conn {
         h
     }
 
-    /// Whether `other` is this connection's other end on the same host.
+    /// Whether `other` is this connection's other end on the same host. The families may
+    /// differ: an IPv4 client accepted by a dual-stack listener is an AF_INET6 socket whose
+    /// addresses are the client's, v4-mapped.
     pub fn is_peer(&self, other: &Conn) -> bool {
-        self.family == other.family
-            && self.full_tuple()
-            && self.laddr == other.raddr
+        self.full_tuple()
             && self.lport == other.rport
-            && self.raddr == other.laddr
             && self.rport == other.lport
+            && normalised(self.family, &self.laddr) == normalised(other.family, &other.raddr)
+            && normalised(self.family, &self.raddr) == normalised(other.family, &other.laddr)
     }
 
     pub fn skaddr(&self) -> u64 {
@@ -634,6 +639,22 @@ impl Conn {
             offset_ns: self.rung_offsets[i].ns(),
             gap: self.rung_states[i] & GAP != 0,
         })
+    }
+}
+
+/// An address as the kernel stores it for `family`, in one form for both families: IPv4 (in
+/// the first 4 bytes of an AF_INET socket's address) as IPv4-mapped IPv6 (`::ffff:a.b.c.d`),
+/// the form an AF_INET6 socket carries for an IPv4 peer. IPv6 addresses stay as they are, so
+/// no IPv6 address collides with an IPv4 one.
+pub(crate) fn normalised(family: u8, raw: &[u8; 16]) -> [u8; 16] {
+    if family == AF_INET {
+        let mut m = [0u8; 16];
+        m[10] = 0xff;
+        m[11] = 0xff;
+        m[12..].copy_from_slice(&raw[..4]);
+        m
+    } else {
+        *raw
     }
 }
 

@@ -10,7 +10,7 @@ mod index;
 mod reorder;
 mod span;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 #[cfg(test)]
 pub(crate) use conn::Closer;

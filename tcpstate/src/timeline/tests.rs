@@ -495,6 +495,72 @@ fn finds_the_peer_on_this_host() {
     assert!(!engine.has_open_peer(&child));
 }
 
+/// `client_closes_first` with the server side on a dual-stack listener (`[::]:8080`): the
+/// listener and the accepted socket are AF_INET6, the child's addresses v4-mapped; the client
+/// stays AF_INET.
+pub(crate) fn dual_stack_client_closes_first() -> Vec<Event> {
+    let mapped = std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets();
+    let mut events = client_closes_first();
+    for e in events.iter_mut().filter(|e| e.skaddr != CLIENT) {
+        e.family = tcpstate_common::AF_INET6;
+        if e.skaddr == LISTENER {
+            e.saddr = [0; 16];
+            e.daddr = [0; 16];
+        } else {
+            e.saddr = mapped;
+            e.daddr = mapped;
+        }
+    }
+    events
+}
+
+#[test]
+fn a_dual_stack_child_is_the_peer_of_its_ipv4_client() {
+    let events = dual_stack_client_closes_first();
+    let mut engine = Engine::new(16);
+    let mut done = Vec::new();
+    for e in &events[..5] {
+        engine.push(e, &mut done);
+    }
+    let open: Vec<Conn> = engine.open().copied().collect();
+    let find = |a| open.iter().find(|c| c.skaddr() == a).copied();
+    let (Some(client), Some(child)) = (find(CLIENT), find(CHILD)) else {
+        panic!("both ends should be open: {open:#?}");
+    };
+    // The family shown stays the kernel's.
+    assert_eq!(child.family(), tcpstate_common::AF_INET6);
+    assert_eq!(child.raddr().to_string(), "::ffff:127.0.0.1");
+    assert_eq!(client.family(), tcpstate_common::AF_INET);
+    assert_eq!(client.tuple_hash(true), child.tuple_hash(false));
+    assert_eq!(child.tuple_hash(true), client.tuple_hash(false));
+    assert!(client.is_peer(&child) && child.is_peer(&client));
+    assert!(engine.has_open_peer(&client) && engine.has_open_peer(&child));
+    assert!(find(LISTENER).is_some_and(|l| !engine.has_open_peer(&l)));
+}
+
+#[test]
+fn normalising_keeps_ipv6_apart_from_ipv4() {
+    // An IPv6 address whose first 4 bytes are an IPv4 address's (127.0.0.1::) is not that
+    // IPv4 address: only the v4-mapped form is.
+    let mut events = client_closes_first();
+    for e in events.iter_mut().filter(|e| e.skaddr == CHILD) {
+        e.family = tcpstate_common::AF_INET6;
+    }
+    let mut engine = Engine::new(16);
+    let mut done = Vec::new();
+    for e in &events[..5] {
+        engine.push(e, &mut done);
+    }
+    let open: Vec<Conn> = engine.open().copied().collect();
+    let find = |a| open.iter().find(|c| c.skaddr() == a).copied();
+    let (Some(client), Some(child)) = (find(CLIENT), find(CHILD)) else {
+        panic!("both ends should be open: {open:#?}");
+    };
+    assert_eq!(child.laddr().to_string(), "7f00:1::");
+    assert!(!client.is_peer(&child) && !child.is_peer(&client));
+    assert!(!engine.has_open_peer(&client) && !engine.has_open_peer(&child));
+}
+
 #[test]
 fn close_to_close_is_ignored() {
     let mut engine = Engine::new(16);

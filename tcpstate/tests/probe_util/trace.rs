@@ -5,6 +5,7 @@ use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -23,8 +24,19 @@ impl Trace {
     /// Starts `tcpstate trace --port PORT --record FILE EXTRA` and waits until it is attached.
     /// Without `-o` in EXTRA, the output is JSON.
     pub fn start(port: u16, extra: &[&str]) -> Trace {
-        let dir =
-            std::env::temp_dir().join(format!("tcpstate-timelines-{}-{port}", std::process::id()));
+        Trace::start_filtered(port, &[], extra)
+    }
+
+    /// The same with FILTERS, trace-only options (`-4`, `--addr` ...) that the replay of the
+    /// recording does not take: EXTRA is passed to both.
+    pub fn start_filtered(port: u16, filters: &[&str], extra: &[&str]) -> Trace {
+        // Several tracers of one port may run at once.
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "tcpstate-timelines-{}-{port}-{n}",
+            std::process::id()
+        ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("temp dir");
         let out = fs::File::create(dir.join("live.json")).expect("output file");
@@ -35,6 +47,7 @@ impl Trace {
         if !extra.contains(&"-o") {
             args.extend_from_slice(&["-o", "json"]);
         }
+        args.extend_from_slice(filters);
         args.extend_from_slice(extra);
         let mut child = Command::new(BIN)
             .args(&args)
