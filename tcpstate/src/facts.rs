@@ -44,3 +44,101 @@ pub struct Facts {
     pub segs_in: Option<u32>,
     pub segs_out: Option<u32>,
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! Records shaped like the real kernel's (values from `tcp-socket-facts.md`).
+    use super::*;
+    use tcpstate_common::{reset_direction, retransmit_kind, retransmit_known, AF_INET};
+
+    /// Facts with every field known and quiet values; tests set what they check.
+    pub(crate) fn facts(ts_ns: u64, skaddr: u64, oldstate: u8, newstate: u8) -> Facts {
+        Facts {
+            ts_ns,
+            skaddr,
+            oldstate,
+            newstate,
+            sk_err: Some(0),
+            sk_err_soft: Some(0),
+            srtt_us: Some(0),
+            min_rtt_us: Some(u32::MAX),
+            total_retrans: Some(0),
+            retransmits: Some(0),
+            probes_out: Some(0),
+            packets_out: Some(0),
+            wmem_queued: Some(0),
+            bytes_acked: Some(0),
+            bytes_received: Some(0),
+            bytes_retrans: Some(0),
+            segs_in: Some(0),
+            segs_out: Some(0),
+        }
+    }
+
+    /// A `tcp_retransmit_skb` of `skaddr` in `state` with the segment's `flags`, on a kernel
+    /// that reports flags, segments and `err`.
+    pub(crate) fn retransmit(ts_ns: u64, skaddr: u64, state: u8, flags: u8) -> RetransmitRecord {
+        RetransmitRecord {
+            ts_ns,
+            skaddr,
+            kind: retransmit_kind::SKB,
+            state,
+            tcp_flags: flags,
+            known: retransmit_known::TCP_FLAGS | retransmit_known::SEGS | retransmit_known::ERR,
+            segs: 1,
+            family: u16::from(AF_INET),
+            sport: 0,
+            dport: 0,
+            err: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+        }
+    }
+
+    /// A `tcp_retransmit_synack` of a listener at `listener` for the 4-tuple given.
+    pub(crate) fn synack(ts_ns: u64, listener: u64, lport: u16, rport: u16) -> RetransmitRecord {
+        let mut r = retransmit(ts_ns, listener, 0, 0);
+        r.kind = retransmit_kind::SYNACK;
+        r.known = 0;
+        r.sport = lport;
+        r.dport = rport;
+        r.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        r.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        r
+    }
+
+    /// A reset of `skaddr` (0: without a socket) sent or received; reason unknown.
+    pub(crate) fn reset(ts_ns: u64, skaddr: u64, direction: u8) -> ResetRecord {
+        ResetRecord {
+            ts_ns,
+            skaddr,
+            direction,
+            state: 0,
+            seg_flags: 0,
+            seg_flags_known: 0,
+            reason: u32::MAX,
+            family: u16::from(AF_INET),
+            sport: 0,
+            dport: 0,
+            _pad: 0,
+            ctx_pid: 0,
+            _pad2: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+        }
+    }
+
+    /// The RST this host sends for a SYN to `lport`, where nobody listens (reason 1,
+    /// NO_SOCKET).
+    pub(crate) fn refused(ts_ns: u64, lport: u16, rport: u16) -> ResetRecord {
+        let mut r = reset(ts_ns, 0, reset_direction::SENT);
+        r.seg_flags = tcpstate_common::tcp_flags::SYN;
+        r.seg_flags_known = 1;
+        r.reason = 1;
+        r.sport = lport;
+        r.dport = rport;
+        r.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        r.daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        r
+    }
+}

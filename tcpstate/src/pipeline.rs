@@ -8,15 +8,43 @@
 use std::collections::HashSet;
 use std::io::{self, Write};
 
-use crate::event::Event;
+use crate::facts::ResetRecord;
 use crate::input::{Input, KernelCounters};
 use crate::report::pairing::{self, Emit, Pairing};
 use crate::report::render::{self, Renderer};
 use crate::report::summary::{PipelineCounts, Summary, SummaryKind};
 use crate::stats::Stats;
-use crate::timeline::{self, Conn, Engine, Phase, Reorder};
+use crate::timeline::{self, Conn, Engine, Item, Linger, Phase, Reorder};
 
 pub use crate::report::time::{ClockBase, TimeColumn};
+
+/// Names of the kernel's reset reasons (`enum sk_rst_reason`, lower case, indexed by value;
+/// empty where unnamed): read from BTF by a live trace, from the header by a replay. A handle
+/// to a table that lives as long as the process, so the configuration stays `Copy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ResetReasons(&'static [String]);
+
+impl ResetReasons {
+    /// Keeps `names` for the rest of the process (one table per trace or replay).
+    pub fn leak(names: Vec<String>) -> ResetReasons {
+        if names.is_empty() {
+            return ResetReasons::default();
+        }
+        ResetReasons(Vec::leak(names))
+    }
+
+    pub fn name(&self, code: u16) -> Option<&'static str> {
+        let table: &'static [String] = self.0;
+        table
+            .get(usize::from(code))
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+    }
+
+    pub fn names(&self) -> &'static [String] {
+        self.0
+    }
+}
 
 /// What is printed per record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -60,6 +88,7 @@ pub struct OutputConfig {
     /// Print at most this many records (`--count`); both ends of a pair are never split.
     /// Statistics still count everything.
     pub max_records: Option<u64>,
+    pub reset_reasons: ResetReasons,
 }
 
 impl OutputConfig {
@@ -90,6 +119,7 @@ impl Default for OutputConfig {
             clock: ClockBase::default(),
             summary_at_end: true,
             max_records: None,
+            reset_reasons: ResetReasons::default(),
         }
     }
 }
@@ -98,6 +128,11 @@ pub struct Pipeline {
     cfg: OutputConfig,
     reorder: Reorder,
     engine: Engine,
+    /// Finished lifetimes waiting for the facts and resets that follow their CLOSE.
+    linger: Linger,
+    released: Vec<timeline::linger::Held>,
+    /// Facts, retransmits and resets that matched no lifetime.
+    unjoined: u64,
     pairing: Pairing,
     renderer: Box<dyn Renderer>,
     total: Stats,
@@ -123,8 +158,17 @@ impl Pipeline {
         Pipeline {
             reorder: Reorder::new(cfg.reorder_window_ns, timeline::DEFAULT_CAPACITY),
             engine: Engine::new(cfg.max_tracked),
+            linger: Linger::default(),
+            released: Vec::new(),
+            unjoined: 0,
             pairing: Pairing::new(pairing::DEFAULT_WAIT_NS, pairing::DEFAULT_MAX_HELD),
-            renderer: render::new(cfg.renderer(), cfg.time, cfg.clock, cfg.wide),
+            renderer: render::new(
+                cfg.renderer(),
+                cfg.time,
+                cfg.clock,
+                cfg.wide,
+                cfg.reset_reasons,
+            ),
             total: Stats::default(),
             interval: Stats::default(),
             counters: None,
@@ -152,6 +196,12 @@ impl Pipeline {
                 self.anchor_ns.get_or_insert(ev.ts_ns);
                 self.reorder.push(ev);
             }
+            Input::Facts(f) => self.reorder.push(Item::Facts(f)),
+            Input::Retransmit(r) => self.reorder.push(Item::Retransmit(r)),
+            Input::Reset(r) => {
+                self.anchor_ns.get_or_insert(r.ts_ns);
+                self.reorder.push(Item::Reset(r));
+            }
             Input::Tick { now_ns } => {
                 self.anchor_ns.get_or_insert(now_ns);
                 self.reorder.advance(now_ns);
@@ -160,11 +210,9 @@ impl Pipeline {
                 self.counters = Some(c);
                 return Ok(());
             }
-            // WHY-BRANCH PLACEHOLDER: joined to connections by the user-space work of issue 10.
-            Input::Facts(_) | Input::Retransmit(_) | Input::Reset(_) => return Ok(()),
         }
-        while let Some(ev) = self.reorder.pop_ready() {
-            self.process(&ev, out)?;
+        while let Some(item) = self.reorder.pop_ready() {
+            self.process(&item, out)?;
         }
         self.advance(self.reorder.watermark(), out)
     }
@@ -176,11 +224,12 @@ impl Pipeline {
             return Ok(());
         }
         self.start(out)?;
-        while let Some(ev) = self.reorder.pop_any() {
-            self.process(&ev, out)?;
+        while let Some(item) = self.reorder.pop_any() {
+            self.process(&item, out)?;
         }
         let end = self.reorder.clock_ns().max(self.engine.now_ns());
         self.advance(end, out)?;
+        self.release_lingering(None, out)?;
         let mut done = std::mem::take(&mut self.done);
         self.engine.finish(end, &mut done);
         // Both ends of a connection can still be open: pair them within this last batch.
@@ -235,7 +284,30 @@ impl Pipeline {
         render::flush(&mut self.buf, out)
     }
 
-    fn process(&mut self, ev: &Event, out: &mut impl Write) -> io::Result<()> {
+    fn process(&mut self, item: &Item, out: &mut impl Write) -> io::Result<()> {
+        let ev = match item {
+            Item::Event(ev) => ev,
+            Item::Facts(f) => {
+                let joined = self.engine.facts(f) || self.linger.facts(f);
+                self.unjoined += u64::from(!joined);
+                return Ok(());
+            }
+            Item::Retransmit(r) => {
+                self.advance(r.ts_ns, out)?;
+                let joined = self.engine.retransmit(r) || self.linger.retransmit(r);
+                self.unjoined += u64::from(!joined);
+                return Ok(());
+            }
+            Item::Reset(r) => {
+                self.advance(r.ts_ns, out)?;
+                if timeline::is_refused_inbound(r) {
+                    return self.refused(r, out);
+                }
+                let joined = self.engine.reset(r) || self.linger.reset(r);
+                self.unjoined += u64::from(!joined);
+                return Ok(());
+            }
+        };
         self.advance(ev.ts_ns, out)?;
         let mut done = std::mem::take(&mut self.done);
         let step = self.engine.push(ev, &mut done);
@@ -245,19 +317,56 @@ impl Pipeline {
             render::flush(&mut self.buf, out)?;
         }
         for c in done.drain(..) {
-            self.record(&c);
-            if self.cfg.mode != Mode::Transitions {
-                let peer_open = self.engine.has_open_peer(&c);
-                self.pairing.offer(c, peer_open, &mut self.emits);
-            }
+            let peer_open = self.cfg.mode != Mode::Transitions && self.engine.has_open_peer(&c);
+            self.linger.push(c, peer_open, ev.ts_ns, &mut self.released);
         }
         self.done = done;
+        self.offer_released(out)
+    }
+
+    /// A connection attempt this host refused (a RST without a socket answering a SYN).
+    fn refused(&mut self, r: &ResetRecord, out: &mut impl Write) -> io::Result<()> {
+        self.total.refused(r);
+        if self.cfg.interval_ns.is_some() {
+            self.interval.refused(r);
+        }
+        if self.cfg.mode == Mode::Transitions || self.limit_reached() {
+            return Ok(());
+        }
+        self.records += 1;
+        self.renderer.refused(r, &mut self.buf)?;
+        render::flush(&mut self.buf, out)
+    }
+
+    /// Releases lingering lifetimes finished before `now_ns` (all with `None`) to the
+    /// statistics and to pairing.
+    fn release_lingering(&mut self, now_ns: Option<u64>, out: &mut impl Write) -> io::Result<()> {
+        if self.linger.is_empty() {
+            return Ok(());
+        }
+        match now_ns {
+            Some(t) => self.linger.release(t, &mut self.released),
+            None => self.linger.release_all(&mut self.released),
+        }
+        self.offer_released(out)
+    }
+
+    fn offer_released(&mut self, out: &mut impl Write) -> io::Result<()> {
+        let mut released = std::mem::take(&mut self.released);
+        for h in released.drain(..) {
+            self.record(&h.conn);
+            if self.cfg.mode != Mode::Transitions {
+                self.pairing.offer(h.conn, h.peer_open, &mut self.emits);
+            }
+        }
+        self.released = released;
         self.print_emits(out)
     }
 
     /// The event clock reached `now_ns`: connections waiting too long for their other end are
     /// printed alone, and interval summaries fall due.
     fn advance(&mut self, now_ns: u64, out: &mut impl Write) -> io::Result<()> {
+        self.release_lingering(Some(now_ns), out)?;
         self.pairing.expire(now_ns, &mut self.emits);
         self.print_emits(out)?;
         let Some(iv) = self.cfg.interval_ns.filter(|&iv| iv > 0) else {
@@ -276,6 +385,8 @@ impl Pipeline {
         if now_ns < next {
             return Ok(());
         }
+        // What finished in this interval is counted in it, late joins or not.
+        self.release_lingering(None, out)?;
         self.print_summary(SummaryKind::Interval, self.interval_start_ns, next, out)?;
         self.interval.clear();
         // Quiet intervals in between had nothing to report: skip to the one holding `now_ns`.
@@ -297,7 +408,7 @@ impl Pipeline {
             Some(m) => v.is_some_and(|v| v >= m),
             None => true,
         };
-        at_least(self.cfg.min_handshake_ns, c.handshake_ns())
+        at_least(self.cfg.min_handshake_ns, c.hs_shown_ns())
             && at_least(self.cfg.min_close_wait_ns, c.phase_ns(Phase::CloseWait))
     }
 
@@ -365,6 +476,7 @@ impl Pipeline {
                 superseded: self.engine.superseded(),
                 ignored: self.engine.ignored(),
                 paired: self.pairing.paired(),
+                unjoined: self.unjoined,
             },
         };
         self.renderer.summary(&s, &mut self.buf)?;

@@ -20,7 +20,11 @@ use std::{fmt, io};
 
 use tcpstate_common::EVENT_SIZE;
 
-use crate::{event::Event, input::KernelCounters};
+use crate::{
+    event::Event,
+    facts::{Facts, ResetRecord, RetransmitRecord},
+    input::KernelCounters,
+};
 
 pub use file::{create_record_file, CreateError};
 pub use reader::RecordReader;
@@ -29,20 +33,29 @@ pub use writer::RecordWriter;
 /// First bytes of every recording. PNG's trick: the high-bit byte and the CR LF / ^Z / LF
 /// sequence expose transfers that mangle binary files.
 pub const MAGIC: [u8; 8] = *b"\x89TSR\r\n\x1a\n";
-/// The format this code writes and the only one it reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format this code writes.
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest format it still reads (version 1 had no facts, retransmits, resets nor reset
+/// reason names).
+pub const OLDEST_FORMAT_VERSION: u16 = 1;
 /// The clock of every timestamp in a recording.
 pub const CLOCK: &str = "CLOCK_MONOTONIC";
 
 /// Magic, version, event size, header body length.
 const FIXED_HEADER_LEN: usize = 16;
-/// Two timestamps and four strings of at most `u16::MAX` bytes, each with its length.
-const MAX_HEADER_BODY: u32 = 16 + 4 * (2 + u16::MAX as u32);
+/// Two timestamps and four strings of at most `u16::MAX` bytes, each with its length; since
+/// version 2 also a count and up to `MAX_REASONS` reason names of at most 255 bytes.
+const MAX_HEADER_BODY: u32 = 16 + 4 * (2 + u16::MAX as u32) + 2 + MAX_REASONS as u32 * (2 + 255);
 const CRC_LEN: usize = 4;
 /// Kind and payload length.
 const RECORD_HEAD_LEN: usize = 4;
 const COUNTERS_LEN: usize = 6 * 8;
 const TICK_LEN: usize = 8;
+const FACTS_LEN: usize = 84;
+const RETRANSMIT_LEN: usize = 64;
+const RESET_LEN: usize = 72;
+/// Most reset reason names a header holds.
+const MAX_REASONS: usize = 256;
 /// The largest record: an event.
 const MAX_RECORD_LEN: usize = RECORD_HEAD_LEN + EVENT_SIZE + CRC_LEN;
 
@@ -51,6 +64,10 @@ mod kinds {
     pub const EVENT: u16 = 1;
     pub const TICK: u16 = 2;
     pub const COUNTERS: u16 = 3;
+    /// Version 2 on.
+    pub const FACTS: u16 = 4;
+    pub const RETRANSMIT: u16 = 5;
+    pub const RESET: u16 = 6;
 }
 
 /// What a recording says about where it came from.
@@ -67,6 +84,9 @@ pub struct Header {
     pub realtime_minus_mono_ns: i64,
     /// The command line or flags of the trace, free-form.
     pub command: String,
+    /// The kernel's reset reason names by value (`enum sk_rst_reason`, lower case; empty where
+    /// unnamed). Version 2 on; empty when read from version 1.
+    pub reset_reasons: Vec<String>,
 }
 
 impl Header {
@@ -83,6 +103,7 @@ impl Header {
             start_mono_ns,
             realtime_minus_mono_ns,
             command,
+            reset_reasons: Vec::new(),
         }
     }
 }
@@ -154,7 +175,7 @@ impl fmt::Display for RecordError {
             K::BadMagic => write!(f, "not a tcpstate recording (bad magic at byte {at})"),
             K::UnsupportedVersion(v) => write!(
                 f,
-                "unsupported recording at byte {at}: format version {v}, tcpstate {} reads version {FORMAT_VERSION}",
+                "unsupported recording at byte {at}: format version {v}, tcpstate {} reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}",
                 env!("CARGO_PKG_VERSION")
             ),
             K::EventSize(n) => write!(
@@ -200,13 +221,209 @@ impl std::error::Error for RecordError {
     }
 }
 
-/// The payload length of a record kind, `None` for kinds this version does not know.
-fn payload_len(kind: u16) -> Option<usize> {
+/// The payload length of a record kind in a format version, `None` for kinds it does not know.
+fn payload_len(kind: u16, version: u16) -> Option<usize> {
     match kind {
         kinds::EVENT => Some(EVENT_SIZE),
         kinds::TICK => Some(TICK_LEN),
         kinds::COUNTERS => Some(COUNTERS_LEN),
+        kinds::FACTS if version >= 2 => Some(FACTS_LEN),
+        kinds::RETRANSMIT if version >= 2 => Some(RETRANSMIT_LEN),
+        kinds::RESET if version >= 2 => Some(RESET_LEN),
         _ => None,
+    }
+}
+
+/// Little-endian writes at a moving position of a fixed buffer.
+struct Put<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl Put<'_> {
+    fn bytes(&mut self, b: &[u8]) {
+        self.buf[self.pos..self.pos + b.len()].copy_from_slice(b);
+        self.pos += b.len();
+    }
+}
+
+/// Little-endian reads at a moving position of a payload whose length was checked.
+struct Get<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Get<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        out.copy_from_slice(&self.buf[self.pos..self.pos + N]);
+        self.pos += N;
+        out
+    }
+    fn u8(&mut self) -> u8 {
+        self.take::<1>()[0]
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes(self.take())
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take())
+    }
+    fn i32(&mut self) -> i32 {
+        i32::from_le_bytes(self.take())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.take())
+    }
+}
+
+/// Facts (kind 4): `ts_ns`, `skaddr`, `oldstate`, `newstate`, a `u16` mask of the values
+/// present (bit i: the i-th value below), then every value, 0 where absent.
+fn facts_to_bytes(f: &Facts, out: &mut [u8]) {
+    let opt = |v: Option<u64>, bit: u16, mask: &mut u16| {
+        if v.is_some() {
+            *mask |= 1 << bit;
+        }
+        v.unwrap_or(0)
+    };
+    let mut mask = 0u16;
+    let sk_err = opt(f.sk_err.map(|v| v as u32 as u64), 0, &mut mask) as u32;
+    let sk_err_soft = opt(f.sk_err_soft.map(|v| v as u32 as u64), 1, &mut mask) as u32;
+    let srtt = opt(f.srtt_us.map(u64::from), 2, &mut mask) as u32;
+    let min_rtt = opt(f.min_rtt_us.map(u64::from), 3, &mut mask) as u32;
+    let total = opt(f.total_retrans.map(u64::from), 4, &mut mask) as u32;
+    let retransmits = opt(f.retransmits.map(u64::from), 5, &mut mask) as u8;
+    let probes = opt(f.probes_out.map(u64::from), 6, &mut mask) as u8;
+    let packets = opt(f.packets_out.map(u64::from), 7, &mut mask) as u32;
+    let wmem = opt(f.wmem_queued.map(u64::from), 8, &mut mask) as u32;
+    let acked = opt(f.bytes_acked, 9, &mut mask);
+    let received = opt(f.bytes_received, 10, &mut mask);
+    let retrans = opt(f.bytes_retrans, 11, &mut mask);
+    let segs_in = opt(f.segs_in.map(u64::from), 12, &mut mask) as u32;
+    let segs_out = opt(f.segs_out.map(u64::from), 13, &mut mask) as u32;
+    let mut p = Put { buf: out, pos: 0 };
+    p.bytes(&f.ts_ns.to_le_bytes());
+    p.bytes(&f.skaddr.to_le_bytes());
+    p.bytes(&[f.oldstate, f.newstate]);
+    p.bytes(&mask.to_le_bytes());
+    for v in [sk_err, sk_err_soft, srtt, min_rtt, total] {
+        p.bytes(&v.to_le_bytes());
+    }
+    p.bytes(&[retransmits, probes, 0, 0]);
+    for v in [packets, wmem] {
+        p.bytes(&v.to_le_bytes());
+    }
+    for v in [acked, received, retrans] {
+        p.bytes(&v.to_le_bytes());
+    }
+    for v in [segs_in, segs_out] {
+        p.bytes(&v.to_le_bytes());
+    }
+}
+
+fn facts_from_bytes(b: &[u8]) -> Facts {
+    let mut g = Get { buf: b, pos: 0 };
+    let ts_ns = g.u64();
+    let skaddr = g.u64();
+    let oldstate = g.u8();
+    let newstate = g.u8();
+    let mask = g.u16();
+    let has = |bit: u16| mask & (1 << bit) != 0;
+    let (sk_err, sk_err_soft, srtt, min_rtt, total) = (g.i32(), g.i32(), g.u32(), g.u32(), g.u32());
+    let (retransmits, probes, _, _) = (g.u8(), g.u8(), g.u8(), g.u8());
+    let (packets, wmem) = (g.u32(), g.u32());
+    let (acked, received, retrans) = (g.u64(), g.u64(), g.u64());
+    let (segs_in, segs_out) = (g.u32(), g.u32());
+    Facts {
+        ts_ns,
+        skaddr,
+        oldstate,
+        newstate,
+        sk_err: has(0).then_some(sk_err),
+        sk_err_soft: has(1).then_some(sk_err_soft),
+        srtt_us: has(2).then_some(srtt),
+        min_rtt_us: has(3).then_some(min_rtt),
+        total_retrans: has(4).then_some(total),
+        retransmits: has(5).then_some(retransmits),
+        probes_out: has(6).then_some(probes),
+        packets_out: has(7).then_some(packets),
+        wmem_queued: has(8).then_some(wmem),
+        bytes_acked: has(9).then_some(acked),
+        bytes_received: has(10).then_some(received),
+        bytes_retrans: has(11).then_some(retrans),
+        segs_in: has(12).then_some(segs_in),
+        segs_out: has(13).then_some(segs_out),
+    }
+}
+
+/// Retransmit (kind 5): `RetransmitRecord` field by field, its in-memory layout on
+/// little-endian hosts.
+fn retransmit_to_bytes(r: &RetransmitRecord, out: &mut [u8]) {
+    let mut p = Put { buf: out, pos: 0 };
+    p.bytes(&r.ts_ns.to_le_bytes());
+    p.bytes(&r.skaddr.to_le_bytes());
+    p.bytes(&[r.kind, r.state, r.tcp_flags, r.known]);
+    for v in [r.segs, r.family, r.sport, r.dport] {
+        p.bytes(&v.to_le_bytes());
+    }
+    p.bytes(&r.err.to_le_bytes());
+    p.bytes(&r.saddr);
+    p.bytes(&r.daddr);
+}
+
+fn retransmit_from_bytes(b: &[u8]) -> RetransmitRecord {
+    let mut g = Get { buf: b, pos: 0 };
+    RetransmitRecord {
+        ts_ns: g.u64(),
+        skaddr: g.u64(),
+        kind: g.u8(),
+        state: g.u8(),
+        tcp_flags: g.u8(),
+        known: g.u8(),
+        segs: g.u16(),
+        family: g.u16(),
+        sport: g.u16(),
+        dport: g.u16(),
+        err: g.i32(),
+        saddr: g.take(),
+        daddr: g.take(),
+    }
+}
+
+/// Reset (kind 6): `ResetRecord` field by field, padding included (stored as zero).
+fn reset_to_bytes(r: &ResetRecord, out: &mut [u8]) {
+    let mut p = Put { buf: out, pos: 0 };
+    p.bytes(&r.ts_ns.to_le_bytes());
+    p.bytes(&r.skaddr.to_le_bytes());
+    p.bytes(&[r.direction, r.state, r.seg_flags, r.seg_flags_known]);
+    p.bytes(&r.reason.to_le_bytes());
+    for v in [r.family, r.sport, r.dport, r._pad] {
+        p.bytes(&v.to_le_bytes());
+    }
+    p.bytes(&r.ctx_pid.to_le_bytes());
+    p.bytes(&r._pad2.to_le_bytes());
+    p.bytes(&r.saddr);
+    p.bytes(&r.daddr);
+}
+
+fn reset_from_bytes(b: &[u8]) -> ResetRecord {
+    let mut g = Get { buf: b, pos: 0 };
+    ResetRecord {
+        ts_ns: g.u64(),
+        skaddr: g.u64(),
+        direction: g.u8(),
+        state: g.u8(),
+        seg_flags: g.u8(),
+        seg_flags_known: g.u8(),
+        reason: g.u32(),
+        family: g.u16(),
+        sport: g.u16(),
+        dport: g.u16(),
+        _pad: g.u16(),
+        ctx_pid: g.u32(),
+        _pad2: g.u32(),
+        saddr: g.take(),
+        daddr: g.take(),
     }
 }
 

@@ -7,8 +7,9 @@ use tcpstate_common::EVENT_SIZE;
 use super::{
     counters_from_bytes,
     crc32::{crc32, Crc32},
-    event_le, kinds, payload_len, Header, RecordError, RecordErrorKind as K, CLOCK, COUNTERS_LEN,
-    CRC_LEN, FIXED_HEADER_LEN, FORMAT_VERSION, MAGIC, MAX_HEADER_BODY, MAX_RECORD_LEN,
+    event_le, facts_from_bytes, kinds, payload_len, reset_from_bytes, retransmit_from_bytes,
+    Header, RecordError, RecordErrorKind as K, CLOCK, COUNTERS_LEN, CRC_LEN, FIXED_HEADER_LEN,
+    FORMAT_VERSION, MAGIC, MAX_HEADER_BODY, MAX_REASONS, MAX_RECORD_LEN, OLDEST_FORMAT_VERSION,
     RECORD_HEAD_LEN,
 };
 use crate::{event, input::Input};
@@ -20,6 +21,8 @@ pub struct RecordReader<R: Read> {
     inner: BufReader<R>,
     /// Byte offset of the next record.
     offset: u64,
+    /// The file's format version.
+    version: u16,
     done: bool,
 }
 
@@ -27,10 +30,11 @@ impl<R: Read> RecordReader<R> {
     /// Reads and checks the header.
     pub fn open(r: R) -> Result<(Self, Header), RecordError> {
         let mut inner = BufReader::with_capacity(BUFFER_CAPACITY, r);
-        let (header, header_len) = read_header(&mut inner)?;
+        let (header, header_len, version) = read_header(&mut inner)?;
         let reader = RecordReader {
             inner,
             offset: header_len,
+            version,
             done: false,
         };
         Ok((reader, header))
@@ -40,6 +44,11 @@ impl<R: Read> RecordReader<R> {
     /// first `offset()` bytes are a valid recording.
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// The file's format version.
+    pub fn format_version(&self) -> u16 {
+        self.version
     }
 
     fn next_record(&mut self) -> Result<Option<Input>, RecordError> {
@@ -61,8 +70,8 @@ impl<R: Read> RecordReader<R> {
         }
         let kind = u16::from_le_bytes([buf[0], buf[1]]);
         let len = u16::from_le_bytes([buf[2], buf[3]]);
-        let expected =
-            payload_len(kind).ok_or_else(|| RecordError::new(at, K::UnknownKind(kind)))?;
+        let expected = payload_len(kind, self.version)
+            .ok_or_else(|| RecordError::new(at, K::UnknownKind(kind)))?;
         if usize::from(len) != expected {
             return Err(RecordError::new(
                 at,
@@ -98,6 +107,9 @@ impl<R: Read> RecordReader<R> {
             kinds::TICK => Input::Tick {
                 now_ns: u64::from_le_bytes(array(payload)),
             },
+            kinds::FACTS => Input::Facts(facts_from_bytes(payload)),
+            kinds::RETRANSMIT => Input::Retransmit(retransmit_from_bytes(payload)),
+            kinds::RESET => Input::Reset(reset_from_bytes(payload)),
             _ => Input::Counters(counters_from_bytes(&array::<COUNTERS_LEN>(payload))),
         };
         self.offset += total as u64;
@@ -150,8 +162,8 @@ fn check_crc(at: u64, data: &[u8], stored: &[u8]) -> Result<(), RecordError> {
     Ok(())
 }
 
-/// Reads the header; returns it and its length in bytes.
-fn read_header(r: &mut impl Read) -> Result<(Header, u64), RecordError> {
+/// Reads the header; returns it, its length in bytes and the format version.
+fn read_header(r: &mut impl Read) -> Result<(Header, u64, u16), RecordError> {
     let io_err = |e| RecordError::new(0, K::Io(e));
     let mut fixed = [0u8; FIXED_HEADER_LEN];
     let got = read_full(r, &mut fixed).map_err(io_err)?;
@@ -160,11 +172,9 @@ fn read_header(r: &mut impl Read) -> Result<(Header, u64), RecordError> {
         return Err(RecordError::new(0, K::BadMagic));
     }
     // Magic and version are where they are in every version; the rest may change with it.
-    if got >= 10 {
-        let version = u16::from_le_bytes([fixed[8], fixed[9]]);
-        if version != FORMAT_VERSION {
-            return Err(RecordError::new(8, K::UnsupportedVersion(version)));
-        }
+    let version = u16::from_le_bytes([fixed[8], fixed[9]]);
+    if got >= 10 && !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
+        return Err(RecordError::new(8, K::UnsupportedVersion(version)));
     }
     if got < FIXED_HEADER_LEN {
         return Err(RecordError::new(
@@ -207,8 +217,8 @@ fn read_header(r: &mut impl Read) -> Result<(Header, u64), RecordError> {
     if stored != computed {
         return Err(RecordError::new(0, K::BadChecksum { stored, computed }));
     }
-    let header = parse_body(body)?;
-    Ok((header, (FIXED_HEADER_LEN + rest.len()) as u64))
+    let header = parse_body(body, version)?;
+    Ok((header, (FIXED_HEADER_LEN + rest.len()) as u64, version))
 }
 
 /// A cursor over the header body that names the offset of what it cannot read.
@@ -248,7 +258,7 @@ impl<'a> Body<'a> {
     }
 }
 
-fn parse_body(bytes: &[u8]) -> Result<Header, RecordError> {
+fn parse_body(bytes: &[u8], version: u16) -> Result<Header, RecordError> {
     let mut b = Body { bytes, pos: 0 };
     let start_mono_ns = b.u64()?;
     let realtime_minus_mono_ns = b.u64()? as i64;
@@ -263,6 +273,20 @@ fn parse_body(bytes: &[u8]) -> Result<Header, RecordError> {
         ));
     }
     let command = b.string()?;
+    let mut reset_reasons = Vec::new();
+    if version >= 2 {
+        let count_at = b.offset();
+        let n = u16::from_le_bytes(array(b.take(2, "header ends inside the reason count")?));
+        if usize::from(n) > MAX_REASONS {
+            return Err(RecordError::new(
+                count_at,
+                K::BadHeader("too many reset reason names"),
+            ));
+        }
+        for _ in 0..n {
+            reset_reasons.push(b.string()?);
+        }
+    }
     if b.pos != bytes.len() {
         return Err(RecordError::new(
             b.offset(),
@@ -275,5 +299,6 @@ fn parse_body(bytes: &[u8]) -> Result<Header, RecordError> {
         start_mono_ns,
         realtime_minus_mono_ns,
         command,
+        reset_reasons,
     })
 }

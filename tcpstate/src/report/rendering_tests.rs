@@ -165,14 +165,14 @@ fn all_events() -> Vec<Input> {
 }
 
 const TABLE: &str = "\
-PID     COMM             LADDR           LPORT RADDR           RPORT ROLE     OUTCOME       HS_MS    LIFE_MS CLOSER CLOSE_MS NOTE
-42      curl             127.0.0.1       40000 192.0.2.9       5432  client   refused           -      0.150 -             -
-42      curl             127.0.0.1       41000 127.0.0.1       8080  client   time_wait     0.030      6.020 local     2.020
-7       srv              127.0.0.1       8080  127.0.0.1       41000 server   closed        0.001      6.000 remote    1.990 peer of line above
-42      curl             ::1             50000 2001:db8::1     443   client   reset         0.900      7.000 -             -
-42      curl             127.0.0.1       40100 192.0.2.9       80    client   time_wait     0.300      2.000 local         - missing transitions
-7       srv              127.0.0.1       8080  127.0.0.1       0     listener open              -     12.000 -             -
--       -                127.0.0.1       22    127.0.0.1       51000 ?        open              -      9.000 remote    9.000 first seen ESTABLISHED
+PID     COMM             LADDR           LPORT RADDR           RPORT ROLE     OUTCOME       HS_MS   RTT_MS RETX    LIFE_MS CLOSER CLOSE_MS NOTE
+42      curl             127.0.0.1       40000 192.0.2.9       5432  client   refused           -        -    -      0.150 -             -
+42      curl             127.0.0.1       41000 127.0.0.1       8080  client   time_wait     0.030        -    -      6.020 local     2.020
+7       srv              127.0.0.1       8080  127.0.0.1       41000 server   closed        0.001        -    -      6.000 remote    1.990 peer of line above
+42      curl             ::1             50000 2001:db8::1     443   client   reset         0.900        -    -      7.000 -             -
+42      curl             127.0.0.1       40100 192.0.2.9       80    client   time_wait     0.300        -    -      2.000 local         - missing transitions
+7       srv              127.0.0.1       8080  127.0.0.1       0     listener open              -        -    -     12.000 -             -
+-       -                127.0.0.1       22    127.0.0.1       51000 ?        open              -        -    -      9.000 remote    9.000 first seen ESTABLISHED
 ";
 
 #[test]
@@ -249,7 +249,7 @@ fn json_connection_line() {
         &events(&odd_ones()[..2]),
     );
     let expected = concat!(
-        r#"{"schema":"tcpstate.connection.v1","id":0,"peer_id":null,"skaddr":"0xa1","family":"ipv4","#,
+        r#"{"schema":"tcpstate.connection.v2","id":0,"peer_id":null,"skaddr":"0xa1","family":"ipv4","#,
         r#""laddr":"127.0.0.1","lport":40000,"raddr":"192.0.2.9","rport":5432,"role":"client","#,
         r#""outcome":"refused","closer":null,"time_wait":false,"syn_retransmitted":false,"partial":false,"incomplete":false,"#,
         r#""first_state":"CLOSE","last_state":"CLOSE","pid":42,"comm":"curl","owner_source":"syscall","#,
@@ -262,7 +262,10 @@ fn json_connection_line() {
         r#""close_ns":null,"close_ms":null,"transitions":["#,
         r#"{"state":"SYN_SENT","offset_ns":0,"offset_ms":0.0,"gap":false},"#,
         r#"{"state":"CLOSE","offset_ns":150000,"offset_ms":0.15,"gap":false}],"#,
-        r#""transitions_overflow":false}"#,
+        r#""transitions_overflow":false,"synack_rtt_ns":null,"srtt_ns":null,"min_rtt_ns":null,"#,
+        r#""retransmits":null,"reset":null,"errno":null,"bytes_acked":null,"bytes_received":null,"#,
+        r#""bytes_retrans":null,"segs_in":null,"segs_out":null,"timeout":null,"#,
+        r#""outcome_basis":"timing"}"#,
         "\n"
     );
     assert_eq!(out, expected);
@@ -391,7 +394,7 @@ fn a_peer_is_awaited_only_for_a_bounded_time() {
     let all = format!("{}{rest}", each.concat());
     assert!(!all.contains("peer of line above"), "{all}");
     assert!(
-        rest.contains("server   closed        0.001   2999.000 remote 2994.990\n"),
+        rest.contains("server   closed        0.001        -    -   2999.000 remote 2994.990\n"),
         "{rest}"
     );
 }
@@ -501,10 +504,10 @@ fn ends_still_open_at_the_end_are_shown_together() {
         &events(&conversation()[..5]),
     );
     let expected = "\
-PID     COMM             LADDR           LPORT RADDR           RPORT ROLE     OUTCOME       HS_MS    LIFE_MS CLOSER CLOSE_MS NOTE
-7       srv              127.0.0.1       8080  127.0.0.1       0     listener open              -      1.030 -             -
-42      curl             127.0.0.1       41000 127.0.0.1       8080  client   open          0.030      0.030 -             -
-7       srv              127.0.0.1       8080  127.0.0.1       41000 server   open          0.001      0.010 -             - peer of line above
+PID     COMM             LADDR           LPORT RADDR           RPORT ROLE     OUTCOME       HS_MS   RTT_MS RETX    LIFE_MS CLOSER CLOSE_MS NOTE
+7       srv              127.0.0.1       8080  127.0.0.1       0     listener open              -        -    -      1.030 -             -
+42      curl             127.0.0.1       41000 127.0.0.1       8080  client   open          0.030        -    -      0.030 -             -
+7       srv              127.0.0.1       8080  127.0.0.1       41000 server   open          0.001        -    -      0.010 -             - peer of line above
 ";
     assert_eq!(out, expected);
 }
@@ -517,7 +520,7 @@ fn wide_columns_fit_ipv6() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
     let expected_v6 = format!(
-        "42      curl             {:<39} 50000 {:<39} 443   client   reset         0.900      7.000 -             -",
+        "42      curl             {:<39} 50000 {:<39} 443   client   reset         0.900        -    -      7.000 -             -",
         "::1", "2001:db8::1"
     );
     assert_eq!(lines[1], expected_v6);
@@ -569,4 +572,286 @@ fn max_records_limits_what_is_printed_not_what_is_counted() {
     .expect("summary JSON");
     assert_eq!(v["connections"], unlimited["connections"]);
     assert_eq!(v["pipeline"]["events"], total as u64);
+}
+
+/// Connections with socket facts, retransmits and resets, shaped like the real kernel's
+/// records (values from tcp-socket-facts.md), starting at `t0`; plus a refused inbound SYN.
+pub(crate) fn why_inputs(t0: u64) -> Vec<Input> {
+    use crate::facts::tests::{facts, refused, reset, retransmit, synack};
+    use tcpstate_common::{reset_direction, tcp_flags};
+    const LSN: u64 = 0xe000;
+    const SRV: u64 = 0xe0;
+    let mut v = Vec::new();
+    let mut at = |e: Event, f: Option<crate::facts::Facts>, v: &mut Vec<Input>| {
+        v.push(Input::Event(e));
+        if let Some(f) = f {
+            v.push(Input::Facts(f));
+        }
+    };
+    // An accepted socket whose first SYN-ACK was lost: 15 B in, 33 B out, peer closed first.
+    v.push(Input::Retransmit(synack(t0 + SEC, LSN, 9090, 42000)));
+    let s = |e: Event| server(e);
+    at(
+        s(ev(t0 + SEC + 40 * MS, SRV, LISTEN, SYN_RECV, 9090, 42000)),
+        None,
+        &mut v,
+    );
+    let mut f = facts(t0 + SEC + 40 * MS + 5 * US, SRV, SYN_RECV, ESTABLISHED);
+    f.srtt_us = Some(40_000);
+    f.total_retrans = Some(1);
+    at(
+        s(ev(f.ts_ns, SRV, SYN_RECV, ESTABLISHED, 9090, 42000)),
+        Some(f),
+        &mut v,
+    );
+    at(
+        s(ev(t0 + 2 * SEC, SRV, ESTABLISHED, CLOSE_WAIT, 9090, 42000)),
+        None,
+        &mut v,
+    );
+    at(
+        s(ev(
+            t0 + 2 * SEC + MS,
+            SRV,
+            CLOSE_WAIT,
+            LAST_ACK,
+            9090,
+            42000,
+        )),
+        None,
+        &mut v,
+    );
+    let mut f = facts(t0 + 2 * SEC + 41 * MS, SRV, LAST_ACK, CLOSE);
+    f.bytes_acked = Some(34);
+    f.bytes_received = Some(16);
+    f.srtt_us = Some(40_100);
+    f.min_rtt_us = Some(39_900);
+    f.total_retrans = Some(1);
+    f.segs_in = Some(6);
+    f.segs_out = Some(5);
+    at(
+        s(ev(f.ts_ns, SRV, LAST_ACK, CLOSE, 9090, 42000)),
+        Some(f),
+        &mut v,
+    );
+
+    // A refused connect: the RST arrives, then SYN_SENT -> CLOSE with ECONNREFUSED.
+    let c = |e: Event| client(e);
+    at(c(ev(t0, 0xe1, CLOSE, SYN_SENT, 0, 9)), None, &mut v);
+    v.push(Input::Reset(reset(
+        t0 + 40 * MS,
+        0xe1,
+        reset_direction::RECEIVED,
+    )));
+    let mut f = facts(t0 + 40 * MS + US, 0xe1, SYN_SENT, CLOSE);
+    f.sk_err = Some(111);
+    at(
+        c(ev(f.ts_ns, 0xe1, SYN_SENT, CLOSE, 43210, 9)),
+        Some(f),
+        &mut v,
+    );
+
+    // First SYN lost, then an idle connection dies of keepalive (it had retransmitted data).
+    at(
+        c(ev(t0 + 3 * SEC, 0xe2, CLOSE, SYN_SENT, 0, 80)),
+        None,
+        &mut v,
+    );
+    v.push(Input::Retransmit(retransmit(
+        t0 + 4 * SEC,
+        0xe2,
+        SYN_SENT,
+        tcp_flags::SYN,
+    )));
+    let mut f = facts(t0 + 4 * SEC + 40 * MS, 0xe2, SYN_SENT, ESTABLISHED);
+    f.total_retrans = Some(1);
+    at(
+        c(ev(f.ts_ns, 0xe2, SYN_SENT, ESTABLISHED, 43211, 80)),
+        Some(f),
+        &mut v,
+    );
+    v.push(Input::Retransmit(retransmit(
+        t0 + 5 * SEC,
+        0xe2,
+        ESTABLISHED,
+        tcp_flags::ACK | tcp_flags::PSH,
+    )));
+    let mut f = facts(t0 + 20 * SEC, 0xe2, ESTABLISHED, CLOSE);
+    f.sk_err = Some(110);
+    f.probes_out = Some(3);
+    f.total_retrans = Some(2);
+    f.bytes_acked = Some(101);
+    f.bytes_received = Some(0);
+    f.srtt_us = Some(41_000);
+    at(
+        c(ev(f.ts_ns, 0xe2, ESTABLISHED, CLOSE, 43211, 80)),
+        Some(f),
+        &mut v,
+    );
+
+    // An abortive close (SO_LINGER 0): CLOSE first, then the RST it sends (reason 14).
+    at(
+        c(ev(t0 + 6 * SEC, 0xe3, CLOSE, SYN_SENT, 0, 81)),
+        None,
+        &mut v,
+    );
+    at(
+        c(ev(
+            t0 + 6 * SEC + MS,
+            0xe3,
+            SYN_SENT,
+            ESTABLISHED,
+            43212,
+            81,
+        )),
+        Some(facts(t0 + 6 * SEC + MS, 0xe3, SYN_SENT, ESTABLISHED)),
+        &mut v,
+    );
+    let mut f = facts(t0 + 7 * SEC, 0xe3, ESTABLISHED, CLOSE);
+    f.bytes_acked = Some(1);
+    f.srtt_us = Some(50);
+    at(
+        c(ev(f.ts_ns, 0xe3, ESTABLISHED, CLOSE, 43212, 81)),
+        Some(f),
+        &mut v,
+    );
+    let mut r = reset(t0 + 7 * SEC + 3 * US, 0xe3, reset_direction::SENT);
+    r.reason = 14;
+    v.push(Input::Reset(r));
+
+    // A SYN to a port nobody listens on.
+    v.push(Input::Reset(refused(t0 + 8 * SEC, 9999, 43000)));
+    // Time order, as the reorder window would hand them over (stable: facts stay behind).
+    v.sort_by_key(|i| match i {
+        Input::Event(e) => e.ts_ns,
+        Input::Facts(f) => f.ts_ns,
+        Input::Retransmit(r) => r.ts_ns,
+        Input::Reset(r) => r.ts_ns,
+        Input::Tick { now_ns } => *now_ns,
+        Input::Counters(_) => 0,
+    });
+    v
+}
+
+fn why_config(mode: Mode, format: Format) -> OutputConfig {
+    let mut names = vec![String::new(); 15];
+    names[1] = "no_socket".into();
+    names[14] = "tcp_abort_on_close".into();
+    OutputConfig {
+        reset_reasons: crate::pipeline::ResetReasons::leak(names),
+        summary_at_end: true,
+        ..config(mode, format)
+    }
+}
+
+#[test]
+fn why_table() {
+    let out = render(why_config(Mode::Connections, Format::Table), &why_inputs(T));
+    println!("{out}");
+    let line = |port: &str| {
+        out.lines()
+            .find(|l| l.contains(port))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let srv = line("42000");
+    assert!(
+        srv.contains("server   closed       40.000   40.100    1"),
+        "{srv}"
+    );
+    assert!(srv.contains("SYN-ACK retransmitted"), "{srv}");
+    let refused = line("43210");
+    assert!(refused.contains("refused"), "{refused}");
+    assert!(refused.contains(" RST received; ECONNREFUSED"), "{refused}");
+    let ka = line("43211");
+    assert!(ka.contains("timed_out"), "{ka}");
+    assert!(ka.contains(" keepalive timeout; SYN retransmitted"), "{ka}");
+    assert!(line("43212").contains(" RST sent"));
+    let r = line("9999");
+    assert!(r.contains("refused_in"), "{r}");
+    assert!(
+        out.contains("SYN-ACK RTT, accepted (n=1): p50 40.000 ms"),
+        "{out}"
+    );
+    assert!(
+        out.contains("retransmits: syn 1, synack 1, data 1"),
+        "{out}"
+    );
+    assert!(out.contains("resets: 1 sent, 1 received"), "{out}");
+    assert!(out.contains("errors: ETIMEDOUT 1, ECONNREFUSED 1"), "{out}");
+    assert!(
+        out.contains("refused inbound: 1 (by local port: 9999 1)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn why_json() {
+    let out = render(why_config(Mode::Connections, Format::Json), &why_inputs(T));
+    let objs: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let by_port = |p: u64| {
+        objs.iter()
+            .find(|o| o["lport"] == p && o["schema"] == "tcpstate.connection.v2")
+            .cloned()
+            .unwrap_or_default()
+    };
+    let srv = by_port(9090);
+    assert_eq!(srv["synack_rtt_ns"], 40_000_000);
+    assert_eq!(srv["srtt_ns"], 40_100_000);
+    assert_eq!(srv["min_rtt_ns"], 39_900_000);
+    assert_eq!(srv["retransmits"]["synack"], 1);
+    // 33 B out + its FIN, 15 B in + the peer's FIN.
+    assert_eq!(srv["bytes_acked"], 33);
+    assert_eq!(srv["bytes_received"], 15);
+    assert_eq!(srv["segs_in"], 6);
+    assert_eq!(srv["outcome_basis"], serde_json::Value::Null);
+    let refused = by_port(43210);
+    assert_eq!(refused["outcome"], "refused");
+    assert_eq!(refused["errno"], "ECONNREFUSED");
+    assert_eq!(refused["outcome_basis"], "errno");
+    assert_eq!(refused["reset"]["direction"], "received");
+    assert_eq!(refused["reset"]["reason"], serde_json::Value::Null);
+    let ka = by_port(43211);
+    assert_eq!(ka["errno"], "ETIMEDOUT");
+    assert_eq!(ka["timeout"], "keepalive");
+    assert_eq!(ka["outcome"], "timed_out");
+    assert_eq!(ka["outcome_basis"], "errno");
+    assert_eq!(ka["retransmits"]["syn"], 1);
+    assert_eq!(ka["retransmits"]["data"], 1);
+    assert_eq!(ka["syn_retransmitted"], true);
+    // 100 B out + the SYN; no FIN was acknowledged.
+    assert_eq!(ka["bytes_acked"], 100);
+    let abort = by_port(43212);
+    assert_eq!(abort["reset"]["direction"], "sent");
+    assert_eq!(abort["reset"]["reason"], "tcp_abort_on_close");
+    assert_eq!(abort["bytes_acked"], 0);
+    let r = objs
+        .iter()
+        .find(|o| o["schema"] == "tcpstate.refused.v1")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(r["lport"], 9999);
+    assert_eq!(r["rport"], 43000);
+    assert_eq!(r["laddr"], "127.0.0.1");
+    assert_eq!(r["family"], "ipv4");
+}
+
+#[test]
+fn why_timeline_shows_retransmits_and_resets_in_place() {
+    let out = render(why_config(Mode::Timeline, Format::Table), &why_inputs(T));
+    println!("{out}");
+    assert!(out.contains("+1000.000 ms  SYN retransmitted"), "{out}");
+    assert!(
+        out.contains("+5000.000 ms  RST sent") || out.contains("RST sent"),
+        "{out}"
+    );
+    assert!(out.contains("+40.000 ms  RST received"), "{out}");
+    assert!(out.contains("data retransmitted"), "{out}");
+    assert!(
+        out.contains("refused inbound 127.0.0.1:9999 <- 127.0.0.2:43000"),
+        "{out}"
+    );
 }
