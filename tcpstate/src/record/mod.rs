@@ -143,6 +143,11 @@ pub enum RecordErrorKind {
         computed: u32,
     },
     UnknownKind(u16),
+    /// A payload that the writer could not have written (a value marked absent that is not
+    /// zero, nonzero padding, unknown bits).
+    BadPayload {
+        kind: u16,
+    },
     /// A known kind with another payload length than the kind has.
     BadLength {
         kind: u16,
@@ -204,6 +209,10 @@ impl fmt::Display for RecordError {
                 "corrupt recording at byte {at}: bad checksum (stored {stored:#010x}, computed {computed:#010x})"
             ),
             K::UnknownKind(k) => write!(f, "corrupt recording at byte {at}: unknown record kind {k}"),
+            K::BadPayload { kind } => write!(
+                f,
+                "corrupt recording at byte {at}: record kind {kind} holds values no writer writes"
+            ),
             K::BadLength { kind, len, expected } => write!(
                 f,
                 "corrupt recording at byte {at}: record kind {kind} has length {len}, expected {expected}"

@@ -7,10 +7,10 @@ use tcpstate_common::EVENT_SIZE;
 use super::{
     counters_from_bytes,
     crc32::{crc32, Crc32},
-    event_le, facts_from_bytes, kinds, payload_len, reset_from_bytes, retransmit_from_bytes,
-    Header, RecordError, RecordErrorKind as K, CLOCK, COUNTERS_LEN, CRC_LEN, FIXED_HEADER_LEN,
-    FORMAT_VERSION, MAGIC, MAX_HEADER_BODY, MAX_REASONS, MAX_RECORD_LEN, OLDEST_FORMAT_VERSION,
-    RECORD_HEAD_LEN,
+    event_le, facts_from_bytes, facts_to_bytes, kinds, payload_len, reset_from_bytes,
+    retransmit_from_bytes, Header, RecordError, RecordErrorKind as K, CLOCK, COUNTERS_LEN, CRC_LEN,
+    FACTS_LEN, FIXED_HEADER_LEN, FORMAT_VERSION, MAGIC, MAX_HEADER_BODY, MAX_REASONS,
+    MAX_RECORD_LEN, OLDEST_FORMAT_VERSION, RECORD_HEAD_LEN,
 };
 use crate::{event, input::Input};
 
@@ -107,7 +107,17 @@ impl<R: Read> RecordReader<R> {
             kinds::TICK => Input::Tick {
                 now_ns: u64::from_le_bytes(array(payload)),
             },
-            kinds::FACTS => Input::Facts(facts_from_bytes(payload)),
+            kinds::FACTS => {
+                let f = facts_from_bytes(payload);
+                // Absent values and padding are zero: anything else is damage the checksum
+                // missed or a writer this reader does not know.
+                let mut again = [0u8; FACTS_LEN];
+                facts_to_bytes(&f, &mut again);
+                if again[..] != *payload {
+                    return Err(RecordError::new(at, K::BadPayload { kind }));
+                }
+                Input::Facts(f)
+            }
             kinds::RETRANSMIT => Input::Retransmit(retransmit_from_bytes(payload)),
             kinds::RESET => Input::Reset(reset_from_bytes(payload)),
             _ => Input::Counters(counters_from_bytes(&array::<COUNTERS_LEN>(payload))),
