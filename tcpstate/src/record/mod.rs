@@ -22,7 +22,7 @@ use tcpstate_common::EVENT_SIZE;
 
 use crate::{
     event::Event,
-    facts::{Facts, ResetRecord, RetransmitRecord},
+    facts::{Facts, PackedFacts, ResetRecord, RetransmitRecord, PACKED_FACTS_LEN},
     input::KernelCounters,
 };
 
@@ -51,7 +51,7 @@ const CRC_LEN: usize = 4;
 const RECORD_HEAD_LEN: usize = 4;
 const COUNTERS_LEN: usize = 6 * 8;
 const TICK_LEN: usize = 8;
-const FACTS_LEN: usize = 84;
+const FACTS_LEN: usize = PACKED_FACTS_LEN;
 const RETRANSMIT_LEN: usize = 64;
 const RESET_LEN: usize = 72;
 /// Most reset reason names a header holds.
@@ -286,83 +286,19 @@ impl Get<'_> {
     }
 }
 
-/// Facts (kind 4): `ts_ns`, `skaddr`, `oldstate`, `newstate`, a `u16` mask of the values
-/// present (bit i: the i-th value below), then every value, 0 where absent.
+/// Facts (kind 4): the packed form of [`Facts`] (see `facts::PackedFacts`).
 fn facts_to_bytes(f: &Facts, out: &mut [u8]) {
-    let opt = |v: Option<u64>, bit: u16, mask: &mut u16| {
-        if v.is_some() {
-            *mask |= 1 << bit;
-        }
-        v.unwrap_or(0)
-    };
-    let mut mask = 0u16;
-    let sk_err = opt(f.sk_err.map(|v| v as u32 as u64), 0, &mut mask) as u32;
-    let sk_err_soft = opt(f.sk_err_soft.map(|v| v as u32 as u64), 1, &mut mask) as u32;
-    let srtt = opt(f.srtt_us.map(u64::from), 2, &mut mask) as u32;
-    let min_rtt = opt(f.min_rtt_us.map(u64::from), 3, &mut mask) as u32;
-    let total = opt(f.total_retrans.map(u64::from), 4, &mut mask) as u32;
-    let retransmits = opt(f.retransmits.map(u64::from), 5, &mut mask) as u8;
-    let probes = opt(f.probes_out.map(u64::from), 6, &mut mask) as u8;
-    let packets = opt(f.packets_out.map(u64::from), 7, &mut mask) as u32;
-    let wmem = opt(f.wmem_queued.map(u64::from), 8, &mut mask) as u32;
-    let acked = opt(f.bytes_acked, 9, &mut mask);
-    let received = opt(f.bytes_received, 10, &mut mask);
-    let retrans = opt(f.bytes_retrans, 11, &mut mask);
-    let segs_in = opt(f.segs_in.map(u64::from), 12, &mut mask) as u32;
-    let segs_out = opt(f.segs_out.map(u64::from), 13, &mut mask) as u32;
-    let mut p = Put { buf: out, pos: 0 };
-    p.bytes(&f.ts_ns.to_le_bytes());
-    p.bytes(&f.skaddr.to_le_bytes());
-    p.bytes(&[f.oldstate, f.newstate]);
-    p.bytes(&mask.to_le_bytes());
-    for v in [sk_err, sk_err_soft, srtt, min_rtt, total] {
-        p.bytes(&v.to_le_bytes());
-    }
-    p.bytes(&[retransmits, probes, 0, 0]);
-    for v in [packets, wmem] {
-        p.bytes(&v.to_le_bytes());
-    }
-    for v in [acked, received, retrans] {
-        p.bytes(&v.to_le_bytes());
-    }
-    for v in [segs_in, segs_out] {
-        p.bytes(&v.to_le_bytes());
-    }
+    out[..FACTS_LEN].copy_from_slice(&PackedFacts::pack(f).0);
 }
 
 fn facts_from_bytes(b: &[u8]) -> Facts {
-    let mut g = Get { buf: b, pos: 0 };
-    let ts_ns = g.u64();
-    let skaddr = g.u64();
-    let oldstate = g.u8();
-    let newstate = g.u8();
-    let mask = g.u16();
-    let has = |bit: u16| mask & (1 << bit) != 0;
-    let (sk_err, sk_err_soft, srtt, min_rtt, total) = (g.i32(), g.i32(), g.u32(), g.u32(), g.u32());
-    let (retransmits, probes, _, _) = (g.u8(), g.u8(), g.u8(), g.u8());
-    let (packets, wmem) = (g.u32(), g.u32());
-    let (acked, received, retrans) = (g.u64(), g.u64(), g.u64());
-    let (segs_in, segs_out) = (g.u32(), g.u32());
-    Facts {
-        ts_ns,
-        skaddr,
-        oldstate,
-        newstate,
-        sk_err: has(0).then_some(sk_err),
-        sk_err_soft: has(1).then_some(sk_err_soft),
-        srtt_us: has(2).then_some(srtt),
-        min_rtt_us: has(3).then_some(min_rtt),
-        total_retrans: has(4).then_some(total),
-        retransmits: has(5).then_some(retransmits),
-        probes_out: has(6).then_some(probes),
-        packets_out: has(7).then_some(packets),
-        wmem_queued: has(8).then_some(wmem),
-        bytes_acked: has(9).then_some(acked),
-        bytes_received: has(10).then_some(received),
-        bytes_retrans: has(11).then_some(retrans),
-        segs_in: has(12).then_some(segs_in),
-        segs_out: has(13).then_some(segs_out),
-    }
+    PackedFacts(array_of(b)).unpack()
+}
+
+fn array_of<const N: usize>(b: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&b[..N]);
+    out
 }
 
 /// Retransmit (kind 5): `RetransmitRecord` field by field, its in-memory layout on

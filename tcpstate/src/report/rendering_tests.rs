@@ -582,7 +582,7 @@ pub(crate) fn why_inputs(t0: u64) -> Vec<Input> {
     const LSN: u64 = 0xe000;
     const SRV: u64 = 0xe0;
     let mut v = Vec::new();
-    let mut at = |e: Event, f: Option<crate::facts::Facts>, v: &mut Vec<Input>| {
+    let at = |e: Event, f: Option<crate::facts::Facts>, v: &mut Vec<Input>| {
         v.push(Input::Event(e));
         if let Some(f) = f {
             v.push(Input::Facts(f));

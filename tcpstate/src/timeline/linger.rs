@@ -30,34 +30,29 @@ pub struct Linger {
 }
 
 impl Linger {
-    pub fn push(&mut self, conn: Conn, peer_open: bool, at_ns: u64, out: &mut Vec<Held>) {
-        if self.held.len() >= LINGER_CAPACITY {
-            out.extend(self.held.pop_front());
-        }
+    /// Holds a finished lifetime; when full, returns the oldest, released at once.
+    pub fn push(&mut self, conn: Conn, peer_open: bool, at_ns: u64) -> Option<Held> {
+        let out = if self.held.len() >= LINGER_CAPACITY {
+            self.held.pop_front()
+        } else {
+            None
+        };
         self.held.push_back(Held {
             conn,
             peer_open,
             at_ns,
         });
+        out
     }
 
-    /// Releases, oldest first, what finished before `now_ns - LINGER_NS`.
-    pub fn release(&mut self, now_ns: u64, out: &mut Vec<Held>) {
-        while let Some(h) = self.held.front() {
-            if h.at_ns.saturating_add(LINGER_NS) >= now_ns {
-                break;
-            }
-            out.extend(self.held.pop_front());
+    /// The oldest held lifetime if it finished before `now_ns - LINGER_NS` (any with `None`:
+    /// end of input, or an interval boundary).
+    pub fn pop_due(&mut self, now_ns: Option<u64>) -> Option<Held> {
+        let h = self.held.front()?;
+        match now_ns {
+            Some(now) if h.at_ns.saturating_add(LINGER_NS) >= now => None,
+            _ => self.held.pop_front(),
         }
-    }
-
-    /// Releases everything (end of input, or an interval boundary).
-    pub fn release_all(&mut self, out: &mut Vec<Held>) {
-        out.extend(self.held.drain(..));
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
     }
 
     /// The newest held lifetime of `skaddr`: a later lifetime at a reused address is newer.

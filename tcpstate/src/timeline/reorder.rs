@@ -9,13 +9,15 @@
 use std::collections::VecDeque;
 
 use crate::event::Event;
-use crate::facts::{Facts, ResetRecord, RetransmitRecord};
+use crate::facts::{Facts, PackedFacts, ResetRecord, RetransmitRecord};
 
 /// Anything with a timestamp that the engine takes, held by value (no allocation per item).
+/// Facts are held packed (84 bytes instead of 144), so an item is no larger than an event plus
+/// its tag: the window moves these around on every insertion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Item {
     Event(Event),
-    Facts(Facts),
+    Facts(PackedFacts),
     Retransmit(RetransmitRecord),
     Reset(ResetRecord),
 }
@@ -24,10 +26,16 @@ impl Item {
     pub fn ts_ns(&self) -> u64 {
         match self {
             Item::Event(e) => e.ts_ns,
-            Item::Facts(f) => f.ts_ns,
+            Item::Facts(f) => f.ts_ns(),
             Item::Retransmit(r) => r.ts_ns,
             Item::Reset(r) => r.ts_ns,
         }
+    }
+}
+
+impl From<Facts> for Item {
+    fn from(f: Facts) -> Item {
+        Item::Facts(PackedFacts::pack(&f))
     }
 }
 
@@ -157,7 +165,7 @@ mod tests {
     fn skaddr(i: &Item) -> u64 {
         match i {
             Item::Event(e) => e.skaddr,
-            Item::Facts(f) => f.skaddr,
+            Item::Facts(f) => f.unpack().skaddr,
             Item::Retransmit(r) => r.skaddr,
             Item::Reset(r) => r.skaddr,
         }
@@ -179,7 +187,7 @@ mod tests {
         };
         let rst = crate::facts::tests::reset(90, 7, 1);
         r.push(at(100, 1));
-        r.push(Item::Facts(f));
+        r.push(f);
         r.push(Item::Reset(rst));
         r.advance(200);
         let got: Vec<Item> = std::iter::from_fn(|| r.pop_ready()).collect();
