@@ -331,11 +331,12 @@ impl Pipeline {
         if self.cfg.interval_ns.is_some() {
             self.interval.refused(r);
         }
-        if self.cfg.mode == Mode::Transitions || self.limit_reached() {
+        if self.limit_reached() {
             return Ok(());
         }
-        self.records += 1;
         self.renderer.refused(r, &mut self.buf)?;
+        // The transition table has no line for it (no socket changed state).
+        self.records += u64::from(!self.buf.is_empty());
         render::flush(&mut self.buf, out)
     }
 

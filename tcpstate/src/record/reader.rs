@@ -294,7 +294,16 @@ fn parse_body(bytes: &[u8], version: u16) -> Result<Header, RecordError> {
             ));
         }
         for _ in 0..n {
-            reset_reasons.push(b.string()?);
+            let at = b.offset();
+            let name = b.string()?;
+            // The writer clips names to 255 bytes: a longer one is no writer's.
+            if name.len() > 255 {
+                return Err(RecordError::new(
+                    at,
+                    K::BadHeader("reset reason name longer than 255 bytes"),
+                ));
+            }
+            reset_reasons.push(name);
         }
     }
     if b.pos != bytes.len() {

@@ -855,3 +855,390 @@ fn why_timeline_shows_retransmits_and_resets_in_place() {
         "{out}"
     );
 }
+
+/// JSON objects of `inputs` through the pipeline (reasons named as in `why_config`).
+fn why_objects(mode: Mode, inputs: &[Input]) -> Vec<serde_json::Value> {
+    render(why_config(mode, Format::Json), inputs)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn conn_at(objs: &[serde_json::Value], skaddr: &str) -> serde_json::Value {
+    objs.iter()
+        .find(|o| o["skaddr"] == skaddr)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A client 0x1c: connect, established, data, FIN_WAIT1, (retransmits given), FIN_WAIT2, close.
+fn client_life(t0: u64, extra: Vec<Input>, close_facts: Option<crate::facts::Facts>) -> Vec<Input> {
+    let mut v = vec![
+        Input::Event(client(ev(t0, 0x1c, CLOSE, SYN_SENT, 0, 80))),
+        Input::Event(client(ev(t0 + MS, 0x1c, SYN_SENT, ESTABLISHED, 41000, 80))),
+        Input::Event(client(ev(
+            t0 + 10 * MS,
+            0x1c,
+            ESTABLISHED,
+            FIN_WAIT1,
+            41000,
+            80,
+        ))),
+    ];
+    v.extend(extra);
+    v.push(Input::Event(client(ev(
+        t0 + 900 * MS,
+        0x1c,
+        FIN_WAIT1,
+        FIN_WAIT2,
+        41000,
+        80,
+    ))));
+    v.push(Input::Event(client(ev(
+        t0 + 950 * MS,
+        0x1c,
+        FIN_WAIT2,
+        CLOSE,
+        41000,
+        80,
+    ))));
+    if let Some(f) = close_facts {
+        v.push(Input::Facts(f));
+    }
+    v
+}
+
+#[test]
+fn retransmits_split_by_the_segment_flags() {
+    use crate::facts::tests::{facts, retransmit};
+    use tcpstate_common::tcp_flags::{ACK, FIN, PSH};
+    let t0 = T;
+    let mut fin = retransmit(t0 + 300 * MS, 0x1c, FIN_WAIT1, FIN | ACK);
+    fin.segs = 0; // reported as 0: one segment
+    let mut data = retransmit(t0 + 200 * MS, 0x1c, FIN_WAIT1, ACK | PSH);
+    data.segs = 3;
+    let mut failed = retransmit(t0 + 400 * MS, 0x1c, FIN_WAIT1, FIN | ACK);
+    failed.err = -105;
+    let mut f = facts(t0 + 950 * MS, 0x1c, FIN_WAIT2, CLOSE);
+    f.bytes_acked = Some(3002);
+    f.bytes_received = Some(7001);
+    f.total_retrans = Some(4);
+    let inputs = client_life(
+        t0,
+        vec![
+            Input::Retransmit(data),
+            Input::Retransmit(fin),
+            Input::Retransmit(failed),
+        ],
+        Some(f),
+    );
+    let c = conn_at(&why_objects(Mode::Connections, &inputs), "0x1c");
+    assert_eq!(c["retransmits"]["data"], 3, "{c}");
+    assert_eq!(c["retransmits"]["fin"], 1, "{c}");
+    assert_eq!(c["retransmits"]["failed"], 1, "{c}");
+    assert_eq!(c["retransmits"]["syn"], 0, "{c}");
+    // 3000 B out: SYN and the acknowledged FIN removed; 7000 B in: the peer's FIN removed.
+    assert_eq!(c["bytes_acked"], 3000, "{c}");
+    assert_eq!(c["bytes_received"], 7000, "{c}");
+    assert_eq!(c["outcome"], "time_wait");
+    let table = render(why_config(Mode::Connections, Format::Table), &inputs);
+    assert!(
+        table.contains(" FIN retransmitted; retransmission failed"),
+        "{table}"
+    );
+    let ladder = render(why_config(Mode::Timeline, Format::Table), &inputs);
+    assert!(
+        ladder.contains("+200.000 ms  data retransmitted"),
+        "{ladder}"
+    );
+    assert!(
+        ladder.contains("+300.000 ms  FIN retransmitted"),
+        "{ladder}"
+    );
+}
+
+#[test]
+fn synack_retransmits_join_the_accepted_socket_by_4_tuple() {
+    use crate::facts::tests::{facts, synack};
+    let accepted = |f: Option<crate::facts::Facts>| {
+        let mut v = vec![
+            Input::Retransmit(synack(T, LISTENER, 8080, 41000)),
+            Input::Retransmit(synack(T + SEC, LISTENER, 8080, 41000)),
+            // Another 4-tuple: not this socket's.
+            Input::Retransmit(synack(T + SEC, LISTENER, 8080, 41001)),
+            Input::Event(server(ev(
+                T + 3 * SEC,
+                CHILD,
+                LISTEN,
+                SYN_RECV,
+                8080,
+                41000,
+            ))),
+            Input::Event(server(ev(
+                T + 3 * SEC + 10 * US,
+                CHILD,
+                SYN_RECV,
+                ESTABLISHED,
+                8080,
+                41000,
+            ))),
+        ];
+        v.extend(f.map(Input::Facts));
+        v
+    };
+    let objs = why_objects(Mode::Connections, &accepted(None));
+    let c = conn_at(&objs, &format!("{CHILD:#x}"));
+    assert_eq!(c["retransmits"]["synack"], 2, "{c}");
+    assert_eq!(c["synack_rtt_ns"], serde_json::Value::Null);
+    // The socket's own (inherited) count wins over the counted events.
+    let mut f = facts(T + 3 * SEC + 10 * US, CHILD, SYN_RECV, ESTABLISHED);
+    f.total_retrans = Some(1);
+    f.srtt_us = Some(40_168);
+    let objs = why_objects(Mode::Connections, &accepted(Some(f)));
+    let c = conn_at(&objs, &format!("{CHILD:#x}"));
+    assert_eq!(c["retransmits"]["synack"], 1, "{c}");
+    assert_eq!(c["synack_rtt_ns"], 40_168_000);
+    // HS_MS shows the SYN-ACK round trip, and --min-handshake-ms compares it.
+    let mut cfg = why_config(Mode::Connections, Format::Table);
+    cfg.min_handshake_ns = Some(40 * MS);
+    let table = render(cfg, &accepted(Some(f)));
+    assert!(table.contains("server   open         40.168"), "{table}");
+    cfg.min_handshake_ns = Some(41 * MS);
+    assert!(!render(cfg, &accepted(Some(f))).contains("server   open"));
+}
+
+#[test]
+fn outcome_rules_say_which_facts_decided() {
+    use crate::facts::tests::{facts, retransmit};
+    use tcpstate_common::tcp_flags::SYN;
+    let connect = |close_after: u64, extra: Vec<Input>, f: Option<crate::facts::Facts>| {
+        let mut v = vec![Input::Event(client(ev(T, 0x2c, CLOSE, SYN_SENT, 0, 80)))];
+        v.extend(extra);
+        v.push(Input::Event(client(ev(
+            T + close_after,
+            0x2c,
+            SYN_SENT,
+            CLOSE,
+            41002,
+            80,
+        ))));
+        v.extend(f.map(Input::Facts));
+        let objs = why_objects(Mode::Connections, &v);
+        conn_at(&objs, "0x2c")
+    };
+    // No facts: the 1 s rule.
+    let c = connect(30 * MS, vec![], None);
+    assert_eq!(
+        (&c["outcome"], &c["outcome_basis"]),
+        (&"refused".into(), &"timing".into())
+    );
+    // A retransmitted SYN, seen as an event only: timed out within 1 s.
+    let c = connect(
+        900 * MS,
+        vec![Input::Retransmit(retransmit(
+            T + 200 * MS,
+            0x2c,
+            SYN_SENT,
+            SYN,
+        ))],
+        None,
+    );
+    assert_eq!(
+        (&c["outcome"], &c["outcome_basis"]),
+        (&"timed_out".into(), &"retransmits".into())
+    );
+    // ECONNREFUSED after 3 s (the first SYN was lost): refused, by errno, not timed out.
+    let mut f = facts(T + 3 * SEC, 0x2c, SYN_SENT, CLOSE);
+    f.sk_err = Some(111);
+    f.total_retrans = Some(1);
+    let c = connect(3 * SEC, vec![], Some(f));
+    assert_eq!(
+        (&c["outcome"], &c["outcome_basis"]),
+        (&"refused".into(), &"errno".into())
+    );
+    assert_eq!(c["retransmits"]["syn"], 1);
+    assert_eq!(c["syn_retransmitted"], true);
+    // ETIMEDOUT: a connect timeout.
+    let mut f = facts(T + 3 * SEC, 0x2c, SYN_SENT, CLOSE);
+    f.sk_err = Some(110);
+    f.total_retrans = Some(6);
+    let c = connect(3 * SEC, vec![], Some(f));
+    assert_eq!(
+        (&c["outcome"], &c["timeout"]),
+        (&"timed_out".into(), &"connect".into())
+    );
+    assert_eq!(c["errno"], "ETIMEDOUT");
+    // A soft error (ICMP unreachable) when the hard one is 0.
+    let mut f = facts(T + 3 * SEC, 0x2c, SYN_SENT, CLOSE);
+    f.sk_err_soft = Some(113);
+    f.total_retrans = Some(2);
+    let c = connect(3 * SEC, vec![], Some(f));
+    assert_eq!(c["errno"], "EHOSTUNREACH");
+    assert_eq!(
+        (&c["outcome"], &c["outcome_basis"]),
+        (&"timed_out".into(), &"retransmits".into())
+    );
+}
+
+#[test]
+fn timeouts_of_established_connections_are_told_apart() {
+    use crate::facts::tests::facts;
+    let died = |tweak: &dyn Fn(&mut crate::facts::Facts)| {
+        let mut f = facts(T + 9 * SEC, 0x3c, ESTABLISHED, CLOSE);
+        f.sk_err = Some(110);
+        tweak(&mut f);
+        let v = vec![
+            Input::Event(client(ev(T, 0x3c, CLOSE, SYN_SENT, 0, 80))),
+            Input::Event(client(ev(T + MS, 0x3c, SYN_SENT, ESTABLISHED, 41003, 80))),
+            Input::Event(client(ev(T + 9 * SEC, 0x3c, ESTABLISHED, CLOSE, 41003, 80))),
+            Input::Facts(f),
+        ];
+        conn_at(&why_objects(Mode::Connections, &v), "0x3c")
+    };
+    let c = died(&|f| f.probes_out = Some(9));
+    assert_eq!(
+        (&c["timeout"], &c["outcome"]),
+        (&"keepalive".into(), &"timed_out".into())
+    );
+    // Keepalive also after retransmissions earlier in its life.
+    let c = died(&|f| {
+        f.probes_out = Some(9);
+        f.total_retrans = Some(3);
+    });
+    assert_eq!(c["timeout"], "keepalive");
+    let c = died(&|f| {
+        f.packets_out = Some(2);
+        f.retransmits = Some(6);
+        f.total_retrans = Some(6);
+    });
+    assert_eq!(c["timeout"], "retransmission");
+    let c = died(&|f| {
+        f.probes_out = Some(4);
+        f.wmem_queued = Some(4096);
+    });
+    assert_eq!(c["timeout"], "zero_window_probe");
+    // A connection the peer reset: ECONNRESET, outcome reset.
+    let c = died(&|f| f.sk_err = Some(104));
+    assert_eq!(
+        (&c["errno"], &c["outcome"], &c["timeout"]),
+        (
+            &"ECONNRESET".into(),
+            &"reset".into(),
+            &serde_json::Value::Null
+        )
+    );
+}
+
+#[test]
+fn refused_inbound_attempts_in_every_mode_but_the_transition_table() {
+    use crate::facts::tests::{refused, reset};
+    let mut stray_ack = reset(T + 2 * MS, 0, tcpstate_common::reset_direction::SENT);
+    stray_ack.seg_flags = tcpstate_common::tcp_flags::ACK;
+    stray_ack.seg_flags_known = 1;
+    let inputs = vec![
+        Input::Reset(refused(T, 22, 50000)),
+        Input::Reset(refused(T + MS, 22, 50001)),
+        Input::Reset(stray_ack),
+    ];
+    let objs = why_objects(Mode::Transitions, &inputs);
+    let refused_objs: Vec<_> = objs
+        .iter()
+        .filter(|o| o["schema"] == "tcpstate.refused.v1")
+        .collect();
+    assert_eq!(
+        refused_objs.len(),
+        2,
+        "a stray ACK's RST is no refused attempt"
+    );
+    let summary = objs.last().cloned().unwrap_or_default();
+    assert_eq!(summary["why"]["refused_inbound"], 2);
+    assert_eq!(summary["why"]["refused_by_port"][0]["port"], 22);
+    assert_eq!(summary["why"]["refused_by_port"][0]["count"], 2);
+    assert_eq!(summary["why"]["unjoined"], 1);
+    let table = render(why_config(Mode::Transitions, Format::Table), &inputs);
+    assert!(!table.contains("refused_in"), "{table}");
+    assert!(
+        table.contains("refused inbound: 2 (by local port: 22 2)"),
+        "{table}"
+    );
+}
+
+#[test]
+fn a_reset_received_in_last_ack_leaves_the_fin_unacknowledged() {
+    use crate::facts::tests::{facts, reset};
+    let mut f = facts(T + 5 * MS, CHILD, LAST_ACK, CLOSE);
+    f.bytes_acked = Some(100);
+    f.bytes_received = Some(51);
+    let v = vec![
+        Input::Event(server(ev(T, CHILD, LISTEN, SYN_RECV, 8080, 41000))),
+        Input::Event(server(ev(
+            T + 10,
+            CHILD,
+            SYN_RECV,
+            ESTABLISHED,
+            8080,
+            41000,
+        ))),
+        Input::Event(server(ev(
+            T + MS,
+            CHILD,
+            ESTABLISHED,
+            CLOSE_WAIT,
+            8080,
+            41000,
+        ))),
+        Input::Event(server(ev(
+            T + 2 * MS,
+            CHILD,
+            CLOSE_WAIT,
+            LAST_ACK,
+            8080,
+            41000,
+        ))),
+        Input::Reset(reset(
+            T + 5 * MS - 1,
+            CHILD,
+            tcpstate_common::reset_direction::RECEIVED,
+        )),
+        Input::Event(server(ev(T + 5 * MS, CHILD, LAST_ACK, CLOSE, 8080, 41000))),
+        Input::Facts(f),
+    ];
+    let c = conn_at(&why_objects(Mode::Connections, &v), &format!("{CHILD:#x}"));
+    assert_eq!(c["bytes_acked"], 100, "{c}");
+    assert_eq!(c["bytes_received"], 50, "{c}");
+    assert_eq!(c["reset"]["direction"], "received");
+}
+
+/// Every new field through record and replay: the replayed output equals the live one byte for
+/// byte, in every mode.
+#[test]
+fn why_inputs_replay_byte_for_byte() {
+    use crate::record::{Header, RecordReader, RecordWriter};
+    let inputs = why_inputs(T);
+    let mut names = vec![String::new(); 15];
+    names[1] = "no_socket".into();
+    names[14] = "tcp_abort_on_close".into();
+    let mut header = Header::new("6.18".into(), T, 1_700_000_000_000_000_000, "test".into());
+    header.reset_reasons = names;
+    let mut w = RecordWriter::new(Vec::new(), &header).unwrap();
+    for i in &inputs {
+        w.write(i).unwrap();
+    }
+    let bytes = w.finish().unwrap();
+    let (reader, h) = RecordReader::open(&bytes[..]).unwrap();
+    let replayed: Vec<Input> = reader.map(|r| r.unwrap()).collect();
+    assert_eq!(replayed, inputs);
+    for (mode, format) in [
+        (Mode::Connections, Format::Table),
+        (Mode::Connections, Format::Json),
+        (Mode::Timeline, Format::Table),
+        (Mode::Transitions, Format::Json),
+    ] {
+        let live = render(why_config(mode, format), &inputs);
+        let cfg = OutputConfig {
+            reset_reasons: crate::pipeline::ResetReasons::leak(h.reset_reasons.clone()),
+            ..why_config(mode, format)
+        };
+        assert_eq!(render(cfg, &replayed), live, "{mode:?} {format:?}");
+    }
+}
