@@ -481,11 +481,15 @@ pub fn summary(s: &Summary<'_>, out: &mut impl io::Write) -> io::Result<()> {
         .map(|&k| (k.name(), w.retransmits[k as usize]))
         .collect();
     let resets = [("sent", w.resets_sent), ("received", w.resets_received)];
-    let errors: Vec<(&'static str, u64)> = w
-        .errors
-        .iter()
-        .map(|(&e, &n)| (errno_name(e).unwrap_or("EUNKNOWN"), n))
-        .collect();
+    // Numbers without a name share one key.
+    let mut errors: Vec<(&'static str, u64)> = Vec::new();
+    for (&e, &n) in &w.errors {
+        let name = errno_name(e).unwrap_or("EUNKNOWN");
+        match errors.iter_mut().find(|(k, _)| *k == name) {
+            Some((_, total)) => *total += n,
+            None => errors.push((name, n)),
+        }
+    }
     let obj = SummaryJson {
         schema: SUMMARY_SCHEMA,
         kind: match s.kind {

@@ -13,7 +13,7 @@ use super::time::TimeFormatter;
 use super::{comm_or_dash, right, spaces, Endpoint, Ms, Small};
 use crate::event::state_name;
 use crate::facts::ResetRecord;
-use crate::timeline::{errno_name, Conn, Entry, Mark, Outcome, Phase, LADDER};
+use crate::timeline::{errno_name, Conn, Entry, Mark, Outcome, Phase, RetxKind, LADDER};
 
 /// Width of the left ladder when two are side by side.
 const LEFT: usize = 36;
@@ -80,6 +80,14 @@ fn notes(c: &Conn, prefix: &str, out: &mut impl Write) -> fmt::Result {
         writeln!(
             out,
             "  {prefix}note: SYN_SENT outlasted the 1 s SYN timeout: a SYN or SYN-ACK was lost"
+        )?;
+    }
+    let synacks = c.retransmits().map_or(0, |r| r[RetxKind::SynAck as usize]);
+    if synacks > 0 {
+        // They happened before the accepted socket existed: no place on its ladder.
+        writeln!(
+            out,
+            "  {prefix}note: SYN-ACK retransmitted {synacks}x before this socket was created"
         )?;
     }
     if c.partial() {

@@ -90,6 +90,7 @@ pub fn text(s: &Summary<'_>, out: &mut impl Write) -> fmt::Result {
         }
         _ => writeln!(out, "connect latency: no completed client handshakes")?,
     }
+    synack_rtt_text(s, out)?;
     let h = &st.close_wait;
     match (h.percentile(50.0), h.percentile(99.0), h.max()) {
         (Some(p50), Some(p99), Some(max)) => writeln!(
@@ -153,8 +154,9 @@ fn list<'n>(items: impl Iterator<Item = (&'n str, u64)>, out: &mut impl Write) -
     out.write_char('\n')
 }
 
-/// The summary's part from socket facts, retransmits and resets (issue 10), in lines of its own.
-fn why_text(s: &Summary<'_>, out: &mut impl Write) -> fmt::Result {
+/// Accepted sockets' SYN-ACK round trips, beside the connect latency: the server-side
+/// handshake figure.
+fn synack_rtt_text(s: &Summary<'_>, out: &mut impl Write) -> fmt::Result {
     let w = &s.stats.why;
     let h = &w.synack_rtt;
     if let (Some(p50), Some(p90), Some(p99), Some(max)) = (
@@ -174,6 +176,13 @@ fn why_text(s: &Summary<'_>, out: &mut impl Write) -> fmt::Result {
         )?;
         w.synack_rtt_us.render("usecs", out)?;
     }
+    Ok(())
+}
+
+/// The summary's part from retransmits, resets, errors and refused attempts (issue 10), in
+/// lines of its own.
+fn why_text(s: &Summary<'_>, out: &mut impl Write) -> fmt::Result {
+    let w = &s.stats.why;
     if w.retransmits.iter().any(|&n| n > 0) {
         write!(out, "retransmits:")?;
         list(

@@ -941,8 +941,8 @@ impl Conn {
             .has(known::HS_RETX | known::RETX_EVENTS | known::CLOSE)
             .then_some(self.why.retx)
     }
-    /// Retransmitted segments: the socket's own `bytes`-free count is not kept, so this is the
-    /// sum over SYN, SYN-ACK, data and FIN.
+    /// Retransmitted segments (RETX): the socket's `total_retrans` at close where known (the
+    /// truth even where the retransmit tracepoint is missing), else the kinds counted.
     pub fn retx_total(&self) -> Option<u32> {
         self.retransmits().map(|_| self.why.retx_total())
     }

@@ -28,6 +28,8 @@ pub(crate) mod known {
     pub const RETX_EVENTS: u16 = 2048;
     /// A facts record of any transition was joined.
     pub const ANY_FACTS: u16 = 4096;
+    /// The socket's `total_retrans` at CLOSE.
+    pub const TOTAL_RETRANS: u16 = 8192;
 }
 
 /// Index into `Why::retx`.
@@ -133,6 +135,8 @@ pub(crate) struct Why {
     pub min_rtt_us: u32,
     /// Indexed by [`RetxKind`], saturating.
     pub retx: [u16; 5],
+    /// The socket's own count at CLOSE (saturating): what RETX shows, all kinds together.
+    pub total_retrans: u16,
     pub reset_reason: u16,
     pub known: u16,
     /// The socket's error at CLOSE (hard, or soft where the outcome failed), 0 none.
@@ -156,6 +160,7 @@ impl Why {
         srtt_us: 0,
         min_rtt_us: 0,
         retx: [0; 5],
+        total_retrans: 0,
         reset_reason: REASON_UNKNOWN,
         known: 0,
         errno: 0,
@@ -263,6 +268,10 @@ impl Why {
             known::BYTES_RETRANS,
             &mut self.known,
         );
+        if let Some(v) = f.total_retrans {
+            self.total_retrans = v.min(u32::from(u16::MAX)) as u16;
+            self.known |= known::TOTAL_RETRANS;
+        }
         if let Some(v) = f.segs_in {
             self.segs_in = v;
             self.known |= known::SEGS_IN;
@@ -273,7 +282,12 @@ impl Why {
         }
     }
 
+    /// Retransmitted segments: the socket's own count at close where known, else the sum of
+    /// the kinds counted (failed ones are not sent, so not in either).
     pub fn retx_total(&self) -> u32 {
+        if self.has(known::TOTAL_RETRANS) {
+            return u32::from(self.total_retrans);
+        }
         self.retx[..4].iter().map(|&n| u32::from(n)).sum()
     }
 }
