@@ -74,7 +74,8 @@ pub struct OutputConfig {
     pub time: TimeColumn,
     /// Wide address columns (IPv6).
     pub wide: bool,
-    /// Print only connections whose handshake took at least this long (connections and
+    /// Print only connections whose HS_MS (`Conn::hs_shown_ns`: an accepted socket's SYN-ACK
+    /// round trip when known, the handshake otherwise) is at least this long (connections and
     /// timeline modes; the summary still counts every connection).
     pub min_handshake_ns: Option<u64>,
     /// Print only connections that stayed in CLOSE_WAIT at least this long.

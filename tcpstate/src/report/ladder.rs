@@ -103,6 +103,12 @@ fn notes(c: &Conn, prefix: &str, out: &mut impl Write) -> fmt::Result {
             "  {prefix}note: transitions are missing (~> marks where)"
         )?;
     }
+    if c.marks_dropped() {
+        writeln!(
+            out,
+            "  {prefix}note: more retransmits or resets than shown (counts: see the table or JSON)"
+        )?;
+    }
     if c.ladder_overflow() {
         writeln!(
             out,

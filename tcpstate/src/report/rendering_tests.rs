@@ -1242,3 +1242,30 @@ fn why_inputs_replay_byte_for_byte() {
         assert_eq!(render(cfg, &replayed), live, "{mode:?} {format:?}");
     }
 }
+
+#[test]
+fn a_retransmit_storm_keeps_the_states_on_the_ladder() {
+    use crate::facts::tests::retransmit;
+    let storm: Vec<Input> = (0..40)
+        .map(|i| {
+            Input::Retransmit(retransmit(
+                T + 20 * MS + i * MS,
+                0x1c,
+                FIN_WAIT1,
+                tcpstate_common::tcp_flags::ACK,
+            ))
+        })
+        .collect();
+    let inputs = client_life(T, storm, None);
+    let c = conn_at(&why_objects(Mode::Connections, &inputs), "0x1c");
+    assert_eq!(c["retransmits"]["data"], 40);
+    assert_eq!(c["transitions"].as_array().map(Vec::len), Some(5), "{c}");
+    assert_eq!(c["transitions_overflow"], false);
+    let ladder = render(why_config(Mode::Timeline, Format::Table), &inputs);
+    assert_eq!(ladder.matches("data retransmitted").count(), 6, "{ladder}");
+    assert!(
+        ladder.contains("more retransmits or resets than shown"),
+        "{ladder}"
+    );
+    assert!(ladder.contains("FIN_WAIT2 -> CLOSE"), "{ladder}");
+}

@@ -21,9 +21,9 @@ pub const LADDER: usize = 16;
 const GAP: u8 = 0x80;
 /// `Conn::rung_states` bit: not a state but a [`Mark`] (a retransmit or reset in place).
 const MARK: u8 = 0x40;
-/// Ladder entries kept free for transitions: marks never take the last ones, so a retransmit
-/// storm cannot push the states out of the ladder.
-const MARK_RESERVE: usize = 4;
+/// At most this many marks are kept on a ladder, so a retransmit storm cannot push the states
+/// out of it (the counts stay exact; the timeline says when marks were left out).
+const MAX_MARKS: usize = 6;
 
 /// Something that happened to a connection between its transitions, shown in its ladder.
 #[repr(u8)]
@@ -88,6 +88,8 @@ mod flag {
     pub const INCOMPLETE: u8 = 2;
     pub const TIME_WAIT: u8 = 4;
     pub const LADDER_OVERFLOW: u8 = 8;
+    /// Retransmits or resets happened that the ladder has no room to show.
+    pub const MARKS_DROPPED: u8 = 16;
 }
 
 /// What a socket was for, from the transition that started its lifetime.
@@ -618,7 +620,12 @@ impl Conn {
 
     fn push_mark(&mut self, mark: Mark, ts: u64) {
         let i = usize::from(self.rungs);
-        if i >= LADDER - MARK_RESERVE {
+        let marks = self.rung_states[..i]
+            .iter()
+            .filter(|&&r| r & MARK != 0)
+            .count();
+        if marks >= MAX_MARKS || i >= LADDER - 1 {
+            self.flags |= flag::MARKS_DROPPED;
             return;
         }
         self.rungs += 1;
@@ -884,6 +891,10 @@ impl Conn {
     /// The lifetime ended by entering TIME_WAIT (FIN_WAIT2 or CLOSING -> CLOSE).
     pub fn time_wait(&self) -> bool {
         self.flags & flag::TIME_WAIT != 0
+    }
+    /// Retransmits or resets happened that the ladder does not show (their counts are exact).
+    pub fn marks_dropped(&self) -> bool {
+        self.flags & flag::MARKS_DROPPED != 0
     }
     /// More transitions happened than the ladder keeps; the middle ones were dropped.
     pub fn ladder_overflow(&self) -> bool {
