@@ -113,6 +113,158 @@ impl Event {
     }
 }
 
+/// Ring buffer records are told apart by their size: [`Event`], [`FactsRecord`],
+/// [`RetransmitRecord`] and [`ResetRecord`] all have different sizes (asserted below), so no
+/// record pays for a kind tag.
+pub const FACTS_RAW_LEN: usize = 232;
+pub const FACTS_RECORD_SIZE: usize = 256;
+pub const RETRANSMIT_RECORD_SIZE: usize = 64;
+pub const RESET_RECORD_SIZE: usize = 72;
+const _: () = assert!(core::mem::size_of::<FactsRecord>() == FACTS_RECORD_SIZE);
+const _: () = assert!(core::mem::size_of::<RetransmitRecord>() == RETRANSMIT_RECORD_SIZE);
+const _: () = assert!(core::mem::size_of::<ResetRecord>() == RESET_RECORD_SIZE);
+const _: () = assert!(
+    EVENT_SIZE != FACTS_RECORD_SIZE
+        && EVENT_SIZE != RETRANSMIT_RECORD_SIZE
+        && EVENT_SIZE != RESET_RECORD_SIZE
+        && RETRANSMIT_RECORD_SIZE != RESET_RECORD_SIZE
+        && FACTS_RECORD_SIZE != RESET_RECORD_SIZE
+);
+
+/// Socket facts read at a transition that needs them (an accepted socket's SYN_RECV ->
+/// ESTABLISHED, a client's SYN_SENT -> ESTABLISHED, every -> CLOSE), emitted right after that
+/// transition's [`Event`] with the same `ts_ns` and `skaddr`.
+///
+/// The program copies byte ranges of the socket (one bounded copy per group of nearby fields,
+/// [`FactGroups`]) into `raw` without knowing what they mean; user space, which resolved the
+/// field offsets from the kernel's BTF, decodes them. A group whose copy failed leaves its
+/// bytes zero and clears its bit in `valid_groups`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FactsRecord {
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    pub oldstate: u8,
+    pub newstate: u8,
+    pub _pad: [u8; 2],
+    /// Bit i set: group i was copied.
+    pub valid_groups: u32,
+    pub raw: [u8; FACTS_RAW_LEN],
+}
+
+/// Most groups of socket fields copied per [`FactsRecord`].
+pub const MAX_FACT_GROUPS: usize = 8;
+
+/// One copy: `len` bytes from the socket at `src_off` into `FactsRecord::raw` at `dst_off`.
+/// `len` 0: unused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FactGroup {
+    pub src_off: u16,
+    pub dst_off: u16,
+    pub len: u16,
+    pub _pad: u16,
+}
+
+/// The copies the program makes for a [`FactsRecord`], a load-time global computed from BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FactGroups {
+    pub groups: [FactGroup; MAX_FACT_GROUPS],
+}
+
+/// `RetransmitRecord::kind` values.
+pub mod retransmit_kind {
+    /// `tcp:tcp_retransmit_skb`: a segment of this socket was sent again.
+    pub const SKB: u8 = 1;
+    /// `tcp:tcp_retransmit_synack`: a listener resent a SYN-ACK; `skaddr` is the listener,
+    /// join it to the accepted socket by 4-tuple.
+    pub const SYNACK: u8 = 2;
+}
+
+/// TCP header flag bits (`tcp_skb_cb::tcp_flags`, the 14th byte of a TCP header).
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+/// `RetransmitRecord::known` bits: which optional fields the running kernel provided.
+pub mod retransmit_known {
+    pub const TCP_FLAGS: u8 = 1;
+    pub const SEGS: u8 = 2;
+    /// The tracepoint has `err` (Linux 6.17+).
+    pub const ERR: u8 = 4;
+}
+
+/// A retransmission (`tcp:tcp_retransmit_skb` or `tcp:tcp_retransmit_synack`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetransmitRecord {
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    /// `retransmit_kind` value.
+    pub kind: u8,
+    /// The socket's TCP state (SKB only; 0 otherwise).
+    pub state: u8,
+    /// The retransmitted segment's TCP flags (`tcp_flags` bits).
+    pub tcp_flags: u8,
+    /// `retransmit_known` bits.
+    pub known: u8,
+    /// Segments the retransmitted skb carries (what the kernel adds to `total_retrans`).
+    pub segs: u16,
+    pub family: u16,
+    /// Host byte order, as in `Event`.
+    pub sport: u16,
+    pub dport: u16,
+    /// The tracepoint's `err`: nonzero means the retransmission failed and was not sent.
+    pub err: i32,
+    /// Network byte order; IPv4 in the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// `ResetRecord::direction` values.
+pub mod reset_direction {
+    /// `tcp:tcp_send_reset`: this host sent a RST.
+    pub const SENT: u8 = 1;
+    /// `tcp:tcp_receive_reset`: a RST arrived for this socket.
+    pub const RECEIVED: u8 = 2;
+}
+
+/// A reset sent or received. A sent reset with `skaddr` 0 answers a segment no socket took:
+/// when that segment was a SYN (`seg_flags`), it is an inbound connection this host refused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResetRecord {
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    /// `reset_direction` value.
+    pub direction: u8,
+    /// The socket's TCP state, 0 without a socket.
+    pub state: u8,
+    /// Flags of the segment the reset answers (sent resets), when `seg_flags_known` is 1.
+    pub seg_flags: u8,
+    pub seg_flags_known: u8,
+    /// The kernel's `enum sk_rst_reason` value (sent resets on kernels that report it), or
+    /// `u32::MAX` when unknown. Its name comes from BTF.
+    pub reason: u32,
+    /// 0 when the event carries no addresses.
+    pub family: u16,
+    /// Host byte order: this host's end and the peer's.
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u16,
+    /// The task running when the reset was sent or received.
+    pub ctx_pid: u32,
+    pub _pad2: u32,
+    /// Network byte order; IPv4 in the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
 /// Where each field of `sock:inet_sock_set_state` lives in the raw tracepoint record, read from
 /// the tracepoint's `format` file at start-up (the layout changed in Linux 5.6).
 #[repr(C)]
@@ -288,4 +440,8 @@ mod pod {
     unsafe impl aya::Pod for ListenKey {}
     unsafe impl aya::Pod for ListenOwner {}
     unsafe impl aya::Pod for TupleKey {}
+    unsafe impl aya::Pod for FactsRecord {}
+    unsafe impl aya::Pod for FactGroups {}
+    unsafe impl aya::Pod for RetransmitRecord {}
+    unsafe impl aya::Pod for ResetRecord {}
 }

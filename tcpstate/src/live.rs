@@ -24,6 +24,7 @@ use crate::{
         procscan,
     },
     output::{Output, OutputError},
+    pipeline::ResetReasons,
     record::{self, RecordWriter},
 };
 
@@ -124,14 +125,18 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
 
     let clock = clock::Start::now();
+    // The kernel's reset reason names (`enum sk_rst_reason` from BTF, lower case, by value):
+    // to be filled by the kernel side of issue 10; until then reasons print as null.
+    let reset_reasons: Vec<String> = Vec::new();
     let mut recorder = match record_file {
         Some((path, file)) => {
-            let header = record::Header::new(
+            let mut header = record::Header::new(
                 environment::kernel_release(),
                 clock.start_mono_ns,
                 clock.realtime_minus_mono_ns,
                 std::env::args().collect::<Vec<_>>().join(" "),
             );
+            header.reset_reasons = reset_reasons.clone();
             let w = RecordWriter::new(file, &header)
                 .with_context(|| format!("writing {}", path.display()))?;
             Some((path, w))
@@ -139,7 +144,12 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
         None => None,
     };
 
-    let mut output = Output::new(&args.output, clock.into(), args.count);
+    let mut output = Output::with_reasons(
+        &args.output,
+        clock.into(),
+        args.count,
+        ResetReasons::leak(reset_reasons),
+    );
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
 

@@ -376,7 +376,7 @@ fn disk_full_while_recording_stops_with_a_clear_error_and_a_valid_prefix() {
     let text = String::from_utf8_lossy(&out.stdout);
     let conns = text
         .lines()
-        .filter(|l| l.contains("tcpstate.connection.v1"))
+        .filter(|l| l.contains("tcpstate.connection.v2"))
         .count();
     assert!(conns > 10, "replayed {conns} connections");
     if out.status.code() != Some(0) {

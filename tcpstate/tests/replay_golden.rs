@@ -81,7 +81,7 @@ fn json_objects_have_the_documented_schema_names() {
             .entry(v["schema"].as_str().expect("schema").to_string())
             .or_insert(0) += 1;
     }
-    assert_eq!(kinds.get("tcpstate.connection.v1"), Some(&16), "{kinds:?}");
+    assert_eq!(kinds.get("tcpstate.connection.v2"), Some(&16), "{kinds:?}");
     assert_eq!(kinds.get("tcpstate.summary.v2"), Some(&1));
 }
 

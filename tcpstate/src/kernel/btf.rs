@@ -27,103 +27,25 @@ pub struct Field {
 
 /// The socket facts of a connection: what `ss -ti` shows, plus the error and the listener's
 /// queue.
+#[rustfmt::skip]
 pub const FIELDS: &[Field] = &[
-    Field {
-        name: "sk_err",
-        strukt: "sock",
-        path: "sk_err",
-        size: 4,
-    },
-    Field {
-        name: "sk_err_soft",
-        strukt: "sock",
-        path: "sk_err_soft",
-        size: 4,
-    },
-    Field {
-        name: "ack_backlog",
-        strukt: "sock",
-        path: "sk_ack_backlog",
-        size: 4,
-    },
-    Field {
-        name: "max_ack_backlog",
-        strukt: "sock",
-        path: "sk_max_ack_backlog",
-        size: 4,
-    },
-    Field {
-        name: "net",
-        strukt: "sock",
-        path: "__sk_common.skc_net",
-        size: 8,
-    },
-    Field {
-        name: "retransmits",
-        strukt: "inet_connection_sock",
-        path: "icsk_retransmits",
-        size: 1,
-    },
-    Field {
-        name: "probes_out",
-        strukt: "inet_connection_sock",
-        path: "icsk_probes_out",
-        size: 1,
-    },
-    Field {
-        name: "srtt_us",
-        strukt: "tcp_sock",
-        path: "srtt_us",
-        size: 4,
-    },
-    Field {
-        name: "min_rtt_us",
-        strukt: "tcp_sock",
-        path: "rtt_min.s[0].v",
-        size: 4,
-    },
-    Field {
-        name: "packets_out",
-        strukt: "tcp_sock",
-        path: "packets_out",
-        size: 4,
-    },
-    Field {
-        name: "total_retrans",
-        strukt: "tcp_sock",
-        path: "total_retrans",
-        size: 4,
-    },
-    Field {
-        name: "bytes_acked",
-        strukt: "tcp_sock",
-        path: "bytes_acked",
-        size: 8,
-    },
-    Field {
-        name: "bytes_received",
-        strukt: "tcp_sock",
-        path: "bytes_received",
-        size: 8,
-    },
-    Field {
-        name: "bytes_retrans",
-        strukt: "tcp_sock",
-        path: "bytes_retrans",
-        size: 8,
-    },
-    Field {
-        name: "segs_in",
-        strukt: "tcp_sock",
-        path: "segs_in",
-        size: 4,
-    },
-    Field {
-        name: "segs_out",
-        strukt: "tcp_sock",
-        path: "segs_out",
-        size: 4,
-    },
+    Field { name: "sk_err", strukt: "sock", path: "sk_err", size: 4 },
+    Field { name: "sk_err_soft", strukt: "sock", path: "sk_err_soft", size: 4 },
+    Field { name: "ack_backlog", strukt: "sock", path: "sk_ack_backlog", size: 4 },
+    Field { name: "max_ack_backlog", strukt: "sock", path: "sk_max_ack_backlog", size: 4 },
+    Field { name: "wmem_queued", strukt: "sock", path: "sk_wmem_queued", size: 4 },
+    Field { name: "net", strukt: "sock", path: "__sk_common.skc_net", size: 8 },
+    Field { name: "retransmits", strukt: "inet_connection_sock", path: "icsk_retransmits", size: 1 },
+    Field { name: "probes_out", strukt: "inet_connection_sock", path: "icsk_probes_out", size: 1 },
+    Field { name: "srtt_us", strukt: "tcp_sock", path: "srtt_us", size: 4 },
+    Field { name: "min_rtt_us", strukt: "tcp_sock", path: "rtt_min.s[0].v", size: 4 },
+    Field { name: "packets_out", strukt: "tcp_sock", path: "packets_out", size: 4 },
+    Field { name: "total_retrans", strukt: "tcp_sock", path: "total_retrans", size: 4 },
+    Field { name: "bytes_acked", strukt: "tcp_sock", path: "bytes_acked", size: 8 },
+    Field { name: "bytes_received", strukt: "tcp_sock", path: "bytes_received", size: 8 },
+    Field { name: "bytes_retrans", strukt: "tcp_sock", path: "bytes_retrans", size: 8 },
+    Field { name: "segs_in", strukt: "tcp_sock", path: "segs_in", size: 4 },
+    Field { name: "segs_out", strukt: "tcp_sock", path: "segs_out", size: 4 },
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -109,7 +109,7 @@ impl Trace {
         text.lines()
             .filter(|l| l.starts_with('{'))
             .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
-            .filter(|v| v["schema"] == "tcpstate.connection.v1")
+            .filter(|v| v["schema"] == "tcpstate.connection.v2")
             .collect()
     }
 }
