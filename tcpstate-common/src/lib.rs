@@ -265,6 +265,64 @@ pub struct ResetRecord {
     pub daddr: [u8; 16],
 }
 
+/// The largest single copy of a [`FactGroup`]; a group starts at most at
+/// `FACTS_RAW_LEN - MAX_FACT_GROUP_LEN` in `raw`, so that the verifier can prove every copy
+/// stays inside the record from the two bounds alone.
+pub const MAX_FACT_GROUP_LEN: usize = 64;
+pub const MAX_FACT_GROUP_DST: usize = FACTS_RAW_LEN - MAX_FACT_GROUP_LEN;
+
+/// Where the fields of a joined tracepoint (`tcp:tcp_retransmit_skb`, ...) live in its raw
+/// record, from its `format` file. An offset of 0 means the event lacks the field (offset 0 is
+/// always `common_type`, never a field the program reads).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JoinLayout {
+    pub skbaddr: u16,
+    pub skaddr: u16,
+    /// `int state`.
+    pub state: u16,
+    /// `int err` (tcp_retransmit_skb, Linux 6.17+).
+    pub err: u16,
+    /// `enum sk_rst_reason reason` (tcp_send_reset, Linux 6.10+).
+    pub reason: u16,
+    /// Host byte order `__u16` ports and family (absent with `sockaddr`).
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    /// `__u8 saddr[4]` / `daddr[4]`, or with `sockaddr` the `__u8 saddr[28]` / `daddr[28]`
+    /// socket address storage (`sockaddr_in` / `sockaddr_in6`: family, network byte order
+    /// port, address).
+    pub saddr: u16,
+    pub daddr: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    /// 1: `saddr`/`daddr` are socket address storage.
+    pub sockaddr: u16,
+    /// Bytes of the record the program copies: the end of the last field it reads.
+    pub record_len: u16,
+    pub _pad: [u16; 2],
+}
+
+/// Offsets in `struct sk_buff` (from BTF) the joined programs read; 0 in `*_ok` means the
+/// kernel lacks the field and the program leaves the value unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkbOffsets {
+    /// `sk_buff.cb` + `tcp_skb_cb.tcp_flags`.
+    pub cb_tcp_flags: u16,
+    /// `sk_buff.cb` + `tcp_skb_cb.tcp_gso_segs` (u16).
+    pub cb_gso_segs: u16,
+    /// `sk_buff.head` (pointer).
+    pub head: u16,
+    /// `sk_buff.transport_header` (u16, offset of the TCP header from `head`).
+    pub transport_header: u16,
+    pub tcp_flags_ok: u8,
+    pub gso_segs_ok: u8,
+    /// `head` and `transport_header` both known: the incoming segment's flags are readable.
+    pub seg_flags_ok: u8,
+    pub _pad: [u8; 5],
+}
+
 /// Where each field of `sock:inet_sock_set_state` lives in the raw tracepoint record, read from
 /// the tracepoint's `format` file at start-up (the layout changed in Linux 5.6).
 #[repr(C)]
@@ -412,7 +470,18 @@ pub mod counter {
     pub const DEFERRED: u32 = 4;
     /// Owner-table inserts that failed (the table is an LRU; this counts hard failures only).
     pub const OWNER_UPDATE_FAILED: u32 = 5;
-    pub const COUNT: u32 = 8;
+    /// `FactsRecord`s written to the ring buffer (one per delivered event at a transition that
+    /// needs facts).
+    pub const FACTS_SUBMITTED: u32 = 6;
+    /// `FactsRecord`s lost because the ring buffer was full (their event was delivered).
+    pub const FACTS_RINGBUF_FULL: u32 = 7;
+    /// Runs of the joined programs (retransmits and resets), so that JOINED_SEEN =
+    /// JOINED_FILTERED + JOINED_SUBMITTED + JOINED_RINGBUF_FULL.
+    pub const JOINED_SEEN: u32 = 8;
+    pub const JOINED_FILTERED: u32 = 9;
+    pub const JOINED_SUBMITTED: u32 = 10;
+    pub const JOINED_RINGBUF_FULL: u32 = 11;
+    pub const COUNT: u32 = 16;
 }
 
 /// Map and program names, shared so neither side can drift.
@@ -430,6 +499,41 @@ pub mod names {
     pub const LAYOUT: &str = "LAYOUT";
     pub const FILTER: &str = "FILTER";
     pub const SETTINGS: &str = "SETTINGS";
+    /// `FactGroups`: the socket byte ranges copied into a `FactsRecord`.
+    pub const FACT_GROUPS: &str = "FACT_GROUPS";
+    /// `SkbOffsets`: where the joined programs find a segment's flags and segment count.
+    pub const SKB_OFFSETS: &str = "SKB_OFFSETS";
+    /// The joined programs and their `JoinLayout` globals, in [`JOINED`] order.
+    pub const RETRANSMIT_SKB: &str = "retransmit_skb";
+    pub const RETRANSMIT_SYNACK: &str = "retransmit_synack";
+    pub const SEND_RESET: &str = "send_reset";
+    pub const RECEIVE_RESET: &str = "receive_reset";
+    pub const RETRANSMIT_SKB_LAYOUT: &str = "RETRANSMIT_SKB_LAYOUT";
+    pub const RETRANSMIT_SYNACK_LAYOUT: &str = "RETRANSMIT_SYNACK_LAYOUT";
+    pub const SEND_RESET_LAYOUT: &str = "SEND_RESET_LAYOUT";
+    pub const RECEIVE_RESET_LAYOUT: &str = "RECEIVE_RESET_LAYOUT";
+    /// (program, layout global, tracepoint category, tracepoint name) of each joined program.
+    pub const JOINED: [(&str, &str, &str, &str); 4] = [
+        (
+            RETRANSMIT_SKB,
+            RETRANSMIT_SKB_LAYOUT,
+            "tcp",
+            "tcp_retransmit_skb",
+        ),
+        (
+            RETRANSMIT_SYNACK,
+            RETRANSMIT_SYNACK_LAYOUT,
+            "tcp",
+            "tcp_retransmit_synack",
+        ),
+        (SEND_RESET, SEND_RESET_LAYOUT, "tcp", "tcp_send_reset"),
+        (
+            RECEIVE_RESET,
+            RECEIVE_RESET_LAYOUT,
+            "tcp",
+            "tcp_receive_reset",
+        ),
+    ];
 }
 
 /// Capacity of the per-socket tables in the kernel.
@@ -456,4 +560,6 @@ mod pod {
     unsafe impl aya::Pod for FactGroups {}
     unsafe impl aya::Pod for RetransmitRecord {}
     unsafe impl aya::Pod for ResetRecord {}
+    unsafe impl aya::Pod for JoinLayout {}
+    unsafe impl aya::Pod for SkbOffsets {}
 }

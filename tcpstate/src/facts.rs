@@ -44,3 +44,18 @@ pub struct Facts {
     pub segs_in: Option<u32>,
     pub segs_out: Option<u32>,
 }
+
+/// Names of the kernel's reset reasons (`enum sk_rst_reason`, from BTF) by value, lower case
+/// without the `SK_RST_REASON_` prefix (`"tcp_abort_on_close"`). Empty on kernels without it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResetReasons {
+    pub names: Vec<Option<String>>,
+}
+
+impl ResetReasons {
+    /// The name of `ResetRecord::reason`; None when unknown (`u32::MAX`) or not in the enum.
+    pub fn name(&self, reason: u32) -> Option<&str> {
+        let i = usize::try_from(reason).ok()?;
+        self.names.get(i)?.as_deref()
+    }
+}

@@ -16,10 +16,11 @@ use tokio::{
 
 use crate::{
     cli::TraceArgs,
-    clock, event,
+    clock,
     input::{Input, KernelCounters},
     kernel::{
         environment,
+        facts::{self, FactsPlan},
         probe::{Probe, ProbeOptions},
         procscan,
     },
@@ -86,6 +87,9 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             dir.display()
         );
     }
+    for notice in &probe.notices {
+        eprintln!("tcpstate: note: {notice}");
+    }
     // Sockets created between the first scan and the attach.
     probe
         .add_preexisting(&procscan::scan())
@@ -122,6 +126,7 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             out: &mut out,
             recorder: &mut recorder,
             totals: &mut totals,
+            facts_plan: probe.facts_plan.clone(),
         };
         rt.block_on(event_loop(args, filtered, &mut probe, &mut session))
     };
@@ -249,6 +254,8 @@ struct Session<'a, W: Write> {
     out: &'a mut W,
     recorder: &'a mut Recorder,
     totals: &'a mut Totals,
+    /// How this kernel's facts records decode.
+    facts_plan: FactsPlan,
 }
 
 impl<W: Write> Session<'_, W> {
@@ -267,15 +274,18 @@ impl<W: Write> Session<'_, W> {
     ) -> Result<bool, LoopError> {
         let mut any = false;
         while let Some(item) = ring.next() {
-            let decoded = event::decode(&item);
+            // Event, facts, retransmit or reset record, by size; decoded on the stack.
+            let decoded = facts::decode_record(&item, &self.facts_plan);
             drop(item);
-            let Ok(ev) = decoded else {
+            let Ok(input) = decoded else {
                 self.totals.undecodable += 1;
                 continue;
             };
-            self.totals.delivered += 1;
+            if matches!(input, Input::Event(_)) {
+                self.totals.delivered += 1;
+            }
             any = true;
-            self.feed(&Input::Event(ev))?;
+            self.feed(&input)?;
             if self.output.limit_reached() {
                 return Ok(true);
             }
