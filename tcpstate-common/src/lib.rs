@@ -132,7 +132,7 @@ const _: () = assert!(
 );
 
 /// Socket facts read at a transition that needs them (an accepted socket's SYN_RECV ->
-/// ESTABLISHED, a client's SYN_SENT -> ESTABLISHED, every -> CLOSE), emitted right after that
+/// ESTABLISHED, a client's SYN_SENT -> ESTABLISHED, every -> CLOSE but a listener's), emitted right after that
 /// transition's [`Event`] with the same `ts_ns` and `skaddr`.
 ///
 /// The program copies byte ranges of the socket (one bounded copy per group of nearby fields,

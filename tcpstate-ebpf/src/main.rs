@@ -543,10 +543,11 @@ fn emit(ctx: &TracePointContext, s: &Sock, ts: u64, pid_tgid: u64, who: &Attribu
 }
 
 /// The transitions whose socket facts explain the connection: the end of a handshake (an
-/// accepted socket's measured SYN-ACK round trip, a client's SYN retransmits) and every close.
+/// accepted socket's measured SYN-ACK round trip, a client's SYN retransmits) and every close
+/// of a connection (a listener closing has no connection facts).
 #[inline(always)]
 fn needs_facts(old: u8, new: u8) -> bool {
-    new == state::CLOSE
+    (new == state::CLOSE && old != state::LISTEN)
         || (new == state::ESTABLISHED && (old == state::SYN_RECV || old == state::SYN_SENT))
 }
 
