@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use tcpstate_common::counter;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
@@ -155,6 +156,11 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
     // The loop detaches before its last drain; after an early stop this does it.
     probe.detach();
     let counters = probe.counters().unwrap_or_default();
+    let extra = |i| probe.counter(i).unwrap_or(0);
+    let (facts_lost, joined_lost) = (
+        extra(counter::FACTS_RINGBUF_FULL),
+        extra(counter::JOINED_RINGBUF_FULL),
+    );
     drop(probe);
     if let Some((path, mut w)) = recorder.take() {
         let r = w
@@ -201,6 +207,13 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             String::new()
         }
     );
+    if facts_lost + joined_lost > 0 {
+        // Their events were delivered; what they would have added is unknown.
+        eprintln!(
+            "tcpstate: ring buffer full: {facts_lost} socket-facts records and {joined_lost} \
+             retransmit/reset records lost"
+        );
+    }
     Ok(exit)
 }
 

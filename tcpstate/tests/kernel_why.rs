@@ -222,6 +222,38 @@ fn refused_connect_has_errno_and_both_resets() {
     );
 }
 
+/// The same over IPv6: the socket address storage of tcp_send_reset holds a sockaddr_in6.
+#[test]
+fn refused_ipv6_connect_has_its_addresses() {
+    if !root() {
+        return;
+    }
+    let ip = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+    let port = free_port(ip);
+    let mut probe = port_probe(port);
+    let err = TcpStream::connect(SocketAddr::new(ip, port)).expect_err("refused");
+    assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED));
+    let inputs = collect_inputs(&mut probe, 2, LIMIT);
+    let rs = resets(&inputs);
+    let sent: Vec<_> = rs
+        .iter()
+        .filter(|r| r.direction == reset_direction::SENT)
+        .collect();
+    assert_eq!(sent.len(), 1, "{rs:#?}");
+    let r = sent[0];
+    assert_eq!(r.family, u16::from(tcpstate_common::AF_INET6), "{r:#?}");
+    assert_eq!(r.sport, port, "{r:#?}");
+    let one: [u8; 16] = std::net::Ipv6Addr::LOCALHOST.octets();
+    assert_eq!((r.saddr, r.daddr), (one, one), "{r:#?}");
+    assert_ne!(r.seg_flags & tcp_flags::SYN, 0, "{r:#?}");
+    let received = rs
+        .iter()
+        .find(|r| r.direction == reset_direction::RECEIVED)
+        .expect("received reset");
+    assert_eq!((received.family, received.dport), (r.family, port));
+    assert_eq!(received.sport, r.dport);
+}
+
 /// SO_LINGER with a zero timeout: close() aborts with a RST, which the peer receives.
 #[test]
 fn linger_zero_close_sends_a_reset_the_peer_receives() {

@@ -225,7 +225,18 @@ impl Probe {
         for event in JoinEvent::ALL {
             let (_, _, category, name) = event.names();
             match locate_joined(&tracefs, category, name, event) {
-                Ok(l) => joined_layouts.push((event, l)),
+                Ok(l) => {
+                    if event == JoinEvent::SendReset && l.sockaddr == 0 {
+                        // Before Linux 6.10 the event took its addresses from the socket only.
+                        notices.push(
+                            "this kernel's tcp:tcp_send_reset carries no addresses for resets \
+                             without a socket: refused inbound connections are counted without \
+                             their ports (or not reported at all)"
+                                .into(),
+                        );
+                    }
+                    joined_layouts.push((event, l))
+                }
                 Err(notice) => notices.push(notice),
             }
         }
