@@ -138,7 +138,9 @@ const _: () = assert!(
 /// The program copies byte ranges of the socket (one bounded copy per group of nearby fields,
 /// [`FactGroups`]) into `raw` without knowing what they mean; user space, which resolved the
 /// field offsets from the kernel's BTF, decodes them. A group whose copy failed leaves its
-/// bytes zero and clears its bit in `valid_groups`.
+/// bytes zero and clears its bit in `valid_groups`. At the end of a handshake only the groups
+/// the handshake needs are copied (`names::FACTS_HANDSHAKE_GROUPS`: those of the smoothed RTT
+/// and the retransmit count); the other bits are clear there and their facts unknown.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FactsRecord {
@@ -501,6 +503,9 @@ pub mod names {
     pub const SETTINGS: &str = "SETTINGS";
     /// `FactGroups`: the socket byte ranges copied into a `FactsRecord`.
     pub const FACT_GROUPS: &str = "FACT_GROUPS";
+    /// `u32`: bit i set: group i is also copied at the end of a handshake (at a close every
+    /// group is); the others' bits stay clear in `valid_groups` there.
+    pub const FACTS_HANDSHAKE_GROUPS: &str = "FACTS_HANDSHAKE_GROUPS";
     /// `SkbOffsets`: where the joined programs find a segment's flags and segment count.
     pub const SKB_OFFSETS: &str = "SKB_OFFSETS";
     /// The joined programs and their `JoinLayout` globals, in [`JOINED`] order.

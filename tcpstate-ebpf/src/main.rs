@@ -77,6 +77,10 @@ static FACT_GROUPS: FactGroups = FactGroups {
     }; MAX_FACT_GROUPS],
 };
 
+/// Bit i: group i is copied at the end of a handshake too (every group is at a close).
+#[no_mangle]
+static FACTS_HANDSHAKE_GROUPS: u32 = 0;
+
 #[no_mangle]
 static SKB_OFFSETS: SkbOffsets = SkbOffsets {
     cb_tcp_flags: 0,
@@ -558,6 +562,12 @@ fn emit_facts(s: &Sock, ts: u64) {
         count(counter::FACTS_RINGBUF_FULL);
         return;
     };
+    // A handshake needs only its RTT and retransmit count: fewer copies there.
+    let wanted = if s.newstate == state::CLOSE {
+        u32::MAX
+    } else {
+        konst(&FACTS_HANDSHAKE_GROUPS)
+    };
     let r = entry.as_mut_ptr();
     // SAFETY: `r` is a reserved slot of size_of::<FactsRecord>() bytes; every copy stays inside
     // `raw` (dst <= MAX_FACT_GROUP_DST and len <= MAX_FACT_GROUP_LEN, checked below, end at
@@ -575,7 +585,11 @@ fn emit_facts(s: &Sock, ts: u64) {
             let g = &FACT_GROUPS.groups[i];
             let len = konst(&g.len) as u32;
             let dst = konst(&g.dst_off) as usize;
-            if len != 0 && len <= MAX_FACT_GROUP_LEN as u32 && dst <= MAX_FACT_GROUP_DST {
+            if wanted & (1 << i) != 0
+                && len != 0
+                && len <= MAX_FACT_GROUP_LEN as u32
+                && dst <= MAX_FACT_GROUP_DST
+            {
                 let src = s.skaddr.wrapping_add(u64::from(konst(&g.src_off)));
                 let rc = generated::bpf_probe_read_kernel(
                     raw.add(dst) as *mut core::ffi::c_void,

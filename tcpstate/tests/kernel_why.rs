@@ -160,6 +160,8 @@ fn facts_at_close_show_the_bytes_each_side_moved() {
     let sh = facts_of(&inputs, accepted, SYN_RECV, ESTABLISHED);
     assert_eq!(sh.total_retrans, Some(0));
     assert!(sh.srtt_us.is_some_and(|v| v > 0), "{sh:#?}");
+    // Only what a handshake needs is read there (sk_err lies in a group of its own here).
+    assert_eq!(sh.sk_err, None, "{sh:#?}");
     // Nothing else gets facts: two per socket, none for the listener.
     let n = inputs
         .iter()

@@ -47,6 +47,10 @@ const FACTS: [(Fact, &str); 14] = [
     (Fact::SegsOut, "segs_out"),
 ];
 
+/// What the end of a handshake needs: an accepted socket's SYN-ACK round trip (its smoothed
+/// RTT) and the SYN or SYN-ACK retransmits (the retransmit count).
+const HANDSHAKE_FACTS: [Fact; 2] = [Fact::SrttUs, Fact::TotalRetrans];
+
 /// Fields closer than this are copied in one read: a helper call costs more than the bytes.
 const MERGE_GAP: usize = 16;
 
@@ -63,6 +67,8 @@ struct Slot {
 pub struct FactsPlan {
     /// The `FACT_GROUPS` load-time global.
     pub groups: FactGroups,
+    /// The `FACTS_HANDSHAKE_GROUPS` global: the groups of the facts a handshake's end needs.
+    pub handshake_groups: u32,
     slots: [Option<Slot>; FACTS.len()],
     /// Facts this kernel lacks (or that did not fit the record): always unknown.
     pub missing: Vec<&'static str>,
@@ -155,7 +161,12 @@ impl FactsPlan {
             g += 1;
         }
         missing.sort_unstable();
+        let handshake_groups = HANDSHAKE_FACTS
+            .iter()
+            .filter_map(|f| slots[*f as usize])
+            .fold(0u32, |m, slot| m | 1 << slot.group);
         FactsPlan {
+            handshake_groups,
             groups,
             slots,
             missing,
@@ -279,6 +290,12 @@ mod tests {
         }
         let plan = FactsPlan::new(&btf::resolve(path).expect("btf"));
         assert!(plan.missing.is_empty(), "{:?}", plan.missing);
+        let hs = plan.handshake_groups;
+        for f in HANDSHAKE_FACTS {
+            let slot = plan.slots[f as usize].expect("handshake fact");
+            assert_ne!(hs & 1 << slot.group, 0, "{f:?}");
+        }
+        assert!(hs.count_ones() < plan.groups.groups.iter().filter(|g| g.len > 0).count() as u32);
         let used: Vec<_> = plan.groups.groups.iter().filter(|g| g.len > 0).collect();
         assert!(!used.is_empty() && used.len() <= MAX_FACT_GROUPS);
         for g in used {

@@ -247,6 +247,11 @@ impl Probe {
 
         let mut ebpf = loader
             .override_global(names::FACT_GROUPS, &facts_plan.groups, true)
+            .override_global(
+                names::FACTS_HANDSHAKE_GROUPS,
+                &facts_plan.handshake_groups,
+                true,
+            )
             .override_global(names::SKB_OFFSETS, &skb, true)
             .override_global(names::LAYOUT, &layout, true)
             .override_global(names::FILTER, &opts.filter.filter, true)
