@@ -267,11 +267,12 @@ pub struct ResetRecord {
     pub daddr: [u8; 16],
 }
 
-/// The largest single copy of a [`FactGroup`]; a group starts at most at
-/// `FACTS_RAW_LEN - MAX_FACT_GROUP_LEN` in `raw`, so that the verifier can prove every copy
-/// stays inside the record from the two bounds alone.
-pub const MAX_FACT_GROUP_LEN: usize = 64;
-pub const MAX_FACT_GROUP_DST: usize = FACTS_RAW_LEN - MAX_FACT_GROUP_LEN;
+/// Bounds of one [`FactGroup`] copy the program accepts: a group of at most `L` bytes (one of
+/// these) starts at most at `FACTS_RAW_LEN - L` in `raw`. The verifier can then prove every copy
+/// stays inside the record from the two bounds of each case alone (it tracks no relation
+/// between them), and user space can still pack `raw` tightly, the largest group first.
+pub const FACT_GROUP_TIERS: [usize; 4] = [8, 16, 64, 160];
+pub const MAX_FACT_GROUP_LEN: usize = 160;
 
 /// Where the fields of a joined tracepoint (`tcp:tcp_retransmit_skb`, ...) live in its raw
 /// record, from its `format` file. An offset of 0 means the event lacks the field (offset 0 is

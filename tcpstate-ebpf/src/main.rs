@@ -29,8 +29,8 @@ use tcpstate_common::{
     counter, event_flags, filter_flags, owner_source, port_bits, reset_direction, retransmit_kind,
     retransmit_known, state, Event, FactGroup, FactGroups, FactsRecord, Filter, JoinLayout, Layout,
     ListenKey, ListenOwner, Owner, ResetRecord, RetransmitRecord, Settings, SkbOffsets, TupleKey,
-    ADDRS_MAX, AF_INET, AF_INET6, IPPROTO_TCP, LISTENERS_MAX, MAX_FACT_GROUPS, MAX_FACT_GROUP_DST,
-    MAX_FACT_GROUP_LEN, MAX_RECORD_LEN, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX, PIDS_MAX,
+    ADDRS_MAX, AF_INET, AF_INET6, FACTS_RAW_LEN, FACT_GROUP_TIERS, IPPROTO_TCP, LISTENERS_MAX,
+    MAX_FACT_GROUPS, MAX_RECORD_LEN, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX, PIDS_MAX,
     PREEXISTING_MAX, TASK_COMM_LEN,
 };
 
@@ -570,8 +570,8 @@ fn emit_facts(s: &Sock, ts: u64) {
     };
     let r = entry.as_mut_ptr();
     // SAFETY: `r` is a reserved slot of size_of::<FactsRecord>() bytes; every copy stays inside
-    // `raw` (dst <= MAX_FACT_GROUP_DST and len <= MAX_FACT_GROUP_LEN, checked below, end at
-    // most at FACTS_RAW_LEN); the sources are read with the fault-safe helper.
+    // `raw` (one of the FACT_GROUP_TIERS bounds holds for len and dst, so the copy ends at
+    // most at FACTS_RAW_LEN: fact_group_fits); the sources are read with the fault-safe helper.
     unsafe {
         (*r).ts_ns = ts;
         (*r).skaddr = s.skaddr;
@@ -585,11 +585,7 @@ fn emit_facts(s: &Sock, ts: u64) {
             let g = &FACT_GROUPS.groups[i];
             let len = konst(&g.len) as u32;
             let dst = konst(&g.dst_off) as usize;
-            if wanted & (1 << i) != 0
-                && len != 0
-                && len <= MAX_FACT_GROUP_LEN as u32
-                && dst <= MAX_FACT_GROUP_DST
-            {
+            if wanted & (1 << i) != 0 && len != 0 && fact_group_fits(len, dst) {
                 let src = s.skaddr.wrapping_add(u64::from(konst(&g.src_off)));
                 let rc = generated::bpf_probe_read_kernel(
                     raw.add(dst) as *mut core::ffi::c_void,
@@ -606,6 +602,17 @@ fn emit_facts(s: &Sock, ts: u64) {
     }
     let wake = wake_flag(count(counter::FACTS_SUBMITTED));
     entry.submit(wake);
+}
+
+/// Whether a copy of `len` bytes at `dst` provably stays in `FactsRecord::raw`: each case
+/// bounds both on its own path, which is what the verifier checks.
+#[inline(always)]
+fn fact_group_fits(len: u32, dst: usize) -> bool {
+    const T: [usize; 4] = FACT_GROUP_TIERS;
+    (len <= T[0] as u32 && dst <= FACTS_RAW_LEN - T[0])
+        || (len <= T[1] as u32 && dst <= FACTS_RAW_LEN - T[1])
+        || (len <= T[2] as u32 && dst <= FACTS_RAW_LEN - T[2])
+        || (len <= T[3] as u32 && dst <= FACTS_RAW_LEN - T[3])
 }
 
 /// Keeps a connect() event whose local port is not chosen yet (port filters only).

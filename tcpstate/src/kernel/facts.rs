@@ -4,7 +4,7 @@
 
 use tcpstate_common::{
     FactGroup, FactGroups, FactsRecord, ResetRecord, RetransmitRecord, EVENT_SIZE, FACTS_RAW_LEN,
-    FACTS_RECORD_SIZE, MAX_FACT_GROUPS, MAX_FACT_GROUP_DST, MAX_FACT_GROUP_LEN, RESET_RECORD_SIZE,
+    FACTS_RECORD_SIZE, FACT_GROUP_TIERS, MAX_FACT_GROUPS, MAX_FACT_GROUP_LEN, RESET_RECORD_SIZE,
     RETRANSMIT_RECORD_SIZE,
 };
 
@@ -51,8 +51,29 @@ const FACTS: [(Fact, &str); 14] = [
 /// RTT) and the SYN or SYN-ACK retransmits (the retransmit count).
 const HANDSHAKE_FACTS: [Fact; 2] = [Fact::SrttUs, Fact::TotalRetrans];
 
-/// Fields closer than this are copied in one read: a helper call costs more than the bytes.
+/// Fields closer than this are always copied in one read.
 const MERGE_GAP: usize = 16;
+/// Two copies with a gap up to this become one: a helper call costs more than the bytes.
+const WORTH_MERGING: usize = 128;
+
+/// Whether the program accepts a copy of `len` bytes into `raw` at `dst`.
+fn tier_fits(len: usize, dst: usize) -> bool {
+    FACT_GROUP_TIERS
+        .iter()
+        .any(|&t| len <= t && dst <= FACTS_RAW_LEN - t)
+}
+
+/// Whether copies of these lengths, placed largest first, all fit the record.
+fn feasible(lens: impl Iterator<Item = usize>) -> bool {
+    let mut lens: Vec<usize> = lens.collect();
+    lens.sort_unstable_by(|a, b| b.cmp(a));
+    let mut dst = 0;
+    lens.into_iter().all(|len| {
+        let ok = tier_fits(len, dst);
+        dst += len;
+        ok
+    })
+}
 
 /// Where one fact lies in `FactsRecord::raw`, and which group's bit says it was copied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,36 +132,48 @@ impl FactsPlan {
                 }),
             }
         }
-        // Too many copies: merge the neighbours with the smallest gap that still fit one copy.
-        while spans.len() > MAX_FACT_GROUPS {
-            let best = (0..spans.len() - 1)
-                .filter(|&k| spans[k + 1].end - spans[k].start <= MAX_FACT_GROUP_LEN)
+        // Fewer copies are cheaper: merge the neighbours with the smallest gap while that is
+        // worth it (or needed for MAX_FACT_GROUPS) and the record can still hold them.
+        loop {
+            let too_many = spans.len() > MAX_FACT_GROUPS;
+            let best = (0..spans.len().saturating_sub(1))
+                .filter(|&k| {
+                    let gap = spans[k + 1].start - spans[k].end;
+                    (gap <= WORTH_MERGING || too_many)
+                        && spans[k + 1].end - spans[k].start <= MAX_FACT_GROUP_LEN
+                        && feasible(spans.iter().enumerate().filter_map(|(j, s)| match j {
+                            j if j == k => Some(spans[k + 1].end - s.start),
+                            j if j == k + 1 => None,
+                            _ => Some(s.end - s.start),
+                        }))
+                })
                 .min_by_key(|&k| spans[k + 1].start - spans[k].end);
-            match best {
-                Some(k) => {
-                    let next = spans.remove(k + 1);
-                    spans[k].end = next.end;
-                    spans[k].facts.extend(next.facts);
-                }
-                None => {
-                    // Nothing merges: the smallest copy's facts stay unknown.
-                    let k = (0..spans.len())
-                        .min_by_key(|&k| spans[k].facts.len())
-                        .unwrap_or(0);
-                    let dropped = spans.remove(k);
-                    missing.extend(dropped.facts.iter().map(|&(i, _, _)| FACTS[i].1));
-                }
-            }
+            let Some(k) = best else {
+                break;
+            };
+            let next = spans.remove(k + 1);
+            spans[k].end = next.end;
+            spans[k].facts.extend(next.facts);
+        }
+        // Still too many or too big: the copy with the fewest facts stays unknown.
+        while spans.len() > MAX_FACT_GROUPS || !feasible(spans.iter().map(|s| s.end - s.start)) {
+            let Some(k) = (0..spans.len())
+                .min_by_key(|&k| (spans[k].facts.len(), spans[k].end - spans[k].start))
+            else {
+                break;
+            };
+            let dropped = spans.remove(k);
+            missing.extend(dropped.facts.iter().map(|&(i, _, _)| FACTS[i].1));
         }
 
+        // The largest copy first: the verifier's bounds let large copies start only early.
+        spans.sort_by_key(|s| std::cmp::Reverse(s.end - s.start));
         let mut groups = FactGroups::default();
         let mut slots = [None; FACTS.len()];
         let mut dst = 0usize;
-        let mut g = 0usize;
-        for span in spans {
+        for (g, span) in spans.into_iter().enumerate() {
             let len = span.end - span.start;
-            let fits = dst <= MAX_FACT_GROUP_DST && dst + len <= FACTS_RAW_LEN;
-            let (Ok(src_off), true) = (u16::try_from(span.start), fits) else {
+            let (Ok(src_off), true) = (u16::try_from(span.start), tier_fits(len, dst)) else {
                 missing.extend(span.facts.iter().map(|&(i, _, _)| FACTS[i].1));
                 continue;
             };
@@ -158,7 +191,6 @@ impl FactsPlan {
                 });
             }
             dst += len;
-            g += 1;
         }
         missing.sort_unstable();
         let handshake_groups = HANDSHAKE_FACTS
@@ -298,10 +330,15 @@ mod tests {
         assert!(hs.count_ones() < plan.groups.groups.iter().filter(|g| g.len > 0).count() as u32);
         let used: Vec<_> = plan.groups.groups.iter().filter(|g| g.len > 0).collect();
         assert!(!used.is_empty() && used.len() <= MAX_FACT_GROUPS);
-        for g in used {
-            assert!(usize::from(g.len) <= MAX_FACT_GROUP_LEN, "{g:?}");
-            assert!(usize::from(g.dst_off) <= MAX_FACT_GROUP_DST, "{g:?}");
+        for g in &used {
+            assert!(
+                tier_fits(usize::from(g.len), usize::from(g.dst_off)),
+                "{g:?}"
+            );
         }
+        // Merged over small gaps: fewer copies than the eight distinct places of the fields.
+        eprintln!("{:?}", plan.groups);
+        assert!(used.len() <= 6, "{used:?}");
     }
 
     #[test]
