@@ -1035,9 +1035,12 @@ fn read_joined(ctx: &TracePointContext, l: &'static JoinLayout) -> Option<Joined
 }
 
 /// The same filters as for state changes: the socket's own first, then its owner (by socket
-/// address; an event without a socket has no owner, so an owner filter drops it).
+/// address; an event without a socket has no owner, so an owner filter drops it). A reset
+/// sent by a socket already in CLOSE (close() with SO_LINGER 0 or unread data, which set the
+/// state before they send) finds no owner entry any more (-> CLOSE removed it): it is sent
+/// from the owner's own system call, so the current task is its owner.
 #[inline(always)]
-fn joined_passes(j: &Joined) -> bool {
+fn joined_passes(j: &Joined, sent_reset: bool) -> bool {
     let flags = konst(&FILTER.flags);
     if flags & SOCKET_FILTERS != 0 {
         if !j.has_addrs {
@@ -1053,8 +1056,12 @@ fn joined_passes(j: &Joined) -> bool {
             return false;
         }
         // SAFETY: the value is copied out at once.
-        let Some(owner) = (unsafe { OWNERS.get(&j.sock.skaddr) }).map(copy_owner) else {
-            return false;
+        let owner = match unsafe { OWNERS.get(&j.sock.skaddr) } {
+            Some(o) => copy_owner(o),
+            None if sent_reset && j.sock.newstate == state::CLOSE => {
+                Attribution::current_task(bpf_get_current_pid_tgid()).owner
+            }
+            None => return false,
         };
         if !owner_passes(&owner, flags) {
             return false;
@@ -1076,7 +1083,7 @@ fn handle_retransmit(ctx: &TracePointContext, l: &'static JoinLayout, kind: u8) 
         return;
     };
     count(counter::JOINED_SEEN);
-    if !joined_passes(&j) {
+    if !joined_passes(&j, false) {
         count(counter::JOINED_FILTERED);
         return;
     }
@@ -1147,7 +1154,7 @@ fn handle_reset(ctx: &TracePointContext, l: &'static JoinLayout, direction: u8) 
         return;
     };
     count(counter::JOINED_SEEN);
-    if !joined_passes(&j) {
+    if !joined_passes(&j, direction == reset_direction::SENT) {
         count(counter::JOINED_FILTERED);
         return;
     }

@@ -263,7 +263,26 @@ fn linger_zero_close_sends_a_reset_the_peer_receives() {
         return;
     }
     let port = free_port(LOOPBACK);
-    let mut probe = port_probe(port);
+    linger_zero(port, port_probe(port));
+}
+
+/// The same under an owner filter: the RST is sent after the socket's owner entry is gone
+/// (-> CLOSE comes first), from the owner's own close().
+#[test]
+fn linger_zero_reset_passes_an_owner_filter() {
+    if !root() {
+        return;
+    }
+    let port = free_port(LOOPBACK);
+    let probe = probe_util::attach(FilterSpec {
+        pids: vec![std::process::id()],
+        ports: vec![port],
+        ..Default::default()
+    });
+    linger_zero(port, probe);
+}
+
+fn linger_zero(port: u16, mut probe: Probe) {
     let listener = TcpListener::bind(SocketAddr::new(LOOPBACK, port)).expect("listen");
     let client = TcpStream::connect(SocketAddr::new(LOOPBACK, port)).expect("connect");
     let (mut server, _) = listener.accept().expect("accept");
