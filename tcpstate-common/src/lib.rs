@@ -132,13 +132,15 @@ const _: () = assert!(
 );
 
 /// Socket facts read at a transition that needs them (an accepted socket's SYN_RECV ->
-/// ESTABLISHED, a client's SYN_SENT -> ESTABLISHED, every -> CLOSE), emitted right after that
+/// ESTABLISHED, a client's SYN_SENT -> ESTABLISHED, every -> CLOSE but a listener's), emitted right after that
 /// transition's [`Event`] with the same `ts_ns` and `skaddr`.
 ///
 /// The program copies byte ranges of the socket (one bounded copy per group of nearby fields,
 /// [`FactGroups`]) into `raw` without knowing what they mean; user space, which resolved the
 /// field offsets from the kernel's BTF, decodes them. A group whose copy failed leaves its
-/// bytes zero and clears its bit in `valid_groups`.
+/// bytes zero and clears its bit in `valid_groups`. At the end of a handshake only the groups
+/// the handshake needs are copied (`names::FACTS_HANDSHAKE_GROUPS`: those of the smoothed RTT
+/// and the retransmit count); the other bits are clear there and their facts unknown.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FactsRecord {
@@ -263,6 +265,65 @@ pub struct ResetRecord {
     /// Network byte order; IPv4 in the first 4 bytes.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
+}
+
+/// Bounds of one [`FactGroup`] copy the program accepts: a group of at most `L` bytes (one of
+/// these) starts at most at `FACTS_RAW_LEN - L` in `raw`. The verifier can then prove every copy
+/// stays inside the record from the two bounds of each case alone (it tracks no relation
+/// between them), and user space can still pack `raw` tightly, the largest group first.
+pub const FACT_GROUP_TIERS: [usize; 4] = [8, 16, 64, 160];
+pub const MAX_FACT_GROUP_LEN: usize = 160;
+
+/// Where the fields of a joined tracepoint (`tcp:tcp_retransmit_skb`, ...) live in its raw
+/// record, from its `format` file. An offset of 0 means the event lacks the field (offset 0 is
+/// always `common_type`, never a field the program reads).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JoinLayout {
+    pub skbaddr: u16,
+    pub skaddr: u16,
+    /// `int state`.
+    pub state: u16,
+    /// `int err` (tcp_retransmit_skb, Linux 6.17+).
+    pub err: u16,
+    /// `enum sk_rst_reason reason` (tcp_send_reset, Linux 6.10+).
+    pub reason: u16,
+    /// Host byte order `__u16` ports and family (absent with `sockaddr`).
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    /// `__u8 saddr[4]` / `daddr[4]`, or with `sockaddr` the `__u8 saddr[28]` / `daddr[28]`
+    /// socket address storage (`sockaddr_in` / `sockaddr_in6`: family, network byte order
+    /// port, address).
+    pub saddr: u16,
+    pub daddr: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    /// 1: `saddr`/`daddr` are socket address storage.
+    pub sockaddr: u16,
+    /// Bytes of the record the program copies: the end of the last field it reads.
+    pub record_len: u16,
+    pub _pad: [u16; 2],
+}
+
+/// Offsets in `struct sk_buff` (from BTF) the joined programs read; 0 in `*_ok` means the
+/// kernel lacks the field and the program leaves the value unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkbOffsets {
+    /// `sk_buff.cb` + `tcp_skb_cb.tcp_flags`.
+    pub cb_tcp_flags: u16,
+    /// `sk_buff.cb` + `tcp_skb_cb.tcp_gso_segs` (u16).
+    pub cb_gso_segs: u16,
+    /// `sk_buff.head` (pointer).
+    pub head: u16,
+    /// `sk_buff.transport_header` (u16, offset of the TCP header from `head`).
+    pub transport_header: u16,
+    pub tcp_flags_ok: u8,
+    pub gso_segs_ok: u8,
+    /// `head` and `transport_header` both known: the incoming segment's flags are readable.
+    pub seg_flags_ok: u8,
+    pub _pad: [u8; 5],
 }
 
 /// Where each field of `sock:inet_sock_set_state` lives in the raw tracepoint record, read from
@@ -418,6 +479,44 @@ pub mod names {
     pub const LAYOUT: &str = "LAYOUT";
     pub const FILTER: &str = "FILTER";
     pub const SETTINGS: &str = "SETTINGS";
+    /// `FactGroups`: the socket byte ranges copied into a `FactsRecord`.
+    pub const FACT_GROUPS: &str = "FACT_GROUPS";
+    /// `u32`: bit i set: group i is also copied at the end of a handshake (at a close every
+    /// group is); the others' bits stay clear in `valid_groups` there.
+    pub const FACTS_HANDSHAKE_GROUPS: &str = "FACTS_HANDSHAKE_GROUPS";
+    /// `SkbOffsets`: where the joined programs find a segment's flags and segment count.
+    pub const SKB_OFFSETS: &str = "SKB_OFFSETS";
+    /// The joined programs and their `JoinLayout` globals, in [`JOINED`] order.
+    pub const RETRANSMIT_SKB: &str = "retransmit_skb";
+    pub const RETRANSMIT_SYNACK: &str = "retransmit_synack";
+    pub const SEND_RESET: &str = "send_reset";
+    pub const RECEIVE_RESET: &str = "receive_reset";
+    pub const RETRANSMIT_SKB_LAYOUT: &str = "RETRANSMIT_SKB_LAYOUT";
+    pub const RETRANSMIT_SYNACK_LAYOUT: &str = "RETRANSMIT_SYNACK_LAYOUT";
+    pub const SEND_RESET_LAYOUT: &str = "SEND_RESET_LAYOUT";
+    pub const RECEIVE_RESET_LAYOUT: &str = "RECEIVE_RESET_LAYOUT";
+    /// (program, layout global, tracepoint category, tracepoint name) of each joined program.
+    pub const JOINED: [(&str, &str, &str, &str); 4] = [
+        (
+            RETRANSMIT_SKB,
+            RETRANSMIT_SKB_LAYOUT,
+            "tcp",
+            "tcp_retransmit_skb",
+        ),
+        (
+            RETRANSMIT_SYNACK,
+            RETRANSMIT_SYNACK_LAYOUT,
+            "tcp",
+            "tcp_retransmit_synack",
+        ),
+        (SEND_RESET, SEND_RESET_LAYOUT, "tcp", "tcp_send_reset"),
+        (
+            RECEIVE_RESET,
+            RECEIVE_RESET_LAYOUT,
+            "tcp",
+            "tcp_receive_reset",
+        ),
+    ];
 }
 
 /// Capacity of the per-socket tables in the kernel.
@@ -444,4 +543,6 @@ mod pod {
     unsafe impl aya::Pod for FactGroups {}
     unsafe impl aya::Pod for RetransmitRecord {}
     unsafe impl aya::Pod for ResetRecord {}
+    unsafe impl aya::Pod for JoinLayout {}
+    unsafe impl aya::Pod for SkbOffsets {}
 }

@@ -188,10 +188,10 @@ fn the_same_inputs_as_the_current_version_replay_the_same() {
     let connections = |text: &str| text.split("\n\n").next().unwrap_or("").to_string();
     assert_eq!(connections(&table), connections(&want));
     assert!(table.contains(
-        "kernel: 797662 seen, 797604 filtered, 58 submitted, 0 lost (ringbuf_full 0, hold_failed 0, recursion_misses 0)"
+        "kernel: 797662 seen, 797604 filtered, 58 submitted, 0 lost (ringbuf_full 0, hold_failed 0, recursion_misses 0, facts_ringbuf_full 0, joined_ringbuf_full 0)"
     ), "{table}");
     assert!(table.contains(
-        "kernel tables: deferred 79761, released 0, held_dropped 79761, held 0, owner_update_failed 0"
+        "kernel tables: deferred 79761, released 0, held_dropped 79761, held 0, owner_update_failed 0, facts_submitted 0, joined_seen 0, joined_filtered 0, joined_submitted 0"
     ), "{table}");
     assert!(!table.contains("unknown"), "{table}");
     for c in Counter::ALL {

@@ -58,8 +58,19 @@ const RETRANSMIT_LEN: usize = 64;
 const RESET_LEN: usize = 72;
 /// Most reset reason names a header holds.
 const MAX_REASONS: usize = 256;
-/// The largest record: an event.
-const MAX_RECORD_LEN: usize = RECORD_HEAD_LEN + EVENT_SIZE + CRC_LEN;
+/// The largest payload of any kind (an event or the counters).
+const MAX_PAYLOAD_LEN: usize = if COUNTERS_LEN > EVENT_SIZE {
+    COUNTERS_LEN
+} else {
+    EVENT_SIZE
+};
+const MAX_RECORD_LEN: usize = RECORD_HEAD_LEN + MAX_PAYLOAD_LEN + CRC_LEN;
+const _: () = assert!(
+    FACTS_LEN <= MAX_PAYLOAD_LEN
+        && RETRANSMIT_LEN <= MAX_PAYLOAD_LEN
+        && RESET_LEN <= MAX_PAYLOAD_LEN
+        && MAX_PAYLOAD_LEN <= u16::MAX as usize
+);
 
 /// Record kinds. 0 is never used, so a run of zero bytes (a hole left by a crash) is damage.
 mod kinds {

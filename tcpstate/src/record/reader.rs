@@ -77,7 +77,7 @@ impl<R: Read> RecordReader<R> {
                 K::BadLength {
                     kind,
                     len,
-                    // Payloads are at most EVENT_SIZE bytes.
+                    // Payloads are at most MAX_PAYLOAD_LEN bytes, which fits a u16.
                     expected: expected as u16,
                 },
             ));

@@ -133,7 +133,7 @@ fn record_len(i: &Input) -> usize {
     8 + match i {
         Input::Event(_) => 112,
         Input::Tick { .. } => 8,
-        Input::Counters(_) => 88,
+        Input::Counters(_) => 136,
         Input::Facts(_) => 84,
         Input::Retransmit(_) => 64,
         Input::Reset(_) => 72,
@@ -306,10 +306,10 @@ fn bytes_match_the_documented_layout() {
         .with(Counter::RecursionMisses, 6);
     let mut payload = Vec::new();
     payload.extend(0b11_0011u64.to_le_bytes()); // validity mask, bit i: Counter::ALL[i]
-    for v in [1u64, 2, 0, 0, 0, 6, 0, 0, 0, 0] {
+    for v in [1u64, 2, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] {
         payload.extend(v.to_le_bytes());
     }
-    assert_eq!(payload.len(), 88);
+    assert_eq!(payload.len(), 136);
     let want = documented_bytes(2, &payload);
     let (got, _) = record(
         &documented_header(2),
@@ -353,13 +353,13 @@ fn version_1_recordings_are_read() {
         ]
     );
     // A version-2 length in a version-1 file is damage, not a guess.
-    let wrong = documented_bytes(1, &[0; 88]);
+    let wrong = documented_bytes(1, &[0; 136]);
     let (_, _, err) = read(&wrong).unwrap();
     assert!(matches!(
         err.map(|e| e.kind),
         Some(RecordErrorKind::BadLength {
             kind: 3,
-            len: 88,
+            len: 136,
             expected: 48
         })
     ));

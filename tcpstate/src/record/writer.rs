@@ -83,7 +83,7 @@ fn encode_record(input: &Input, buf: &mut [u8; MAX_RECORD_LEN]) -> usize {
         }
     };
     buf[0..2].copy_from_slice(&kind.to_le_bytes());
-    // Every payload is at most EVENT_SIZE bytes.
+    // Every payload is at most MAX_PAYLOAD_LEN bytes, which fits a u16.
     buf[2..4].copy_from_slice(&(len as u16).to_le_bytes());
     let end = RECORD_HEAD_LEN + len;
     let crc = crc32fast::hash(&buf[..end]);
