@@ -26,6 +26,7 @@ usage:
   tcppeer client --connect ADDR:PORT [--netns NAME] [--count N] [--interval-ms MS]
                  [--send BYTES] [--close-first | --wait-eof | --hold-idle | --trickle-ms MS]
                  [--linger0] [--shutdown-at-mono-ns T] [--timeout-s S] [--syn-retries N]
+                 [--close-after-ms MS]
                  [--keepalive IDLE_S,INTVL_S,CNT] [--user-timeout-ms MS]
 
 server: prints {\"event\":\"listening\",...} once listening, then handles N connections one
@@ -46,6 +47,7 @@ client: connects N times in sequence, each with one blocking connect(), printing
   --trickle-ms MS          write --send BYTES, then 100 bytes every MS until a write fails
                            (e.g. ETIMEDOUT from --user-timeout-ms), bounded by --timeout-s
   --interval-ms MS         pause between connections
+  --close-after-ms MS      wait MS before the close (e.g. so the server has accepted)
   --syn-retries N          TCP_SYNCNT: SYN retransmits before connect() fails (ETIMEDOUT)
 both:
   --linger0                SO_LINGER {on, 0}: the close sends RST instead of FIN
@@ -113,6 +115,7 @@ struct Opts {
     shutdown_at: Option<u64>,
     timeout: Duration,
     hold_idle: bool,
+    close_after: Duration,
     trickle: Option<Duration>,
     syn_retries: Option<i32>,
     keepalive: Option<(i32, i32, i32)>,
@@ -144,6 +147,7 @@ impl Opts {
             shutdown_at: None,
             timeout: Duration::from_secs(10),
             hold_idle: false,
+            close_after: Duration::ZERO,
             trickle: None,
             syn_retries: None,
             keepalive: None,
@@ -181,6 +185,9 @@ impl Opts {
                     o.shutdown_at = Some(parse(flag, value()?)?)
                 }
                 ("--hold-idle", Mode::Client) => o.hold_idle = true,
+                ("--close-after-ms", Mode::Client) => {
+                    o.close_after = Duration::from_millis(parse(flag, value()?)?)
+                }
                 ("--trickle-ms", Mode::Client) => {
                     o.trickle = Some(Duration::from_millis(parse(flag, value()?)?))
                 }
@@ -718,6 +725,9 @@ fn client(o: &Opts) -> Result<(), String> {
             Ok(Some(mut stream)) => {
                 connected_line("connected", &rec);
                 let result = client_steps(o, &mut stream, &mut rec);
+                if result.is_ok() && !o.close_after.is_zero() {
+                    std::thread::sleep(o.close_after);
+                }
                 close(stream, &mut rec);
                 if let Err(e) = result {
                     rec.error = Some(e.to_string());
