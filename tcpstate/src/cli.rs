@@ -24,6 +24,35 @@ pub enum Command {
     Trace(Box<TraceArgs>),
     /// Rebuild the output of a recording made with `trace --record` (no root needed).
     Replay(ReplayArgs),
+    /// Print a shell completion script: `tcpstate completions bash > /etc/bash_completion.d/tcpstate`.
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+impl CompletionsArgs {
+    /// Writes the completion script for the whole command line.
+    pub fn write(&self, out: &mut dyn std::io::Write) {
+        use clap::CommandFactory;
+        let shell = match self.shell {
+            Shell::Bash => clap_complete::Shell::Bash,
+            Shell::Zsh => clap_complete::Shell::Zsh,
+            Shell::Fish => clap_complete::Shell::Fish,
+        };
+        clap_complete::generate(shell, &mut Cli::command(), "tcpstate", out);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

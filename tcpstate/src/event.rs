@@ -2,30 +2,18 @@
 
 use std::{
     borrow::Cow,
-    fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 pub use tcpstate_common::Event;
 use tcpstate_common::{state, AF_INET, EVENT_SIZE};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// The ring buffer or a file handed over a record of the wrong size.
+    #[error("event record has {got} bytes, expected {EVENT_SIZE}")]
     Size { got: usize },
 }
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DecodeError::Size { got } => {
-                write!(f, "event record has {got} bytes, expected {EVENT_SIZE}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for DecodeError {}
 
 /// Reads one event from its raw bytes (any alignment).
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {

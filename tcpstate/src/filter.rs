@@ -12,38 +12,22 @@ use std::{
 
 use tcpstate_common::{filter_flags, port_bits, Filter, ADDRS_MAX, PIDS_MAX, TASK_COMM_LEN};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
+    #[error("invalid port {0:?}: expected a number 1-65535 or a range like 8000-8010")]
     Port(String),
+    #[error("invalid pid {0:?}: expected a positive number")]
     Pid(String),
+    #[error("invalid address {0:?}: expected an IP address or CIDR like 10.0.0.0/8 or fd00::/8")]
     Cidr(String),
+    #[error(
+        "invalid command name {0:?}: expected 1-{max} bytes (the kernel's comm length)",
+        max = TASK_COMM_LEN - 1
+    )]
     Comm(String),
+    #[error("too many {what}: at most {max}")]
     TooMany { what: &'static str, max: u32 },
 }
-
-impl fmt::Display for FilterError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FilterError::Port(s) => write!(
-                f,
-                "invalid port {s:?}: expected a number 1-65535 or a range like 8000-8010"
-            ),
-            FilterError::Pid(s) => write!(f, "invalid pid {s:?}: expected a positive number"),
-            FilterError::Cidr(s) => write!(
-                f,
-                "invalid address {s:?}: expected an IP address or CIDR like 10.0.0.0/8 or fd00::/8"
-            ),
-            FilterError::Comm(s) => write!(
-                f,
-                "invalid command name {s:?}: expected 1-{} bytes (the kernel's comm length)",
-                TASK_COMM_LEN - 1
-            ),
-            FilterError::TooMany { what, max } => write!(f, "too many {what}: at most {max}"),
-        }
-    }
-}
-
-impl std::error::Error for FilterError {}
 
 /// A CIDR block; IPv4 is kept as IPv4-mapped IPv6 so one trie serves both families.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

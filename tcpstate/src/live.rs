@@ -224,21 +224,14 @@ fn write_counters_json(path: &Path, c: &KernelCounters, delivered: u64) -> io::R
     fs::write(path, format!("{value}\n"))
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum LoopError {
+    #[error(transparent)]
     Output(OutputError),
+    #[error("writing {0}: {desc}", desc = describe_io(.1))]
     Record(std::path::PathBuf, io::Error),
+    #[error(transparent)]
     Io(io::Error),
-}
-
-impl std::fmt::Display for LoopError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LoopError::Output(e) => e.fmt(f),
-            LoopError::Record(p, e) => write!(f, "writing {}: {}", p.display(), describe_io(e)),
-            LoopError::Io(e) => e.fmt(f),
-        }
-    }
 }
 
 type Recorder = Option<(std::path::PathBuf, RecordWriter<fs::File>)>;

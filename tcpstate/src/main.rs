@@ -8,6 +8,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Trace(args) => trace(args),
         Command::Replay(args) => tcpstate::replay::run(args),
+        Command::Completions(args) => completions(args),
     };
     match result {
         Ok(0) => ExitCode::SUCCESS,
@@ -17,6 +18,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn completions(args: &tcpstate::cli::CompletionsArgs) -> anyhow::Result<i32> {
+    let mut out = std::io::stdout().lock();
+    args.write(&mut out);
+    std::io::Write::flush(&mut out)?;
+    Ok(0)
 }
 
 #[cfg(feature = "kernel")]

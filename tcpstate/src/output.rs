@@ -1,6 +1,6 @@
 //! Connects the command-line output flags to the pipeline and maps write errors.
 
-use std::{fmt, io};
+use std::io;
 
 use crate::{
     cli::{OutputArgs, OutputFormat},
@@ -8,13 +8,16 @@ use crate::{
     pipeline::{ClockBase, Format, Mode, OutputConfig, Pipeline, TimeColumn},
 };
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     /// The reader went away (`| head`): a normal way to stop.
+    #[error("output closed")]
     Closed,
+    #[error("writing output: {0}")]
     Io(io::Error),
 }
 
+// By hand, not #[from]: a broken pipe is the reader leaving, not an I/O failure.
 impl From<io::Error> for OutputError {
     fn from(e: io::Error) -> Self {
         if e.kind() == io::ErrorKind::BrokenPipe {
@@ -24,17 +27,6 @@ impl From<io::Error> for OutputError {
         }
     }
 }
-
-impl fmt::Display for OutputError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            OutputError::Closed => write!(f, "output closed"),
-            OutputError::Io(e) => write!(f, "writing output: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for OutputError {}
 
 fn ms_to_ns(ms: f64) -> u64 {
     (ms * 1e6).round() as u64

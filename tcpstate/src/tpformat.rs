@@ -3,8 +3,6 @@
 //! Offsets are never hard-coded: `sock:inet_sock_set_state` changed layout in Linux 5.6
 //! (`protocol` grew from one byte to two and every address moved).
 
-use std::fmt;
-
 use tcpstate_common::{Layout, MAX_RECORD_LEN};
 
 /// One `field:` line of a format file.
@@ -16,46 +14,24 @@ pub struct Field {
     pub size: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
     /// A `field:` line that does not have the `offset:N; size:N;` shape.
-    Malformed {
-        line: usize,
-        text: String,
-    },
+    #[error("line {line} is not a field description: {text:?}")]
+    Malformed { line: usize, text: String },
+    #[error("field `{0}` is missing")]
     Missing(&'static str),
+    #[error("field `{field}` has size {size}, expected one of {expected:?}")]
     BadSize {
         field: &'static str,
         size: usize,
         expected: &'static [usize],
     },
-    TooLong {
-        field: &'static str,
-        end: usize,
-    },
+    #[error(
+        "field `{field}` ends at byte {end}, beyond the {MAX_RECORD_LEN} bytes the program reads"
+    )]
+    TooLong { field: &'static str, end: usize },
 }
-
-impl fmt::Display for FormatError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FormatError::Malformed { line, text } => {
-                write!(f, "line {line} is not a field description: {text:?}")
-            }
-            FormatError::Missing(name) => write!(f, "field `{name}` is missing"),
-            FormatError::BadSize {
-                field,
-                size,
-                expected,
-            } => write!(f, "field `{field}` has size {size}, expected one of {expected:?}"),
-            FormatError::TooLong { field, end } => write!(
-                f,
-                "field `{field}` ends at byte {end}, beyond the {MAX_RECORD_LEN} bytes the program reads"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for FormatError {}
 
 /// Reads every `field:` line; other lines (name, ID, print fmt) are ignored.
 pub fn parse_fields(text: &str) -> Result<Vec<Field>, FormatError> {

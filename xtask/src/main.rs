@@ -1,6 +1,7 @@
 //! Build, run and test automation: `cargo xtask <command>`.
 
 mod bench;
+mod man;
 mod msrv;
 mod setup;
 mod toolchain;
@@ -32,6 +33,9 @@ enum Cmd {
     /// Measure what tracing costs: loopback connection storm, untraced vs traced
     /// (docs/benchmark.md).
     Bench(bench::BenchArgs),
+    /// Write man pages generated from the CLI definition to target/man (tcpstate.1 and one page
+    /// per subcommand).
+    Man,
     /// Fail if Cargo.lock (or fuzz/Cargo.lock) resolves a package whose rust-version is newer
     /// than the compilers the project is built with.
     CheckMsrv,
@@ -95,6 +99,12 @@ fn main() -> Result<()> {
             })?;
             std::process::exit(s.code().unwrap_or(1));
         }
+        Cmd::Man => {
+            let dir = std::env::current_dir()?.join("target/man");
+            for page in man::write_pages(&dir)? {
+                println!("{}", page.display());
+            }
+        }
         Cmd::Bench(args) => {
             setup::ensure()?;
             bench::run(&args)?;
@@ -102,6 +112,7 @@ fn main() -> Result<()> {
         Cmd::CheckMsrv => msrv::run()?,
         Cmd::Test { args } => {
             setup::ensure()?;
+            setup::ensure_test_tools()?;
             msrv::run()?;
             if !is_root() {
                 eprintln!(

@@ -33,8 +33,21 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Debian packages the test suite uses beyond the build: shells whose completion scripts are
+/// loaded, and man to render the generated pages.
+const TEST_PACKAGES: &[&str] = &["zsh", "fish", "man-db"];
+
+/// Installs what `cargo xtask test` needs beyond the build (idempotent).
+pub fn ensure_test_tools() -> Result<()> {
+    install_packages(TEST_PACKAGES, "the tests")
+}
+
 fn install_debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+    install_packages(DEBIAN_PACKAGES, "the eBPF build")
+}
+
+fn install_packages(packages: &[&str], purpose: &str) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -45,7 +58,7 @@ fn install_debian_packages() -> Result<()> {
         })
         .collect();
     if missing.is_empty() {
-        say("Debian packages for the eBPF build are installed");
+        say(&format!("Debian packages for {purpose} are installed"));
         return Ok(());
     }
     if !is_root() {

@@ -2,7 +2,7 @@
 
 use std::{
     ffi::CString,
-    fmt, fs, io,
+    fs, io,
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -11,41 +11,23 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 pub const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 const EVENT_DIR: &str = "events/sock/inet_sock_set_state";
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum EnvError {
+    #[error("tracing needs root (or CAP_BPF and CAP_PERFMON): run it with sudo")]
     NotPrivileged,
+    #[error(
+        "tracefs is not mounted and could not be mounted ({0}): mount it with \
+         `mount -t tracefs tracefs {TRACEFS}`"
+    )]
     NoTracefs(String),
+    #[error(
+        "this kernel has no sock:inet_sock_set_state tracepoint ({0} is missing): \
+         Linux 4.16 or newer with CONFIG_TRACEPOINTS is needed"
+    )]
     NoTracepoint(PathBuf),
+    #[error("kernel {0} has no BPF ring buffer: tcpstate needs Linux 5.8 or newer")]
     KernelTooOld(String),
 }
-
-impl fmt::Display for EnvError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EnvError::NotPrivileged => write!(
-                f,
-                "tracing needs root (or CAP_BPF and CAP_PERFMON): run it with sudo"
-            ),
-            EnvError::NoTracefs(why) => write!(
-                f,
-                "tracefs is not mounted and could not be mounted ({why}): mount it with \
-                 `mount -t tracefs tracefs {TRACEFS}`"
-            ),
-            EnvError::NoTracepoint(p) => write!(
-                f,
-                "this kernel has no sock:inet_sock_set_state tracepoint ({} is missing): \
-                 Linux 4.16 or newer with CONFIG_TRACEPOINTS is needed",
-                p.display()
-            ),
-            EnvError::KernelTooOld(rel) => write!(
-                f,
-                "kernel {rel} has no BPF ring buffer: tcpstate needs Linux 5.8 or newer"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for EnvError {}
 
 /// Effective capabilities of this process, from /proc/self/status.
 fn effective_caps() -> u64 {

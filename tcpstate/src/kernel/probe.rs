@@ -5,7 +5,6 @@
 //! nothing is pinned: dropping the probe, or the process dying for any reason, detaches it.
 
 use std::{
-    fmt,
     os::fd::{AsFd, AsRawFd, RawFd},
     path::PathBuf,
 };
@@ -60,39 +59,20 @@ impl Default for ProbeOptions {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    Env(EnvError),
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error(
+        "unexpected layout of {0}: {1}; this kernel's sock:inet_sock_set_state is not supported"
+    )]
     Format(PathBuf, FormatError),
+    #[error("loading the eBPF program failed: {0}")]
     Load(String),
+    #[error("attaching to sock:inet_sock_set_state failed: {0}")]
     Attach(String),
+    #[error("eBPF map {0}: {1}")]
     Map(&'static str, String),
-}
-
-impl fmt::Display for ProbeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ProbeError::Env(e) => e.fmt(f),
-            ProbeError::Format(p, e) => write!(
-                f,
-                "unexpected layout of {}: {e}; this kernel's sock:inet_sock_set_state is not supported",
-                p.display()
-            ),
-            ProbeError::Load(e) => write!(f, "loading the eBPF program failed: {e}"),
-            ProbeError::Attach(e) => {
-                write!(f, "attaching to sock:inet_sock_set_state failed: {e}")
-            }
-            ProbeError::Map(name, e) => write!(f, "eBPF map {name}: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ProbeError {}
-
-impl From<EnvError> for ProbeError {
-    fn from(e: EnvError) -> Self {
-        ProbeError::Env(e)
-    }
 }
 
 /// Loaded, configured and attached.

@@ -1,7 +1,6 @@
 //! Creating the file a trace records into.
 
 use std::{
-    fmt,
     fs::{self, File, OpenOptions, Permissions},
     io,
     os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
@@ -11,41 +10,17 @@ use std::{
 /// Recordings name processes and addresses: only their owner may read them.
 const MODE: u32 = 0o600;
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum CreateError {
+    #[error("{0} exists (use --force to overwrite)")]
     Exists(PathBuf),
+    #[error("{0} is a symlink; refusing to follow it")]
     Symlink(PathBuf),
     /// Overwriting would also change the file under its other names.
+    #[error("{0} has other hard links; refusing to overwrite it")]
     HardLinked(PathBuf),
-    Io(PathBuf, io::Error),
-}
-
-impl fmt::Display for CreateError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CreateError::Exists(p) => {
-                write!(f, "{} exists (use --force to overwrite)", p.display())
-            }
-            CreateError::Symlink(p) => {
-                write!(f, "{} is a symlink; refusing to follow it", p.display())
-            }
-            CreateError::HardLinked(p) => write!(
-                f,
-                "{} has other hard links; refusing to overwrite it",
-                p.display()
-            ),
-            CreateError::Io(p, e) => write!(f, "cannot create {}: {e}", p.display()),
-        }
-    }
-}
-
-impl std::error::Error for CreateError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            CreateError::Io(_, e) => Some(e),
-            _ => None,
-        }
-    }
+    #[error("cannot create {0}: {1}")]
+    Io(PathBuf, #[source] io::Error),
 }
 
 fn is_symlink(path: &Path) -> bool {

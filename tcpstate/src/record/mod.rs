@@ -8,7 +8,6 @@
 //! naming the byte offset where the damage starts; a file that ends exactly after a record is a
 //! complete (possibly cut short) recording, one that ends inside a record is an error.
 
-mod crc32;
 mod file;
 mod reader;
 mod writer;

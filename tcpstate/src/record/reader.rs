@@ -5,11 +5,9 @@ use std::io::{self, BufReader, ErrorKind, Read};
 use tcpstate_common::EVENT_SIZE;
 
 use super::{
-    counters_from_bytes,
-    crc32::{crc32, Crc32},
-    event_le, kinds, payload_len, Header, RecordError, RecordErrorKind as K, CLOCK, COUNTERS_LEN,
-    CRC_LEN, FIXED_HEADER_LEN, FORMAT_VERSION, MAGIC, MAX_HEADER_BODY, MAX_RECORD_LEN,
-    RECORD_HEAD_LEN,
+    counters_from_bytes, event_le, kinds, payload_len, Header, RecordError, RecordErrorKind as K,
+    CLOCK, COUNTERS_LEN, CRC_LEN, FIXED_HEADER_LEN, FORMAT_VERSION, MAGIC, MAX_HEADER_BODY,
+    MAX_RECORD_LEN, RECORD_HEAD_LEN,
 };
 use crate::{event, input::Input};
 
@@ -143,7 +141,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 fn check_crc(at: u64, data: &[u8], stored: &[u8]) -> Result<(), RecordError> {
     let stored = u32::from_le_bytes(array(stored));
-    let computed = crc32(data);
+    let computed = crc32fast::hash(data);
     if stored != computed {
         return Err(RecordError::new(at, K::BadChecksum { stored, computed }));
     }
@@ -198,10 +196,10 @@ fn read_header(r: &mut impl Read) -> Result<(Header, u64), RecordError> {
     }
     let (body, stored) = rest.split_at(body_len);
     let computed = {
-        let mut c = Crc32::new();
+        let mut c = crc32fast::Hasher::new();
         c.update(&fixed);
         c.update(body);
-        c.finish()
+        c.finalize()
     };
     let stored = u32::from_le_bytes(array(stored));
     if stored != computed {

@@ -173,19 +173,19 @@ fn bytes_match_the_documented_layout() {
     want.extend(b"\x04\x006.18");
     want.extend(b"\x0f\x00CLOCK_MONOTONIC");
     want.extend(b"\x01\x00x");
-    let crc = crc32::crc32(&want);
+    let crc = crc32fast::hash(&want);
     want.extend(crc.to_le_bytes());
     let tick_at = want.len();
     want.extend([2, 0, 8, 0]); // kind 2 (tick), 8 bytes
     want.extend(0x1122_3344_5566_7788u64.to_le_bytes());
-    let crc = crc32::crc32(&want[tick_at..]);
+    let crc = crc32fast::hash(&want[tick_at..]);
     want.extend(crc.to_le_bytes());
     let counters_at = want.len();
     want.extend([3, 0, 48, 0]);
     for v in 1..=6u64 {
         want.extend(v.to_le_bytes());
     }
-    let crc = crc32::crc32(&want[counters_at..]);
+    let crc = crc32fast::hash(&want[counters_at..]);
     want.extend(crc.to_le_bytes());
     let event_at = want.len();
     want.extend([1, 0, 112, 0]);
@@ -215,7 +215,7 @@ fn bytes_match_the_documented_layout() {
     payload.extend([0; 8]); // owner_source, padding
     assert_eq!(payload.len(), 112);
     want.extend(payload);
-    let crc = crc32::crc32(&want[event_at..]);
+    let crc = crc32fast::hash(&want[event_at..]);
     want.extend(crc.to_le_bytes());
 
     let counters = KernelCounters {
@@ -340,7 +340,7 @@ fn a_damaged_record_names_its_offset() {
 fn unknown_kinds_and_zero_runs_are_damage() {
     let (mut bytes, bounds) = record(&header(), &inputs()[..1]);
     let mut rec = vec![9, 0, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8];
-    let crc = crc32::crc32(&rec);
+    let crc = crc32fast::hash(&rec);
     rec.extend(crc.to_le_bytes());
     bytes.extend(&rec);
     let (_, got, err) = read(&bytes).unwrap();
@@ -450,7 +450,7 @@ fn a_header_with_a_valid_checksum_but_bad_content_is_refused() {
         .unwrap();
     bytes[clock_at..clock_at + CLOCK.len()].copy_from_slice(b"CLOCK_BOOTTIME\0");
     let body_end = bytes.len() - 4;
-    let crc = crc32::crc32(&bytes[..body_end]);
+    let crc = crc32fast::hash(&bytes[..body_end]);
     bytes[body_end..].copy_from_slice(&crc.to_le_bytes());
     let err = read(&bytes).unwrap_err();
     assert!(matches!(err.kind, RecordErrorKind::BadHeader(_)));
@@ -553,4 +553,15 @@ fn offset_advances_record_by_record() {
         assert_eq!(reader.offset(), *end as u64);
     }
     assert!(reader.next().is_none());
+}
+
+/// The format's CRC is CRC-32/ISO-HDLC (zlib's, `docs/record-format.md`): pin the crate to it.
+#[test]
+fn crc_is_zlib_crc32() {
+    assert_eq!(crc32fast::hash(b"123456789"), 0xCBF4_3926);
+    assert_eq!(crc32fast::hash(b""), 0);
+    let mut c = crc32fast::Hasher::new();
+    c.update(b"1234");
+    c.update(b"56789");
+    assert_eq!(c.finalize(), 0xCBF4_3926);
 }

@@ -5,8 +5,8 @@ use std::io::{self, BufWriter, Write};
 use tcpstate_common::EVENT_SIZE;
 
 use super::{
-    counters_to_bytes, crc32::Crc32, event_le, kinds, Header, CLOCK, CRC_LEN, FIXED_HEADER_LEN,
-    FORMAT_VERSION, MAGIC, MAX_RECORD_LEN, RECORD_HEAD_LEN,
+    counters_to_bytes, event_le, kinds, Header, CLOCK, CRC_LEN, FIXED_HEADER_LEN, FORMAT_VERSION,
+    MAGIC, MAX_RECORD_LEN, RECORD_HEAD_LEN,
 };
 use crate::{event, input::Input};
 
@@ -75,9 +75,8 @@ fn encode_record(input: &Input, buf: &mut [u8; MAX_RECORD_LEN]) -> usize {
     // Every payload is at most EVENT_SIZE bytes.
     buf[2..4].copy_from_slice(&(len as u16).to_le_bytes());
     let end = RECORD_HEAD_LEN + len;
-    let mut crc = Crc32::new();
-    crc.update(&buf[..end]);
-    buf[end..end + CRC_LEN].copy_from_slice(&crc.finish().to_le_bytes());
+    let crc = crc32fast::hash(&buf[..end]);
+    buf[end..end + CRC_LEN].copy_from_slice(&crc.to_le_bytes());
     end + CRC_LEN
 }
 
@@ -112,8 +111,7 @@ pub(super) fn encode_header(h: &Header) -> Vec<u8> {
     // At most MAX_HEADER_BODY bytes: the strings are clipped.
     let body_len = (out.len() - FIXED_HEADER_LEN) as u32;
     out[12..16].copy_from_slice(&body_len.to_le_bytes());
-    let mut crc = Crc32::new();
-    crc.update(&out);
-    out.extend_from_slice(&crc.finish().to_le_bytes());
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
     out
 }

@@ -4,6 +4,12 @@
 //! bytes per bucket, so about eight bytes per tracked connection, where a `HashMap<u64, u32>`
 //! would spend about thirty-four. Keys live in the slab; callers pass closures that compare a
 //! slot's key or recompute its hash.
+//!
+//! Not `hashbrown::HashTable<u32>`, measured as its replacement: a bucket there is the slot plus a
+//! control byte, five bytes at the same power-of-two bucket count, so a full default table costs
+//! 260 bytes per connection (the bound is 256); and with evictions at full occupancy its
+//! tombstones make it double a table (270 bytes after 4M evicting inserts). It was faster there
+//! (about 200 against 440 ns per evicting insert), since its tags spare most visits to the slab.
 
 const EMPTY: u32 = u32::MAX;
 const MIN_BUCKETS: usize = 16;

@@ -143,6 +143,16 @@ pub fn tracepoint_prog_stats(pid: u32) -> Result<ProgStats> {
     Ok(total)
 }
 
+/// Whether a process holds a BPF link: libbpf attaches a tracepoint program through one, so
+/// it shows that a libbpf tool, which prints nothing then, has attached.
+pub fn holds_bpf_link(pid: u32) -> bool {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    dir.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .any(|target| target == Path::new("anon_inode:bpf_link"))
+}
+
 /// Other processes holding tracepoint BPF programs, as (pid, comm): another tracer on
 /// `inet_sock_set_state` would trace the storm too, untraced rounds included.
 pub fn other_tracepoint_holders() -> Vec<(u32, String)> {

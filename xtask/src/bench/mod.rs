@@ -13,14 +13,17 @@ mod tracer;
 
 use std::{
     fs,
+    os::fd::AsFd,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Duration,
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 
-use storm::{Storm, StormConfig};
+use storm::{Shape, Storm, StormConfig};
 use tracer::{Config, Tools};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -31,7 +34,10 @@ pub struct BenchArgs {
     /// Seconds of storm per round
     #[arg(long, default_value_t = 3.0)]
     pub seconds: f64,
-    /// Storm threads [default: one per CPU]
+    /// Storm shapes to run, comma separated [default: loopback,epoll]
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub storm: Vec<Shape>,
+    /// Storm threads (the epoll storm's client threads) [default: one per CPU]
     #[arg(long)]
     pub workers: Option<usize>,
     /// Configurations to measure, comma separated [default: all that can run here]
@@ -63,6 +69,45 @@ const SOURCES: u8 = 32;
 /// Set for the release build of xtask that `run` starts, so it does not start another.
 const RELEASE_CHILD_ENV: &str = "TCPSTATE_BENCH_RELEASE";
 
+/// Longest wait for apt-get to install bpftrace.
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Set by SIGINT or SIGTERM: the benchmark stops at the next check, and its guards stop and
+/// reap every process it started, remove its files and unmount what it mounted.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    // An atomic store is async-signal-safe.
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Turns Ctrl-C and SIGTERM into [`INTERRUPTED`] rather than an exit that would leave tracers
+/// to the parent-death signal and the scratch directory behind.
+fn catch_interrupts() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe {
+            libc::signal(
+                signal,
+                on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            )
+        };
+    }
+}
+
+/// Whether the benchmark was asked to stop.
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// An error once the benchmark was asked to stop.
+pub(crate) fn check_interrupted() -> Result<()> {
+    if interrupted() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
     // `cargo xtask` is a debug build; the storm generator and above all the engine benchmark
     // must run optimised, and the engine benchmark needs the tcpstate library linked in.
@@ -74,6 +119,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.engine {
         return engine::run(args.engine_connections);
     }
+    catch_interrupts();
     if !(args.seconds.is_finite() && args.seconds > 0.0 && args.seconds <= 600.0) {
         bail!("--seconds must be in (0, 600]");
     }
@@ -87,12 +133,25 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .clamp(1, 64);
     let tools = find_tools(args)?;
     warn_other_tracers();
-    let storm = Storm::new(StormConfig {
-        workers,
-        ports_per_worker: PORTS_PER_WORKER,
-        sources: SOURCES,
-    })
-    .context("creating the storm's listeners")?;
+    let mut shapes: Vec<Shape> = Vec::new();
+    for &shape in if args.storm.is_empty() {
+        &Shape::ALL[..]
+    } else {
+        &args.storm[..]
+    } {
+        if !shapes.contains(&shape) {
+            shapes.push(shape);
+        }
+    }
+    let new_storm = |shape: Shape| {
+        Storm::new(StormConfig {
+            shape,
+            workers,
+            ports_per_worker: PORTS_PER_WORKER,
+            sources: SOURCES,
+        })
+        .context("creating the storm's listeners")
+    };
     let scratch = Scratch::create()?;
 
     if let Some(minutes) = args.soak {
@@ -102,6 +161,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         if let Some(why) = tools.unavailable(Config::Connections) {
             bail!("--soak needs the tcpstate tracer: {why}");
         }
+        // The soak runs one storm: the first one asked for (loopback by default).
+        let storm = new_storm(shapes[0])?;
         return soak::run(
             &storm,
             &tools,
@@ -123,7 +184,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             None => {}
         }
     }
-    let _tracefs = if configs.contains(&Config::Bpftrace) {
+    let _tracefs = if configs.iter().any(|c| c.needs_bpftrace()) {
         Some(tracer::TracefsMount::ensure()?)
     } else {
         None
@@ -148,26 +209,47 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         scratch: scratch.path(),
     };
     eprintln!(
-        "bench: {} rounds of {:.1} s, {} configurations, about {:.0} s",
+        "bench: {} storm shapes ({}), {} rounds of {:.1} s each, {} configurations, about {:.0} s",
+        shapes.len(),
+        shapes
+            .iter()
+            .map(|s| s.key())
+            .collect::<Vec<_>>()
+            .join(", "),
         plan.rounds,
         args.seconds,
         configs.len(),
-        (plan.rounds * (configs.len() + 1) + 1) as f64 * (args.seconds + 0.5)
+        shapes.len() as f64 * (plan.rounds * (configs.len() + 1) + 1) as f64 * (args.seconds + 0.5)
     );
     warn_busy();
-    let m = rounds::run(&storm, &plan)?;
-    drop(storm);
+    // Each shape runs its own untraced and traced rounds: its ratios are against its own
+    // untraced rounds, measured in the same run.
+    let mut results = Vec::with_capacity(shapes.len());
+    for &shape in &shapes {
+        let storm = new_storm(shape)?;
+        eprintln!("bench: {}", storm.describe());
+        let m = rounds::run(&storm, &plan)?;
+        let untraced = report::untraced_rate(&m);
+        let summaries: Vec<_> = configs
+            .iter()
+            .filter_map(|&c| report::summarize(&m, c))
+            .collect();
+        results.push((shape, storm.describe(), untraced, summaries));
+    }
     warn_other_tracers();
 
-    let untraced = report::untraced_rate(&m);
-    let summaries: Vec<_> = configs
+    for (_, describe, untraced, summaries) in &results {
+        report::print_table(describe, *untraced, args.seconds, summaries);
+    }
+    let storms: Vec<serde_json::Value> = results
         .iter()
-        .filter_map(|&c| report::summarize(&m, c))
+        .map(|(shape, _, untraced, summaries)| {
+            report::to_json(shape.key(), *untraced, workers, args.seconds, summaries)
+        })
         .collect();
-    report::print_table(untraced, workers, args.seconds, &summaries);
     println!(
         "{}",
-        report::to_json(untraced, workers, args.seconds, &summaries)
+        serde_json::json!({ "bench": "storm", "storms": storms })
     );
     Ok(())
 }
@@ -212,6 +294,9 @@ fn cargo() -> Command {
 /// Runs this same xtask command again from a release build with the `engine` feature.
 fn rerun_in_release() -> Result<()> {
     eprintln!("bench: running from a release build of xtask (features: engine)");
+    // This process only waits: after a Ctrl-C it must outlive the release build, which stops
+    // promptly and cleans up.
+    catch_interrupts();
     let status = cargo()
         .args([
             "run",
@@ -228,6 +313,7 @@ fn rerun_in_release() -> Result<()> {
         .env(RELEASE_CHILD_ENV, "1")
         .status()
         .context("running cargo run --release -p xtask")?;
+    check_interrupted()?;
     if !status.success() {
         bail!("the release build of the benchmark failed ({status})");
     }
@@ -235,7 +321,12 @@ fn rerun_in_release() -> Result<()> {
 }
 
 fn find_tools(args: &BenchArgs) -> Result<Tools> {
-    let bpftrace = tracer::which("bpftrace");
+    let wants_bpftrace = args.soak.is_none()
+        && (args.config.is_empty() || args.config.iter().any(|c| c.needs_bpftrace()));
+    let mut bpftrace = tracer::which("bpftrace");
+    if bpftrace.is_none() && wants_bpftrace {
+        bpftrace = install_bpftrace();
+    }
     let needs_tcpstate = args.soak.is_some()
         || args.config.is_empty()
         || args.config.iter().any(|c| c.is_tcpstate());
@@ -248,7 +339,74 @@ fn find_tools(args: &BenchArgs) -> Result<Tools> {
         };
         tracer::supports_counters_json(&bin)?.then_some(bin)
     };
-    Ok(Tools { tcpstate, bpftrace })
+    Ok(Tools {
+        tcpstate,
+        bpftrace,
+        tcpstates: tracer::find_libbpf_tool("tcpstates"),
+        tcplife: tracer::find_libbpf_tool("tcplife"),
+    })
+}
+
+/// Installs Debian's bpftrace, which the floor, the second-tracer and the bpftrace
+/// configurations need; says why not, and returns `None`, when it cannot.
+fn install_bpftrace() -> Option<PathBuf> {
+    let give_up = |why: &str| {
+        eprintln!(
+            "bench: bpftrace is not installed and could not be installed ({why}): the empty-program \
+             floor, the second-tracer and the bpftrace configurations are skipped; install it \
+             with `apt-get install bpftrace`"
+        );
+        None
+    };
+    if tracer::which("apt-get").is_none() {
+        return give_up("no apt-get on this system");
+    }
+    eprintln!("bench: bpftrace is not installed: apt-get install -y bpftrace");
+    let install = || {
+        let mut cmd = Command::new("apt-get");
+        cmd.args(["install", "-y", "-q", "bpftrace"])
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        run_bounded(cmd, INSTALL_TIMEOUT)
+    };
+    // A fresh machine may have no package lists yet: update them once and retry.
+    let mut result = install();
+    if result.is_err() {
+        let mut update = Command::new("apt-get");
+        update.args(["update", "-q"]);
+        result = run_bounded(update, INSTALL_TIMEOUT).and_then(|()| install());
+    }
+    match result {
+        Ok(()) => match tracer::which("bpftrace") {
+            Some(path) => Some(path),
+            None => give_up("apt-get succeeded but bpftrace is not on PATH"),
+        },
+        Err(e) => give_up(&format!("{e:#}")),
+    }
+}
+
+/// Runs `cmd` (its output to this process's stderr) and kills it if it takes longer than
+/// `timeout`.
+fn run_bounded(mut cmd: Command, timeout: Duration) -> Result<()> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(std::io::stderr().as_fd().try_clone_to_owned()?))
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!("{cmd:?} failed ({status})");
+            }
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{cmd:?} did not finish within {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn workspace_root() -> PathBuf {

@@ -37,10 +37,24 @@ pub struct Summary {
     /// Program runs the tracer counted (background TCP traffic of the host included).
     pub seen: Option<u64>,
     pub deferred: u64,
+    /// Events recovered by a rescue program, all rounds.
+    pub rescued: u64,
     /// expected − delivered − lost − filtered: events nobody accounts for (negative when other
-    /// TCP traffic of the host was traced too).
-    pub unaccounted: i64,
+    /// TCP traffic of the host was traced too); `None` for tracers that do not report every
+    /// event (the empty program, tcplife).
+    pub unaccounted: Option<i64>,
     pub output_bytes_per_event: f64,
+    /// Each round in the order run: what was lost and rescued.
+    pub per_round: Vec<RoundLosses>,
+}
+
+/// What one traced round lost and rescued.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoundLosses {
+    pub ratio: f64,
+    pub drops: u64,
+    pub recursion_misses: Option<u64>,
+    pub rescued: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -88,6 +102,7 @@ pub fn summarize(m: &Measurements, config: Config) -> Option<Summary> {
     let mut ratios = Vec::with_capacity(rounds.len());
     let mut extra_cpu = Vec::with_capacity(rounds.len());
     let mut extra_own = Vec::with_capacity(rounds.len());
+    let mut per_round = Vec::with_capacity(rounds.len());
     for t in &rounds {
         let around: Vec<&UntracedRound> = bracket(m, t).collect();
         let n = around.len().max(1) as f64;
@@ -102,7 +117,14 @@ pub fn summarize(m: &Measurements, config: Config) -> Option<Summary> {
             .map(|u| cpu_ns_per_connection(u.storm_ticks, &u.storm))
             .sum::<f64>()
             / n;
-        ratios.push(t.storm.per_second() / base_rate);
+        let ratio = t.storm.per_second() / base_rate;
+        ratios.push(ratio);
+        per_round.push(RoundLosses {
+            ratio,
+            drops: t.counts.buffer_full,
+            recursion_misses: t.recursion_misses(),
+            rescued: t.rescued,
+        });
         extra_cpu.push(
             (cpu_ns_per_connection(t.busy_ticks, &t.storm) - base_cpu)
                 / EVENTS_PER_CONNECTION as f64,
@@ -120,12 +142,7 @@ pub fn summarize(m: &Measurements, config: Config) -> Option<Summary> {
     let secs: f64 = rounds.iter().map(|t| t.storm.elapsed.as_secs_f64()).sum();
     let delivered = sum(&|t| t.counts.delivered);
     let buffer_full = sum(&|t| t.counts.buffer_full);
-    // The tracer's own count when it has one, else what the kernel says about its program.
-    let recursion_misses = sum_opt(&|t| {
-        t.counts
-            .recursion_misses
-            .or(t.prog.map(|p| p.recursion_misses))
-    });
+    let recursion_misses = sum_opt(&|t| t.recursion_misses());
     let filtered = sum(&|t| t.counts.filtered);
     let per_event = |total: f64| {
         if expected > 0 {
@@ -160,8 +177,12 @@ pub fn summarize(m: &Measurements, config: Config) -> Option<Summary> {
         filtered,
         seen: sum_opt(&|t| t.counts.seen),
         deferred: sum(&|t| t.counts.deferred),
-        unaccounted: expected as i64 - accounted as i64,
+        rescued: sum(&|t| t.rescued),
+        unaccounted: config
+            .accounts_events()
+            .then(|| expected as i64 - accounted as i64),
         output_bytes_per_event: per_event(sum(&|t| t.counts.output_bytes) as f64),
+        per_round,
     })
 }
 
@@ -177,17 +198,23 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     }
 }
 
-pub fn print_table(untraced: Spread, workers: usize, seconds: f64, summaries: &[Summary]) {
+fn count_or_dash(n: Option<u64>) -> String {
+    n.map_or_else(|| "-".to_string(), |n| n.to_string())
+}
+
+/// The table of one storm; `storm` describes it.
+pub fn print_table(storm: &str, untraced: Spread, seconds: f64, summaries: &[Summary]) {
     println!();
+    println!("{storm}");
     println!(
-        "untraced: {:.0} conn/s median ({:.0}-{:.0}), {workers} storm workers, {seconds} s rounds, \
+        "untraced: {:.0} conn/s median ({:.0}-{:.0}), {seconds} s rounds, \
          {EVENTS_PER_CONNECTION} events per connection",
         untraced.median, untraced.min, untraced.max
     );
     println!();
-    let row = |cells: [&str; 12]| {
+    let row = |cells: [&str; 13]| {
         println!(
-            "{:<42} {:>5} {:>9} {:>6} {:>8} {:>8} {:>7} {:>7} {:>9} {:>6} {:>6} {:>8}",
+            "{:<42} {:>5} {:>9} {:>6} {:>8} {:>8} {:>7} {:>7} {:>9} {:>6} {:>6} {:>7} {:>8}",
             cells[0],
             cells[1],
             cells[2],
@@ -199,7 +226,8 @@ pub fn print_table(untraced: Spread, workers: usize, seconds: f64, summaries: &[
             cells[8],
             cells[9],
             cells[10],
-            cells[11]
+            cells[11],
+            cells[12]
         )
     };
     row([
@@ -214,6 +242,7 @@ pub fn print_table(untraced: Spread, workers: usize, seconds: f64, summaries: &[
         "",
         "",
         "recur",
+        "",
         "unac-",
     ]);
     row([
@@ -228,6 +257,7 @@ pub fn print_table(untraced: Spread, workers: usize, seconds: f64, summaries: &[
         "delivered",
         "drops",
         "miss",
+        "rescued",
         "counted",
     ]);
     for s in summaries {
@@ -240,12 +270,29 @@ pub fn print_table(untraced: Spread, workers: usize, seconds: f64, summaries: &[
             &opt(Some(s.extra_own_cpu_ns_per_event), 0),
             &opt(Some(s.tracer_cpu_ns_per_event), 0),
             &opt(s.prog_ns_per_event, 0),
-            &s.delivered.to_string(),
+            &count_or_dash(s.config.accounts_events().then_some(s.delivered)),
             &s.buffer_full.to_string(),
-            &s.recursion_misses
-                .map_or("-".to_string(), |n| n.to_string()),
-            &s.unaccounted.to_string(),
+            &count_or_dash(s.recursion_misses),
+            &s.rescued.to_string(),
+            &s.unaccounted.map_or("-".to_string(), |n| n.to_string()),
         ]);
+    }
+    println!();
+    println!("per round, in the order run: drops/recursion misses/rescued");
+    for s in summaries {
+        let rounds: Vec<String> = s
+            .per_round
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}/{}/{}",
+                    r.drops,
+                    count_or_dash(r.recursion_misses),
+                    r.rescued
+                )
+            })
+            .collect();
+        println!("{:<42} {}", s.config.label(), rounds.join("  "));
     }
     println!();
     println!(
@@ -256,7 +303,14 @@ pub fn print_table(untraced: Spread, workers: usize, seconds: f64, summaries: &[
     println!();
 }
 
-pub fn to_json(untraced: Spread, workers: usize, seconds: f64, summaries: &[Summary]) -> Value {
+/// The figures of one storm; `main` puts one per storm shape in its JSON line.
+pub fn to_json(
+    shape: &str,
+    untraced: Spread,
+    workers: usize,
+    seconds: f64,
+    summaries: &[Summary],
+) -> Value {
     let configs: Vec<Value> = summaries
         .iter()
         .map(|s| {
@@ -280,13 +334,20 @@ pub fn to_json(untraced: Spread, workers: usize, seconds: f64, summaries: &[Summ
                 "filtered": s.filtered,
                 "seen": s.seen,
                 "deferred": s.deferred,
+                "rescued": s.rescued,
                 "unaccounted": s.unaccounted,
                 "output_bytes_per_event": s.output_bytes_per_event,
+                "per_round": s.per_round.iter().map(|r| json!({
+                    "ratio": r.ratio,
+                    "ringbuf_full": r.drops,
+                    "recursion_misses": r.recursion_misses,
+                    "rescued": r.rescued,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
     json!({
-        "bench": "storm",
+        "storm": shape,
         "workers": workers,
         "seconds_per_round": seconds,
         "events_per_connection": EVENTS_PER_CONNECTION,
@@ -341,6 +402,7 @@ mod tests {
             storm_ticks: hz / 2,
             tracer_ticks: hz / 10,
             prog: None,
+            rescued: 0,
             counts: TracerCounts {
                 delivered: 9_990,
                 buffer_full: 5,
@@ -361,7 +423,12 @@ mod tests {
         let expected_own = (0.6e6 - (0.5e6 + 0.5e6 / 3.0) / 2.0) / 10.0;
         assert!((s.extra_own_cpu_ns_per_event - expected_own).abs() < 1e-6);
         assert!((s.tracer_cpu_ns_per_event - 1e8 / 10_000.0).abs() < 1e-6);
-        assert_eq!(s.unaccounted, 10_000 - 9_990 - 5 - 1);
+        assert_eq!(s.unaccounted, Some(10_000 - 9_990 - 5 - 1));
+        assert_eq!(s.per_round.len(), 1);
+        assert_eq!(
+            (s.per_round[0].drops, s.per_round[0].recursion_misses),
+            (5, Some(1))
+        );
         assert_eq!(s.prog_ns_per_event, None);
         assert!(summarize(&m, Config::Json).is_none());
     }

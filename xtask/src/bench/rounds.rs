@@ -15,6 +15,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use super::{
+    check_interrupted,
     measure::{self, ProgStats},
     storm::{Storm, StormResult},
     tracer::{Config, Tools, Tracer, TracerCounts},
@@ -48,6 +49,19 @@ pub struct TracedRound {
     /// The tracer's program over the same span (`None` when it could not be read).
     pub prog: Option<ProgStats>,
     pub counts: TracerCounts,
+    /// Events a rescue program recovered after the kernel skipped the main one. No tracer
+    /// reports them yet, so 0; the column is there so that losses and rescues are always shown.
+    pub rescued: u64,
+}
+
+impl TracedRound {
+    /// Runs the kernel skipped: the tracer's own count when it keeps one, else what the kernel
+    /// says about its program (`None`: neither is known).
+    pub fn recursion_misses(&self) -> Option<u64> {
+        self.counts
+            .recursion_misses
+            .or(self.prog.map(|p| p.recursion_misses))
+    }
 }
 
 pub struct Measurements {
@@ -72,6 +86,7 @@ pub fn run(storm: &Storm, plan: &Plan<'_>) -> Result<Measurements> {
         traced: Vec::with_capacity(plan.rounds * plan.configs.len()),
     };
     for round in 0..=plan.rounds {
+        check_interrupted()?;
         let u = untraced_round(storm, plan.seconds)?;
         eprintln!(
             "bench: untraced {round}/{}: {:.0} conn/s",
@@ -85,10 +100,12 @@ pub fn run(storm: &Storm, plan: &Plan<'_>) -> Result<Measurements> {
         let n = plan.configs.len();
         for i in 0..n {
             let config = plan.configs[(i + round) % n];
+            check_interrupted()?;
             let t = traced_round(storm, plan, config, round)?;
             let baseline = u.storm.per_second();
             eprintln!(
-                "bench: round {}/{} {}: {:.0} conn/s ({:.2} of the untraced round before)",
+                "bench: round {}/{} {}: {:.0} conn/s ({:.2} of the untraced round before); \
+                 drops {}, recursion misses {}, rescued {}",
                 round + 1,
                 plan.rounds,
                 config.label(),
@@ -97,7 +114,11 @@ pub fn run(storm: &Storm, plan: &Plan<'_>) -> Result<Measurements> {
                     t.storm.per_second() / baseline
                 } else {
                     0.0
-                }
+                },
+                t.counts.buffer_full,
+                t.recursion_misses()
+                    .map_or_else(|| "-".to_string(), |n| n.to_string()),
+                t.rescued
             );
             m.traced.push(t);
         }
@@ -139,6 +160,7 @@ fn traced_round(
     let tracer0 = measure::process_cpu_ticks(pid)?;
     let prog0 = measure::tracepoint_prog_stats(pid).ok();
     let result = storm.run_for(plan.seconds)?;
+    check_interrupted()?;
     let tracer1 = wait_drained(pid, tracer0)?;
     let own1 = measure::process_cpu_ticks(me)?;
     let busy1 = measure::machine_busy_ticks()?;
@@ -157,6 +179,7 @@ fn traced_round(
         tracer_ticks: tracer1.saturating_sub(tracer0),
         prog,
         counts,
+        rescued: 0,
     })
 }
 
@@ -167,7 +190,7 @@ fn wait_drained(pid: u32, mut last: u64) -> Result<u64> {
     loop {
         thread::sleep(DRAIN_POLL);
         let now = measure::process_cpu_ticks(pid)?;
-        if now == last || start.elapsed() > DRAIN_TIMEOUT {
+        if now == last || start.elapsed() > DRAIN_TIMEOUT || super::interrupted() {
             return Ok(now);
         }
         last = now;

@@ -21,6 +21,8 @@ use super::{
 };
 
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+/// How often the wait for the next sample looks for an interrupt.
+const POLL: Duration = Duration::from_millis(100);
 /// Growth allowed between the first post-warm-up sample and the second half's maximum.
 const FLAT_TOLERANCE: f64 = 0.05;
 
@@ -116,7 +118,11 @@ fn sample(pid: u32, duration: Duration, progress: &AtomicU64) -> Result<Vec<Samp
     let mut last_at = Duration::ZERO;
     while start.elapsed() < duration {
         let next = SAMPLE_EVERY * samples.len() as u32;
-        thread::sleep(next.min(duration).saturating_sub(start.elapsed()));
+        let wake = start + next.min(duration);
+        while Instant::now() < wake {
+            super::check_interrupted()?;
+            thread::sleep(wake.saturating_duration_since(Instant::now()).min(POLL));
+        }
         let at = start.elapsed();
         let count = progress.load(Ordering::Relaxed);
         let rss_kib = measure::vm_rss_kib(&pid.to_string())?;

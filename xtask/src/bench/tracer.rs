@@ -4,6 +4,7 @@
 use std::{
     fs::{self, File},
     io::{BufRead, BufReader, Read},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -15,6 +16,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+
+use super::measure;
 
 /// What the tcpstate tracer prints on stderr once its program is attached.
 const TCPSTATE_ATTACHED: &str = "tcpstate: tracing";
@@ -28,6 +31,10 @@ tracepoint:sock:inet_sock_set_state {
   printf("%llu %llx %d %s %d %d %d %d\n", nsecs, args->skaddr, pid, comm,
          args->oldstate, args->newstate, args->sport, args->dport);
 }"#;
+/// An empty program on the same tracepoint: the cost of merely having a BPF program attached
+/// there, and a second tracer for tcpstate to share the tracepoint with.
+const BPFTRACE_EMPTY_PROGRAM: &str = r#"BEGIN { system("echo bpftrace: attached >&2"); }
+tracepoint:sock:inet_sock_set_state {}"#;
 
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,16 +49,28 @@ pub enum Config {
     Json,
     /// `tcpstate trace --port 1`: the kernel filters every event out.
     Filtered,
+    /// bpftrace with an empty program on the same tracepoint: the floor of any tracer's cost.
+    Empty,
+    /// `tcpstate trace` while bpftrace's empty program is attached to the same tracepoint too.
+    SecondTracer,
     /// bpftrace printing each event to a file, as a comparator.
     Bpftrace,
+    /// libbpf-tools' `tcpstates` (Debian package libbpf-tools) to a file, as a comparator.
+    Tcpstates,
+    /// libbpf-tools' `tcplife` to a file, as a comparator (one line per connection).
+    Tcplife,
 }
 
 impl Config {
-    pub const ALL: [Config; 4] = [
+    pub const ALL: [Config; 8] = [
         Config::Connections,
         Config::Json,
         Config::Filtered,
+        Config::Empty,
+        Config::SecondTracer,
         Config::Bpftrace,
+        Config::Tcpstates,
+        Config::Tcplife,
     ];
 
     /// The command line, as shown in the report.
@@ -60,7 +79,11 @@ impl Config {
             Config::Connections => "tcpstate trace",
             Config::Json => "tcpstate trace --transitions --output json",
             Config::Filtered => "tcpstate trace --port 1",
+            Config::Empty => "bpftrace empty program (the floor)",
+            Config::SecondTracer => "tcpstate trace + bpftrace empty program",
             Config::Bpftrace => "bpftrace printf",
+            Config::Tcpstates => "libbpf-tools tcpstates",
+            Config::Tcplife => "libbpf-tools tcplife",
         }
     }
 
@@ -70,21 +93,42 @@ impl Config {
             Config::Connections => "connections",
             Config::Json => "json",
             Config::Filtered => "filtered",
+            Config::Empty => "empty",
+            Config::SecondTracer => "second-tracer",
             Config::Bpftrace => "bpftrace",
+            Config::Tcpstates => "tcpstates",
+            Config::Tcplife => "tcplife",
         }
     }
 
     fn tcpstate_args(self) -> &'static [&'static str] {
         match self {
-            Config::Connections => &["trace"],
+            Config::Connections | Config::SecondTracer => &["trace"],
             Config::Json => &["trace", "--transitions", "--output", "json"],
             Config::Filtered => &["trace", "--port", "1"],
-            Config::Bpftrace => &[],
+            Config::Empty | Config::Bpftrace | Config::Tcpstates | Config::Tcplife => &[],
         }
     }
 
     pub fn is_tcpstate(self) -> bool {
-        self != Config::Bpftrace
+        matches!(
+            self,
+            Config::Connections | Config::Json | Config::Filtered | Config::SecondTracer
+        )
+    }
+
+    /// Whether it runs bpftrace (alone or beside tcpstate).
+    pub fn needs_bpftrace(self) -> bool {
+        matches!(
+            self,
+            Config::Empty | Config::SecondTracer | Config::Bpftrace
+        )
+    }
+
+    /// Whether the tracer reports every event it handled, so that events can be accounted for:
+    /// the empty program reports none, tcplife one line per connection.
+    pub fn accounts_events(self) -> bool {
+        !matches!(self, Config::Empty | Config::Tcplife)
     }
 }
 
@@ -94,19 +138,39 @@ pub struct Tools {
     /// The tcpstate binary, when it can write `--counters-json`.
     pub tcpstate: Option<PathBuf>,
     pub bpftrace: Option<PathBuf>,
+    pub tcpstates: Option<PathBuf>,
+    pub tcplife: Option<PathBuf>,
 }
 
 impl Tools {
     /// Why `config` cannot run here, if it cannot.
     pub fn unavailable(&self, config: Config) -> Option<&'static str> {
         match config {
-            Config::Bpftrace if self.bpftrace.is_none() => Some("bpftrace is not installed"),
+            c if c.needs_bpftrace() && self.bpftrace.is_none() => Some("bpftrace is not installed"),
             c if c.is_tcpstate() && self.tcpstate.is_none() => {
                 Some("the tcpstate binary has no --counters-json option yet")
+            }
+            Config::Tcpstates if self.tcpstates.is_none() => {
+                Some("libbpf-tools is not installed (apt-get install libbpf-tools)")
+            }
+            Config::Tcplife if self.tcplife.is_none() => {
+                Some("libbpf-tools is not installed (apt-get install libbpf-tools)")
             }
             _ => None,
         }
     }
+}
+
+/// A libbpf-tools program: Debian installs them as /usr/sbin/NAME (not on every user's PATH);
+/// some packagings prefix the names with `libbpf-`.
+pub fn find_libbpf_tool(name: &str) -> Option<PathBuf> {
+    let prefixed = format!("libbpf-{name}");
+    [name, prefixed.as_str()].iter().find_map(|n| {
+        which(n).or_else(|| {
+            let p = Path::new("/usr/sbin").join(n);
+            p.is_file().then_some(p)
+        })
+    })
 }
 
 /// Whether this tcpstate binary supports what the benchmark needs.
@@ -206,6 +270,8 @@ pub struct TracerCounts {
 #[derive(Default)]
 struct StderrState {
     tail: Vec<String>,
+    /// libbpf-tools' "lost N events on CPU #C" warnings, summed.
+    lost: u64,
 }
 
 /// A running tracer.
@@ -217,6 +283,8 @@ pub struct Tracer {
     attached: Arc<AtomicBool>,
     stderr: Arc<Mutex<StderrState>>,
     stderr_reader: Option<JoinHandle<()>>,
+    /// The second tracer attached beside tcpstate ([`Config::SecondTracer`]).
+    companion: Option<Box<Tracer>>,
 }
 
 impl Tracer {
@@ -225,18 +293,45 @@ impl Tracer {
     pub fn start(config: Config, tools: &Tools, output: &Path, counters: &Path) -> Result<Tracer> {
         let counters = counters.to_path_buf();
         let _ = fs::remove_file(&counters);
+        // The second tracer attaches first, so it is there for the whole traced round.
+        let companion = match config {
+            Config::SecondTracer => Some(Box::new(Tracer::start(
+                Config::Empty,
+                tools,
+                Path::new("/dev/null"),
+                &counters.with_extension("companion.json"),
+            )?)),
+            _ => None,
+        };
         let mut cmd = match config {
-            Config::Bpftrace => {
+            Config::Empty | Config::Bpftrace => {
                 let bin = tools
                     .bpftrace
                     .as_ref()
                     .context("bpftrace is not installed")?;
+                let program = if config == Config::Empty {
+                    BPFTRACE_EMPTY_PROGRAM
+                } else {
+                    BPFTRACE_PROGRAM
+                };
                 let mut cmd = Command::new(bin);
                 cmd.arg("--unsafe")
                     .arg("-o")
                     .arg(output)
-                    .args(["-e", BPFTRACE_PROGRAM]);
+                    .args(["-e", program]);
                 cmd.stdout(Stdio::null());
+                cmd
+            }
+            Config::Tcpstates | Config::Tcplife => {
+                let bin = match config {
+                    Config::Tcpstates => tools.tcpstates.as_ref(),
+                    _ => tools.tcplife.as_ref(),
+                }
+                .context("libbpf-tools is not installed")?;
+                let mut cmd = Command::new(bin);
+                let file = File::create(output)
+                    .with_context(|| format!("creating {}", output.display()))?;
+                cmd.stdout(file);
                 cmd
             }
             _ => {
@@ -255,6 +350,17 @@ impl Tracer {
             }
         };
         cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+        // The tracer dies with the thread that started it (the benchmark's main thread), so
+        // no tracer outlives a benchmark that is killed or interrupted. SAFETY: prctl is
+        // async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", config.label()))?;
@@ -273,6 +379,7 @@ impl Tracer {
             attached,
             stderr,
             stderr_reader,
+            companion,
         };
         if let Err(e) = tracer.wait_attached() {
             tracer.kill();
@@ -288,9 +395,13 @@ impl Tracer {
     fn wait_attached(&mut self) -> Result<()> {
         let start = Instant::now();
         loop {
-            if self.attached.load(Ordering::Acquire) {
+            // libbpf-tools print nothing once attached; their BPF link shows it.
+            let libbpf_attached = matches!(self.config, Config::Tcpstates | Config::Tcplife)
+                && measure::holds_bpf_link(self.pid());
+            if self.attached.load(Ordering::Acquire) || libbpf_attached {
                 return Ok(());
             }
+            super::check_interrupted()?;
             if let Some(status) = self.child.try_wait()? {
                 bail!(
                     "{} exited ({status}) before attaching:\n{}",
@@ -345,6 +456,9 @@ impl Tracer {
         if let Some(reader) = self.stderr_reader.take() {
             let _ = reader.join();
         }
+        if let Some(companion) = self.companion.take() {
+            companion.stop()?;
+        }
         // bpftrace exits with a failure status after SIGINT on some versions; only the tcpstate
         // tracer is held to a clean exit.
         if self.config.is_tcpstate() && !status.success() {
@@ -356,7 +470,12 @@ impl Tracer {
         }
         let output_bytes = fs::metadata(&self.output).map(|m| m.len()).unwrap_or(0);
         let mut counts = match self.config {
-            Config::Bpftrace => {
+            Config::Tcpstates | Config::Tcplife => TracerCounts {
+                delivered: count_record_lines(&self.output)?,
+                buffer_full: self.stderr.lock().map_or(0, |s| s.lost),
+                ..TracerCounts::default()
+            },
+            Config::Empty | Config::Bpftrace => {
                 let (delivered, lost) = scan_bpftrace_output(&self.output)?;
                 TracerCounts {
                     delivered,
@@ -387,6 +506,9 @@ fn read_stderr(pipe: impl Read, attached: &AtomicBool, state: &Mutex<StderrState
             attached.store(true, Ordering::Release);
         }
         let Ok(mut s) = state.lock() else { break };
+        if let Some(n) = parse_libbpf_lost(&line) {
+            s.lost += n;
+        }
         if s.tail.len() == STDERR_TAIL_LINES {
             s.tail.remove(0);
         }
@@ -402,6 +524,34 @@ fn parse_lost(line: &str) -> Option<u64> {
         return None;
     }
     n.parse().ok()
+}
+
+/// libbpf-tools' perf buffer warning, "lost 123 events on CPU #1".
+fn parse_libbpf_lost(line: &str) -> Option<u64> {
+    let rest = line.trim().strip_prefix("lost ")?;
+    let (n, tail) = rest.split_once(' ')?;
+    if !tail.starts_with("events") {
+        return None;
+    }
+    n.parse().ok()
+}
+
+/// Counts the record lines of a libbpf-tools output: tcpstates' start with the socket address
+/// in hex, tcplife's with a pid; their header lines start with a column name.
+fn count_record_lines(path: &Path) -> Result<u64> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::with_capacity(128);
+    let mut records = 0;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(records);
+        }
+        if line.first().is_some_and(u8::is_ascii_hexdigit) {
+            records += 1;
+        }
+    }
 }
 
 /// Counts the event lines of bpftrace's output (they start with the timestamp) and sums its
@@ -469,6 +619,20 @@ mod tests {
             }
         );
         assert!(parse_counters(r#"{"seen":1}"#).is_err());
+    }
+
+    #[test]
+    fn libbpf_tools_lines() {
+        assert_eq!(parse_libbpf_lost("lost 17 events on CPU #1"), Some(17));
+        assert_eq!(parse_libbpf_lost("lost track"), None);
+        let dir = std::env::temp_dir().join(format!("xtask-bench-libbpf-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("ts.out");
+        let text = "SKADDR           C-PID C-COMM     LADDR           LPORT\n\
+                    ffff8881 1 x 127.0.0.1 80\nffff8882 1 x 127.0.0.1 80\n";
+        fs::write(&path, text).expect("write");
+        assert_eq!(count_record_lines(&path).expect("count"), 2);
+        fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]
