@@ -425,7 +425,7 @@ fn a_recording_survives_kill_9() {
     let ours = |role: &str| {
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["schema"] == "tcpstate.connection.v1" && v["role"] == role)
+            .filter(|v| v["schema"] == "tcpstate.connection.v2" && v["role"] == role)
             .filter(|v| v["outcome"] != "open")
             .filter(|v| v["lport"] == port || v["rport"] == port)
             .count()
