@@ -554,11 +554,13 @@ impl Conn {
     fn classify_connect(&mut self) {
         if self.close_from != state::SYN_SENT {
             // A connection the kernel gave up (ETIMEDOUT) left without a FIN exchange like a
-            // reset, but no RST was involved.
+            // reset. It may have sent a RST as it gave up (a keepalive timeout does, reason
+            // `tcp_keepalive_timeout`): that reset is reported, but the timeout is why it ended.
+            // A received RST would have set ECONNRESET instead.
             if self.outcome == Outcome::Reset
                 && self.why.has(known::ERRNO)
                 && self.why.errno == why::ETIMEDOUT
-                && self.why.reset_dir == why::RESET_NONE
+                && self.why.reset_dir != tcpstate_common::reset_direction::RECEIVED
             {
                 self.outcome = Outcome::TimedOut;
                 self.why.basis = Basis::Errno as u8;
