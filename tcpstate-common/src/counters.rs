@@ -22,6 +22,15 @@
 //! held = deferred - released - held_dropped          (held connect() events not yet released)
 //! ```
 //!
+//! The joined programs (retransmits and resets) keep the same identity of their own:
+//!
+//! ```text
+//! joined_seen = joined_filtered + joined_submitted + joined_ringbuf_full
+//! ```
+//!
+//! and every delivered event at a transition that needs socket facts is followed by one facts
+//! record, written (`facts_submitted`) or lost (`facts_ringbuf_full`).
+//!
 //! `owner_update_failed` is not part of it: a failed owner-table insert loses no event, only the
 //! owner of a socket (reported as unknown). `recursion_misses` are runs of the program the kernel
 //! skipped, so they are not in `seen` either; they are lost events.
@@ -49,6 +58,19 @@ pub mod index {
     pub const RELEASED: u32 = 7;
     /// Held events dropped because their socket turned out not to match.
     pub const HELD_DROPPED: u32 = 8;
+    /// `FactsRecord`s written to the ring buffer (one per delivered event at a transition that
+    /// needs socket facts).
+    pub const FACTS_SUBMITTED: u32 = 9;
+    /// `FactsRecord`s lost because the ring buffer was full (their event was delivered).
+    pub const FACTS_RINGBUF_FULL: u32 = 10;
+    /// Runs of the joined programs (`tcp:*` retransmit and reset tracepoints).
+    pub const JOINED_SEEN: u32 = 11;
+    /// Joined events rejected by the in-kernel filters.
+    pub const JOINED_FILTERED: u32 = 12;
+    /// Joined events written to the ring buffer.
+    pub const JOINED_SUBMITTED: u32 = 13;
+    /// Joined events lost because the ring buffer was full.
+    pub const JOINED_RINGBUF_FULL: u32 = 14;
     /// Slots of the array (room to grow without changing the map).
     pub const COUNT: u32 = 16;
 }
@@ -66,10 +88,16 @@ pub enum Counter {
     Released,
     HeldDropped,
     OwnerUpdateFailed,
+    FactsSubmitted,
+    FactsRingbufFull,
+    JoinedSeen,
+    JoinedFiltered,
+    JoinedSubmitted,
+    JoinedRingbufFull,
 }
 
 /// How many counters [`Counter::ALL`] lists.
-pub const COUNTERS: usize = 10;
+pub const COUNTERS: usize = 16;
 
 impl Counter {
     /// Every counter, in the order every output lists them (and the recording stores them).
@@ -84,6 +112,12 @@ impl Counter {
         Counter::Released,
         Counter::HeldDropped,
         Counter::OwnerUpdateFailed,
+        Counter::FactsSubmitted,
+        Counter::FactsRingbufFull,
+        Counter::JoinedSeen,
+        Counter::JoinedFiltered,
+        Counter::JoinedSubmitted,
+        Counter::JoinedRingbufFull,
     ];
 
     /// The counter's name in JSON and in the text summary.
@@ -99,6 +133,12 @@ impl Counter {
             Counter::Released => "released",
             Counter::HeldDropped => "held_dropped",
             Counter::OwnerUpdateFailed => "owner_update_failed",
+            Counter::FactsSubmitted => "facts_submitted",
+            Counter::FactsRingbufFull => "facts_ringbuf_full",
+            Counter::JoinedSeen => "joined_seen",
+            Counter::JoinedFiltered => "joined_filtered",
+            Counter::JoinedSubmitted => "joined_submitted",
+            Counter::JoinedRingbufFull => "joined_ringbuf_full",
         }
     }
 
@@ -116,6 +156,12 @@ impl Counter {
             Counter::Released => Some(index::RELEASED),
             Counter::HeldDropped => Some(index::HELD_DROPPED),
             Counter::OwnerUpdateFailed => Some(index::OWNER_UPDATE_FAILED),
+            Counter::FactsSubmitted => Some(index::FACTS_SUBMITTED),
+            Counter::FactsRingbufFull => Some(index::FACTS_RINGBUF_FULL),
+            Counter::JoinedSeen => Some(index::JOINED_SEEN),
+            Counter::JoinedFiltered => Some(index::JOINED_FILTERED),
+            Counter::JoinedSubmitted => Some(index::JOINED_SUBMITTED),
+            Counter::JoinedRingbufFull => Some(index::JOINED_RINGBUF_FULL),
         }
     }
 
@@ -123,7 +169,11 @@ impl Counter {
     pub const fn is_loss(self) -> bool {
         matches!(
             self,
-            Counter::RingbufFull | Counter::HoldFailed | Counter::RecursionMisses
+            Counter::RingbufFull
+                | Counter::HoldFailed
+                | Counter::RecursionMisses
+                | Counter::FactsRingbufFull
+                | Counter::JoinedRingbufFull
         )
     }
 

@@ -113,6 +113,219 @@ impl Event {
     }
 }
 
+/// Ring buffer records are told apart by their size: [`Event`], [`FactsRecord`],
+/// [`RetransmitRecord`] and [`ResetRecord`] all have different sizes (asserted below), so no
+/// record pays for a kind tag.
+pub const FACTS_RAW_LEN: usize = 232;
+pub const FACTS_RECORD_SIZE: usize = 256;
+pub const RETRANSMIT_RECORD_SIZE: usize = 64;
+pub const RESET_RECORD_SIZE: usize = 72;
+const _: () = assert!(core::mem::size_of::<FactsRecord>() == FACTS_RECORD_SIZE);
+const _: () = assert!(core::mem::size_of::<RetransmitRecord>() == RETRANSMIT_RECORD_SIZE);
+const _: () = assert!(core::mem::size_of::<ResetRecord>() == RESET_RECORD_SIZE);
+const _: () = assert!(
+    EVENT_SIZE != FACTS_RECORD_SIZE
+        && EVENT_SIZE != RETRANSMIT_RECORD_SIZE
+        && EVENT_SIZE != RESET_RECORD_SIZE
+        && RETRANSMIT_RECORD_SIZE != RESET_RECORD_SIZE
+        && FACTS_RECORD_SIZE != RESET_RECORD_SIZE
+);
+
+/// Socket facts read at a transition that needs them (an accepted socket's SYN_RECV ->
+/// ESTABLISHED, a client's SYN_SENT -> ESTABLISHED, every -> CLOSE but a listener's), emitted right after that
+/// transition's [`Event`] with the same `ts_ns` and `skaddr`.
+///
+/// The program copies byte ranges of the socket (one bounded copy per group of nearby fields,
+/// [`FactGroups`]) into `raw` without knowing what they mean; user space, which resolved the
+/// field offsets from the kernel's BTF, decodes them. A group whose copy failed leaves its
+/// bytes zero and clears its bit in `valid_groups`. At the end of a handshake only the groups
+/// the handshake needs are copied (`names::FACTS_HANDSHAKE_GROUPS`: those of the smoothed RTT
+/// and the retransmit count); the other bits are clear there and their facts unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FactsRecord {
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    pub oldstate: u8,
+    pub newstate: u8,
+    pub _pad: [u8; 2],
+    /// Bit i set: group i was copied.
+    pub valid_groups: u32,
+    pub raw: [u8; FACTS_RAW_LEN],
+}
+
+/// Most groups of socket fields copied per [`FactsRecord`].
+pub const MAX_FACT_GROUPS: usize = 8;
+
+/// One copy: `len` bytes from the socket at `src_off` into `FactsRecord::raw` at `dst_off`.
+/// `len` 0: unused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FactGroup {
+    pub src_off: u16,
+    pub dst_off: u16,
+    pub len: u16,
+    pub _pad: u16,
+}
+
+/// The copies the program makes for a [`FactsRecord`], a load-time global computed from BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FactGroups {
+    pub groups: [FactGroup; MAX_FACT_GROUPS],
+}
+
+/// `RetransmitRecord::kind` values.
+pub mod retransmit_kind {
+    /// `tcp:tcp_retransmit_skb`: a segment of this socket was sent again.
+    pub const SKB: u8 = 1;
+    /// `tcp:tcp_retransmit_synack`: a listener resent a SYN-ACK; `skaddr` is the listener,
+    /// join it to the accepted socket by 4-tuple.
+    pub const SYNACK: u8 = 2;
+}
+
+/// TCP header flag bits (`tcp_skb_cb::tcp_flags`, the 14th byte of a TCP header).
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+/// `RetransmitRecord::known` bits: which optional fields the running kernel provided.
+pub mod retransmit_known {
+    pub const TCP_FLAGS: u8 = 1;
+    pub const SEGS: u8 = 2;
+    /// The tracepoint has `err` (Linux 6.17+).
+    pub const ERR: u8 = 4;
+}
+
+/// A retransmission (`tcp:tcp_retransmit_skb` or `tcp:tcp_retransmit_synack`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetransmitRecord {
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    /// `retransmit_kind` value.
+    pub kind: u8,
+    /// The socket's TCP state (SKB only; 0 otherwise).
+    pub state: u8,
+    /// The retransmitted segment's TCP flags (`tcp_flags` bits).
+    pub tcp_flags: u8,
+    /// `retransmit_known` bits.
+    pub known: u8,
+    /// Segments the retransmitted skb carries (what the kernel adds to `total_retrans`).
+    pub segs: u16,
+    pub family: u16,
+    /// Host byte order, as in `Event`.
+    pub sport: u16,
+    pub dport: u16,
+    /// The tracepoint's `err`: nonzero means the retransmission failed and was not sent.
+    pub err: i32,
+    /// Network byte order; IPv4 in the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// `ResetRecord::direction` values.
+pub mod reset_direction {
+    /// `tcp:tcp_send_reset`: this host sent a RST.
+    pub const SENT: u8 = 1;
+    /// `tcp:tcp_receive_reset`: a RST arrived for this socket.
+    pub const RECEIVED: u8 = 2;
+}
+
+/// A reset sent or received. A sent reset with `skaddr` 0 answers a segment no socket took:
+/// when that segment was a SYN (`seg_flags`), it is an inbound connection this host refused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResetRecord {
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    /// `reset_direction` value.
+    pub direction: u8,
+    /// The socket's TCP state, 0 without a socket.
+    pub state: u8,
+    /// Flags of the segment the reset answers (sent resets), when `seg_flags_known` is 1.
+    pub seg_flags: u8,
+    pub seg_flags_known: u8,
+    /// The kernel's `enum sk_rst_reason` value (sent resets on kernels that report it), or
+    /// `u32::MAX` when unknown. Its name comes from BTF.
+    pub reason: u32,
+    /// 0 when the event carries no addresses.
+    pub family: u16,
+    /// Host byte order: this host's end and the peer's.
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u16,
+    /// The task running when the reset was sent or received.
+    pub ctx_pid: u32,
+    pub _pad2: u32,
+    /// Network byte order; IPv4 in the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// Bounds of one [`FactGroup`] copy the program accepts: a group of at most `L` bytes (one of
+/// these) starts at most at `FACTS_RAW_LEN - L` in `raw`. The verifier can then prove every copy
+/// stays inside the record from the two bounds of each case alone (it tracks no relation
+/// between them), and user space can still pack `raw` tightly, the largest group first.
+pub const FACT_GROUP_TIERS: [usize; 4] = [8, 16, 64, 160];
+pub const MAX_FACT_GROUP_LEN: usize = 160;
+
+/// Where the fields of a joined tracepoint (`tcp:tcp_retransmit_skb`, ...) live in its raw
+/// record, from its `format` file. An offset of 0 means the event lacks the field (offset 0 is
+/// always `common_type`, never a field the program reads).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JoinLayout {
+    pub skbaddr: u16,
+    pub skaddr: u16,
+    /// `int state`.
+    pub state: u16,
+    /// `int err` (tcp_retransmit_skb, Linux 6.17+).
+    pub err: u16,
+    /// `enum sk_rst_reason reason` (tcp_send_reset, Linux 6.10+).
+    pub reason: u16,
+    /// Host byte order `__u16` ports and family (absent with `sockaddr`).
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    /// `__u8 saddr[4]` / `daddr[4]`, or with `sockaddr` the `__u8 saddr[28]` / `daddr[28]`
+    /// socket address storage (`sockaddr_in` / `sockaddr_in6`: family, network byte order
+    /// port, address).
+    pub saddr: u16,
+    pub daddr: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    /// 1: `saddr`/`daddr` are socket address storage.
+    pub sockaddr: u16,
+    /// Bytes of the record the program copies: the end of the last field it reads.
+    pub record_len: u16,
+    pub _pad: [u16; 2],
+}
+
+/// Offsets in `struct sk_buff` (from BTF) the joined programs read; 0 in `*_ok` means the
+/// kernel lacks the field and the program leaves the value unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkbOffsets {
+    /// `sk_buff.cb` + `tcp_skb_cb.tcp_flags`.
+    pub cb_tcp_flags: u16,
+    /// `sk_buff.cb` + `tcp_skb_cb.tcp_gso_segs` (u16).
+    pub cb_gso_segs: u16,
+    /// `sk_buff.head` (pointer).
+    pub head: u16,
+    /// `sk_buff.transport_header` (u16, offset of the TCP header from `head`).
+    pub transport_header: u16,
+    pub tcp_flags_ok: u8,
+    pub gso_segs_ok: u8,
+    /// `head` and `transport_header` both known: the incoming segment's flags are readable.
+    pub seg_flags_ok: u8,
+    pub _pad: [u8; 5],
+}
+
 /// Where each field of `sock:inet_sock_set_state` lives in the raw tracepoint record, read from
 /// the tracepoint's `format` file at start-up (the layout changed in Linux 5.6).
 #[repr(C)]
@@ -266,6 +479,44 @@ pub mod names {
     pub const LAYOUT: &str = "LAYOUT";
     pub const FILTER: &str = "FILTER";
     pub const SETTINGS: &str = "SETTINGS";
+    /// `FactGroups`: the socket byte ranges copied into a `FactsRecord`.
+    pub const FACT_GROUPS: &str = "FACT_GROUPS";
+    /// `u32`: bit i set: group i is also copied at the end of a handshake (at a close every
+    /// group is); the others' bits stay clear in `valid_groups` there.
+    pub const FACTS_HANDSHAKE_GROUPS: &str = "FACTS_HANDSHAKE_GROUPS";
+    /// `SkbOffsets`: where the joined programs find a segment's flags and segment count.
+    pub const SKB_OFFSETS: &str = "SKB_OFFSETS";
+    /// The joined programs and their `JoinLayout` globals, in [`JOINED`] order.
+    pub const RETRANSMIT_SKB: &str = "retransmit_skb";
+    pub const RETRANSMIT_SYNACK: &str = "retransmit_synack";
+    pub const SEND_RESET: &str = "send_reset";
+    pub const RECEIVE_RESET: &str = "receive_reset";
+    pub const RETRANSMIT_SKB_LAYOUT: &str = "RETRANSMIT_SKB_LAYOUT";
+    pub const RETRANSMIT_SYNACK_LAYOUT: &str = "RETRANSMIT_SYNACK_LAYOUT";
+    pub const SEND_RESET_LAYOUT: &str = "SEND_RESET_LAYOUT";
+    pub const RECEIVE_RESET_LAYOUT: &str = "RECEIVE_RESET_LAYOUT";
+    /// (program, layout global, tracepoint category, tracepoint name) of each joined program.
+    pub const JOINED: [(&str, &str, &str, &str); 4] = [
+        (
+            RETRANSMIT_SKB,
+            RETRANSMIT_SKB_LAYOUT,
+            "tcp",
+            "tcp_retransmit_skb",
+        ),
+        (
+            RETRANSMIT_SYNACK,
+            RETRANSMIT_SYNACK_LAYOUT,
+            "tcp",
+            "tcp_retransmit_synack",
+        ),
+        (SEND_RESET, SEND_RESET_LAYOUT, "tcp", "tcp_send_reset"),
+        (
+            RECEIVE_RESET,
+            RECEIVE_RESET_LAYOUT,
+            "tcp",
+            "tcp_receive_reset",
+        ),
+    ];
 }
 
 /// Capacity of the per-socket tables in the kernel.
@@ -288,4 +539,10 @@ mod pod {
     unsafe impl aya::Pod for ListenKey {}
     unsafe impl aya::Pod for ListenOwner {}
     unsafe impl aya::Pod for TupleKey {}
+    unsafe impl aya::Pod for FactsRecord {}
+    unsafe impl aya::Pod for FactGroups {}
+    unsafe impl aya::Pod for RetransmitRecord {}
+    unsafe impl aya::Pod for ResetRecord {}
+    unsafe impl aya::Pod for JoinLayout {}
+    unsafe impl aya::Pod for SkbOffsets {}
 }

@@ -15,7 +15,10 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf, generated},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_buf, generated,
+    },
     macros::{map, tracepoint},
     maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray, RingBuf},
     programs::TracePointContext,
@@ -23,9 +26,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tcpstate_common::{
-    counter, event_flags, filter_flags, owner_source, port_bits, state, Event, Filter, Layout,
-    ListenKey, ListenOwner, Owner, Settings, TupleKey, ADDRS_MAX, AF_INET, AF_INET6, IPPROTO_TCP,
-    LISTENERS_MAX, MAX_RECORD_LEN, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX, PIDS_MAX,
+    counter, event_flags, filter_flags, owner_source, port_bits, reset_direction, retransmit_kind,
+    retransmit_known, state, Event, FactGroup, FactGroups, FactsRecord, Filter, JoinLayout, Layout,
+    ListenKey, ListenOwner, Owner, ResetRecord, RetransmitRecord, Settings, SkbOffsets, TupleKey,
+    ADDRS_MAX, AF_INET, AF_INET6, FACTS_RAW_LEN, FACT_GROUP_TIERS, IPPROTO_TCP, LISTENERS_MAX,
+    MAX_FACT_GROUPS, MAX_RECORD_LEN, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX, PIDS_MAX,
     PREEXISTING_MAX, TASK_COMM_LEN,
 };
 
@@ -60,6 +65,62 @@ static SETTINGS: Settings = Settings {
     direct_read: 0,
     _pad: 0,
 };
+
+/// The socket byte ranges copied into a `FactsRecord` (from BTF; all `len` 0: no facts).
+#[no_mangle]
+static FACT_GROUPS: FactGroups = FactGroups {
+    groups: [FactGroup {
+        src_off: 0,
+        dst_off: 0,
+        len: 0,
+        _pad: 0,
+    }; MAX_FACT_GROUPS],
+};
+
+/// Bit i: group i is copied at the end of a handshake too (every group is at a close).
+#[no_mangle]
+static FACTS_HANDSHAKE_GROUPS: u32 = 0;
+
+#[no_mangle]
+static SKB_OFFSETS: SkbOffsets = SkbOffsets {
+    cb_tcp_flags: 0,
+    cb_gso_segs: 0,
+    head: 0,
+    transport_header: 0,
+    tcp_flags_ok: 0,
+    gso_segs_ok: 0,
+    seg_flags_ok: 0,
+    _pad: [0; 5],
+};
+
+const NO_JOIN_LAYOUT: JoinLayout = JoinLayout {
+    skbaddr: 0,
+    skaddr: 0,
+    state: 0,
+    err: 0,
+    reason: 0,
+    sport: 0,
+    dport: 0,
+    family: 0,
+    saddr: 0,
+    daddr: 0,
+    saddr_v6: 0,
+    daddr_v6: 0,
+    sockaddr: 0,
+    record_len: 0,
+    _pad: [0; 2],
+};
+
+/// Layouts of the joined tracepoints, from their format files (a program whose tracepoint the
+/// kernel lacks is never loaded).
+#[no_mangle]
+static RETRANSMIT_SKB_LAYOUT: JoinLayout = NO_JOIN_LAYOUT;
+#[no_mangle]
+static RETRANSMIT_SYNACK_LAYOUT: JoinLayout = NO_JOIN_LAYOUT;
+#[no_mangle]
+static SEND_RESET_LAYOUT: JoinLayout = NO_JOIN_LAYOUT;
+#[no_mangle]
+static RECEIVE_RESET_LAYOUT: JoinLayout = NO_JOIN_LAYOUT;
 
 /// Size set by user space at load (`--buffer-size`).
 #[map]
@@ -486,6 +547,78 @@ fn emit(ctx: &TracePointContext, s: &Sock, ts: u64, pid_tgid: u64, who: &Attribu
     }
     let wake = wake_flag(count(counter::SUBMITTED));
     entry.submit(wake);
+    if needs_facts(s.oldstate, s.newstate) {
+        emit_facts(s, ts);
+    }
+}
+
+/// The transitions whose socket facts explain the connection: the end of a handshake (an
+/// accepted socket's measured SYN-ACK round trip, a client's SYN retransmits) and every close
+/// of a connection (a listener closing has no connection facts).
+#[inline(always)]
+fn needs_facts(old: u8, new: u8) -> bool {
+    (new == state::CLOSE && old != state::LISTEN)
+        || (new == state::ESTABLISHED && (old == state::SYN_RECV || old == state::SYN_SENT))
+}
+
+/// Copies the socket's fact groups straight into a ring buffer slot, one bounded read each.
+#[inline(always)]
+fn emit_facts(s: &Sock, ts: u64) {
+    let Some(mut entry) = EVENTS.reserve::<FactsRecord>(0) else {
+        count(counter::FACTS_RINGBUF_FULL);
+        return;
+    };
+    // A handshake needs only its RTT and retransmit count: fewer copies there.
+    let wanted = if s.newstate == state::CLOSE {
+        u32::MAX
+    } else {
+        konst(&FACTS_HANDSHAKE_GROUPS)
+    };
+    let r = entry.as_mut_ptr();
+    // SAFETY: `r` is a reserved slot of size_of::<FactsRecord>() bytes; every copy stays inside
+    // `raw` (one of the FACT_GROUP_TIERS bounds holds for len and dst, so the copy ends at
+    // most at FACTS_RAW_LEN: fact_group_fits); the sources are read with the fault-safe helper.
+    unsafe {
+        (*r).ts_ns = ts;
+        (*r).skaddr = s.skaddr;
+        (*r).oldstate = s.oldstate;
+        (*r).newstate = s.newstate;
+        (*r)._pad = [0; 2];
+        let raw = core::ptr::addr_of_mut!((*r).raw) as *mut u8;
+        let mut valid = 0u32;
+        let mut i = 0;
+        while i < MAX_FACT_GROUPS {
+            let g = &FACT_GROUPS.groups[i];
+            let len = konst(&g.len) as u32;
+            let dst = konst(&g.dst_off) as usize;
+            if wanted & (1 << i) != 0 && len != 0 && fact_group_fits(len, dst) {
+                let src = s.skaddr.wrapping_add(u64::from(konst(&g.src_off)));
+                let rc = generated::bpf_probe_read_kernel(
+                    raw.add(dst) as *mut core::ffi::c_void,
+                    len,
+                    src as *const core::ffi::c_void,
+                );
+                if rc == 0 {
+                    valid |= 1 << i;
+                }
+            }
+            i += 1;
+        }
+        (*r).valid_groups = valid;
+    }
+    let wake = wake_flag(count(counter::FACTS_SUBMITTED));
+    entry.submit(wake);
+}
+
+/// Whether a copy of `len` bytes at `dst` provably stays in `FactsRecord::raw`: each case
+/// bounds both on its own path, which is what the verifier checks.
+#[inline(always)]
+fn fact_group_fits(len: u32, dst: usize) -> bool {
+    const T: [usize; 4] = FACT_GROUP_TIERS;
+    (len <= T[0] as u32 && dst <= FACTS_RAW_LEN - T[0])
+        || (len <= T[1] as u32 && dst <= FACTS_RAW_LEN - T[1])
+        || (len <= T[2] as u32 && dst <= FACTS_RAW_LEN - T[2])
+        || (len <= T[3] as u32 && dst <= FACTS_RAW_LEN - T[3])
 }
 
 /// Keeps a connect() event whose local port is not chosen yet (port filters only).
@@ -804,6 +937,273 @@ fn filter_socket(s: &Sock, flags: u32) -> Verdict {
         };
     }
     Verdict::Pass
+}
+
+// ---- Joined tracepoints: retransmits and resets, joined to connections in user space ----
+
+#[tracepoint]
+pub fn retransmit_skb(ctx: TracePointContext) -> u32 {
+    handle_retransmit(&ctx, &RETRANSMIT_SKB_LAYOUT, retransmit_kind::SKB);
+    0
+}
+
+#[tracepoint]
+pub fn retransmit_synack(ctx: TracePointContext) -> u32 {
+    handle_retransmit(&ctx, &RETRANSMIT_SYNACK_LAYOUT, retransmit_kind::SYNACK);
+    0
+}
+
+#[tracepoint]
+pub fn send_reset(ctx: TracePointContext) -> u32 {
+    handle_reset(&ctx, &SEND_RESET_LAYOUT, reset_direction::SENT);
+    0
+}
+
+#[tracepoint]
+pub fn receive_reset(ctx: TracePointContext) -> u32 {
+    handle_reset(&ctx, &RECEIVE_RESET_LAYOUT, reset_direction::RECEIVED);
+    0
+}
+
+/// What a joined tracepoint's record says, in the filters' terms.
+struct Joined {
+    sock: Sock,
+    skbaddr: u64,
+    /// The record carries the socket's addresses (a socket-less reset on some kernels does not).
+    has_addrs: bool,
+    err: i32,
+    reason: u32,
+}
+
+/// One copy of the record, then the fields at the offsets of its format file.
+#[inline(always)]
+fn read_joined(ctx: &TracePointContext, l: &'static JoinLayout) -> Option<Joined> {
+    let mut rec = Record {
+        buf: [0; MAX_RECORD_LEN],
+    };
+    let len = konst(&l.record_len) as usize;
+    let dst = rec.buf.get_mut(..len)?;
+    // SAFETY: the record is readable kernel memory of at least `record_len` bytes (user space
+    // checked it against the format file).
+    unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, dst) }.ok()?;
+    let opt_u64 = |off: u16| if off == 0 { 0 } else { rec.u64_at(off) };
+    let st = konst(&l.state);
+    let tcp_state = if st == 0 { 0 } else { rec.u8_at(st) };
+    let (family, sport, dport, saddr, daddr);
+    if konst(&l.sockaddr) == 1 {
+        // sockaddr_in / sockaddr_in6: family, port (network order), then the address (at 4
+        // for IPv4, after the flow label at 8 for IPv6).
+        let (so, d) = (konst(&l.saddr), konst(&l.daddr));
+        family = rec.u16_at(so) as u8;
+        sport = u16::from_be(rec.u16_at(so + 2));
+        dport = u16::from_be(rec.u16_at(d + 2));
+        if family == AF_INET {
+            saddr = [u64::from(rec.u32_at(so + 4)), 0];
+            daddr = [u64::from(rec.u32_at(d + 4)), 0];
+        } else {
+            saddr = [rec.u64_at(so + 8), rec.u64_at(so + 16)];
+            daddr = [rec.u64_at(d + 8), rec.u64_at(d + 16)];
+        }
+    } else {
+        family = rec.u16_at(konst(&l.family)) as u8;
+        sport = rec.u16_at(konst(&l.sport));
+        dport = rec.u16_at(konst(&l.dport));
+        if family == AF_INET {
+            saddr = [u64::from(rec.u32_at(konst(&l.saddr))), 0];
+            daddr = [u64::from(rec.u32_at(konst(&l.daddr))), 0];
+        } else {
+            let (so, d) = (konst(&l.saddr_v6), konst(&l.daddr_v6));
+            saddr = [rec.u64_at(so), rec.u64_at(so + 8)];
+            daddr = [rec.u64_at(d), rec.u64_at(d + 8)];
+        }
+    }
+    let err_off = konst(&l.err);
+    let reason_off = konst(&l.reason);
+    Some(Joined {
+        sock: Sock {
+            skaddr: opt_u64(konst(&l.skaddr)),
+            oldstate: tcp_state,
+            newstate: tcp_state,
+            family,
+            sport,
+            dport,
+            saddr,
+            daddr,
+        },
+        skbaddr: opt_u64(konst(&l.skbaddr)),
+        has_addrs: family == AF_INET || family == AF_INET6,
+        err: if err_off == 0 {
+            0
+        } else {
+            rec.u32_at(err_off) as i32
+        },
+        reason: if reason_off == 0 {
+            u32::MAX
+        } else {
+            rec.u32_at(reason_off)
+        },
+    })
+}
+
+/// The same filters as for state changes: the socket's own first, then its owner (by socket
+/// address; an event without a socket has no owner, so an owner filter drops it). A reset
+/// sent by a socket already in CLOSE (close() with SO_LINGER 0 or unread data, which set the
+/// state before they send) finds no owner entry any more (-> CLOSE removed it): it is sent
+/// from the owner's own system call, so the current task is its owner.
+#[inline(always)]
+fn joined_passes(j: &Joined, sent_reset: bool) -> bool {
+    let flags = konst(&FILTER.flags);
+    if flags & SOCKET_FILTERS != 0 {
+        if !j.has_addrs {
+            return false;
+        }
+        // State equals both old and new here, so this is never a deferred connect().
+        if !matches!(filter_socket(&j.sock, flags), Verdict::Pass) {
+            return false;
+        }
+    }
+    if flags & OWNER_FILTERS != 0 {
+        if j.sock.skaddr == 0 {
+            return false;
+        }
+        // SAFETY: the value is copied out at once.
+        let owner = match unsafe { OWNERS.get(&j.sock.skaddr) } {
+            Some(o) => copy_owner(o),
+            None if sent_reset && j.sock.newstate == state::CLOSE => {
+                Attribution::current_task(bpf_get_current_pid_tgid()).owner
+            }
+            None => return false,
+        };
+        if !owner_passes(&owner, flags) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Reads a value of kernel memory at `base + off`; None when it faults.
+#[inline(always)]
+fn kread<T: Copy>(base: u64, off: u16) -> Option<T> {
+    // SAFETY: the fault-safe helper.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(u64::from(off)) as *const T) }.ok()
+}
+
+#[inline(always)]
+fn handle_retransmit(ctx: &TracePointContext, l: &'static JoinLayout, kind: u8) {
+    let Some(j) = read_joined(ctx, l) else {
+        return;
+    };
+    count(counter::JOINED_SEEN);
+    if !joined_passes(&j, false) {
+        count(counter::JOINED_FILTERED);
+        return;
+    }
+    let mut known = 0u8;
+    let mut tcp_flags = 0u8;
+    let mut segs = 0u16;
+    if kind == retransmit_kind::SKB && j.skbaddr != 0 {
+        if konst(&SKB_OFFSETS.tcp_flags_ok) == 1 {
+            if let Some(f) = kread::<u8>(j.skbaddr, konst(&SKB_OFFSETS.cb_tcp_flags)) {
+                tcp_flags = f;
+                known |= retransmit_known::TCP_FLAGS;
+            }
+        }
+        if konst(&SKB_OFFSETS.gso_segs_ok) == 1 {
+            if let Some(n) = kread::<u16>(j.skbaddr, konst(&SKB_OFFSETS.cb_gso_segs)) {
+                segs = n;
+                known |= retransmit_known::SEGS;
+            }
+        }
+    }
+    if konst(&l.err) != 0 {
+        known |= retransmit_known::ERR;
+    }
+    let Some(mut entry) = EVENTS.reserve::<RetransmitRecord>(0) else {
+        count(counter::JOINED_RINGBUF_FULL);
+        return;
+    };
+    let r = entry.as_mut_ptr();
+    // SAFETY: a reserved slot of size_of::<RetransmitRecord>(); every field is written.
+    unsafe {
+        (*r).ts_ns = bpf_ktime_get_ns();
+        (*r).skaddr = j.sock.skaddr;
+        (*r).kind = kind;
+        (*r).state = j.sock.newstate;
+        (*r).tcp_flags = tcp_flags;
+        (*r).known = known;
+        (*r).segs = segs;
+        (*r).family = u16::from(j.sock.family);
+        (*r).sport = j.sock.sport;
+        (*r).dport = j.sock.dport;
+        (*r).err = j.err;
+        (*r).saddr = bytes16(j.sock.saddr);
+        (*r).daddr = bytes16(j.sock.daddr);
+    }
+    let wake = wake_flag(count(counter::JOINED_SUBMITTED));
+    entry.submit(wake);
+}
+
+/// The TCP flags of the segment a reset answers: its header is at `head + transport_header`.
+#[inline(always)]
+fn segment_flags(skbaddr: u64) -> Option<u8> {
+    if skbaddr == 0 || konst(&SKB_OFFSETS.seg_flags_ok) != 1 {
+        return None;
+    }
+    let head = kread::<u64>(skbaddr, konst(&SKB_OFFSETS.head))?;
+    let th = kread::<u16>(skbaddr, konst(&SKB_OFFSETS.transport_header))?;
+    // `~0` marks a transport header that was never set.
+    if head == 0 || th == u16::MAX {
+        return None;
+    }
+    // The 14th byte of the TCP header holds the flags.
+    kread::<u8>(head.wrapping_add(u64::from(th)), 13)
+}
+
+#[inline(always)]
+fn handle_reset(ctx: &TracePointContext, l: &'static JoinLayout, direction: u8) {
+    let Some(j) = read_joined(ctx, l) else {
+        return;
+    };
+    count(counter::JOINED_SEEN);
+    if !joined_passes(&j, direction == reset_direction::SENT) {
+        count(counter::JOINED_FILTERED);
+        return;
+    }
+    let seg = if direction == reset_direction::SENT {
+        segment_flags(j.skbaddr)
+    } else {
+        None
+    };
+    let Some(mut entry) = EVENTS.reserve::<ResetRecord>(0) else {
+        count(counter::JOINED_RINGBUF_FULL);
+        return;
+    };
+    let r = entry.as_mut_ptr();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: a reserved slot of size_of::<ResetRecord>(); every field is written.
+    unsafe {
+        (*r).ts_ns = bpf_ktime_get_ns();
+        (*r).skaddr = j.sock.skaddr;
+        (*r).direction = direction;
+        (*r).state = j.sock.newstate;
+        (*r).seg_flags = seg.unwrap_or(0);
+        (*r).seg_flags_known = u8::from(seg.is_some());
+        (*r).reason = j.reason;
+        (*r).family = if j.has_addrs {
+            u16::from(j.sock.family)
+        } else {
+            0
+        };
+        (*r).sport = j.sock.sport;
+        (*r).dport = j.sock.dport;
+        (*r)._pad = 0;
+        (*r).ctx_pid = (pid_tgid >> 32) as u32;
+        (*r)._pad2 = 0;
+        (*r).saddr = bytes16(j.sock.saddr);
+        (*r).daddr = bytes16(j.sock.daddr);
+    }
+    let wake = wake_flag(count(counter::JOINED_SUBMITTED));
+    entry.submit(wake);
 }
 
 #[cfg(target_arch = "bpf")]

@@ -22,12 +22,15 @@ usage:
   tcppeer server --listen ADDR:PORT [--netns NAME] [--accept N] [--send BYTES] [--dual-stack]
                  [--close-wait-ms MS | --close-first | --shutdown-write-then-read]
                  [--linger0] [--shutdown-at-mono-ns T] [--timeout-s S]
+                 [--keepalive IDLE_S,INTVL_S,CNT] [--user-timeout-ms MS]
   tcppeer client --connect ADDR:PORT [--netns NAME] [--count N] [--interval-ms MS]
-                 [--send BYTES] [--close-first | --wait-eof] [--linger0]
-                 [--shutdown-at-mono-ns T] [--timeout-s S]
+                 [--send BYTES] [--close-first | --wait-eof | --hold-idle | --trickle-ms MS]
+                 [--linger0] [--shutdown-at-mono-ns T] [--timeout-s S] [--syn-retries N]
+                 [--close-after-ms MS]
+                 [--keepalive IDLE_S,INTVL_S,CNT] [--user-timeout-ms MS]
 
 server: prints {\"event\":\"listening\",...} once listening, then handles N connections one
-  after another. Default: read until the client's EOF, then close (the server closes second).
+  after another, printing {\"event\":\"accepted\",...} as each comes in. Default: read until the client's EOF, then close (the server closes second).
   --close-wait-ms MS       after the EOF, stay in CLOSE_WAIT for MS before closing
   --close-first            close right after accept (the server closes first)
   --shutdown-write-then-read  shutdown(SHUT_WR) after accept, then read until EOF
@@ -35,10 +38,17 @@ server: prints {\"event\":\"listening\",...} once listening, then handles N conn
   --dual-stack             IPV6_V6ONLY off on an IPv6 listener (e.g. [::]:PORT): IPv4 clients
                            are accepted too, as v4-mapped addresses (whatever the sysctl
                            net.ipv6.bindv6only says)
-client: connects N times in sequence, each with one blocking connect().
+client: connects N times in sequence, each with one blocking connect(), printing
+  {\"event\":\"connected\",...} when it succeeds.
   Default (--close-first): write --send BYTES, then close (the client closes first).
   --wait-eof               read until the server's EOF, then write --send BYTES, then close
+  --hold-idle              write --send BYTES, then stay idle reading until EOF or an error
+                           (e.g. ETIMEDOUT from keepalive), bounded by --timeout-s
+  --trickle-ms MS          write --send BYTES, then 100 bytes every MS until a write fails
+                           (e.g. ETIMEDOUT from --user-timeout-ms), bounded by --timeout-s
   --interval-ms MS         pause between connections
+  --close-after-ms MS      wait MS before the close (e.g. so the server has accepted)
+  --syn-retries N          TCP_SYNCNT: SYN retransmits before connect() fails (ETIMEDOUT)
 both:
   --linger0                SO_LINGER {on, 0}: the close sends RST instead of FIN
   --realtime               run at SCHED_FIFO priority 10 (sharp timings on a loaded host)
@@ -46,6 +56,11 @@ both:
                            until EOF, close: both ends given the same T close simultaneously
                            (alias: --simultaneous-close-at-mono-ns)
   --netns NAME             enter /run/netns/NAME before creating any socket
+  --keepalive I,N,C        SO_KEEPALIVE with TCP_KEEPIDLE I s, TCP_KEEPINTVL N s, TCP_KEEPCNT C
+  --user-timeout-ms MS     TCP_USER_TIMEOUT: give up on data unacknowledged for MS
+A connection's line has \"errno\"/\"errno_name\" for a failed connect() and
+\"io_errno\"/\"io_errno_name\" for the read or write that failed afterwards (null when the
+failure was not the kernel's, e.g. this program's own timeout).
 ";
 
 fn main() -> ExitCode {
@@ -99,6 +114,12 @@ struct Opts {
     realtime: bool,
     shutdown_at: Option<u64>,
     timeout: Duration,
+    hold_idle: bool,
+    close_after: Duration,
+    trickle: Option<Duration>,
+    syn_retries: Option<i32>,
+    keepalive: Option<(i32, i32, i32)>,
+    user_timeout_ms: Option<u32>,
 }
 
 impl Opts {
@@ -125,6 +146,12 @@ impl Opts {
             realtime: false,
             shutdown_at: None,
             timeout: Duration::from_secs(10),
+            hold_idle: false,
+            close_after: Duration::ZERO,
+            trickle: None,
+            syn_retries: None,
+            keepalive: None,
+            user_timeout_ms: None,
         };
         let mut it = args[1..].iter();
         while let Some(flag) = it.next() {
@@ -157,6 +184,16 @@ impl Opts {
                 ("--shutdown-at-mono-ns" | "--simultaneous-close-at-mono-ns", _) => {
                     o.shutdown_at = Some(parse(flag, value()?)?)
                 }
+                ("--hold-idle", Mode::Client) => o.hold_idle = true,
+                ("--close-after-ms", Mode::Client) => {
+                    o.close_after = Duration::from_millis(parse(flag, value()?)?)
+                }
+                ("--trickle-ms", Mode::Client) => {
+                    o.trickle = Some(Duration::from_millis(parse(flag, value()?)?))
+                }
+                ("--syn-retries", Mode::Client) => o.syn_retries = Some(parse(flag, value()?)?),
+                ("--keepalive", _) => o.keepalive = Some(parse_keepalive(value()?)?),
+                ("--user-timeout-ms", _) => o.user_timeout_ms = Some(parse(flag, value()?)?),
                 ("--timeout-s", _) => {
                     let secs: f64 = parse(flag, value()?)?;
                     o.timeout = Duration::try_from_secs_f64(secs)
@@ -179,6 +216,16 @@ impl Opts {
         ];
         if server_closes.iter().filter(|&&b| b).count() > 1
             || (o.wait_eof && (o.close_first || o.shutdown_at.is_some()))
+            || [
+                o.wait_eof,
+                o.hold_idle,
+                o.trickle.is_some(),
+                o.shutdown_at.is_some(),
+            ]
+            .iter()
+            .filter(|&&b| b)
+            .count()
+                > 1
         {
             return Err("choose one way to close".into());
         }
@@ -194,6 +241,20 @@ impl Opts {
 
 fn parse<T: std::str::FromStr>(flag: &str, s: &str) -> Result<T, String> {
     s.parse().map_err(|_| format!("bad value for {flag}: {s}"))
+}
+
+/// `IDLE_S,INTVL_S,CNT`, each at least 1 (the kernel refuses 0).
+fn parse_keepalive(s: &str) -> Result<(i32, i32, i32), String> {
+    let v: Vec<i32> = s
+        .split(',')
+        .map(|p| parse("--keepalive", p.trim()))
+        .collect::<Result<_, _>>()?;
+    match v[..] {
+        [idle, intvl, cnt] if idle > 0 && intvl > 0 && cnt > 0 => Ok((idle, intvl, cnt)),
+        _ => Err(format!(
+            "--keepalive wants IDLE_S,INTVL_S,CNT (each >= 1), not {s}"
+        )),
+    }
 }
 
 /// SCHED_FIFO, so that a loaded machine does not delay this process's wake-ups and its own
@@ -275,6 +336,8 @@ struct Record {
     bytes_sent: usize,
     bytes_received: usize,
     error: Option<String>,
+    /// The OS error of the read or write that failed (`error`), when it was one.
+    io_errno: Option<i32>,
 }
 
 fn json_str(out: &mut String, s: &str) {
@@ -290,6 +353,33 @@ fn json_str(out: &mut String, s: &str) {
         }
     }
     out.push('"');
+}
+
+/// The symbolic name of the errors these tests meet; others as `E<number>`.
+fn errno_name(e: i32) -> String {
+    let name = match e {
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::EPIPE => "EPIPE",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::EINPROGRESS => "EINPROGRESS",
+        libc::EAGAIN => "EAGAIN",
+        libc::EINTR => "EINTR",
+        _ => return format!("E{e}"),
+    };
+    name.to_string()
+}
+
+fn json_errno(out: &mut String, key: &str, e: Option<i32>) {
+    json_opt(out, key, e);
+    let _ = write!(out, ",\"{key}_name\":");
+    match e {
+        Some(e) => json_str(out, &errno_name(e)),
+        None => out.push_str("null"),
+    }
 }
 
 fn json_opt<T: std::fmt::Display>(out: &mut String, key: &str, v: Option<T>) {
@@ -321,7 +411,7 @@ impl Record {
             Some(r) => json_str(&mut out, r),
             None => out.push_str("null"),
         }
-        json_opt(&mut out, "errno", self.errno);
+        json_errno(&mut out, "errno", self.errno);
         json_opt(&mut out, "kernel_rtt_us", self.kernel_rtt_us);
         json_opt(&mut out, "accept_ns", self.accept_ns);
         json_opt(&mut out, "shutdown_ns", self.shutdown_ns);
@@ -336,6 +426,7 @@ impl Record {
             Some(e) => json_str(&mut out, e),
             None => out.push_str("null"),
         }
+        json_errno(&mut out, "io_errno", self.io_errno);
         out.push('}');
         emit(&out);
     }
@@ -372,6 +463,51 @@ fn setsockopt<T>(fd: &impl AsRawFd, level: i32, name: i32, val: &T) -> io::Resul
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// The per-socket timers the options ask for: keepalive and TCP_USER_TIMEOUT.
+fn set_timers(o: &Opts, fd: &impl AsRawFd) -> io::Result<()> {
+    if let Some((idle, intvl, cnt)) = o.keepalive {
+        setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, &1i32)?;
+        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, &idle)?;
+        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, &intvl)?;
+        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, &cnt)?;
+    }
+    if let Some(ms) = o.user_timeout_ms {
+        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, &ms)?;
+    }
+    Ok(())
+}
+
+fn connected_line(event: &str, rec: &Record) {
+    emit(&format!(
+        "{{\"event\":\"{event}\",\"pid\":{},\"seq\":{},\"local_port\":{},\"remote_port\":{},\"mono_ns\":{}}}",
+        std::process::id(),
+        rec.seq,
+        rec.local_port,
+        rec.remote_port,
+        mono_ns()
+    ));
+}
+
+/// Writes 100 bytes every `every` until a write fails (its error is returned) or `limit`
+/// passes (an error of this program's own, without an OS errno).
+fn trickle(
+    stream: &mut TcpStream,
+    every: Duration,
+    limit: Duration,
+    rec: &mut Record,
+) -> io::Result<()> {
+    let deadline = Instant::now() + limit;
+    let chunk = [0u8; 100];
+    while Instant::now() < deadline {
+        rec.bytes_sent += stream.write(&chunk)?;
+        std::thread::sleep(every);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        "still writing at the end of --timeout-s",
+    ))
 }
 
 fn kernel_rtt_us(fd: &impl AsRawFd) -> Option<u32> {
@@ -505,8 +641,10 @@ fn server(o: &Opts) -> Result<(), String> {
         if let Ok(local) = stream.local_addr() {
             rec.local_port = local.port();
         }
+        connected_line("accepted", &rec);
         if let Err(e) = serve_one(o, stream, &mut rec) {
             rec.error = Some(e.to_string());
+            rec.io_errno = e.raw_os_error();
         }
         rec.print("server");
     }
@@ -525,6 +663,7 @@ fn serve_steps(o: &Opts, stream: &mut TcpStream, rec: &mut Record) -> io::Result
     if o.linger0 {
         set_linger0(stream)?;
     }
+    set_timers(o, stream)?;
     send_bytes(stream, o.send, rec)?;
     if let Some(t) = o.shutdown_at {
         sleep_until_mono(t, o.timeout).map_err(io::Error::other)?;
@@ -584,10 +723,15 @@ fn client(o: &Opts) -> Result<(), String> {
         };
         match connect(o, &mut rec) {
             Ok(Some(mut stream)) => {
+                connected_line("connected", &rec);
                 let result = client_steps(o, &mut stream, &mut rec);
+                if result.is_ok() && !o.close_after.is_zero() {
+                    std::thread::sleep(o.close_after);
+                }
                 close(stream, &mut rec);
                 if let Err(e) = result {
                     rec.error = Some(e.to_string());
+                    rec.io_errno = e.raw_os_error();
                 }
             }
             Ok(None) => {}
@@ -604,6 +748,7 @@ fn client_steps(o: &Opts, stream: &mut TcpStream, rec: &mut Record) -> io::Resul
     if o.linger0 {
         set_linger0(stream)?;
     }
+    set_timers(o, stream)?;
     if let Some(t) = o.shutdown_at {
         send_bytes(stream, o.send, rec)?;
         sleep_until_mono(t, o.timeout).map_err(io::Error::other)?;
@@ -612,6 +757,12 @@ fn client_steps(o: &Opts, stream: &mut TcpStream, rec: &mut Record) -> io::Resul
     } else if o.wait_eof {
         read_to_eof(stream, o.timeout, rec)?;
         send_bytes(stream, o.send, rec)
+    } else if o.hold_idle {
+        send_bytes(stream, o.send, rec)?;
+        read_to_eof(stream, o.timeout, rec)
+    } else if let Some(every) = o.trickle {
+        send_bytes(stream, o.send, rec)?;
+        trickle(stream, every, o.timeout, rec)
     } else {
         send_bytes(stream, o.send, rec)
     }
@@ -638,6 +789,10 @@ fn connect(o: &Opts, rec: &mut Record) -> Result<Option<TcpStream>, String> {
         &timeval(o.timeout),
     )
     .map_err(|e| format!("SO_SNDTIMEO: {e}"))?;
+    if let Some(n) = o.syn_retries {
+        setsockopt(&fd, libc::IPPROTO_TCP, libc::TCP_SYNCNT, &n)
+            .map_err(|e| format!("TCP_SYNCNT {n}: {e}"))?;
+    }
     let (storage, len) = sockaddr(&o.addr);
     rec.connect_start_ns = Some(mono_ns());
     // SAFETY: storage holds a sockaddr of `len` bytes.

@@ -87,7 +87,8 @@ pub struct OutputArgs {
     /// Print a summary every SECS seconds as well as at the end.
     #[arg(short = 'i', long, value_name = "SECS", value_parser = positive_f64)]
     pub interval: Option<f64>,
-    /// Only print connections whose handshake took at least MS milliseconds.
+    /// Only print connections whose HS_MS (the handshake; for an accepted socket its SYN-ACK round
+    /// trip when known) is at least MS milliseconds.
     #[arg(long, value_name = "MS", value_parser = non_negative_f64)]
     pub min_handshake_ms: Option<f64>,
     /// Only print connections that stayed in CLOSE_WAIT at least MS milliseconds.

@@ -4,6 +4,7 @@
 //! a replay reproduces the live output byte for byte: a recording stores exactly this stream.
 
 use crate::event::Event;
+use crate::facts::{Facts, ResetRecord, RetransmitRecord};
 
 /// The kernel program's counters plus the kernel's own count of skipped runs of the program,
 /// each known or unknown; the one type every output and the recording use.
@@ -13,6 +14,12 @@ pub use tcpstate_common::{Counter, KernelCounters};
 pub enum Input {
     /// One state change.
     Event(Event),
+    /// Socket facts read at the transition of the same `ts_ns` and `skaddr` (it follows it).
+    Facts(Facts),
+    /// A retransmitted segment or SYN-ACK.
+    Retransmit(RetransmitRecord),
+    /// A reset sent or received.
+    Reset(ResetRecord),
     /// The clock moved on (CLOCK_MONOTONIC ns, the clock of `Event::ts_ns`) with no event
     /// before it still to come: lets time-driven output (interval summaries, the reorder window)
     /// advance while the host is quiet.
@@ -33,7 +40,7 @@ mod tests {
         let text = serde_json::to_string(&c).unwrap_or_default();
         assert_eq!(
             text,
-            r#"{"seen":7,"filtered":null,"submitted":null,"ringbuf_full":null,"hold_failed":null,"recursion_misses":null,"deferred":null,"released":null,"held_dropped":null,"owner_update_failed":2}"#
+            r#"{"seen":7,"filtered":null,"submitted":null,"ringbuf_full":null,"hold_failed":null,"recursion_misses":null,"deferred":null,"released":null,"held_dropped":null,"owner_update_failed":2,"facts_submitted":null,"facts_ringbuf_full":null,"joined_seen":null,"joined_filtered":null,"joined_submitted":null,"joined_ringbuf_full":null}"#
         );
         let back: KernelCounters = serde_json::from_str(&text).expect("parse");
         assert_eq!(back, c);

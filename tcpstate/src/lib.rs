@@ -7,6 +7,7 @@
 pub mod cli;
 pub(crate) mod clock;
 pub mod event;
+pub mod facts;
 pub mod filter;
 pub mod input;
 #[cfg(feature = "kernel")]

@@ -16,14 +16,16 @@ use tokio::{
 
 use crate::{
     cli::TraceArgs,
-    clock, event,
+    clock,
     input::{Counter, Input, KernelCounters},
     kernel::{
         environment,
+        facts::{self, FactsPlan},
         probe::{Probe, ProbeOptions},
         procscan,
     },
     output::{Output, OutputError},
+    pipeline::ResetReasons,
     record::{self, RecordWriter},
 };
 
@@ -118,20 +120,27 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             dir.display()
         );
     }
+    for notice in &probe.notices {
+        eprintln!("tcpstate: note: {notice}");
+    }
     // Sockets created between the first scan and the attach.
     probe
         .add_preexisting(&procscan::scan())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
 
     let clock = clock::Start::now();
+    // The kernel's reset reason names (`enum sk_rst_reason` from BTF, lower case, by value),
+    // in the recording too so a replay elsewhere names them the same.
+    let reset_reasons: Vec<String> = probe.reset_reasons.clone();
     let mut recorder = match record_file {
         Some((path, file)) => {
-            let header = record::Header::new(
+            let mut header = record::Header::new(
                 environment::kernel_release(),
                 clock.start_mono_ns,
                 clock.realtime_minus_mono_ns,
                 std::env::args().collect::<Vec<_>>().join(" "),
             );
+            header.reset_reasons = reset_reasons.clone();
             let w = RecordWriter::new(file, &header)
                 .with_context(|| format!("writing {}", path.display()))?;
             Some((path, w))
@@ -139,7 +148,12 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
         None => None,
     };
 
-    let mut output = Output::new(&args.output, clock.into(), args.count);
+    let mut output = Output::with_reasons(
+        &args.output,
+        clock.into(),
+        args.count,
+        ResetReasons::leak(reset_reasons),
+    );
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
 
@@ -157,6 +171,7 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             totals: &mut totals,
             counters: &mut reader,
             last_record_flush: Instant::now(),
+            facts_plan: probe.facts_plan.clone(),
         };
         rt.block_on(event_loop(args, filtered, &mut probe, &mut session))
     };
@@ -233,6 +248,18 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             String::new()
         }
     );
+    let (facts_lost, joined_lost) = (
+        counters.get(Counter::FactsRingbufFull).unwrap_or(0),
+        counters.get(Counter::JoinedRingbufFull).unwrap_or(0),
+    );
+    if facts_lost + joined_lost > 0 {
+        // Counted in `lost` above; their connections' events were delivered, what these records
+        // would have added is unknown.
+        eprintln!(
+            "tcpstate: ring buffer full: {facts_lost} socket-facts records and {joined_lost} \
+             retransmit/reset records lost"
+        );
+    }
     Ok(exit)
 }
 
@@ -279,6 +306,8 @@ struct Session<'a, W: Write> {
     totals: &'a mut Totals,
     counters: &'a mut CounterReader,
     last_record_flush: Instant,
+    /// How this kernel's facts records decode.
+    facts_plan: FactsPlan,
 }
 
 impl<W: Write> Session<'_, W> {
@@ -310,15 +339,18 @@ impl<W: Write> Session<'_, W> {
     ) -> Result<bool, LoopError> {
         let mut any = false;
         while let Some(item) = ring.next() {
-            let decoded = event::decode(&item);
+            // Event, facts, retransmit or reset record, by size; decoded on the stack.
+            let decoded = facts::decode_record(&item, &self.facts_plan);
             drop(item);
-            let Ok(ev) = decoded else {
+            let Ok(input) = decoded else {
                 self.totals.undecodable += 1;
                 continue;
             };
-            self.totals.delivered += 1;
+            if matches!(input, Input::Event(_)) {
+                self.totals.delivered += 1;
+            }
             any = true;
-            self.feed(&Input::Event(ev))?;
+            self.feed(&input)?;
             if self.output.limit_reached() {
                 return Ok(true);
             }

@@ -5,7 +5,7 @@ use std::io;
 use crate::{
     cli::{OutputArgs, OutputFormat},
     input::Input,
-    pipeline::{ClockBase, Format, Mode, OutputConfig, Pipeline, TimeColumn},
+    pipeline::{ClockBase, Format, Mode, OutputConfig, Pipeline, ResetReasons, TimeColumn},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -72,9 +72,18 @@ pub struct Output {
 }
 
 impl Output {
-    pub fn new(args: &OutputArgs, clock: ClockBase, max_records: Option<u64>) -> Self {
+    /// With the kernel's reset reason names (from BTF live, from the header in a replay).
+    pub fn with_reasons(
+        args: &OutputArgs,
+        clock: ClockBase,
+        max_records: Option<u64>,
+        reasons: ResetReasons,
+    ) -> Self {
         Output {
-            pipeline: Pipeline::new(config(args, clock, max_records)),
+            pipeline: Pipeline::new(OutputConfig {
+                reset_reasons: reasons,
+                ..config(args, clock, max_records)
+            }),
         }
     }
 

@@ -8,15 +8,43 @@
 use std::collections::HashSet;
 use std::io::{self, Write};
 
-use crate::event::Event;
+use crate::facts::ResetRecord;
 use crate::input::{Input, KernelCounters};
 use crate::report::pairing::{self, Emit, Pairing};
 use crate::report::render::{self, Renderer};
 use crate::report::summary::{PipelineCounts, Summary, SummaryKind};
 use crate::stats::Stats;
-use crate::timeline::{self, Conn, Engine, Phase, Reorder};
+use crate::timeline::{self, Conn, Engine, Item, Linger, Phase, Reorder};
 
 pub use crate::report::time::{ClockBase, TimeColumn};
+
+/// Names of the kernel's reset reasons (`enum sk_rst_reason`, lower case, indexed by value;
+/// empty where unnamed): read from BTF by a live trace, from the header by a replay. A handle
+/// to a table that lives as long as the process, so the configuration stays `Copy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ResetReasons(&'static [String]);
+
+impl ResetReasons {
+    /// Keeps `names` for the rest of the process (one table per trace or replay).
+    pub fn leak(names: Vec<String>) -> ResetReasons {
+        if names.is_empty() {
+            return ResetReasons::default();
+        }
+        ResetReasons(Vec::leak(names))
+    }
+
+    pub fn name(&self, code: u16) -> Option<&'static str> {
+        let table: &'static [String] = self.0;
+        table
+            .get(usize::from(code))
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+    }
+
+    pub fn names(&self) -> &'static [String] {
+        self.0
+    }
+}
 
 /// What is printed per record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,7 +74,8 @@ pub struct OutputConfig {
     pub time: TimeColumn,
     /// Wide address columns (IPv6).
     pub wide: bool,
-    /// Print only connections whose handshake took at least this long (connections and
+    /// Print only connections whose HS_MS (`Conn::hs_shown_ns`: an accepted socket's SYN-ACK
+    /// round trip when known, the handshake otherwise) is at least this long (connections and
     /// timeline modes; the summary still counts every connection).
     pub min_handshake_ns: Option<u64>,
     /// Print only connections that stayed in CLOSE_WAIT at least this long.
@@ -60,6 +89,7 @@ pub struct OutputConfig {
     /// Print at most this many records (`--count`); both ends of a pair are never split.
     /// Statistics still count everything.
     pub max_records: Option<u64>,
+    pub reset_reasons: ResetReasons,
 }
 
 impl OutputConfig {
@@ -90,6 +120,7 @@ impl Default for OutputConfig {
             clock: ClockBase::default(),
             summary_at_end: true,
             max_records: None,
+            reset_reasons: ResetReasons::default(),
         }
     }
 }
@@ -98,6 +129,10 @@ pub struct Pipeline {
     cfg: OutputConfig,
     reorder: Reorder,
     engine: Engine,
+    /// Finished lifetimes waiting for the facts and resets that follow their CLOSE.
+    linger: Linger,
+    /// Facts, retransmits and resets that matched no lifetime.
+    unjoined: u64,
     pairing: Pairing,
     renderer: Box<dyn Renderer>,
     total: Stats,
@@ -123,8 +158,16 @@ impl Pipeline {
         Pipeline {
             reorder: Reorder::new(cfg.reorder_window_ns, timeline::DEFAULT_CAPACITY),
             engine: Engine::new(cfg.max_tracked),
+            linger: Linger::default(),
+            unjoined: 0,
             pairing: Pairing::new(pairing::DEFAULT_WAIT_NS, pairing::DEFAULT_MAX_HELD),
-            renderer: render::new(cfg.renderer(), cfg.time, cfg.clock, cfg.wide),
+            renderer: render::new(
+                cfg.renderer(),
+                cfg.time,
+                cfg.clock,
+                cfg.wide,
+                cfg.reset_reasons,
+            ),
             total: Stats::default(),
             interval: Stats::default(),
             counters: None,
@@ -152,6 +195,12 @@ impl Pipeline {
                 self.anchor_ns.get_or_insert(ev.ts_ns);
                 self.reorder.push(ev);
             }
+            Input::Facts(f) => self.reorder.push(f),
+            Input::Retransmit(r) => self.reorder.push(Item::Retransmit(r)),
+            Input::Reset(r) => {
+                self.anchor_ns.get_or_insert(r.ts_ns);
+                self.reorder.push(Item::Reset(r));
+            }
             Input::Tick { now_ns } => {
                 self.anchor_ns.get_or_insert(now_ns);
                 self.reorder.advance(now_ns);
@@ -161,8 +210,8 @@ impl Pipeline {
                 return Ok(());
             }
         }
-        while let Some(ev) = self.reorder.pop_ready() {
-            self.process(&ev, out)?;
+        while let Some(item) = self.reorder.pop_ready() {
+            self.process(&item, out)?;
         }
         self.advance(self.reorder.watermark(), out)
     }
@@ -174,11 +223,12 @@ impl Pipeline {
             return Ok(());
         }
         self.start(out)?;
-        while let Some(ev) = self.reorder.pop_any() {
-            self.process(&ev, out)?;
+        while let Some(item) = self.reorder.pop_any() {
+            self.process(&item, out)?;
         }
         let end = self.reorder.clock_ns().max(self.engine.now_ns());
         self.advance(end, out)?;
+        self.release_lingering(None, out)?;
         let mut done = std::mem::take(&mut self.done);
         self.engine.finish(end, &mut done);
         // Both ends of a connection can still be open: pair them within this last batch.
@@ -233,7 +283,31 @@ impl Pipeline {
         render::flush(&mut self.buf, out)
     }
 
-    fn process(&mut self, ev: &Event, out: &mut impl Write) -> io::Result<()> {
+    fn process(&mut self, item: &Item, out: &mut impl Write) -> io::Result<()> {
+        let ev = match item {
+            Item::Event(ev) => ev,
+            Item::Facts(packed) => {
+                let f = &packed.unpack();
+                let joined = self.engine.facts(f) || self.linger.facts(f);
+                self.unjoined += u64::from(!joined);
+                return Ok(());
+            }
+            Item::Retransmit(r) => {
+                self.advance(r.ts_ns, out)?;
+                let joined = self.engine.retransmit(r) || self.linger.retransmit(r);
+                self.unjoined += u64::from(!joined);
+                return Ok(());
+            }
+            Item::Reset(r) => {
+                self.advance(r.ts_ns, out)?;
+                if timeline::is_refused_inbound(r) {
+                    return self.refused(r, out);
+                }
+                let joined = self.engine.reset(r) || self.linger.reset(r);
+                self.unjoined += u64::from(!joined);
+                return Ok(());
+            }
+        };
         self.advance(ev.ts_ns, out)?;
         let mut done = std::mem::take(&mut self.done);
         let step = self.engine.push(ev, &mut done);
@@ -243,19 +317,56 @@ impl Pipeline {
             render::flush(&mut self.buf, out)?;
         }
         for c in done.drain(..) {
-            self.record(&c);
-            if self.cfg.mode != Mode::Transitions {
-                let peer_open = self.engine.has_open_peer(&c);
-                self.pairing.offer(c, peer_open, &mut self.emits);
+            let peer_open = self.cfg.mode != Mode::Transitions && self.engine.has_open_peer(&c);
+            if let Some(h) = self.linger.push(c, peer_open, ev.ts_ns) {
+                self.offer(h);
             }
         }
         self.done = done;
         self.print_emits(out)
     }
 
+    /// A connection attempt this host refused (a RST without a socket answering a SYN).
+    fn refused(&mut self, r: &ResetRecord, out: &mut impl Write) -> io::Result<()> {
+        self.total.refused(r);
+        if self.cfg.interval_ns.is_some() {
+            self.interval.refused(r);
+        }
+        if self.limit_reached() {
+            return Ok(());
+        }
+        self.renderer.refused(r, &mut self.buf)?;
+        // The transition table has no line for it (no socket changed state).
+        self.records += u64::from(!self.buf.is_empty());
+        render::flush(&mut self.buf, out)
+    }
+
+    /// Releases lingering lifetimes finished before `now_ns` (all with `None`) to the
+    /// statistics and to pairing.
+    fn release_lingering(&mut self, now_ns: Option<u64>, out: &mut impl Write) -> io::Result<()> {
+        let mut any = false;
+        while let Some(h) = self.linger.pop_due(now_ns) {
+            self.offer(h);
+            any = true;
+        }
+        if any {
+            self.print_emits(out)?;
+        }
+        Ok(())
+    }
+
+    /// A finished lifetime goes to the statistics and to pairing.
+    fn offer(&mut self, h: timeline::linger::Held) {
+        self.record(&h.conn);
+        if self.cfg.mode != Mode::Transitions {
+            self.pairing.offer(h.conn, h.peer_open, &mut self.emits);
+        }
+    }
+
     /// The event clock reached `now_ns`: connections waiting too long for their other end are
     /// printed alone, and interval summaries fall due.
     fn advance(&mut self, now_ns: u64, out: &mut impl Write) -> io::Result<()> {
+        self.release_lingering(Some(now_ns), out)?;
         self.pairing.expire(now_ns, &mut self.emits);
         self.print_emits(out)?;
         let Some(iv) = self.cfg.interval_ns.filter(|&iv| iv > 0) else {
@@ -274,6 +385,8 @@ impl Pipeline {
         if now_ns < next {
             return Ok(());
         }
+        // What finished in this interval is counted in it, late joins or not.
+        self.release_lingering(None, out)?;
         self.print_summary(SummaryKind::Interval, self.interval_start_ns, next, out)?;
         self.interval.clear();
         // Quiet intervals in between had nothing to report: skip to the one holding `now_ns`.
@@ -295,7 +408,7 @@ impl Pipeline {
             Some(m) => v.is_some_and(|v| v >= m),
             None => true,
         };
-        at_least(self.cfg.min_handshake_ns, c.handshake_ns())
+        at_least(self.cfg.min_handshake_ns, c.hs_shown_ns())
             && at_least(self.cfg.min_close_wait_ns, c.phase_ns(Phase::CloseWait))
     }
 
@@ -363,6 +476,7 @@ impl Pipeline {
                 superseded: self.engine.superseded(),
                 ignored: self.engine.ignored(),
                 paired: self.pairing.paired(),
+                unjoined: self.unjoined,
             },
         };
         self.renderer.summary(&s, &mut self.buf)?;
@@ -407,6 +521,28 @@ mod tests {
         out
     }
 
+    /// `synthetic(n)` with the socket facts a kernel with BTF sends: after each handshake and
+    /// each transition into CLOSE, as the live program does.
+    pub(crate) fn synthetic_with_facts(n: u64) -> Vec<Input> {
+        let mut out = Vec::with_capacity(n as usize * 14);
+        for i in synthetic(n) {
+            out.push(i);
+            if let Input::Event(e) = i {
+                let wanted = e.newstate == CLOSE
+                    || (e.newstate == ESTABLISHED && matches!(e.oldstate, SYN_SENT | SYN_RECV));
+                if wanted {
+                    let mut f =
+                        crate::facts::tests::facts(e.ts_ns, e.skaddr, e.oldstate, e.newstate);
+                    f.srtt_us = Some(40);
+                    f.bytes_acked = Some(3002);
+                    f.bytes_received = Some(7001);
+                    out.push(Input::Facts(f));
+                }
+            }
+        }
+        out
+    }
+
     /// CPU time of this thread: the machine may be shared, wall time is not a fair measure.
     fn thread_cpu_ns() -> u64 {
         let mut ts = libc::timespec {
@@ -423,14 +559,18 @@ mod tests {
     #[test]
     #[ignore]
     fn throughput() {
-        let inputs = synthetic(200_000);
-        for (mode, format) in [
-            (Mode::Connections, Format::Table),
-            (Mode::Connections, Format::Json),
-            (Mode::Transitions, Format::Table),
-            (Mode::Transitions, Format::Json),
-            (Mode::Timeline, Format::Table),
+        let plain = synthetic(200_000);
+        let with_facts = synthetic_with_facts(200_000);
+        for (mode, format, facts) in [
+            (Mode::Connections, Format::Table, false),
+            (Mode::Connections, Format::Json, false),
+            (Mode::Transitions, Format::Table, false),
+            (Mode::Transitions, Format::Json, false),
+            (Mode::Timeline, Format::Table, false),
+            (Mode::Connections, Format::Table, true),
+            (Mode::Connections, Format::Json, true),
         ] {
+            let inputs = if facts { &with_facts } else { &plain };
             let mut p = Pipeline::new(OutputConfig {
                 mode,
                 format,
@@ -439,20 +579,24 @@ mod tests {
             let mut out = io::sink();
             let started = std::time::Instant::now();
             let cpu_started = thread_cpu_ns();
-            for i in &inputs {
+            for i in inputs {
                 p.push(i, &mut out).unwrap();
             }
             p.finish(&mut out).unwrap();
             let secs = started.elapsed().as_secs_f64();
             let cpu = (thread_cpu_ns() - cpu_started) as f64 / 1e9;
             println!(
-                "{mode:?}/{format:?}: {} transitions, {secs:.3} s wall, {cpu:.3} s cpu = {:.2} M/s per core ({} records, {} paired)",
+                "{mode:?}/{format:?}{}: {} inputs, {secs:.3} s wall, {cpu:.3} s cpu = {:.2} M/s per core ({} records, {} paired)",
+                if facts { " with facts" } else { "" },
                 inputs.len(),
                 inputs.len() as f64 / cpu / 1e6,
                 p.records(),
                 p.pairing.paired()
             );
             assert_eq!(p.stats().connections, 400_000);
+            if facts {
+                assert_eq!(p.unjoined, 0);
+            }
         }
     }
 }

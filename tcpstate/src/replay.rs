@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use crate::{
     cli::ReplayArgs,
     output::{Output, OutputError},
-    pipeline::ClockBase,
+    pipeline::{ClockBase, ResetReasons},
     record::RecordReader,
 };
 
@@ -24,7 +24,8 @@ pub fn run(args: &ReplayArgs) -> Result<i32> {
         start_mono_ns: header.start_mono_ns,
         realtime_minus_mono_ns: header.realtime_minus_mono_ns,
     };
-    let mut output = Output::new(&args.output, clock, None);
+    let reasons = ResetReasons::leak(header.reset_reasons);
+    let mut output = Output::with_reasons(&args.output, clock, None, reasons);
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
 

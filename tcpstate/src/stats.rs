@@ -3,7 +3,10 @@
 
 use std::fmt::{self, Write};
 
-use crate::timeline::{Conn, Outcome, Phase, Role};
+use std::collections::BTreeMap;
+
+use crate::facts::ResetRecord;
+use crate::timeline::{Conn, Outcome, Phase, RetxKind, Role};
 
 /// Sub-buckets per power of two, as a bit count: 2^7 = 128, so a bucket is at most 1/128 of
 /// its lower bound wide and the midpoint is within 0.4 % of any value in it.
@@ -184,6 +187,56 @@ pub struct Stats {
     pub connect_us: Log2Histogram,
     /// Completed CLOSE_WAIT phases (peer's FIN to the application's close), ns.
     pub close_wait: Histogram,
+    /// What the socket facts, retransmits and resets said (issue 10).
+    pub why: WhyStats,
+}
+
+/// Counts over the "why" of connections: kept apart from the rest so each part stays simple.
+#[derive(Debug, Clone, Default)]
+pub struct WhyStats {
+    /// Accepted sockets' SYN-ACK round trips, ns.
+    pub synack_rtt: Histogram,
+    /// The same, µs, for the bcc-style histogram.
+    pub synack_rtt_us: Log2Histogram,
+    /// Retransmitted segments by kind (indexed by `RetxKind`).
+    pub retransmits: [u64; 5],
+    /// Connections with a reset sent / received.
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    /// Connections that ended with an error, by errno value.
+    pub errors: BTreeMap<u8, u64>,
+    /// Connection attempts this host refused (RST to a SYN, no socket), by local port. At most
+    /// 65,536 entries.
+    pub refused_by_port: BTreeMap<u16, u64>,
+    pub refused: u64,
+}
+
+impl WhyStats {
+    fn record(&mut self, c: &Conn) {
+        if c.role() == Role::Server {
+            if let Some(rtt) = c.synack_rtt_ns() {
+                self.synack_rtt.record(rtt);
+                self.synack_rtt_us.record(rtt / 1_000);
+            }
+        }
+        if let Some(r) = c.retransmits() {
+            for k in RetxKind::ALL {
+                self.retransmits[k as usize] += u64::from(r[k as usize]);
+            }
+        }
+        match c.reset_info() {
+            Some((tcpstate_common::reset_direction::SENT, _)) => self.resets_sent += 1,
+            Some(_) => self.resets_received += 1,
+            None => {}
+        }
+        if let Some(e) = c.errno().filter(|&e| e != 0) {
+            *self.errors.entry(e).or_default() += 1;
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = WhyStats::default();
+    }
 }
 
 impl Stats {
@@ -206,6 +259,13 @@ impl Stats {
                 self.close_wait.record(cw);
             }
         }
+        self.why.record(c);
+    }
+
+    /// An inbound connection attempt this host refused.
+    pub fn refused(&mut self, r: &ResetRecord) {
+        self.why.refused += 1;
+        *self.why.refused_by_port.entry(r.sport).or_default() += 1;
     }
 
     pub fn outcome(&self, o: Outcome) -> u64 {
@@ -226,6 +286,7 @@ impl Stats {
         self.connect.clear();
         self.connect_us.clear();
         self.close_wait.clear();
+        self.why.clear();
     }
 }
 

@@ -3,7 +3,7 @@
 //! Offsets are never hard-coded: `sock:inet_sock_set_state` changed layout in Linux 5.6
 //! (`protocol` grew from one byte to two and every address moved).
 
-use tcpstate_common::{Layout, MAX_RECORD_LEN};
+use tcpstate_common::{JoinLayout, Layout, MAX_RECORD_LEN};
 
 /// One `field:` line of a format file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +141,135 @@ pub fn inet_sock_set_state_layout(text: &str) -> Result<Layout, FormatError> {
     })
 }
 
+/// The joined tracepoints the kernel program can attach to (retransmits and resets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinEvent {
+    RetransmitSkb,
+    RetransmitSynack,
+    SendReset,
+    ReceiveReset,
+}
+
+impl JoinEvent {
+    pub const ALL: [JoinEvent; 4] = [
+        JoinEvent::RetransmitSkb,
+        JoinEvent::RetransmitSynack,
+        JoinEvent::SendReset,
+        JoinEvent::ReceiveReset,
+    ];
+
+    /// (program, layout global, tracepoint category, tracepoint name).
+    pub fn names(self) -> (&'static str, &'static str, &'static str, &'static str) {
+        tcpstate_common::names::JOINED[self as usize]
+    }
+
+    /// `tcp:tcp_retransmit_skb` and so on.
+    pub fn tracepoint(self) -> String {
+        let (_, _, category, name) = self.names();
+        format!("{category}:{name}")
+    }
+}
+
+/// Finds named fields with their expected sizes, tracking the end of the last one.
+struct Lookup<'a> {
+    fields: &'a [Field],
+    end: usize,
+}
+
+impl Lookup<'_> {
+    /// The field's offset, or None when the event lacks it; a wrong size or offset is an error.
+    fn optional(
+        &mut self,
+        name: &'static str,
+        expected: &'static [usize],
+    ) -> Result<Option<u16>, FormatError> {
+        let Some(f) = self.fields.iter().find(|f| f.name == name) else {
+            return Ok(None);
+        };
+        if !expected.contains(&f.size) {
+            return Err(FormatError::BadSize {
+                field: name,
+                size: f.size,
+                expected,
+            });
+        }
+        let field_end = f
+            .offset
+            .checked_add(f.size)
+            .filter(|&e| e <= MAX_RECORD_LEN)
+            .ok_or(FormatError::TooLong {
+                field: name,
+                end: f.offset.saturating_add(f.size),
+            })?;
+        // Offset 0 is `common_type`: a field there would read as "absent" in the program.
+        if f.offset == 0 {
+            return Err(FormatError::Malformed {
+                line: 0,
+                text: format!("field `{name}` at offset 0"),
+            });
+        }
+        self.end = self.end.max(field_end);
+        Ok(Some(f.offset as u16))
+    }
+
+    fn required(
+        &mut self,
+        name: &'static str,
+        expected: &'static [usize],
+    ) -> Result<u16, FormatError> {
+        self.optional(name, expected)?
+            .ok_or(FormatError::Missing(name))
+    }
+
+    fn size_of(&self, name: &str) -> Option<usize> {
+        self.fields.iter().find(|f| f.name == name).map(|f| f.size)
+    }
+}
+
+/// Builds the layout of one joined tracepoint, checking every field the program reads: the
+/// socket's addresses as `tcp_event_sk` events carry them, or (`tcp_send_reset` since Linux
+/// 6.10) as socket address storage; `err` and `reason` where the kernel has them.
+pub fn join_layout(text: &str, event: JoinEvent) -> Result<JoinLayout, FormatError> {
+    let fields = parse_fields(text)?;
+    let mut l = Lookup {
+        fields: &fields,
+        end: 0,
+    };
+    let mut out = JoinLayout {
+        skaddr: l.required("skaddr", &[8])?,
+        ..JoinLayout::default()
+    };
+    match event {
+        JoinEvent::RetransmitSkb => {
+            out.skbaddr = l.required("skbaddr", &[8])?;
+            out.state = l.required("state", &[4])?;
+            out.err = l.optional("err", &[4])?.unwrap_or(0);
+        }
+        JoinEvent::RetransmitSynack | JoinEvent::ReceiveReset => {}
+        JoinEvent::SendReset => {
+            out.skbaddr = l.required("skbaddr", &[8])?;
+            out.state = l.required("state", &[4])?;
+            out.reason = l.optional("reason", &[4])?.unwrap_or(0);
+        }
+    }
+    const SOCKADDR_STORAGE: usize = 28;
+    if event == JoinEvent::SendReset && l.size_of("saddr") == Some(SOCKADDR_STORAGE) {
+        out.saddr = l.required("saddr", &[SOCKADDR_STORAGE])?;
+        out.daddr = l.required("daddr", &[SOCKADDR_STORAGE])?;
+        out.sockaddr = 1;
+    } else {
+        out.sport = l.required("sport", &[2])?;
+        out.dport = l.required("dport", &[2])?;
+        out.family = l.required("family", &[2])?;
+        out.saddr = l.required("saddr", &[4])?;
+        out.daddr = l.required("daddr", &[4])?;
+        out.saddr_v6 = l.required("saddr_v6", &[16])?;
+        out.daddr_v6 = l.required("daddr_v6", &[16])?;
+    }
+    out.record_len = l.end as u16;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +359,84 @@ mod tests {
         assert_eq!(field_name("const void * skaddr").as_deref(), Some("skaddr"));
         assert_eq!(field_name("__u8 saddr_v6[16]").as_deref(), Some("saddr_v6"));
         assert_eq!(field_name("int *p").as_deref(), Some("p"));
+    }
+
+    const RETRANSMIT_SKB: &str = include_str!("../testdata/tcp_retransmit_skb-6.18.txt");
+    const RETRANSMIT_SYNACK: &str = include_str!("../testdata/tcp_retransmit_synack-6.18.txt");
+    const SEND_RESET: &str = include_str!("../testdata/tcp_send_reset-6.18.txt");
+    const RECEIVE_RESET: &str = include_str!("../testdata/tcp_receive_reset-6.18.txt");
+
+    #[test]
+    fn joined_layouts_of_6_18() {
+        let l = join_layout(RETRANSMIT_SKB, JoinEvent::RetransmitSkb).unwrap();
+        assert_eq!((l.skbaddr, l.skaddr, l.state, l.err), (8, 16, 24, 76));
+        assert_eq!((l.sport, l.dport, l.family), (28, 30, 32));
+        assert_eq!((l.saddr, l.daddr, l.saddr_v6, l.daddr_v6), (34, 38, 42, 58));
+        assert_eq!((l.sockaddr, l.record_len), (0, 80));
+
+        let l = join_layout(RETRANSMIT_SYNACK, JoinEvent::RetransmitSynack).unwrap();
+        assert_eq!((l.skbaddr, l.skaddr, l.state, l.err), (0, 8, 0, 0));
+        assert_eq!(
+            (l.sport, l.saddr_v6, l.daddr_v6, l.record_len),
+            (24, 38, 54, 70)
+        );
+
+        let l = join_layout(SEND_RESET, JoinEvent::SendReset).unwrap();
+        assert_eq!((l.skbaddr, l.skaddr, l.state, l.reason), (8, 16, 24, 28));
+        assert_eq!((l.sockaddr, l.saddr, l.daddr, l.sport), (1, 32, 60, 0));
+        assert_eq!(l.record_len, 88);
+
+        let l = join_layout(RECEIVE_RESET, JoinEvent::ReceiveReset).unwrap();
+        assert_eq!((l.skaddr, l.sport, l.family, l.daddr_v6), (8, 16, 20, 46));
+        assert_eq!(l.record_len, 62);
+    }
+
+    #[test]
+    fn retransmit_skb_before_6_17_has_no_err() {
+        let text: String = RETRANSMIT_SKB
+            .lines()
+            .filter(|l| !l.contains(" err;"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let l = join_layout(&text, JoinEvent::RetransmitSkb).unwrap();
+        assert_eq!((l.err, l.record_len), (0, 74));
+    }
+
+    #[test]
+    fn send_reset_before_6_10_has_tcp_event_sk_addresses() {
+        // The tcp_event_sk_skb layout: ports, family and addresses as separate fields.
+        let text = "\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u16 family;\toffset:32;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:34;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:38;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:42;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:58;\tsize:16;\tsigned:0;
+";
+        let l = join_layout(text, JoinEvent::SendReset).unwrap();
+        assert_eq!((l.sockaddr, l.reason, l.sport, l.saddr_v6), (0, 0, 28, 42));
+        assert_eq!(l.record_len, 74);
+    }
+
+    #[test]
+    fn joined_layout_errors() {
+        let text = RECEIVE_RESET.replace("skaddr;", "other;");
+        assert_eq!(
+            join_layout(&text, JoinEvent::ReceiveReset),
+            Err(FormatError::Missing("skaddr"))
+        );
+        let text = SEND_RESET.replace(
+            "daddr[28];\toffset:60;\tsize:28;",
+            "daddr[28];\toffset:60;\tsize:16;",
+        );
+        assert!(join_layout(&text, JoinEvent::SendReset).is_err());
+        let text = RETRANSMIT_SKB.replace("offset:76;", "offset:200;");
+        assert!(matches!(
+            join_layout(&text, JoinEvent::RetransmitSkb),
+            Err(FormatError::TooLong { field: "err", .. })
+        ));
     }
 }

@@ -376,7 +376,7 @@ fn disk_full_while_recording_stops_with_a_clear_error_and_a_valid_prefix() {
     let text = String::from_utf8_lossy(&out.stdout);
     let conns = text
         .lines()
-        .filter(|l| l.contains("tcpstate.connection.v1"))
+        .filter(|l| l.contains("tcpstate.connection.v2"))
         .count();
     assert!(conns > 10, "replayed {conns} connections");
     if out.status.code() != Some(0) {
@@ -425,7 +425,7 @@ fn a_recording_survives_kill_9() {
     let ours = |role: &str| {
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["schema"] == "tcpstate.connection.v1" && v["role"] == role)
+            .filter(|v| v["schema"] == "tcpstate.connection.v2" && v["role"] == role)
             .filter(|v| v["outcome"] != "open")
             .filter(|v| v["lport"] == port || v["rport"] == port)
             .count()

@@ -82,7 +82,7 @@ fn record_corpus() {
             false
         }
     });
-    assert!(ok >= 2 && bad >= 2, "{ok} ok and {bad} bad seeds");
+    assert!(ok >= 5 && bad >= 7, "{ok} ok and {bad} bad seeds");
 }
 
 // ---- seed generation ----
@@ -155,12 +155,74 @@ fn recording(inputs: &[Input]) -> Vec<u8> {
         start_mono_ns: 5_000_000_000,
         realtime_minus_mono_ns: 1_763_700_000_000_000_000,
         command: "tcpstate trace --record seed.tsr".into(),
+        reset_reasons: vec![String::new(), "no_socket".into()],
     };
     let mut w = RecordWriter::new(Vec::new(), &header).unwrap();
     for i in inputs {
         w.write(i).unwrap();
     }
     w.finish().unwrap()
+}
+
+/// Records of the kinds added in format version 2, shaped like Linux 6.18's.
+fn why_records() -> Vec<Input> {
+    let facts = tcpstate::facts::Facts {
+        ts_ns: 5_211_030_000,
+        skaddr: 0xffff_8880_0b00_0000,
+        oldstate: 9,
+        newstate: 7,
+        sk_err: Some(0),
+        sk_err_soft: Some(0),
+        srtt_us: Some(40_168),
+        min_rtt_us: Some(40_001),
+        total_retrans: Some(1),
+        retransmits: Some(0),
+        probes_out: Some(0),
+        packets_out: Some(0),
+        wmem_queued: None,
+        bytes_acked: Some(34),
+        bytes_received: Some(16),
+        bytes_retrans: Some(0),
+        segs_in: Some(6),
+        segs_out: Some(5),
+    };
+    let retransmit = tcpstate::facts::RetransmitRecord {
+        ts_ns: 5_210_000_000,
+        skaddr: 0xffff_8880_0a00_0000,
+        kind: 1,
+        state: 4,
+        tcp_flags: 0x11,
+        known: 7,
+        segs: 1,
+        family: 2,
+        sport: 40_000,
+        dport: 8080,
+        err: 0,
+        saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        daddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    };
+    let reset = tcpstate::facts::ResetRecord {
+        ts_ns: 5_212_000_000,
+        skaddr: 0,
+        direction: 1,
+        state: 0,
+        seg_flags: 0x02,
+        seg_flags_known: 1,
+        reason: 1,
+        family: 2,
+        sport: 9,
+        dport: 40_001,
+        _pad: 0,
+        ctx_pid: 0,
+        _pad2: 0,
+        saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        daddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    };
+    vec![
+        Input::Retransmit(retransmit),
+        Input::Facts(facts),
+        Input::Reset(reset),
+    ]
 }
 
 fn record_seeds() -> Vec<(&'static str, Vec<u8>)> {
@@ -175,6 +237,15 @@ fn record_seeds() -> Vec<(&'static str, Vec<u8>)> {
     version[8] = 99;
     let mut zeroed_tail = one.clone();
     zeroed_tail.extend([0u8; 64]);
+    let why = recording(&why_records());
+    // The facts record (after the 72-byte retransmit record): a value marked absent (wmem_queued,
+    // bit 8) that is not zero, with a valid checksum.
+    let mut absent_but_set = why.clone();
+    let facts_at = empty.len() + 72;
+    absent_but_set[facts_at + 4 + 48] = 1;
+    let end = facts_at + 4 + 84;
+    let crc = crc32fast::hash(&absent_but_set[facts_at..end]);
+    absent_but_set[end..end + 4].copy_from_slice(&crc.to_le_bytes());
     vec![
         ("ok-header-only.tsr", empty.clone()),
         ("ok-one-event.tsr", one.clone()),
@@ -188,6 +259,8 @@ fn record_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("bad-future-version.tsr", version),
         ("bad-zeroed-tail.tsr", zeroed_tail),
         ("bad-not-a-recording.tsr", b"tcpstate\n".to_vec()),
+        ("ok-why-records.tsr", why),
+        ("bad-facts-absent-value-set.tsr", absent_but_set),
     ]
 }
 

@@ -173,6 +173,148 @@ fn bare_syn_detection() {
     assert!(!relay::is_bare_syn(&[]));
 }
 
+/// An IPv4 or IPv6 TCP segment built by hand (checksums left 0: the relay does not check them).
+fn tcp_packet(v6: bool, flags: u8, seq: u32, payload: usize, tcp_opts: usize) -> Vec<u8> {
+    let tcp_len = 20 + tcp_opts + payload;
+    let mut ip = if v6 {
+        let mut h = vec![0u8; 40];
+        h[0] = 0x60;
+        h[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+        h[6] = 6;
+        h[7] = 64;
+        h[8..24].copy_from_slice(&link::ADDR_A_V6.octets());
+        h[24..40].copy_from_slice(&link::ADDR_B_V6.octets());
+        h
+    } else {
+        let mut h = vec![0u8; 20];
+        h[0] = 0x45;
+        h[2..4].copy_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
+        h[6] = 0x40; // DF, fragment offset 0
+        h[8] = 64;
+        h[9] = 6;
+        h[12..16].copy_from_slice(&link::ADDR_A_V4.octets());
+        h[16..20].copy_from_slice(&link::ADDR_B_V4.octets());
+        h
+    };
+    let mut tcp = vec![0u8; tcp_len];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[8..12].copy_from_slice(&7u32.to_be_bytes());
+    tcp[12] = (((20 + tcp_opts) / 4) as u8) << 4;
+    tcp[13] = flags;
+    ip.extend_from_slice(&tcp);
+    ip
+}
+
+#[test]
+fn tcp_classification() {
+    use relay::{classify, Kind, ACK, FIN, PSH, RST, SYN};
+    for v6 in [false, true] {
+        let syn = classify(&tcp_packet(v6, SYN, 100, 0, 20)).expect("SYN parses");
+        assert!(syn.is(Kind::Syn) && !syn.is(Kind::SynAck) && !syn.is(Kind::Data));
+        assert_eq!(
+            (syn.sport, syn.dport, syn.seq, syn.ack),
+            (40000, 80, 100, 7)
+        );
+        assert_eq!((syn.payload_len, syn.seq_len()), (0, 1));
+        let want_src: IpAddr = if v6 {
+            link::ADDR_A_V6.into()
+        } else {
+            link::ADDR_A_V4.into()
+        };
+        assert_eq!(syn.src, want_src);
+        let synack = classify(&tcp_packet(v6, SYN | ACK, 5, 0, 20)).expect("SYN-ACK");
+        assert!(synack.is(Kind::SynAck) && !synack.is(Kind::Syn));
+        // Payload length is what follows the TCP options (data offset), not the options.
+        let data = classify(&tcp_packet(v6, ACK | PSH, 101, 1448, 12)).expect("data");
+        assert!(data.is(Kind::Data) && !data.is(Kind::Fin));
+        assert_eq!((data.payload_len, data.seq_len()), (1448, 1448));
+        let fin_data = classify(&tcp_packet(v6, ACK | FIN, 1549, 10, 12)).expect("FIN");
+        assert!(fin_data.is(Kind::Fin) && fin_data.is(Kind::Data));
+        assert_eq!(fin_data.seq_len(), 11);
+        let rst = classify(&tcp_packet(v6, RST | ACK, 0, 0, 0)).expect("RST");
+        assert!(rst.is(Kind::Rst) && !rst.is(Kind::Data));
+        let ack = classify(&tcp_packet(v6, ACK, 1, 0, 12)).expect("ACK");
+        assert!(!ack.is(Kind::Data) && !ack.is(Kind::Fin) && ack.seq_len() == 0);
+        // Truncated: the IP length promises more than there is.
+        let mut cut = tcp_packet(v6, ACK, 1, 100, 0);
+        cut.truncate(cut.len() - 1);
+        assert_eq!(classify(&cut), None);
+        // A TCP data offset beyond the segment.
+        let mut bad = tcp_packet(v6, ACK, 1, 0, 0);
+        let off = if v6 { 40 + 12 } else { 20 + 12 };
+        bad[off] = 0xf0;
+        assert_eq!(classify(&bad), None);
+    }
+    // Trailing bytes past the IP length (TUN never adds them, but padding may) are not payload.
+    let mut padded = tcp_packet(false, ACK, 1, 0, 0);
+    padded.extend_from_slice(&[0; 6]);
+    assert_eq!(classify(&padded).map(|m| m.payload_len), Some(0));
+    // Not TCP: UDP; a non-first IPv4 fragment; garbage.
+    let mut udp = tcp_packet(false, SYN, 1, 0, 0);
+    udp[9] = 17;
+    assert_eq!(classify(&udp), None);
+    let mut frag = tcp_packet(false, SYN, 1, 0, 0);
+    frag[7] = 0x10;
+    assert_eq!(classify(&frag), None);
+    assert_eq!(classify(&[]), None);
+    assert_eq!(classify(&[0x45, 0, 0]), None);
+}
+
+/// The relay's bookkeeping on a made-up exchange: chosen drops by kind and rank, retransmits
+/// recognised by sequence number, application bytes counted once.
+#[test]
+fn relay_ledger_drops_and_counts() {
+    use relay::{classify, Dir, DropRule, Kind, Ledger, ACK, FIN, SYN};
+    let seg = |flags, seq, payload| classify(&tcp_packet(false, flags, seq, payload, 0)).unwrap();
+    let mut l = Ledger::with_rules(&[
+        DropRule::first(Dir::AToB, Kind::Syn),
+        DropRule {
+            dir: Dir::AToB,
+            kind: Kind::Data,
+            nth: 2,
+        },
+        DropRule::first(Dir::AToB, Kind::Fin),
+        DropRule::first(Dir::BToA, Kind::SynAck),
+    ]);
+    let a = Dir::AToB;
+    let sent =
+        |l: &mut Ledger, flags, seq, len| l.observe(0, a, seg(flags, seq, len), false, false);
+    assert!(sent(&mut l, SYN, 1000, 0), "first SYN dropped");
+    assert!(!sent(&mut l, SYN, 1000, 0), "its retransmission passes");
+    // B's SYN-ACK: its own flow and direction.
+    let mut synack = seg(SYN | ACK, 5000, 0);
+    std::mem::swap(&mut synack.src, &mut synack.dst);
+    assert!(
+        l.observe(0, Dir::BToA, synack, false, false),
+        "first SYN-ACK dropped"
+    );
+    assert!(!l.observe(0, Dir::BToA, synack, false, false));
+    assert!(!sent(&mut l, ACK, 1001, 100));
+    assert!(sent(&mut l, ACK, 1101, 100), "second data segment dropped");
+    assert!(!sent(&mut l, ACK, 1201, 100));
+    assert!(!sent(&mut l, ACK, 1101, 100), "resent: passes");
+    assert!(!sent(&mut l, ACK, 1301, 0), "pure ACK");
+    assert!(sent(&mut l, ACK | FIN, 1301, 0), "first FIN dropped");
+    assert!(!sent(&mut l, ACK | FIN, 1301, 0));
+    // A blackholed segment is counted as seen and as blackholed, not against the rules.
+    assert!(l.observe(0, a, seg(ACK, 1302, 0), true, false));
+    let c = l.counts(a);
+    assert_eq!((c.syn, c.dropped_syn), (2, 1));
+    assert_eq!((c.data, c.dropped_data, c.data_retransmits), (4, 1, 1));
+    assert_eq!((c.fin, c.dropped_fin), (2, 1));
+    // The resent SYN, data segment and FIN.
+    assert_eq!(c.retransmits, 3);
+    assert_eq!(c.new_payload_bytes, 300);
+    assert_eq!((c.segments, c.blackholed), (10, 1));
+    let b = l.counts(Dir::BToA);
+    assert_eq!((b.synack, b.dropped_synack, b.retransmits), (2, 1, 1));
+    // A new SYN on the same 4-tuple with another ISN is a new connection, not a retransmit.
+    assert!(!sent(&mut l, SYN, 90_000, 0));
+    assert_eq!(l.counts(a).retransmits, 3);
+}
+
 #[test]
 fn connect_rtt_ipv4() {
     if support::need_root("connect_rtt_ipv4") {

@@ -81,7 +81,7 @@ fn json_objects_have_the_documented_schema_names() {
             .entry(v["schema"].as_str().expect("schema").to_string())
             .or_insert(0) += 1;
     }
-    assert_eq!(kinds.get("tcpstate.connection.v1"), Some(&16), "{kinds:?}");
+    assert_eq!(kinds.get("tcpstate.connection.v2"), Some(&16), "{kinds:?}");
     assert_eq!(kinds.get("tcpstate.summary.v2"), Some(&1));
 }
 
@@ -188,10 +188,10 @@ fn the_same_inputs_as_the_current_version_replay_the_same() {
     let connections = |text: &str| text.split("\n\n").next().unwrap_or("").to_string();
     assert_eq!(connections(&table), connections(&want));
     assert!(table.contains(
-        "kernel: 797662 seen, 797604 filtered, 58 submitted, 0 lost (ringbuf_full 0, hold_failed 0, recursion_misses 0)"
+        "kernel: 797662 seen, 797604 filtered, 58 submitted, 0 lost (ringbuf_full 0, hold_failed 0, recursion_misses 0, facts_ringbuf_full 0, joined_ringbuf_full 0)"
     ), "{table}");
     assert!(table.contains(
-        "kernel tables: deferred 79761, released 0, held_dropped 79761, held 0, owner_update_failed 0"
+        "kernel tables: deferred 79761, released 0, held_dropped 79761, held 0, owner_update_failed 0, facts_submitted 0, joined_seen 0, joined_filtered 0, joined_submitted 0"
     ), "{table}");
     assert!(!table.contains("unknown"), "{table}");
     for c in Counter::ALL {

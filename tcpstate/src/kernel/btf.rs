@@ -8,7 +8,8 @@
 
 use std::{fs, io, path::Path};
 
-use btfparse::{Offset, Readable, TypeInformation};
+use btfparse::{Integer32Value, Offset, Readable, TypeInformation, TypeVariant};
+use tcpstate_common::SkbOffsets;
 
 /// The kernel's BTF of itself.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -27,103 +28,25 @@ pub struct Field {
 
 /// The socket facts of a connection: what `ss -ti` shows, plus the error and the listener's
 /// queue.
+#[rustfmt::skip]
 pub const FIELDS: &[Field] = &[
-    Field {
-        name: "sk_err",
-        strukt: "sock",
-        path: "sk_err",
-        size: 4,
-    },
-    Field {
-        name: "sk_err_soft",
-        strukt: "sock",
-        path: "sk_err_soft",
-        size: 4,
-    },
-    Field {
-        name: "ack_backlog",
-        strukt: "sock",
-        path: "sk_ack_backlog",
-        size: 4,
-    },
-    Field {
-        name: "max_ack_backlog",
-        strukt: "sock",
-        path: "sk_max_ack_backlog",
-        size: 4,
-    },
-    Field {
-        name: "net",
-        strukt: "sock",
-        path: "__sk_common.skc_net",
-        size: 8,
-    },
-    Field {
-        name: "retransmits",
-        strukt: "inet_connection_sock",
-        path: "icsk_retransmits",
-        size: 1,
-    },
-    Field {
-        name: "probes_out",
-        strukt: "inet_connection_sock",
-        path: "icsk_probes_out",
-        size: 1,
-    },
-    Field {
-        name: "srtt_us",
-        strukt: "tcp_sock",
-        path: "srtt_us",
-        size: 4,
-    },
-    Field {
-        name: "min_rtt_us",
-        strukt: "tcp_sock",
-        path: "rtt_min.s[0].v",
-        size: 4,
-    },
-    Field {
-        name: "packets_out",
-        strukt: "tcp_sock",
-        path: "packets_out",
-        size: 4,
-    },
-    Field {
-        name: "total_retrans",
-        strukt: "tcp_sock",
-        path: "total_retrans",
-        size: 4,
-    },
-    Field {
-        name: "bytes_acked",
-        strukt: "tcp_sock",
-        path: "bytes_acked",
-        size: 8,
-    },
-    Field {
-        name: "bytes_received",
-        strukt: "tcp_sock",
-        path: "bytes_received",
-        size: 8,
-    },
-    Field {
-        name: "bytes_retrans",
-        strukt: "tcp_sock",
-        path: "bytes_retrans",
-        size: 8,
-    },
-    Field {
-        name: "segs_in",
-        strukt: "tcp_sock",
-        path: "segs_in",
-        size: 4,
-    },
-    Field {
-        name: "segs_out",
-        strukt: "tcp_sock",
-        path: "segs_out",
-        size: 4,
-    },
+    Field { name: "sk_err", strukt: "sock", path: "sk_err", size: 4 },
+    Field { name: "sk_err_soft", strukt: "sock", path: "sk_err_soft", size: 4 },
+    Field { name: "ack_backlog", strukt: "sock", path: "sk_ack_backlog", size: 4 },
+    Field { name: "max_ack_backlog", strukt: "sock", path: "sk_max_ack_backlog", size: 4 },
+    Field { name: "wmem_queued", strukt: "sock", path: "sk_wmem_queued", size: 4 },
+    Field { name: "net", strukt: "sock", path: "__sk_common.skc_net", size: 8 },
+    Field { name: "retransmits", strukt: "inet_connection_sock", path: "icsk_retransmits", size: 1 },
+    Field { name: "probes_out", strukt: "inet_connection_sock", path: "icsk_probes_out", size: 1 },
+    Field { name: "srtt_us", strukt: "tcp_sock", path: "srtt_us", size: 4 },
+    Field { name: "min_rtt_us", strukt: "tcp_sock", path: "rtt_min.s[0].v", size: 4 },
+    Field { name: "packets_out", strukt: "tcp_sock", path: "packets_out", size: 4 },
+    Field { name: "total_retrans", strukt: "tcp_sock", path: "total_retrans", size: 4 },
+    Field { name: "bytes_acked", strukt: "tcp_sock", path: "bytes_acked", size: 8 },
+    Field { name: "bytes_received", strukt: "tcp_sock", path: "bytes_received", size: 8 },
+    Field { name: "bytes_retrans", strukt: "tcp_sock", path: "bytes_retrans", size: 8 },
+    Field { name: "segs_in", strukt: "tcp_sock", path: "segs_in", size: 4 },
+    Field { name: "segs_out", strukt: "tcp_sock", path: "segs_out", size: 4 },
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +96,21 @@ impl Readable for Blob {
 
 /// Resolves [`FIELDS`] from the BTF file at `path`.
 pub fn resolve(path: &Path) -> Result<SockOffsets, BtfError> {
+    Ok(load(path)?.sock)
+}
+
+/// Everything tcpstate takes from the kernel's BTF, from one parse of it.
+#[derive(Debug, Clone)]
+pub struct KernelBtf {
+    pub sock: SockOffsets,
+    pub skb: SkbOffsets,
+    /// `enum sk_rst_reason` names by value ("" for a value without a name; empty when the kernel
+    /// has no such enum).
+    pub reset_reasons: Vec<String>,
+}
+
+/// Parses the BTF file at `path` once and resolves every offset and name tcpstate uses.
+pub fn load(path: &Path) -> Result<KernelBtf, BtfError> {
     let shown = path.display().to_string();
     let blob = fs::read(path).map_err(|source| BtfError::Read {
         path: shown.clone(),
@@ -182,9 +120,81 @@ pub fn resolve(path: &Path) -> Result<SockOffsets, BtfError> {
         path: shown,
         message: e.message().to_string(),
     })?;
-    Ok(SockOffsets {
-        offsets: FIELDS.iter().map(|f| offset_of(&types, f)).collect(),
+    Ok(KernelBtf {
+        sock: SockOffsets {
+            offsets: FIELDS.iter().map(|f| offset_of(&types, f)).collect(),
+        },
+        skb: skb_offsets(&types),
+        reset_reasons: reset_reasons(&types),
     })
+}
+
+/// Where a retransmitted skb keeps its TCP flags and segment count (`struct tcp_skb_cb` lives in
+/// `sk_buff.cb`), and where a received one has its TCP header.
+fn skb_offsets(types: &TypeInformation) -> SkbOffsets {
+    let field = |strukt: &'static str, path: &'static str, size: usize| {
+        offset_of(
+            types,
+            &Field {
+                name: path,
+                strukt,
+                path,
+                size,
+            },
+        )
+    };
+    let cb = types
+        .id_of("sk_buff")
+        .and_then(|tid| match types.offset_of(tid, "cb").ok()? {
+            (_, Offset::ByteOffset(off)) => u16::try_from(off).ok(),
+            _ => None,
+        });
+    let in_cb = |inner: Option<u16>| cb.zip(inner).and_then(|(c, i)| c.checked_add(i));
+    // A byte until Linux 6.18 made it a u16 (for AccECN's AE bit); the program reads the low
+    // byte, which holds FIN..CWR either way on this little-endian target.
+    let tcp_flags =
+        in_cb(field("tcp_skb_cb", "tcp_flags", 1).or_else(|| field("tcp_skb_cb", "tcp_flags", 2)));
+    let gso_segs = in_cb(field("tcp_skb_cb", "tcp_gso_segs", 2));
+    let head = field("sk_buff", "head", 8);
+    let transport_header = field("sk_buff", "transport_header", 2);
+    SkbOffsets {
+        cb_tcp_flags: tcp_flags.unwrap_or(0),
+        cb_gso_segs: gso_segs.unwrap_or(0),
+        head: head.unwrap_or(0),
+        transport_header: transport_header.unwrap_or(0),
+        tcp_flags_ok: u8::from(tcp_flags.is_some()),
+        gso_segs_ok: u8::from(gso_segs.is_some()),
+        seg_flags_ok: u8::from(head.is_some() && transport_header.is_some()),
+        _pad: [0; 5],
+    }
+}
+
+/// The names of `enum sk_rst_reason` (Linux 6.10+), lower case without the `SK_RST_REASON_`
+/// prefix: `SK_RST_REASON_TCP_ABORT_ON_CLOSE` is `"tcp_abort_on_close"`.
+fn reset_reasons(types: &TypeInformation) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let Some(tid) = types.id_of("sk_rst_reason") else {
+        return names;
+    };
+    let Some(TypeVariant::Enum(e)) = types.from_id(tid) else {
+        return names;
+    };
+    for v in e.named_value_list() {
+        let value = match v.value {
+            Integer32Value::Signed(n) => usize::try_from(n).ok(),
+            Integer32Value::Unsigned(n) => usize::try_from(n).ok(),
+        };
+        // The enum is dense and small; an absurd value is not a reset reason to name.
+        let Some(value) = value.filter(|&n| n < 1024) else {
+            continue;
+        };
+        let name = v.name.strip_prefix("SK_RST_REASON_").unwrap_or(&v.name);
+        if names.len() <= value {
+            names.resize(value + 1, String::new());
+        }
+        names[value] = name.to_ascii_lowercase();
+    }
+    names
 }
 
 fn offset_of(types: &TypeInformation, f: &Field) -> Option<u16> {
@@ -224,6 +234,26 @@ mod tests {
             let off = off.expect("resolved");
             assert_eq!(usize::from(off) % f.size, 0, "{} at {off}", f.name);
         }
+    }
+
+    #[test]
+    fn skb_offsets_and_reset_reasons_on_this_kernel() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            return;
+        }
+        let k = load(path).expect("load");
+        let s = k.skb;
+        assert_eq!(
+            (s.tcp_flags_ok, s.gso_segs_ok, s.seg_flags_ok),
+            (1, 1, 1),
+            "{s:?}"
+        );
+        // tcp_skb_cb: seq, end_seq, then the gso segs/size union, then the flags.
+        assert_eq!(s.cb_tcp_flags, s.cb_gso_segs + 4, "{s:?}");
+        assert_eq!(k.reset_reasons[0], "not_specified");
+        assert_eq!(k.reset_reasons[1], "no_socket");
+        assert!(k.reset_reasons.iter().any(|n| n == "tcp_abort_on_close"));
     }
 
     #[test]

@@ -5,5 +5,6 @@
 
 pub mod btf;
 pub(crate) mod environment;
+pub mod facts;
 pub mod probe;
 pub mod procscan;

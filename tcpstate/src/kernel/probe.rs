@@ -5,8 +5,9 @@
 //! nothing is pinned: dropping the probe, or the process dying for any reason, detaches it.
 
 use std::{
+    fs,
     os::fd::{AsFd, AsRawFd, RawFd},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use aya::{
@@ -15,17 +16,20 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tcpstate_common::{
-    names, Counter, Layout, ListenKey, ListenOwner, Owner, Settings, TupleKey, MODERN_LAYOUT,
+    names, Counter, JoinLayout, Layout, ListenKey, ListenOwner, Owner, Settings, SkbOffsets,
+    TupleKey, MODERN_LAYOUT,
 };
 
 use super::{
+    btf::{self, SockOffsets, FIELDS},
     environment::{self, EnvError},
+    facts::FactsPlan,
     procscan::Preexisting,
 };
 use crate::{
     filter::KernelFilter,
     input::KernelCounters,
-    tpformat::{self, FormatError},
+    tpformat::{self, FormatError, JoinEvent},
 };
 
 /// The eBPF object built by build.rs, embedded so the binary is self-contained.
@@ -93,6 +97,70 @@ pub struct Probe {
     pub mounted_tracefs: Option<PathBuf>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     link: Option<TracePointLinkId>,
+    /// The joined programs attached (program name, link).
+    joined: Vec<(&'static str, TracePointLinkId)>,
+    /// How the program's facts records decode on this kernel.
+    pub facts_plan: FactsPlan,
+    /// Names of this kernel's reset reasons.
+    pub reset_reasons: Vec<String>,
+    /// What this kernel lacks (facts fields, joined tracepoints), one line each, for the
+    /// caller to say once on stderr.
+    pub notices: Vec<String>,
+}
+
+/// Finds a joined tracepoint's layout; an `Err` is the notice to give (the event is optional).
+pub(crate) fn locate_joined(
+    tracefs: &Path,
+    category: &str,
+    name: &str,
+    event: JoinEvent,
+) -> Result<JoinLayout, String> {
+    let path = tracefs
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("format");
+    let text = fs::read_to_string(&path).map_err(|_| {
+        format!(
+            "this kernel has no {category}:{name} tracepoint; {}",
+            what_is_lost(event)
+        )
+    })?;
+    tpformat::join_layout(&text, event).map_err(|e| {
+        format!(
+            "unexpected layout of {}: {e}; {}",
+            path.display(),
+            what_is_lost(event)
+        )
+    })
+}
+
+fn what_is_lost(event: JoinEvent) -> &'static str {
+    match event {
+        JoinEvent::RetransmitSkb => "retransmits per connection are not shown",
+        JoinEvent::RetransmitSynack => "SYN-ACK retransmits are known only from the socket",
+        JoinEvent::SendReset => "resets sent and refused inbound connections are not shown",
+        JoinEvent::ReceiveReset => "resets received are not shown",
+    }
+}
+
+/// Offsets from the kernel's BTF; without BTF every fact is unknown (said once).
+fn read_btf(notices: &mut Vec<String>) -> (SockOffsets, SkbOffsets, Vec<String>) {
+    match btf::load(Path::new(btf::VMLINUX_BTF)) {
+        Ok(k) => (k.sock, k.skb, k.reset_reasons),
+        Err(e) => {
+            notices.push(format!(
+                "{e}; socket facts (errno, RTT, bytes, retransmits) are unknown"
+            ));
+            (
+                SockOffsets {
+                    offsets: vec![None; FIELDS.len()],
+                },
+                SkbOffsets::default(),
+                Vec::new(),
+            )
+        }
+    }
 }
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
@@ -126,7 +194,54 @@ impl Probe {
         // 0 switches every aya-log statement off at verification time.
         let log_level: u8 = if opts.debug_log { 0xff } else { 0 };
 
-        let mut ebpf = EbpfLoader::new()
+        let mut notices = Vec::new();
+        let (sock_offsets, skb, reset_reasons) = read_btf(&mut notices);
+        let facts_plan = FactsPlan::new(&sock_offsets);
+        if !facts_plan.missing.is_empty() && sock_offsets.offsets.iter().any(Option::is_some) {
+            notices.push(format!(
+                "this kernel's socket lacks {}: shown as null",
+                facts_plan.missing.join(", ")
+            ));
+        }
+        if skb.tcp_flags_ok == 0 || skb.gso_segs_ok == 0 {
+            notices.push(
+                "this kernel's BTF has no tcp_skb_cb flags or segment count: retransmits are \
+                 not split into SYN, FIN and data"
+                    .into(),
+            );
+        }
+        let mut joined_layouts = Vec::new();
+        for event in JoinEvent::ALL {
+            let (_, _, category, name) = event.names();
+            match locate_joined(&tracefs, category, name, event) {
+                Ok(l) => {
+                    if event == JoinEvent::SendReset && l.sockaddr == 0 {
+                        // Before Linux 6.10 the event took its addresses from the socket only.
+                        notices.push(
+                            "this kernel's tcp:tcp_send_reset carries no addresses for resets \
+                             without a socket: refused inbound connections are counted without \
+                             their ports (or not reported at all)"
+                                .into(),
+                        );
+                    }
+                    joined_layouts.push((event, l))
+                }
+                Err(notice) => notices.push(notice),
+            }
+        }
+        let mut loader = EbpfLoader::new();
+        for (event, l) in &joined_layouts {
+            loader.override_global(event.names().1, l, true);
+        }
+
+        let mut ebpf = loader
+            .override_global(names::FACT_GROUPS, &facts_plan.groups, true)
+            .override_global(
+                names::FACTS_HANDSHAKE_GROUPS,
+                &facts_plan.handshake_groups,
+                true,
+            )
+            .override_global(names::SKB_OFFSETS, &skb, true)
             .override_global(names::LAYOUT, &layout, true)
             .override_global(names::FILTER, &opts.filter.filter, true)
             .override_global(names::SETTINGS, &settings, true)
@@ -174,6 +289,18 @@ impl Probe {
             .attach("sock", "inet_sock_set_state")
             .map_err(|e| ProbeError::Attach(format!("{e:#}")))?;
 
+        let mut joined = Vec::new();
+        for (event, _) in &joined_layouts {
+            match attach_joined(&mut ebpf, *event) {
+                Ok(link) => joined.push((event.names().0, link)),
+                Err(e) => notices.push(format!(
+                    "{} not traced ({e}); {}",
+                    event.tracepoint(),
+                    what_is_lost(*event)
+                )),
+            }
+        }
+
         Ok(Probe {
             ebpf,
             counters,
@@ -181,12 +308,36 @@ impl Probe {
             mounted_tracefs: mounted.then_some(tracefs),
             logger,
             link: Some(link),
+            joined,
+            facts_plan,
+            reset_reasons,
+            notices,
         })
+    }
+
+    /// The joined programs attached, by program name (`names::RETRANSMIT_SKB`, ...).
+    pub fn joined_programs(&self) -> Vec<&'static str> {
+        self.joined.iter().map(|(name, _)| *name).collect()
+    }
+
+    /// The sum over CPUs of one of the program's counters (`tcpstate_common::counter`).
+    pub fn counter(&self, index: u32) -> Result<u64, ProbeError> {
+        let values = self
+            .counters
+            .get(&index, 0)
+            .map_err(map_err(names::COUNTERS))?;
+        Ok(values.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
     }
 
     /// Stops the program from running while keeping its maps readable: after this, what the
     /// ring buffer holds is all there will be, and the counters are final.
     pub fn detach(&mut self) {
+        for (name, link) in std::mem::take(&mut self.joined) {
+            if let Some(Ok(program)) = self.ebpf.program_mut(name).map(<&mut TracePoint>::try_from)
+            {
+                let _ = program.detach(link);
+            }
+        }
         let Some(link) = self.link.take() else {
             return;
         };
@@ -273,6 +424,18 @@ impl Probe {
             .try_fold(0u64, |n, key| key.map(|_| n + 1))
             .map_err(map_err(names::PENDING))
     }
+}
+
+/// Loads and attaches one joined program (its layout global is already set).
+fn attach_joined(ebpf: &mut Ebpf, event: JoinEvent) -> Result<TracePointLinkId, String> {
+    let (prog, _, category, name) = event.names();
+    let program: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| format!("program `{prog}` missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    program.load().map_err(|e| format!("{e:#}"))?;
+    program.attach(category, name).map_err(|e| format!("{e:#}"))
 }
 
 fn fill_filter_maps(ebpf: &mut Ebpf, k: &KernelFilter) -> Result<(), ProbeError> {
@@ -373,4 +536,31 @@ fn prog_info(fd: RawFd) -> std::io::Result<aya_obj::generated::bpf_prog_info> {
 
 fn prog_recursion_misses(fd: RawFd) -> std::io::Result<u64> {
     prog_info(fd).map(|i| i.recursion_misses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kernel without one of the joined tracepoints: a notice, not an error.
+    #[test]
+    fn a_missing_joined_tracepoint_is_a_notice() {
+        let dir = std::env::temp_dir().join(format!("tcpstate-tracefs-{}", std::process::id()));
+        let r = locate_joined(&dir, "tcp", "no_such_event", JoinEvent::SendReset);
+        let notice = r.expect_err("no format file");
+        assert!(notice.contains("tcp:no_such_event"), "{notice}");
+        assert!(notice.contains("resets sent"), "{notice}");
+        // A format file that does not describe the event is a notice too.
+        let event_dir = dir.join("events/tcp/tcp_receive_reset");
+        fs::create_dir_all(&event_dir).expect("mkdir");
+        fs::write(
+            event_dir.join("format"),
+            "format:\n\tfield:int x;\toffset:8;\tsize:4;\n",
+        )
+        .expect("write");
+        let r = locate_joined(&dir, "tcp", "tcp_receive_reset", JoinEvent::ReceiveReset);
+        let _ = fs::remove_dir_all(&dir);
+        let notice = r.expect_err("bad layout");
+        assert!(notice.contains("skaddr"), "{notice}");
+    }
 }

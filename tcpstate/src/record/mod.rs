@@ -19,7 +19,11 @@ use std::{fmt, io};
 
 use tcpstate_common::{Counter, EVENT_SIZE};
 
-use crate::{event::Event, input::KernelCounters};
+use crate::{
+    event::Event,
+    facts::{Facts, PackedFacts, ResetRecord, RetransmitRecord, PACKED_FACTS_LEN},
+    input::KernelCounters,
+};
 
 pub use file::{create_record_file, CreateError};
 pub use reader::RecordReader;
@@ -30,15 +34,17 @@ pub use writer::RecordWriter;
 pub const MAGIC: [u8; 8] = *b"\x89TSR\r\n\x1a\n";
 /// The format this code writes.
 pub const FORMAT_VERSION: u16 = 2;
-/// The oldest format it still reads (version 1 had six counters and no validity mask).
+/// The oldest format it still reads (version 1 had six counters without a validity mask, and
+/// no facts, retransmits, resets nor reset reason names).
 pub const OLDEST_FORMAT_VERSION: u16 = 1;
 /// The clock of every timestamp in a recording.
 pub const CLOCK: &str = "CLOCK_MONOTONIC";
 
 /// Magic, version, event size, header body length.
 const FIXED_HEADER_LEN: usize = 16;
-/// Two timestamps and four strings of at most `u16::MAX` bytes, each with its length.
-const MAX_HEADER_BODY: u32 = 16 + 4 * (2 + u16::MAX as u32);
+/// Two timestamps and four strings of at most `u16::MAX` bytes, each with its length; since
+/// version 2 also a count and up to `MAX_REASONS` reason names of at most 255 bytes.
+const MAX_HEADER_BODY: u32 = 16 + 4 * (2 + u16::MAX as u32) + 2 + MAX_REASONS as u32 * (2 + 255);
 const CRC_LEN: usize = 4;
 /// Kind and payload length.
 const RECORD_HEAD_LEN: usize = 4;
@@ -47,14 +53,34 @@ const COUNTERS_V1_LEN: usize = 6 * 8;
 /// Version 2: the validity mask, then every counter of `Counter::ALL`.
 const COUNTERS_LEN: usize = 8 + Counter::ALL.len() * 8;
 const TICK_LEN: usize = 8;
-/// The largest record: an event.
-const MAX_RECORD_LEN: usize = RECORD_HEAD_LEN + EVENT_SIZE + CRC_LEN;
+const FACTS_LEN: usize = PACKED_FACTS_LEN;
+const RETRANSMIT_LEN: usize = 64;
+const RESET_LEN: usize = 72;
+/// Most reset reason names a header holds.
+const MAX_REASONS: usize = 256;
+/// The largest payload of any kind (an event or the counters).
+const MAX_PAYLOAD_LEN: usize = if COUNTERS_LEN > EVENT_SIZE {
+    COUNTERS_LEN
+} else {
+    EVENT_SIZE
+};
+const MAX_RECORD_LEN: usize = RECORD_HEAD_LEN + MAX_PAYLOAD_LEN + CRC_LEN;
+const _: () = assert!(
+    FACTS_LEN <= MAX_PAYLOAD_LEN
+        && RETRANSMIT_LEN <= MAX_PAYLOAD_LEN
+        && RESET_LEN <= MAX_PAYLOAD_LEN
+        && MAX_PAYLOAD_LEN <= u16::MAX as usize
+);
 
 /// Record kinds. 0 is never used, so a run of zero bytes (a hole left by a crash) is damage.
 mod kinds {
     pub const EVENT: u16 = 1;
     pub const TICK: u16 = 2;
     pub const COUNTERS: u16 = 3;
+    /// Version 2 on.
+    pub const FACTS: u16 = 4;
+    pub const RETRANSMIT: u16 = 5;
+    pub const RESET: u16 = 6;
 }
 
 /// What a recording says about where it came from.
@@ -71,6 +97,9 @@ pub struct Header {
     pub realtime_minus_mono_ns: i64,
     /// The command line or flags of the trace, free-form.
     pub command: String,
+    /// The kernel's reset reason names by value (`enum sk_rst_reason`, lower case; empty where
+    /// unnamed). Version 2 on; empty when read from version 1.
+    pub reset_reasons: Vec<String>,
 }
 
 impl Header {
@@ -87,6 +116,7 @@ impl Header {
             start_mono_ns,
             realtime_minus_mono_ns,
             command,
+            reset_reasons: Vec::new(),
         }
     }
 }
@@ -126,6 +156,11 @@ pub enum RecordErrorKind {
         computed: u32,
     },
     UnknownKind(u16),
+    /// A payload that the writer could not have written (a value marked absent that is not
+    /// zero, nonzero padding, unknown bits).
+    BadPayload {
+        kind: u16,
+    },
     /// A known kind with another payload length than the kind has.
     BadLength {
         kind: u16,
@@ -187,6 +222,10 @@ impl fmt::Display for RecordError {
                 "corrupt recording at byte {at}: bad checksum (stored {stored:#010x}, computed {computed:#010x})"
             ),
             K::UnknownKind(k) => write!(f, "corrupt recording at byte {at}: unknown record kind {k}"),
+            K::BadPayload { kind } => write!(
+                f,
+                "corrupt recording at byte {at}: record kind {kind} holds values no writer writes"
+            ),
             K::BadLength { kind, len, expected } => write!(
                 f,
                 "corrupt recording at byte {at}: record kind {kind} has length {len}, expected {expected}"
@@ -211,7 +250,139 @@ fn payload_len(kind: u16, version: u16) -> Option<usize> {
         kinds::TICK => Some(TICK_LEN),
         kinds::COUNTERS if version == 1 => Some(COUNTERS_V1_LEN),
         kinds::COUNTERS => Some(COUNTERS_LEN),
+        kinds::FACTS if version >= 2 => Some(FACTS_LEN),
+        kinds::RETRANSMIT if version >= 2 => Some(RETRANSMIT_LEN),
+        kinds::RESET if version >= 2 => Some(RESET_LEN),
         _ => None,
+    }
+}
+
+/// Little-endian writes at a moving position of a fixed buffer.
+struct Put<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl Put<'_> {
+    fn bytes(&mut self, b: &[u8]) {
+        self.buf[self.pos..self.pos + b.len()].copy_from_slice(b);
+        self.pos += b.len();
+    }
+}
+
+/// Little-endian reads at a moving position of a payload whose length was checked.
+struct Get<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Get<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        out.copy_from_slice(&self.buf[self.pos..self.pos + N]);
+        self.pos += N;
+        out
+    }
+    fn u8(&mut self) -> u8 {
+        self.take::<1>()[0]
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes(self.take())
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take())
+    }
+    fn i32(&mut self) -> i32 {
+        i32::from_le_bytes(self.take())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.take())
+    }
+}
+
+/// Facts (kind 4): the packed form of [`Facts`] (see `facts::PackedFacts`).
+fn facts_to_bytes(f: &Facts, out: &mut [u8]) {
+    out[..FACTS_LEN].copy_from_slice(&PackedFacts::pack(f).0);
+}
+
+fn facts_from_bytes(b: &[u8]) -> Facts {
+    PackedFacts(array_of(b)).unpack()
+}
+
+fn array_of<const N: usize>(b: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&b[..N]);
+    out
+}
+
+/// Retransmit (kind 5): `RetransmitRecord` field by field, its in-memory layout on
+/// little-endian hosts.
+fn retransmit_to_bytes(r: &RetransmitRecord, out: &mut [u8]) {
+    let mut p = Put { buf: out, pos: 0 };
+    p.bytes(&r.ts_ns.to_le_bytes());
+    p.bytes(&r.skaddr.to_le_bytes());
+    p.bytes(&[r.kind, r.state, r.tcp_flags, r.known]);
+    for v in [r.segs, r.family, r.sport, r.dport] {
+        p.bytes(&v.to_le_bytes());
+    }
+    p.bytes(&r.err.to_le_bytes());
+    p.bytes(&r.saddr);
+    p.bytes(&r.daddr);
+}
+
+fn retransmit_from_bytes(b: &[u8]) -> RetransmitRecord {
+    let mut g = Get { buf: b, pos: 0 };
+    RetransmitRecord {
+        ts_ns: g.u64(),
+        skaddr: g.u64(),
+        kind: g.u8(),
+        state: g.u8(),
+        tcp_flags: g.u8(),
+        known: g.u8(),
+        segs: g.u16(),
+        family: g.u16(),
+        sport: g.u16(),
+        dport: g.u16(),
+        err: g.i32(),
+        saddr: g.take(),
+        daddr: g.take(),
+    }
+}
+
+/// Reset (kind 6): `ResetRecord` field by field, padding included (stored as zero).
+fn reset_to_bytes(r: &ResetRecord, out: &mut [u8]) {
+    let mut p = Put { buf: out, pos: 0 };
+    p.bytes(&r.ts_ns.to_le_bytes());
+    p.bytes(&r.skaddr.to_le_bytes());
+    p.bytes(&[r.direction, r.state, r.seg_flags, r.seg_flags_known]);
+    p.bytes(&r.reason.to_le_bytes());
+    for v in [r.family, r.sport, r.dport, r._pad] {
+        p.bytes(&v.to_le_bytes());
+    }
+    p.bytes(&r.ctx_pid.to_le_bytes());
+    p.bytes(&r._pad2.to_le_bytes());
+    p.bytes(&r.saddr);
+    p.bytes(&r.daddr);
+}
+
+fn reset_from_bytes(b: &[u8]) -> ResetRecord {
+    let mut g = Get { buf: b, pos: 0 };
+    ResetRecord {
+        ts_ns: g.u64(),
+        skaddr: g.u64(),
+        direction: g.u8(),
+        state: g.u8(),
+        seg_flags: g.u8(),
+        seg_flags_known: g.u8(),
+        reason: g.u32(),
+        family: g.u16(),
+        sport: g.u16(),
+        dport: g.u16(),
+        _pad: g.u16(),
+        ctx_pid: g.u32(),
+        _pad2: g.u32(),
+        saddr: g.take(),
+        daddr: g.take(),
     }
 }
 

@@ -5,9 +5,11 @@ use std::io::{self, BufReader, ErrorKind, Read};
 use tcpstate_common::EVENT_SIZE;
 
 use super::{
-    counters_from_bytes, counters_from_v1_bytes, event_le, kinds, payload_len, Header, RecordError,
-    RecordErrorKind as K, CLOCK, COUNTERS_LEN, COUNTERS_V1_LEN, CRC_LEN, FIXED_HEADER_LEN,
-    FORMAT_VERSION, MAGIC, MAX_HEADER_BODY, MAX_RECORD_LEN, OLDEST_FORMAT_VERSION, RECORD_HEAD_LEN,
+    counters_from_bytes, counters_from_v1_bytes, event_le, facts_from_bytes, facts_to_bytes, kinds,
+    payload_len, reset_from_bytes, retransmit_from_bytes, Header, RecordError,
+    RecordErrorKind as K, CLOCK, COUNTERS_LEN, COUNTERS_V1_LEN, CRC_LEN, FACTS_LEN,
+    FIXED_HEADER_LEN, FORMAT_VERSION, MAGIC, MAX_HEADER_BODY, MAX_REASONS, MAX_RECORD_LEN,
+    OLDEST_FORMAT_VERSION, RECORD_HEAD_LEN,
 };
 use crate::{event, input::Input};
 
@@ -75,7 +77,7 @@ impl<R: Read> RecordReader<R> {
                 K::BadLength {
                     kind,
                     len,
-                    // Payloads are at most EVENT_SIZE bytes.
+                    // Payloads are at most MAX_PAYLOAD_LEN bytes, which fits a u16.
                     expected: expected as u16,
                 },
             ));
@@ -104,6 +106,19 @@ impl<R: Read> RecordReader<R> {
             kinds::TICK => Input::Tick {
                 now_ns: u64::from_le_bytes(array(payload)),
             },
+            kinds::FACTS => {
+                let f = facts_from_bytes(payload);
+                // Absent values and padding are zero: anything else is damage the checksum
+                // missed or a writer this reader does not know.
+                let mut again = [0u8; FACTS_LEN];
+                facts_to_bytes(&f, &mut again);
+                if again[..] != *payload {
+                    return Err(RecordError::new(at, K::BadPayload { kind }));
+                }
+                Input::Facts(f)
+            }
+            kinds::RETRANSMIT => Input::Retransmit(retransmit_from_bytes(payload)),
+            kinds::RESET => Input::Reset(reset_from_bytes(payload)),
             _ if self.version == 1 => {
                 Input::Counters(counters_from_v1_bytes(&array::<COUNTERS_V1_LEN>(payload)))
             }
@@ -214,7 +229,7 @@ fn read_header(r: &mut impl Read) -> Result<(Header, u64, u16), RecordError> {
     if stored != computed {
         return Err(RecordError::new(0, K::BadChecksum { stored, computed }));
     }
-    let header = parse_body(body)?;
+    let header = parse_body(body, version)?;
     Ok((header, (FIXED_HEADER_LEN + rest.len()) as u64, version))
 }
 
@@ -255,7 +270,7 @@ impl<'a> Body<'a> {
     }
 }
 
-fn parse_body(bytes: &[u8]) -> Result<Header, RecordError> {
+fn parse_body(bytes: &[u8], version: u16) -> Result<Header, RecordError> {
     let mut b = Body { bytes, pos: 0 };
     let start_mono_ns = b.u64()?;
     let realtime_minus_mono_ns = b.u64()? as i64;
@@ -270,6 +285,29 @@ fn parse_body(bytes: &[u8]) -> Result<Header, RecordError> {
         ));
     }
     let command = b.string()?;
+    let mut reset_reasons = Vec::new();
+    if version >= 2 {
+        let count_at = b.offset();
+        let n = u16::from_le_bytes(array(b.take(2, "header ends inside the reason count")?));
+        if usize::from(n) > MAX_REASONS {
+            return Err(RecordError::new(
+                count_at,
+                K::BadHeader("too many reset reason names"),
+            ));
+        }
+        for _ in 0..n {
+            let at = b.offset();
+            let name = b.string()?;
+            // The writer clips names to 255 bytes: a longer one is no writer's.
+            if name.len() > 255 {
+                return Err(RecordError::new(
+                    at,
+                    K::BadHeader("reset reason name longer than 255 bytes"),
+                ));
+            }
+            reset_reasons.push(name);
+        }
+    }
     if b.pos != bytes.len() {
         return Err(RecordError::new(
             b.offset(),
@@ -282,5 +320,6 @@ fn parse_body(bytes: &[u8]) -> Result<Header, RecordError> {
         start_mono_ns,
         realtime_minus_mono_ns,
         command,
+        reset_reasons,
     })
 }

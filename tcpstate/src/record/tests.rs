@@ -12,6 +12,7 @@ fn header() -> Header {
         start_mono_ns: 123_456_789,
         realtime_minus_mono_ns: 1_763_700_000_000_000_000,
         command: "tcpstate trace --record x.tsr".into(),
+        reset_reasons: vec!["not_specified".into(), "no_socket".into(), String::new()],
     }
 }
 
@@ -54,6 +55,58 @@ fn inputs() -> Vec<Input> {
                 .with(Counter::Deferred, 5)
                 .with(Counter::RecursionMisses, u64::MAX),
         ),
+        Input::Facts(crate::facts::Facts {
+            ts_ns: 3_000,
+            skaddr: 0xffff_8880_0000_0001,
+            oldstate: state::ESTABLISHED,
+            newstate: state::CLOSE,
+            sk_err: Some(104),
+            sk_err_soft: Some(-1),
+            srtt_us: Some(40_168),
+            min_rtt_us: None,
+            total_retrans: Some(4),
+            retransmits: Some(0),
+            probes_out: Some(255),
+            packets_out: None,
+            wmem_queued: Some(0),
+            bytes_acked: Some(u64::MAX),
+            bytes_received: Some(7001),
+            bytes_retrans: None,
+            segs_in: Some(1),
+            segs_out: Some(u32::MAX),
+        }),
+        Input::Retransmit(crate::facts::RetransmitRecord {
+            ts_ns: 3_100,
+            skaddr: 0xffff_8880_0000_0001,
+            kind: 1,
+            state: state::FIN_WAIT1,
+            tcp_flags: 0x11,
+            known: 7,
+            segs: 2,
+            family: 10,
+            sport: 443,
+            dport: 50_000,
+            err: -105,
+            saddr: [1; 16],
+            daddr: [2; 16],
+        }),
+        Input::Reset(crate::facts::ResetRecord {
+            ts_ns: 3_200,
+            skaddr: 0,
+            direction: 1,
+            state: 0,
+            seg_flags: 0x02,
+            seg_flags_known: 1,
+            reason: u32::MAX,
+            family: 2,
+            sport: 9,
+            dport: 40_000,
+            _pad: 0,
+            ctx_pid: 77,
+            _pad2: 0,
+            saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        }),
         Input::Tick { now_ns: u64::MAX },
     ]
 }
@@ -80,7 +133,10 @@ fn record_len(i: &Input) -> usize {
     8 + match i {
         Input::Event(_) => 112,
         Input::Tick { .. } => 8,
-        Input::Counters(_) => 88,
+        Input::Counters(_) => 136,
+        Input::Facts(_) => 84,
+        Input::Retransmit(_) => 64,
+        Input::Reset(_) => 72,
     }
 }
 
@@ -119,6 +175,7 @@ fn header_fields_roundtrip() {
             start_mono_ns: 0,
             realtime_minus_mono_ns: i64::MIN,
             command: String::new(),
+            reset_reasons: Vec::new(),
         },
         Header {
             tool_version: "9.9.9-rc1".into(),
@@ -126,6 +183,7 @@ fn header_fields_roundtrip() {
             start_mono_ns: u64::MAX,
             realtime_minus_mono_ns: -1,
             command: "tcpstate trace --comm 'nginx ü' -p 80".into(),
+            reset_reasons: vec!["tcp_abort_on_close".into(); 3],
         },
         Header::new("6.1.0".into(), 5, 6, "cmd".into()),
     ] {
@@ -159,7 +217,9 @@ fn documented_bytes(version: u8, counters_payload: &[u8]) -> Vec<u8> {
     let mut want: Vec<u8> = vec![0x89, b'T', b'S', b'R', b'\r', b'\n', 0x1a, b'\n'];
     want.extend([version, 0]); // format version
     want.extend([112, 0]); // event size
-    let body_len = 8 + 8 + (2 + 3) + (2 + 4) + (2 + 15) + (2 + 1);
+                           // Version 2 adds the reset reason names.
+    let reasons_len = if version >= 2 { 2 + 2 + (2 + 9) } else { 0 };
+    let body_len = 8 + 8 + (2 + 3) + (2 + 4) + (2 + 15) + (2 + 1) + reasons_len;
     want.extend([body_len as u8, 0, 0, 0]);
     want.extend([8, 7, 6, 5, 4, 3, 2, 1]);
     want.extend([0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
@@ -167,6 +227,11 @@ fn documented_bytes(version: u8, counters_payload: &[u8]) -> Vec<u8> {
     want.extend(b"\x04\x006.18");
     want.extend(b"\x0f\x00CLOCK_MONOTONIC");
     want.extend(b"\x01\x00x");
+    if version >= 2 {
+        want.extend([2, 0]); // two reset reason names
+        want.extend(b"\x00\x00");
+        want.extend(b"\x09\x00no_socket");
+    }
     let crc = crc32fast::hash(&want);
     want.extend(crc.to_le_bytes());
     let tick_at = want.len();
@@ -204,13 +269,19 @@ fn documented_bytes(version: u8, counters_payload: &[u8]) -> Vec<u8> {
     want
 }
 
-fn documented_header() -> Header {
+/// The header `documented_bytes` spells out; version 1 has no reset reason names.
+fn documented_header(version: u8) -> Header {
     Header {
         tool_version: "1.2".into(),
         kernel_release: "6.18".into(),
         start_mono_ns: 0x0102_0304_0506_0708,
         realtime_minus_mono_ns: -2,
         command: "x".into(),
+        reset_reasons: if version >= 2 {
+            vec![String::new(), "no_socket".into()]
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -235,13 +306,13 @@ fn bytes_match_the_documented_layout() {
         .with(Counter::RecursionMisses, 6);
     let mut payload = Vec::new();
     payload.extend(0b11_0011u64.to_le_bytes()); // validity mask, bit i: Counter::ALL[i]
-    for v in [1u64, 2, 0, 0, 0, 6, 0, 0, 0, 0] {
+    for v in [1u64, 2, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] {
         payload.extend(v.to_le_bytes());
     }
-    assert_eq!(payload.len(), 88);
+    assert_eq!(payload.len(), 136);
     let want = documented_bytes(2, &payload);
     let (got, _) = record(
-        &documented_header(),
+        &documented_header(2),
         &[
             Input::Tick {
                 now_ns: 0x1122_3344_5566_7788,
@@ -263,7 +334,7 @@ fn version_1_recordings_are_read() {
     let bytes = documented_bytes(1, &payload);
     let (header, inputs, err) = read(&bytes).unwrap();
     assert!(err.is_none());
-    assert_eq!(header, documented_header());
+    assert_eq!(header, documented_header(1));
     let counters = KernelCounters::unknown()
         .with(Counter::Seen, 1)
         .with(Counter::Filtered, 2)
@@ -282,13 +353,13 @@ fn version_1_recordings_are_read() {
         ]
     );
     // A version-2 length in a version-1 file is damage, not a guess.
-    let wrong = documented_bytes(1, &[0; 88]);
+    let wrong = documented_bytes(1, &[0; 136]);
     let (_, _, err) = read(&wrong).unwrap();
     assert!(matches!(
         err.map(|e| e.kind),
         Some(RecordErrorKind::BadLength {
             kind: 3,
-            len: 88,
+            len: 136,
             expected: 48
         })
     ));
@@ -614,6 +685,45 @@ fn offset_advances_record_by_record() {
         assert_eq!(reader.offset(), *end as u64);
     }
     assert!(reader.next().is_none());
+}
+
+/// A version-1 file (no reason names, no facts kinds) still reads; the new kinds in it are
+/// damage, as they were for a version-1 reader.
+#[test]
+fn version_1_still_reads() {
+    let mut h = header();
+    h.reset_reasons.clear();
+    let old: Vec<Input> = inputs()
+        .into_iter()
+        // Version 1's counters record is another layout (`version_1_recordings_are_read`).
+        .filter(|i| matches!(i, Input::Event(_) | Input::Tick { .. }))
+        .collect();
+    let (mut bytes, _) = record(&h, &old);
+    // Rewrite the header as version 1: drop the reason count (2 zero bytes at the body's end).
+    let body_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+    let body_end = 16 + body_len;
+    assert_eq!(&bytes[body_end - 2..body_end], &[0, 0]);
+    bytes.drain(body_end - 2..body_end);
+    bytes[8] = 1;
+    bytes[12..16].copy_from_slice(&((body_len - 2) as u32).to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..body_end - 2]);
+    bytes[body_end - 2..body_end + 2].copy_from_slice(&crc.to_le_bytes());
+    let (reader, got_h) = RecordReader::open(&bytes[..]).unwrap();
+    assert_eq!(reader.format_version(), 1);
+    assert_eq!(got_h, h);
+    let got: Vec<Input> = reader.map(|r| r.unwrap()).collect();
+    assert_eq!(got, old);
+
+    // A facts record in a version-1 file is an unknown kind.
+    let (v2, bounds) = record(&header(), &inputs());
+    let facts_at = bounds[4];
+    let mut v1 = bytes.clone();
+    v1.extend(&v2[facts_at..bounds[5]]);
+    let (_, _, err) = read(&v1).unwrap();
+    assert!(matches!(
+        err.map(|e| e.kind),
+        Some(RecordErrorKind::UnknownKind(4))
+    ));
 }
 
 /// The format's CRC is CRC-32/ISO-HDLC (zlib's, `docs/record-format.md`): pin the crate to it.

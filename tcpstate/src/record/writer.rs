@@ -5,8 +5,9 @@ use std::io::{self, BufWriter, Write};
 use tcpstate_common::EVENT_SIZE;
 
 use super::{
-    counters_to_bytes, event_le, kinds, Header, CLOCK, CRC_LEN, FIXED_HEADER_LEN, FORMAT_VERSION,
-    MAGIC, MAX_RECORD_LEN, RECORD_HEAD_LEN,
+    counters_to_bytes, event_le, facts_to_bytes, kinds, reset_to_bytes, retransmit_to_bytes,
+    Header, CLOCK, CRC_LEN, FACTS_LEN, FIXED_HEADER_LEN, FORMAT_VERSION, MAGIC, MAX_REASONS,
+    MAX_RECORD_LEN, RECORD_HEAD_LEN, RESET_LEN, RETRANSMIT_LEN,
 };
 use crate::{event, input::Input};
 
@@ -68,9 +69,21 @@ fn encode_record(input: &Input, buf: &mut [u8; MAX_RECORD_LEN]) -> usize {
             payload[..bytes.len()].copy_from_slice(&bytes);
             (kinds::COUNTERS, bytes.len())
         }
+        Input::Facts(f) => {
+            facts_to_bytes(f, &mut payload[..FACTS_LEN]);
+            (kinds::FACTS, FACTS_LEN)
+        }
+        Input::Retransmit(r) => {
+            retransmit_to_bytes(r, &mut payload[..RETRANSMIT_LEN]);
+            (kinds::RETRANSMIT, RETRANSMIT_LEN)
+        }
+        Input::Reset(r) => {
+            reset_to_bytes(r, &mut payload[..RESET_LEN]);
+            (kinds::RESET, RESET_LEN)
+        }
     };
     buf[0..2].copy_from_slice(&kind.to_le_bytes());
-    // Every payload is at most EVENT_SIZE bytes.
+    // Every payload is at most MAX_PAYLOAD_LEN bytes, which fits a u16.
     buf[2..4].copy_from_slice(&(len as u16).to_le_bytes());
     let end = RECORD_HEAD_LEN + len;
     let crc = crc32fast::hash(&buf[..end]);
@@ -88,7 +101,10 @@ fn clip(s: &str) -> &str {
 }
 
 fn push_str(out: &mut Vec<u8>, s: &str) {
-    let s = clip(s);
+    push_clipped(out, clip(s));
+}
+
+fn push_clipped(out: &mut Vec<u8>, s: &str) {
     // clip() bounds the length.
     out.extend_from_slice(&(s.len() as u16).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
@@ -106,6 +122,16 @@ pub(super) fn encode_header(h: &Header) -> Vec<u8> {
     push_str(&mut out, &h.kernel_release);
     push_str(&mut out, CLOCK);
     push_str(&mut out, &h.command);
+    // Reset reason names: at most MAX_REASONS, each at most 255 bytes (enum names are short).
+    let reasons = &h.reset_reasons[..h.reset_reasons.len().min(MAX_REASONS)];
+    out.extend_from_slice(&(reasons.len() as u16).to_le_bytes());
+    for name in reasons {
+        let mut end = name.len().min(255);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        push_clipped(&mut out, &name[..end]);
+    }
     // At most MAX_HEADER_BODY bytes: the strings are clipped.
     let body_len = (out.len() - FIXED_HEADER_LEN) as u32;
     out[12..16].copy_from_slice(&body_len.to_le_bytes());

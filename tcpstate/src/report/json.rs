@@ -11,11 +11,14 @@ use tcpstate_common::{owner_source, AF_INET};
 use super::ms_f64;
 use super::summary::{Summary, SummaryKind};
 use crate::event::{comm, local_addr, remote_addr, state_name, Event};
+use crate::facts::ResetRecord;
 use crate::input::KernelCounters;
+use crate::pipeline::ResetReasons;
 use crate::stats::{Histogram, Log2Histogram};
-use crate::timeline::{Conn, Outcome, Phase, Role, Step};
+use crate::timeline::{errno_name, Conn, Outcome, Phase, RetxKind, Role, Step};
 
-pub const CONNECTION_SCHEMA: &str = "tcpstate.connection.v1";
+pub const CONNECTION_SCHEMA: &str = "tcpstate.connection.v2";
+pub const REFUSED_SCHEMA: &str = "tcpstate.refused.v1";
 pub const TRANSITION_SCHEMA: &str = "tcpstate.transition.v1";
 pub const SUMMARY_SCHEMA: &str = "tcpstate.summary.v2";
 
@@ -123,13 +126,50 @@ struct ConnectionJson<'a> {
     close_ms: Option<f64>,
     transitions: Ladder<'a>,
     transitions_overflow: bool,
+    synack_rtt_ns: Option<u64>,
+    srtt_ns: Option<u64>,
+    min_rtt_ns: Option<u64>,
+    retransmits: Option<RetransmitsJson>,
+    reset: Option<ResetJson>,
+    errno: Option<Cow<'static, str>>,
+    bytes_acked: Option<u64>,
+    bytes_received: Option<u64>,
+    bytes_retrans: Option<u64>,
+    segs_in: Option<u32>,
+    segs_out: Option<u32>,
+    timeout: Option<&'static str>,
+    outcome_basis: Option<&'static str>,
 }
 
-/// One connection object (`tcpstate.connection.v1`) and its newline.
+#[derive(Serialize)]
+struct RetransmitsJson {
+    syn: u16,
+    synack: u16,
+    data: u16,
+    fin: u16,
+    failed: u16,
+}
+
+#[derive(Serialize)]
+struct ResetJson {
+    direction: &'static str,
+    reason: Option<&'static str>,
+}
+
+/// An errno's symbolic name; `E<number>` for one the table lacks.
+fn errno_json(e: u8) -> Cow<'static, str> {
+    match errno_name(e) {
+        Some(n) => Cow::Borrowed(n),
+        None => Cow::Owned(format!("E{e}")),
+    }
+}
+
+/// One connection object (`tcpstate.connection.v2`) and its newline.
 pub fn connection(
     c: &Conn,
     peer: Option<&Conn>,
     clock: &super::time::ClockBase,
+    reasons: &ResetReasons,
     out: &mut impl io::Write,
 ) -> io::Result<()> {
     let phase = |p| c.phase_ns(p);
@@ -181,6 +221,73 @@ pub fn connection(
         close_ms: opt_ms(c.close_ns()),
         transitions: Ladder(c),
         transitions_overflow: c.ladder_overflow(),
+        synack_rtt_ns: c.synack_rtt_ns(),
+        srtt_ns: c.srtt_ns(),
+        min_rtt_ns: c.min_rtt_ns(),
+        retransmits: c.retransmits().map(|r| RetransmitsJson {
+            syn: r[RetxKind::Syn as usize],
+            synack: r[RetxKind::SynAck as usize],
+            data: r[RetxKind::Data as usize],
+            fin: r[RetxKind::Fin as usize],
+            failed: r[RetxKind::Failed as usize],
+        }),
+        reset: c.reset_info().map(|(dir, reason)| ResetJson {
+            direction: if dir == tcpstate_common::reset_direction::SENT {
+                "sent"
+            } else {
+                "received"
+            },
+            reason: reason.and_then(|r| reasons.name(r)),
+        }),
+        errno: c.errno().filter(|&e| e != 0).map(errno_json),
+        bytes_acked: c.bytes_acked(),
+        bytes_received: c.bytes_received(),
+        bytes_retrans: c.bytes_retrans(),
+        segs_in: c.segs_in(),
+        segs_out: c.segs_out(),
+        timeout: c.timeout().name(),
+        outcome_basis: c.outcome_basis().name(),
+    };
+    write_line(&obj, out)
+}
+
+#[derive(Serialize)]
+struct RefusedJson {
+    schema: &'static str,
+    ts_ns: u64,
+    unix_ns: i64,
+    family: Option<&'static str>,
+    laddr: Option<IpAddr>,
+    lport: Option<u16>,
+    raddr: Option<IpAddr>,
+    rport: Option<u16>,
+}
+
+/// One refused inbound attempt (`tcpstate.refused.v1`) and its newline. Addresses are `null`
+/// where the running kernel's event carries none.
+pub fn refused(
+    r: &ResetRecord,
+    clock: &super::time::ClockBase,
+    out: &mut impl io::Write,
+) -> io::Result<()> {
+    let has = r.family != 0;
+    let fam = r.family as u8;
+    let ip = |raw: &[u8; 16]| {
+        if fam == AF_INET {
+            IpAddr::from([raw[0], raw[1], raw[2], raw[3]])
+        } else {
+            IpAddr::from(*raw)
+        }
+    };
+    let obj = RefusedJson {
+        schema: REFUSED_SCHEMA,
+        ts_ns: r.ts_ns,
+        unix_ns: clock.unix_ns(r.ts_ns),
+        family: has.then(|| family(fam)),
+        laddr: has.then(|| ip(&r.saddr)),
+        lport: has.then_some(r.sport),
+        raddr: has.then(|| ip(&r.daddr)),
+        rport: has.then_some(r.dport),
     };
     write_line(&obj, out)
 }
@@ -337,6 +444,26 @@ struct SummaryJson<'a> {
     close_wait: LatencyJson,
     kernel: Option<KernelJson>,
     pipeline: PipelineJson,
+    why: WhyJson<'a>,
+}
+
+/// The summary's part from socket facts, retransmits and resets (issue 10).
+#[derive(Serialize)]
+struct WhyJson<'a> {
+    synack_rtt: LatencyJson,
+    synack_rtt_us_log2: Buckets<'a>,
+    retransmits: Counts<'a>,
+    resets: Counts<'a>,
+    errors: Counts<'a>,
+    refused_inbound: u64,
+    refused_by_port: Vec<PortCount>,
+    unjoined: u64,
+}
+
+#[derive(Serialize)]
+struct PortCount {
+    port: u16,
+    count: u64,
 }
 
 /// One summary object (`tcpstate.summary.v2`) and its newline.
@@ -349,6 +476,21 @@ pub fn summary(s: &Summary<'_>, out: &mut impl io::Write) -> io::Result<()> {
         .iter()
         .map(|&r| (r.name(), s.stats.role(r)))
         .collect();
+    let w = &s.stats.why;
+    let retx: Vec<(&'static str, u64)> = RetxKind::ALL
+        .iter()
+        .map(|&k| (k.name(), w.retransmits[k as usize]))
+        .collect();
+    let resets = [("sent", w.resets_sent), ("received", w.resets_received)];
+    // Numbers without a name share one key.
+    let mut errors: Vec<(&'static str, u64)> = Vec::new();
+    for (&e, &n) in &w.errors {
+        let name = errno_name(e).unwrap_or("EUNKNOWN");
+        match errors.iter_mut().find(|(k, _)| *k == name) {
+            Some((_, total)) => *total += n,
+            None => errors.push((name, n)),
+        }
+    }
     let obj = SummaryJson {
         schema: SUMMARY_SCHEMA,
         kind: match s.kind {
@@ -380,6 +522,20 @@ pub fn summary(s: &Summary<'_>, out: &mut impl io::Write) -> io::Result<()> {
             superseded: s.pipeline.superseded,
             ignored: s.pipeline.ignored,
             paired: s.pipeline.paired,
+        },
+        why: WhyJson {
+            synack_rtt: LatencyJson::of(&w.synack_rtt),
+            synack_rtt_us_log2: Buckets(&w.synack_rtt_us),
+            retransmits: Counts(&retx),
+            resets: Counts(&resets),
+            errors: Counts(&errors),
+            refused_inbound: w.refused,
+            refused_by_port: w
+                .refused_by_port
+                .iter()
+                .map(|(&port, &count)| PortCount { port, count })
+                .collect(),
+            unjoined: s.pipeline.unjoined,
         },
     };
     write_line(&obj, out)

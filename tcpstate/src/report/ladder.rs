@@ -12,7 +12,8 @@ use std::fmt::{self, Write};
 use super::time::TimeFormatter;
 use super::{comm_or_dash, right, spaces, Endpoint, Ms, Small};
 use crate::event::state_name;
-use crate::timeline::{Conn, Outcome, Phase, LADDER};
+use crate::facts::ResetRecord;
+use crate::timeline::{errno_name, Conn, Entry, Mark, Outcome, Phase, RetxKind, LADDER};
 
 /// Width of the left ladder when two are side by side.
 const LEFT: usize = 36;
@@ -56,14 +57,37 @@ fn describe(c: &Conn, out: &mut impl Write) -> fmt::Result {
     if matches!(c.outcome(), Outcome::Open | Outcome::Evicted) {
         write!(out, " so far")?;
     }
+    if let Some(ns) = c.synack_rtt_ns() {
+        write!(out, "  synack_rtt {} ms", Ms(ns))?;
+    }
+    if let Some(ns) = c.srtt_ns() {
+        write!(out, "  srtt {} ms", Ms(ns))?;
+    }
+    if let Some(name) = c.errno().and_then(errno_name) {
+        write!(out, "  {name}")?;
+    }
+    if let Some(t) = c.timeout().name() {
+        write!(out, " ({t} timeout)")?;
+    }
+    if let (Some(a), Some(r)) = (c.bytes_acked(), c.bytes_received()) {
+        write!(out, "  bytes out {a} in {r}")?;
+    }
     Ok(())
 }
 
 fn notes(c: &Conn, prefix: &str, out: &mut impl Write) -> fmt::Result {
-    if c.syn_retransmitted() {
+    if c.syn_retransmitted() && c.retransmits().is_none() {
         writeln!(
             out,
             "  {prefix}note: SYN_SENT outlasted the 1 s SYN timeout: a SYN or SYN-ACK was lost"
+        )?;
+    }
+    let synacks = c.retransmits().map_or(0, |r| r[RetxKind::SynAck as usize]);
+    if synacks > 0 {
+        // They happened before the accepted socket existed: no place on its ladder.
+        writeln!(
+            out,
+            "  {prefix}note: SYN-ACK retransmitted {synacks}x before this socket was created"
         )?;
     }
     if c.partial() {
@@ -77,6 +101,12 @@ fn notes(c: &Conn, prefix: &str, out: &mut impl Write) -> fmt::Result {
         writeln!(
             out,
             "  {prefix}note: transitions are missing (~> marks where)"
+        )?;
+    }
+    if c.marks_dropped() {
+        writeln!(
+            out,
+            "  {prefix}note: more retransmits or resets than shown (counts: see the table or JSON)"
         )?;
     }
     if c.ladder_overflow() {
@@ -99,6 +129,7 @@ enum Row {
     },
     StillOpen(u8),
     Evicted(u8),
+    Mark(Mark),
 }
 
 impl Row {
@@ -119,6 +150,7 @@ impl Row {
             }
             Row::StillOpen(s) => write!(out, "(still {} at end of trace)", state_name(s)),
             Row::Evicted(s) => write!(out, "(evicted in {})", state_name(s)),
+            Row::Mark(m) => out.write_str(m.text()),
         }
     }
 }
@@ -127,15 +159,20 @@ impl Row {
 fn rows(c: &Conn) -> impl Iterator<Item = (u64, Row)> + '_ {
     let total = c.ladder().count();
     let mut prev = c.first_state();
-    let rungs = c.ladder().enumerate().map(move |(i, r)| {
-        let row = Row::Transition {
-            from: prev,
-            to: r.state,
-            gap: r.gap,
-            time_wait: i + 1 == total && c.time_wait(),
-        };
-        prev = r.state;
-        (r.offset_ns, row)
+    let mut i = 0;
+    let rungs = c.entries().map(move |e| match e {
+        Entry::State(r) => {
+            i += 1;
+            let row = Row::Transition {
+                from: prev,
+                to: r.state,
+                gap: r.gap,
+                time_wait: i == total && c.time_wait(),
+            };
+            prev = r.state;
+            (r.offset_ns, row)
+        }
+        Entry::Mark { mark, offset_ns } => (offset_ns, Row::Mark(mark)),
     });
     let last = c.state();
     let end = match c.outcome() {
@@ -229,4 +266,25 @@ pub fn pair(a: &Conn, b: &Conn, time: &mut TimeFormatter, out: &mut impl Write) 
         }
     }
     out.write_char('\n')
+}
+
+/// An inbound connection attempt this host refused, as a one-line block.
+pub fn refused(r: &ResetRecord, time: &mut TimeFormatter, out: &mut impl Write) -> fmt::Result {
+    time.write(r.ts_ns, out)?;
+    if r.family == 0 {
+        return writeln!(out, "refused inbound (addresses not reported)\n");
+    }
+    let ip = |raw: &[u8; 16]| -> std::net::IpAddr {
+        if r.family == u16::from(tcpstate_common::AF_INET) {
+            [raw[0], raw[1], raw[2], raw[3]].into()
+        } else {
+            (*raw).into()
+        }
+    };
+    writeln!(
+        out,
+        "refused inbound {} <- {}: RST sent to a SYN, nobody listening\n",
+        Endpoint(ip(&r.saddr), r.sport),
+        Endpoint(ip(&r.daddr), r.dport)
+    )
 }

@@ -11,6 +11,8 @@ use super::summary::{self, Summary};
 use super::time::{ClockBase, TimeColumn, TimeFormatter};
 use super::{json, ladder, table, transitions};
 use crate::event::Event;
+use crate::facts::ResetRecord;
+use crate::pipeline::ResetReasons;
 use crate::timeline::{Conn, Step};
 
 /// What the pipeline prints, record by record.
@@ -26,6 +28,8 @@ pub(crate) trait Renderer {
     /// Both ends of one connection on this host, `a` first.
     fn pair(&mut self, a: &Conn, b: &Conn, out: &mut Vec<u8>) -> io::Result<()>;
     fn summary(&mut self, s: &Summary<'_>, out: &mut Vec<u8>) -> io::Result<()>;
+    /// An inbound connection attempt this host refused (no socket: not a connection).
+    fn refused(&mut self, r: &ResetRecord, out: &mut Vec<u8>) -> io::Result<()>;
 }
 
 /// Which renderer.
@@ -39,7 +43,13 @@ pub(crate) enum Kind {
     TransitionJson,
 }
 
-pub(crate) fn new(kind: Kind, time: TimeColumn, clock: ClockBase, wide: bool) -> Box<dyn Renderer> {
+pub(crate) fn new(
+    kind: Kind,
+    time: TimeColumn,
+    clock: ClockBase,
+    wide: bool,
+    reasons: ResetReasons,
+) -> Box<dyn Renderer> {
     let text = |wide| Text {
         time: TimeFormatter::new(time, clock),
         wide,
@@ -48,7 +58,7 @@ pub(crate) fn new(kind: Kind, time: TimeColumn, clock: ClockBase, wide: bool) ->
         Kind::ConnectionTable => Box::new(ConnectionTable(text(wide))),
         Kind::TransitionTable => Box::new(TransitionTable(text(wide))),
         Kind::Ladder => Box::new(Ladder(text(wide))),
-        Kind::ConnectionJson | Kind::TransitionJson => Box::new(Json { clock }),
+        Kind::ConnectionJson | Kind::TransitionJson => Box::new(Json { clock, reasons }),
     }
 }
 
@@ -107,6 +117,11 @@ impl Renderer for ConnectionTable {
     fn summary(&mut self, s: &Summary<'_>, out: &mut Vec<u8>) -> io::Result<()> {
         self.0.summary(s, true, out)
     }
+
+    fn refused(&mut self, r: &ResetRecord, out: &mut Vec<u8>) -> io::Result<()> {
+        let t = &mut self.0;
+        table::refused(r, &mut t.time, t.wide, &mut Utf8(out)).map_err(fmt_error)
+    }
 }
 
 struct TransitionTable(Text);
@@ -132,6 +147,10 @@ impl Renderer for TransitionTable {
     fn summary(&mut self, s: &Summary<'_>, out: &mut Vec<u8>) -> io::Result<()> {
         self.0.summary(s, true, out)
     }
+
+    fn refused(&mut self, _: &ResetRecord, _: &mut Vec<u8>) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 struct Ladder(Text);
@@ -153,11 +172,16 @@ impl Renderer for Ladder {
         // Each ladder already ends with an empty line.
         self.0.summary(s, false, out)
     }
+
+    fn refused(&mut self, r: &ResetRecord, out: &mut Vec<u8>) -> io::Result<()> {
+        ladder::refused(r, &mut self.0.time, &mut Utf8(out)).map_err(fmt_error)
+    }
 }
 
 /// JSON Lines: one object per record.
 struct Json {
     clock: ClockBase,
+    reasons: ResetReasons,
 }
 
 impl Renderer for Json {
@@ -166,16 +190,20 @@ impl Renderer for Json {
     }
 
     fn single(&mut self, c: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
-        json::connection(c, None, &self.clock, out)
+        json::connection(c, None, &self.clock, &self.reasons, out)
     }
 
     fn pair(&mut self, a: &Conn, b: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
-        json::connection(a, Some(b), &self.clock, out)?;
-        json::connection(b, Some(a), &self.clock, out)
+        json::connection(a, Some(b), &self.clock, &self.reasons, out)?;
+        json::connection(b, Some(a), &self.clock, &self.reasons, out)
     }
 
     fn summary(&mut self, s: &Summary<'_>, out: &mut Vec<u8>) -> io::Result<()> {
         json::summary(s, out)
+    }
+
+    fn refused(&mut self, r: &ResetRecord, out: &mut Vec<u8>) -> io::Result<()> {
+        json::refused(r, &self.clock, out)
     }
 }
 

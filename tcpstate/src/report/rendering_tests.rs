@@ -165,14 +165,14 @@ fn all_events() -> Vec<Input> {
 }
 
 const TABLE: &str = "\
-PID     COMM             LADDR           LPORT RADDR           RPORT ROLE     OUTCOME       HS_MS    LIFE_MS CLOSER CLOSE_MS NOTE
-42      curl             127.0.0.1       40000 192.0.2.9       5432  client   refused           -      0.150 -             -
-42      curl             127.0.0.1       41000 127.0.0.1       8080  client   time_wait     0.030      6.020 local     2.020
-7       srv              127.0.0.1       8080  127.0.0.1       41000 server   closed        0.001      6.000 remote    1.990 peer of line above
-42      curl             ::1             50000 2001:db8::1     443   client   reset         0.900      7.000 -             -
-42      curl             127.0.0.1       40100 192.0.2.9       80    client   time_wait     0.300      2.000 local         - missing transitions
-7       srv              127.0.0.1       8080  127.0.0.1       0     listener open              -     12.000 -             -
--       -                127.0.0.1       22    127.0.0.1       51000 ?        open              -      9.000 remote    9.000 first seen ESTABLISHED
+PID     COMM             LADDR           LPORT RADDR           RPORT ROLE     OUTCOME       HS_MS   RTT_MS RETX    LIFE_MS CLOSER CLOSE_MS NOTE
+42      curl             127.0.0.1       40000 192.0.2.9       5432  client   refused           -        -    -      0.150 -             -
+42      curl             127.0.0.1       41000 127.0.0.1       8080  client   time_wait     0.030        -    -      6.020 local     2.020
+7       srv              127.0.0.1       8080  127.0.0.1       41000 server   closed        0.001        -    -      6.000 remote    1.990 peer of line above
+42      curl             ::1             50000 2001:db8::1     443   client   reset         0.900        -    -      7.000 -             -
+42      curl             127.0.0.1       40100 192.0.2.9       80    client   time_wait     0.300        -    -      2.000 local         - missing transitions
+7       srv              127.0.0.1       8080  127.0.0.1       0     listener open              -        -    -     12.000 -             -
+-       -                127.0.0.1       22    127.0.0.1       51000 ?        open              -        -    -      9.000 remote    9.000 first seen ESTABLISHED
 ";
 
 #[test]
@@ -249,7 +249,7 @@ fn json_connection_line() {
         &events(&odd_ones()[..2]),
     );
     let expected = concat!(
-        r#"{"schema":"tcpstate.connection.v1","id":0,"peer_id":null,"skaddr":"0xa1","family":"ipv4","#,
+        r#"{"schema":"tcpstate.connection.v2","id":0,"peer_id":null,"skaddr":"0xa1","family":"ipv4","#,
         r#""laddr":"127.0.0.1","lport":40000,"raddr":"192.0.2.9","rport":5432,"role":"client","#,
         r#""outcome":"refused","closer":null,"time_wait":false,"syn_retransmitted":false,"partial":false,"incomplete":false,"#,
         r#""first_state":"CLOSE","last_state":"CLOSE","pid":42,"comm":"curl","owner_source":"syscall","#,
@@ -262,7 +262,10 @@ fn json_connection_line() {
         r#""close_ns":null,"close_ms":null,"transitions":["#,
         r#"{"state":"SYN_SENT","offset_ns":0,"offset_ms":0.0,"gap":false},"#,
         r#"{"state":"CLOSE","offset_ns":150000,"offset_ms":0.15,"gap":false}],"#,
-        r#""transitions_overflow":false}"#,
+        r#""transitions_overflow":false,"synack_rtt_ns":null,"srtt_ns":null,"min_rtt_ns":null,"#,
+        r#""retransmits":null,"reset":null,"errno":null,"bytes_acked":null,"bytes_received":null,"#,
+        r#""bytes_retrans":null,"segs_in":null,"segs_out":null,"timeout":null,"#,
+        r#""outcome_basis":"timing"}"#,
         "\n"
     );
     assert_eq!(out, expected);
@@ -391,7 +394,7 @@ fn a_peer_is_awaited_only_for_a_bounded_time() {
     let all = format!("{}{rest}", each.concat());
     assert!(!all.contains("peer of line above"), "{all}");
     assert!(
-        rest.contains("server   closed        0.001   2999.000 remote 2994.990\n"),
+        rest.contains("server   closed        0.001        -    -   2999.000 remote 2994.990\n"),
         "{rest}"
     );
 }
@@ -501,10 +504,10 @@ fn ends_still_open_at_the_end_are_shown_together() {
         &events(&conversation()[..5]),
     );
     let expected = "\
-PID     COMM             LADDR           LPORT RADDR           RPORT ROLE     OUTCOME       HS_MS    LIFE_MS CLOSER CLOSE_MS NOTE
-7       srv              127.0.0.1       8080  127.0.0.1       0     listener open              -      1.030 -             -
-42      curl             127.0.0.1       41000 127.0.0.1       8080  client   open          0.030      0.030 -             -
-7       srv              127.0.0.1       8080  127.0.0.1       41000 server   open          0.001      0.010 -             - peer of line above
+PID     COMM             LADDR           LPORT RADDR           RPORT ROLE     OUTCOME       HS_MS   RTT_MS RETX    LIFE_MS CLOSER CLOSE_MS NOTE
+7       srv              127.0.0.1       8080  127.0.0.1       0     listener open              -        -    -      1.030 -             -
+42      curl             127.0.0.1       41000 127.0.0.1       8080  client   open          0.030        -    -      0.030 -             -
+7       srv              127.0.0.1       8080  127.0.0.1       41000 server   open          0.001        -    -      0.010 -             - peer of line above
 ";
     assert_eq!(out, expected);
 }
@@ -517,7 +520,7 @@ fn wide_columns_fit_ipv6() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
     let expected_v6 = format!(
-        "42      curl             {:<39} 50000 {:<39} 443   client   reset         0.900      7.000 -             -",
+        "42      curl             {:<39} 50000 {:<39} 443   client   reset         0.900        -    -      7.000 -             -",
         "::1", "2001:db8::1"
     );
     assert_eq!(lines[1], expected_v6);
@@ -603,4 +606,700 @@ fn text_summary_names_every_counter() {
         out.contains("WARNING: kernel counters unknown (unreadable, or not in this recording): recursion_misses"),
         "{out}"
     );
+}
+
+/// Connections with socket facts, retransmits and resets, shaped like the real kernel's
+/// records (values from tcp-socket-facts.md), starting at `t0`; plus a refused inbound SYN.
+pub(crate) fn why_inputs(t0: u64) -> Vec<Input> {
+    use crate::facts::tests::{facts, refused, reset, retransmit, synack};
+    use tcpstate_common::{reset_direction, tcp_flags};
+    const LSN: u64 = 0xe000;
+    const SRV: u64 = 0xe0;
+    let mut v = Vec::new();
+    let at = |e: Event, f: Option<crate::facts::Facts>, v: &mut Vec<Input>| {
+        v.push(Input::Event(e));
+        if let Some(f) = f {
+            v.push(Input::Facts(f));
+        }
+    };
+    // An accepted socket whose first SYN-ACK was lost: 15 B in, 33 B out, peer closed first.
+    v.push(Input::Retransmit(synack(t0 + SEC, LSN, 9090, 42000)));
+    let s = |e: Event| server(e);
+    at(
+        s(ev(t0 + SEC + 40 * MS, SRV, LISTEN, SYN_RECV, 9090, 42000)),
+        None,
+        &mut v,
+    );
+    let mut f = facts(t0 + SEC + 40 * MS + 5 * US, SRV, SYN_RECV, ESTABLISHED);
+    f.srtt_us = Some(40_000);
+    f.total_retrans = Some(1);
+    at(
+        s(ev(f.ts_ns, SRV, SYN_RECV, ESTABLISHED, 9090, 42000)),
+        Some(f),
+        &mut v,
+    );
+    at(
+        s(ev(t0 + 2 * SEC, SRV, ESTABLISHED, CLOSE_WAIT, 9090, 42000)),
+        None,
+        &mut v,
+    );
+    at(
+        s(ev(
+            t0 + 2 * SEC + MS,
+            SRV,
+            CLOSE_WAIT,
+            LAST_ACK,
+            9090,
+            42000,
+        )),
+        None,
+        &mut v,
+    );
+    let mut f = facts(t0 + 2 * SEC + 41 * MS, SRV, LAST_ACK, CLOSE);
+    f.bytes_acked = Some(34);
+    f.bytes_received = Some(16);
+    f.srtt_us = Some(40_100);
+    f.min_rtt_us = Some(39_900);
+    f.total_retrans = Some(1);
+    f.segs_in = Some(6);
+    f.segs_out = Some(5);
+    at(
+        s(ev(f.ts_ns, SRV, LAST_ACK, CLOSE, 9090, 42000)),
+        Some(f),
+        &mut v,
+    );
+
+    // A refused connect: the RST arrives, then SYN_SENT -> CLOSE with ECONNREFUSED.
+    let c = |e: Event| client(e);
+    at(c(ev(t0, 0xe1, CLOSE, SYN_SENT, 0, 9)), None, &mut v);
+    v.push(Input::Reset(reset(
+        t0 + 40 * MS,
+        0xe1,
+        reset_direction::RECEIVED,
+    )));
+    let mut f = facts(t0 + 40 * MS + US, 0xe1, SYN_SENT, CLOSE);
+    f.sk_err = Some(111);
+    at(
+        c(ev(f.ts_ns, 0xe1, SYN_SENT, CLOSE, 43210, 9)),
+        Some(f),
+        &mut v,
+    );
+
+    // First SYN lost, then an idle connection dies of keepalive (it had retransmitted data).
+    at(
+        c(ev(t0 + 3 * SEC, 0xe2, CLOSE, SYN_SENT, 0, 80)),
+        None,
+        &mut v,
+    );
+    v.push(Input::Retransmit(retransmit(
+        t0 + 4 * SEC,
+        0xe2,
+        SYN_SENT,
+        tcp_flags::SYN,
+    )));
+    let mut f = facts(t0 + 4 * SEC + 40 * MS, 0xe2, SYN_SENT, ESTABLISHED);
+    f.total_retrans = Some(1);
+    at(
+        c(ev(f.ts_ns, 0xe2, SYN_SENT, ESTABLISHED, 43211, 80)),
+        Some(f),
+        &mut v,
+    );
+    v.push(Input::Retransmit(retransmit(
+        t0 + 5 * SEC,
+        0xe2,
+        ESTABLISHED,
+        tcp_flags::ACK | tcp_flags::PSH,
+    )));
+    let mut f = facts(t0 + 20 * SEC, 0xe2, ESTABLISHED, CLOSE);
+    f.sk_err = Some(110);
+    f.probes_out = Some(3);
+    f.total_retrans = Some(2);
+    f.bytes_acked = Some(101);
+    f.bytes_received = Some(0);
+    f.srtt_us = Some(41_000);
+    at(
+        c(ev(f.ts_ns, 0xe2, ESTABLISHED, CLOSE, 43211, 80)),
+        Some(f),
+        &mut v,
+    );
+
+    // An abortive close (SO_LINGER 0): CLOSE first, then the RST it sends (reason 14).
+    at(
+        c(ev(t0 + 6 * SEC, 0xe3, CLOSE, SYN_SENT, 0, 81)),
+        None,
+        &mut v,
+    );
+    at(
+        c(ev(
+            t0 + 6 * SEC + MS,
+            0xe3,
+            SYN_SENT,
+            ESTABLISHED,
+            43212,
+            81,
+        )),
+        Some(facts(t0 + 6 * SEC + MS, 0xe3, SYN_SENT, ESTABLISHED)),
+        &mut v,
+    );
+    let mut f = facts(t0 + 7 * SEC, 0xe3, ESTABLISHED, CLOSE);
+    f.bytes_acked = Some(1);
+    f.srtt_us = Some(50);
+    at(
+        c(ev(f.ts_ns, 0xe3, ESTABLISHED, CLOSE, 43212, 81)),
+        Some(f),
+        &mut v,
+    );
+    let mut r = reset(t0 + 7 * SEC + 3 * US, 0xe3, reset_direction::SENT);
+    r.reason = 14;
+    v.push(Input::Reset(r));
+
+    // A SYN to a port nobody listens on.
+    v.push(Input::Reset(refused(t0 + 8 * SEC, 9999, 43000)));
+    // Time order, as the reorder window would hand them over (stable: facts stay behind).
+    v.sort_by_key(|i| match i {
+        Input::Event(e) => e.ts_ns,
+        Input::Facts(f) => f.ts_ns,
+        Input::Retransmit(r) => r.ts_ns,
+        Input::Reset(r) => r.ts_ns,
+        Input::Tick { now_ns } => *now_ns,
+        Input::Counters(_) => 0,
+    });
+    v
+}
+
+fn why_config(mode: Mode, format: Format) -> OutputConfig {
+    let mut names = vec![String::new(); 15];
+    names[1] = "no_socket".into();
+    names[14] = "tcp_abort_on_close".into();
+    OutputConfig {
+        reset_reasons: crate::pipeline::ResetReasons::leak(names),
+        summary_at_end: true,
+        ..config(mode, format)
+    }
+}
+
+#[test]
+fn why_table() {
+    let out = render(why_config(Mode::Connections, Format::Table), &why_inputs(T));
+    println!("{out}");
+    let line = |port: &str| {
+        out.lines()
+            .find(|l| l.contains(port))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let srv = line("42000");
+    assert!(
+        srv.contains("server   closed       40.000   40.100    1"),
+        "{srv}"
+    );
+    assert!(srv.contains("SYN-ACK retransmitted"), "{srv}");
+    let refused = line("43210");
+    assert!(refused.contains("refused"), "{refused}");
+    assert!(refused.contains(" RST received; ECONNREFUSED"), "{refused}");
+    let ka = line("43211");
+    assert!(ka.contains("timed_out"), "{ka}");
+    assert!(ka.contains(" keepalive timeout; SYN retransmitted"), "{ka}");
+    assert!(line("43212").contains(" RST sent"));
+    let r = line("9999");
+    assert!(r.contains("refused_in"), "{r}");
+    assert!(
+        out.contains("SYN-ACK RTT, accepted (n=1): p50 40.000 ms"),
+        "{out}"
+    );
+    assert!(
+        out.contains("retransmits: syn 1, synack 1, data 1"),
+        "{out}"
+    );
+    assert!(out.contains("resets: 1 sent, 1 received"), "{out}");
+    assert!(out.contains("errors: ETIMEDOUT 1, ECONNREFUSED 1"), "{out}");
+    assert!(
+        out.contains("refused inbound: 1 (by local port: 9999 1)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn why_json() {
+    let out = render(why_config(Mode::Connections, Format::Json), &why_inputs(T));
+    let objs: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let by_port = |p: u64| {
+        objs.iter()
+            .find(|o| o["lport"] == p && o["schema"] == "tcpstate.connection.v2")
+            .cloned()
+            .unwrap_or_default()
+    };
+    let srv = by_port(9090);
+    assert_eq!(srv["synack_rtt_ns"], 40_000_000);
+    assert_eq!(srv["srtt_ns"], 40_100_000);
+    assert_eq!(srv["min_rtt_ns"], 39_900_000);
+    assert_eq!(srv["retransmits"]["synack"], 1);
+    // 33 B out + its FIN, 15 B in + the peer's FIN.
+    assert_eq!(srv["bytes_acked"], 33);
+    assert_eq!(srv["bytes_received"], 15);
+    assert_eq!(srv["segs_in"], 6);
+    assert_eq!(srv["outcome_basis"], serde_json::Value::Null);
+    let refused = by_port(43210);
+    assert_eq!(refused["outcome"], "refused");
+    assert_eq!(refused["errno"], "ECONNREFUSED");
+    assert_eq!(refused["outcome_basis"], "errno");
+    assert_eq!(refused["reset"]["direction"], "received");
+    assert_eq!(refused["reset"]["reason"], serde_json::Value::Null);
+    let ka = by_port(43211);
+    assert_eq!(ka["errno"], "ETIMEDOUT");
+    assert_eq!(ka["timeout"], "keepalive");
+    assert_eq!(ka["outcome"], "timed_out");
+    assert_eq!(ka["outcome_basis"], "errno");
+    assert_eq!(ka["retransmits"]["syn"], 1);
+    assert_eq!(ka["retransmits"]["data"], 1);
+    assert_eq!(ka["syn_retransmitted"], true);
+    // 100 B out + the SYN; no FIN was acknowledged.
+    assert_eq!(ka["bytes_acked"], 100);
+    let abort = by_port(43212);
+    assert_eq!(abort["reset"]["direction"], "sent");
+    assert_eq!(abort["reset"]["reason"], "tcp_abort_on_close");
+    assert_eq!(abort["bytes_acked"], 0);
+    let r = objs
+        .iter()
+        .find(|o| o["schema"] == "tcpstate.refused.v1")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(r["lport"], 9999);
+    assert_eq!(r["rport"], 43000);
+    assert_eq!(r["laddr"], "127.0.0.1");
+    assert_eq!(r["family"], "ipv4");
+}
+
+#[test]
+fn why_timeline_shows_retransmits_and_resets_in_place() {
+    let out = render(why_config(Mode::Timeline, Format::Table), &why_inputs(T));
+    println!("{out}");
+    assert!(out.contains("+1000.000 ms  SYN retransmitted"), "{out}");
+    assert!(
+        out.contains("+5000.000 ms  RST sent") || out.contains("RST sent"),
+        "{out}"
+    );
+    assert!(out.contains("+40.000 ms  RST received"), "{out}");
+    assert!(out.contains("data retransmitted"), "{out}");
+    assert!(
+        out.contains("refused inbound 127.0.0.1:9999 <- 127.0.0.2:43000"),
+        "{out}"
+    );
+}
+
+/// JSON objects of `inputs` through the pipeline (reasons named as in `why_config`).
+fn why_objects(mode: Mode, inputs: &[Input]) -> Vec<serde_json::Value> {
+    render(why_config(mode, Format::Json), inputs)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn conn_at(objs: &[serde_json::Value], skaddr: &str) -> serde_json::Value {
+    objs.iter()
+        .find(|o| o["skaddr"] == skaddr)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A client 0x1c: connect, established, data, FIN_WAIT1, (retransmits given), FIN_WAIT2, close.
+fn client_life(t0: u64, extra: Vec<Input>, close_facts: Option<crate::facts::Facts>) -> Vec<Input> {
+    let mut v = vec![
+        Input::Event(client(ev(t0, 0x1c, CLOSE, SYN_SENT, 0, 80))),
+        Input::Event(client(ev(t0 + MS, 0x1c, SYN_SENT, ESTABLISHED, 41000, 80))),
+        Input::Event(client(ev(
+            t0 + 10 * MS,
+            0x1c,
+            ESTABLISHED,
+            FIN_WAIT1,
+            41000,
+            80,
+        ))),
+    ];
+    v.extend(extra);
+    v.push(Input::Event(client(ev(
+        t0 + 900 * MS,
+        0x1c,
+        FIN_WAIT1,
+        FIN_WAIT2,
+        41000,
+        80,
+    ))));
+    v.push(Input::Event(client(ev(
+        t0 + 950 * MS,
+        0x1c,
+        FIN_WAIT2,
+        CLOSE,
+        41000,
+        80,
+    ))));
+    if let Some(f) = close_facts {
+        v.push(Input::Facts(f));
+    }
+    v
+}
+
+#[test]
+fn retransmits_split_by_the_segment_flags() {
+    use crate::facts::tests::{facts, retransmit};
+    use tcpstate_common::tcp_flags::{ACK, FIN, PSH};
+    let t0 = T;
+    let mut fin = retransmit(t0 + 300 * MS, 0x1c, FIN_WAIT1, FIN | ACK);
+    fin.segs = 0; // reported as 0: one segment
+    let mut data = retransmit(t0 + 200 * MS, 0x1c, FIN_WAIT1, ACK | PSH);
+    data.segs = 3;
+    let mut failed = retransmit(t0 + 400 * MS, 0x1c, FIN_WAIT1, FIN | ACK);
+    failed.err = -105;
+    let mut f = facts(t0 + 950 * MS, 0x1c, FIN_WAIT2, CLOSE);
+    f.bytes_acked = Some(3002);
+    f.bytes_received = Some(7001);
+    f.total_retrans = Some(4);
+    let inputs = client_life(
+        t0,
+        vec![
+            Input::Retransmit(data),
+            Input::Retransmit(fin),
+            Input::Retransmit(failed),
+        ],
+        Some(f),
+    );
+    let c = conn_at(&why_objects(Mode::Connections, &inputs), "0x1c");
+    assert_eq!(c["retransmits"]["data"], 3, "{c}");
+    assert_eq!(c["retransmits"]["fin"], 1, "{c}");
+    assert_eq!(c["retransmits"]["failed"], 1, "{c}");
+    assert_eq!(c["retransmits"]["syn"], 0, "{c}");
+    // 3000 B out: SYN and the acknowledged FIN removed; 7000 B in: the peer's FIN removed.
+    assert_eq!(c["bytes_acked"], 3000, "{c}");
+    assert_eq!(c["bytes_received"], 7000, "{c}");
+    assert_eq!(c["outcome"], "time_wait");
+    let table = render(why_config(Mode::Connections, Format::Table), &inputs);
+    assert!(
+        table.contains(" FIN retransmitted; retransmission failed"),
+        "{table}"
+    );
+    let ladder = render(why_config(Mode::Timeline, Format::Table), &inputs);
+    assert!(
+        ladder.contains("+200.000 ms  data retransmitted"),
+        "{ladder}"
+    );
+    assert!(
+        ladder.contains("+300.000 ms  FIN retransmitted"),
+        "{ladder}"
+    );
+}
+
+#[test]
+fn synack_retransmits_join_the_accepted_socket_by_4_tuple() {
+    use crate::facts::tests::{facts, synack};
+    let accepted = |f: Option<crate::facts::Facts>| {
+        let mut v = vec![
+            Input::Retransmit(synack(T, LISTENER, 8080, 41000)),
+            Input::Retransmit(synack(T + SEC, LISTENER, 8080, 41000)),
+            // Another 4-tuple: not this socket's.
+            Input::Retransmit(synack(T + SEC, LISTENER, 8080, 41001)),
+            Input::Event(server(ev(
+                T + 3 * SEC,
+                CHILD,
+                LISTEN,
+                SYN_RECV,
+                8080,
+                41000,
+            ))),
+            Input::Event(server(ev(
+                T + 3 * SEC + 10 * US,
+                CHILD,
+                SYN_RECV,
+                ESTABLISHED,
+                8080,
+                41000,
+            ))),
+        ];
+        v.extend(f.map(Input::Facts));
+        v
+    };
+    let objs = why_objects(Mode::Connections, &accepted(None));
+    let c = conn_at(&objs, &format!("{CHILD:#x}"));
+    assert_eq!(c["retransmits"]["synack"], 2, "{c}");
+    assert_eq!(c["synack_rtt_ns"], serde_json::Value::Null);
+    // The socket's own (inherited) count wins over the counted events.
+    let mut f = facts(T + 3 * SEC + 10 * US, CHILD, SYN_RECV, ESTABLISHED);
+    f.total_retrans = Some(1);
+    f.srtt_us = Some(40_168);
+    let objs = why_objects(Mode::Connections, &accepted(Some(f)));
+    let c = conn_at(&objs, &format!("{CHILD:#x}"));
+    assert_eq!(c["retransmits"]["synack"], 1, "{c}");
+    assert_eq!(c["synack_rtt_ns"], 40_168_000);
+    // HS_MS shows the SYN-ACK round trip, and --min-handshake-ms compares it.
+    let mut cfg = why_config(Mode::Connections, Format::Table);
+    cfg.min_handshake_ns = Some(40 * MS);
+    let table = render(cfg, &accepted(Some(f)));
+    assert!(table.contains("server   open         40.168"), "{table}");
+    cfg.min_handshake_ns = Some(41 * MS);
+    assert!(!render(cfg, &accepted(Some(f))).contains("server   open"));
+}
+
+#[test]
+fn outcome_rules_say_which_facts_decided() {
+    use crate::facts::tests::{facts, retransmit};
+    use tcpstate_common::tcp_flags::SYN;
+    let connect = |close_after: u64, extra: Vec<Input>, f: Option<crate::facts::Facts>| {
+        let mut v = vec![Input::Event(client(ev(T, 0x2c, CLOSE, SYN_SENT, 0, 80)))];
+        v.extend(extra);
+        v.push(Input::Event(client(ev(
+            T + close_after,
+            0x2c,
+            SYN_SENT,
+            CLOSE,
+            41002,
+            80,
+        ))));
+        v.extend(f.map(Input::Facts));
+        let objs = why_objects(Mode::Connections, &v);
+        conn_at(&objs, "0x2c")
+    };
+    // No facts: the 1 s rule.
+    let c = connect(30 * MS, vec![], None);
+    assert_eq!(
+        (&c["outcome"], &c["outcome_basis"]),
+        (&"refused".into(), &"timing".into())
+    );
+    // A retransmitted SYN, seen as an event only: timed out within 1 s.
+    let c = connect(
+        900 * MS,
+        vec![Input::Retransmit(retransmit(
+            T + 200 * MS,
+            0x2c,
+            SYN_SENT,
+            SYN,
+        ))],
+        None,
+    );
+    assert_eq!(
+        (&c["outcome"], &c["outcome_basis"]),
+        (&"timed_out".into(), &"retransmits".into())
+    );
+    // ECONNREFUSED after 3 s (the first SYN was lost): refused, by errno, not timed out.
+    let mut f = facts(T + 3 * SEC, 0x2c, SYN_SENT, CLOSE);
+    f.sk_err = Some(111);
+    f.total_retrans = Some(1);
+    let c = connect(3 * SEC, vec![], Some(f));
+    assert_eq!(
+        (&c["outcome"], &c["outcome_basis"]),
+        (&"refused".into(), &"errno".into())
+    );
+    assert_eq!(c["retransmits"]["syn"], 1);
+    assert_eq!(c["syn_retransmitted"], true);
+    // ETIMEDOUT: a connect timeout.
+    let mut f = facts(T + 3 * SEC, 0x2c, SYN_SENT, CLOSE);
+    f.sk_err = Some(110);
+    f.total_retrans = Some(6);
+    let c = connect(3 * SEC, vec![], Some(f));
+    assert_eq!(
+        (&c["outcome"], &c["timeout"]),
+        (&"timed_out".into(), &"connect".into())
+    );
+    assert_eq!(c["errno"], "ETIMEDOUT");
+    // A soft error (ICMP unreachable) when the hard one is 0.
+    let mut f = facts(T + 3 * SEC, 0x2c, SYN_SENT, CLOSE);
+    f.sk_err_soft = Some(113);
+    f.total_retrans = Some(2);
+    let c = connect(3 * SEC, vec![], Some(f));
+    assert_eq!(c["errno"], "EHOSTUNREACH");
+    assert_eq!(
+        (&c["outcome"], &c["outcome_basis"]),
+        (&"timed_out".into(), &"retransmits".into())
+    );
+}
+
+#[test]
+fn timeouts_of_established_connections_are_told_apart() {
+    use crate::facts::tests::facts;
+    let died = |tweak: &dyn Fn(&mut crate::facts::Facts)| {
+        let mut f = facts(T + 9 * SEC, 0x3c, ESTABLISHED, CLOSE);
+        f.sk_err = Some(110);
+        tweak(&mut f);
+        let v = vec![
+            Input::Event(client(ev(T, 0x3c, CLOSE, SYN_SENT, 0, 80))),
+            Input::Event(client(ev(T + MS, 0x3c, SYN_SENT, ESTABLISHED, 41003, 80))),
+            Input::Event(client(ev(T + 9 * SEC, 0x3c, ESTABLISHED, CLOSE, 41003, 80))),
+            Input::Facts(f),
+        ];
+        conn_at(&why_objects(Mode::Connections, &v), "0x3c")
+    };
+    let c = died(&|f| f.probes_out = Some(9));
+    assert_eq!(
+        (&c["timeout"], &c["outcome"]),
+        (&"keepalive".into(), &"timed_out".into())
+    );
+    // Keepalive also after retransmissions earlier in its life.
+    let c = died(&|f| {
+        f.probes_out = Some(9);
+        f.total_retrans = Some(3);
+    });
+    assert_eq!(c["timeout"], "keepalive");
+    let c = died(&|f| {
+        f.packets_out = Some(2);
+        f.retransmits = Some(6);
+        f.total_retrans = Some(6);
+    });
+    assert_eq!(c["timeout"], "retransmission");
+    let c = died(&|f| {
+        f.probes_out = Some(4);
+        f.wmem_queued = Some(4096);
+    });
+    assert_eq!(c["timeout"], "zero_window_probe");
+    // A connection the peer reset: ECONNRESET, outcome reset.
+    let c = died(&|f| f.sk_err = Some(104));
+    assert_eq!(
+        (&c["errno"], &c["outcome"], &c["timeout"]),
+        (
+            &"ECONNRESET".into(),
+            &"reset".into(),
+            &serde_json::Value::Null
+        )
+    );
+}
+
+#[test]
+fn refused_inbound_attempts_in_every_mode_but_the_transition_table() {
+    use crate::facts::tests::{refused, reset};
+    let mut stray_ack = reset(T + 2 * MS, 0, tcpstate_common::reset_direction::SENT);
+    stray_ack.seg_flags = tcpstate_common::tcp_flags::ACK;
+    stray_ack.seg_flags_known = 1;
+    let inputs = vec![
+        Input::Reset(refused(T, 22, 50000)),
+        Input::Reset(refused(T + MS, 22, 50001)),
+        Input::Reset(stray_ack),
+    ];
+    let objs = why_objects(Mode::Transitions, &inputs);
+    let refused_objs: Vec<_> = objs
+        .iter()
+        .filter(|o| o["schema"] == "tcpstate.refused.v1")
+        .collect();
+    assert_eq!(
+        refused_objs.len(),
+        2,
+        "a stray ACK's RST is no refused attempt"
+    );
+    let summary = objs.last().cloned().unwrap_or_default();
+    assert_eq!(summary["why"]["refused_inbound"], 2);
+    assert_eq!(summary["why"]["refused_by_port"][0]["port"], 22);
+    assert_eq!(summary["why"]["refused_by_port"][0]["count"], 2);
+    assert_eq!(summary["why"]["unjoined"], 1);
+    let table = render(why_config(Mode::Transitions, Format::Table), &inputs);
+    assert!(!table.contains("refused_in"), "{table}");
+    assert!(
+        table.contains("refused inbound: 2 (by local port: 22 2)"),
+        "{table}"
+    );
+}
+
+#[test]
+fn a_reset_received_in_last_ack_leaves_the_fin_unacknowledged() {
+    use crate::facts::tests::{facts, reset};
+    let mut f = facts(T + 5 * MS, CHILD, LAST_ACK, CLOSE);
+    f.bytes_acked = Some(100);
+    f.bytes_received = Some(51);
+    let v = vec![
+        Input::Event(server(ev(T, CHILD, LISTEN, SYN_RECV, 8080, 41000))),
+        Input::Event(server(ev(
+            T + 10,
+            CHILD,
+            SYN_RECV,
+            ESTABLISHED,
+            8080,
+            41000,
+        ))),
+        Input::Event(server(ev(
+            T + MS,
+            CHILD,
+            ESTABLISHED,
+            CLOSE_WAIT,
+            8080,
+            41000,
+        ))),
+        Input::Event(server(ev(
+            T + 2 * MS,
+            CHILD,
+            CLOSE_WAIT,
+            LAST_ACK,
+            8080,
+            41000,
+        ))),
+        Input::Reset(reset(
+            T + 5 * MS - 1,
+            CHILD,
+            tcpstate_common::reset_direction::RECEIVED,
+        )),
+        Input::Event(server(ev(T + 5 * MS, CHILD, LAST_ACK, CLOSE, 8080, 41000))),
+        Input::Facts(f),
+    ];
+    let c = conn_at(&why_objects(Mode::Connections, &v), &format!("{CHILD:#x}"));
+    assert_eq!(c["bytes_acked"], 100, "{c}");
+    assert_eq!(c["bytes_received"], 50, "{c}");
+    assert_eq!(c["reset"]["direction"], "received");
+}
+
+/// Every new field through record and replay: the replayed output equals the live one byte for
+/// byte, in every mode.
+#[test]
+fn why_inputs_replay_byte_for_byte() {
+    use crate::record::{Header, RecordReader, RecordWriter};
+    let inputs = why_inputs(T);
+    let mut names = vec![String::new(); 15];
+    names[1] = "no_socket".into();
+    names[14] = "tcp_abort_on_close".into();
+    let mut header = Header::new("6.18".into(), T, 1_700_000_000_000_000_000, "test".into());
+    header.reset_reasons = names;
+    let mut w = RecordWriter::new(Vec::new(), &header).unwrap();
+    for i in &inputs {
+        w.write(i).unwrap();
+    }
+    let bytes = w.finish().unwrap();
+    let (reader, h) = RecordReader::open(&bytes[..]).unwrap();
+    let replayed: Vec<Input> = reader.map(|r| r.unwrap()).collect();
+    assert_eq!(replayed, inputs);
+    for (mode, format) in [
+        (Mode::Connections, Format::Table),
+        (Mode::Connections, Format::Json),
+        (Mode::Timeline, Format::Table),
+        (Mode::Transitions, Format::Json),
+    ] {
+        let live = render(why_config(mode, format), &inputs);
+        let cfg = OutputConfig {
+            reset_reasons: crate::pipeline::ResetReasons::leak(h.reset_reasons.clone()),
+            ..why_config(mode, format)
+        };
+        assert_eq!(render(cfg, &replayed), live, "{mode:?} {format:?}");
+    }
+}
+
+#[test]
+fn a_retransmit_storm_keeps_the_states_on_the_ladder() {
+    use crate::facts::tests::retransmit;
+    let storm: Vec<Input> = (0..40)
+        .map(|i| {
+            Input::Retransmit(retransmit(
+                T + 20 * MS + i * MS,
+                0x1c,
+                FIN_WAIT1,
+                tcpstate_common::tcp_flags::ACK,
+            ))
+        })
+        .collect();
+    let inputs = client_life(T, storm, None);
+    let c = conn_at(&why_objects(Mode::Connections, &inputs), "0x1c");
+    assert_eq!(c["retransmits"]["data"], 40);
+    assert_eq!(c["transitions"].as_array().map(Vec::len), Some(5), "{c}");
+    assert_eq!(c["transitions_overflow"], false);
+    let ladder = render(why_config(Mode::Timeline, Format::Table), &inputs);
+    assert_eq!(ladder.matches("data retransmitted").count(), 6, "{ladder}");
+    assert!(
+        ladder.contains("more retransmits or resets than shown"),
+        "{ladder}"
+    );
+    assert!(ladder.contains("FIN_WAIT2 -> CLOSE"), "{ladder}");
 }

@@ -5,13 +5,14 @@
 
 use serde_json::Value;
 
-use super::rendering_tests::{conversation, odd_ones, render};
+use super::rendering_tests::{conversation, odd_ones, render, why_inputs};
 use crate::event::tests::ev;
 use crate::input::{Counter, Input, KernelCounters};
 use crate::pipeline::{Format, Mode, OutputConfig};
 use tcpstate_common::state::*;
 
-const CONNECTION: &str = include_str!("../../../docs/schema/connection.v1.json");
+const CONNECTION: &str = include_str!("../../../docs/schema/connection.v2.json");
+const REFUSED: &str = include_str!("../../../docs/schema/refused.v1.json");
 const TRANSITION: &str = include_str!("../../../docs/schema/transition.v1.json");
 const SUMMARY: &str = include_str!("../../../docs/schema/summary.v2.json");
 
@@ -171,6 +172,7 @@ fn inputs() -> Vec<Input> {
             80,
         )));
     }
+    inputs.extend(why_inputs(t + 1_000_000));
     inputs.push(Input::Counters(
         KernelCounters::zero()
             .with(Counter::Seen, 40)
@@ -184,7 +186,7 @@ fn inputs() -> Vec<Input> {
 }
 
 fn validate(mode: Mode, counters: bool) -> usize {
-    let schemas: Vec<(String, Value)> = [CONNECTION, TRANSITION, SUMMARY]
+    let schemas: Vec<(String, Value)> = [CONNECTION, TRANSITION, SUMMARY, REFUSED]
         .iter()
         .map(|text| {
             let v: Value = serde_json::from_str(text).expect("schema file is JSON");
@@ -256,7 +258,9 @@ fn the_checker_catches_mistakes() {
         ("pid", Value::from(1.5)),
         ("closer", Value::from(3)),
         ("skaddr", Value::from("ffff")),
-        ("schema", Value::from("tcpstate.connection.v2")),
+        ("schema", Value::from("tcpstate.connection.v1")),
+        ("timeout", Value::from("idle")),
+        ("retransmits", Value::from(1)),
     ] {
         let mut v = good.clone();
         v[field] = bad;

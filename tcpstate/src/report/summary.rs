@@ -5,7 +5,7 @@ use std::fmt::{self, Write};
 use super::Ms;
 use crate::input::{Counter, KernelCounters};
 use crate::stats::Stats;
-use crate::timeline::{Outcome, Role};
+use crate::timeline::{errno_name, Outcome, RetxKind, Role};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SummaryKind {
@@ -30,6 +30,8 @@ pub struct PipelineCounts {
     pub ignored: u64,
     /// Connections shown together with their other end on this host (once per pair).
     pub paired: u64,
+    /// Facts, retransmits and resets that matched no tracked connection.
+    pub unjoined: u64,
 }
 
 /// Everything a summary shows.
@@ -88,6 +90,7 @@ pub fn text(s: &Summary<'_>, out: &mut impl Write) -> fmt::Result {
         }
         _ => writeln!(out, "connect latency: no completed client handshakes")?,
     }
+    synack_rtt_text(s, out)?;
     let h = &st.close_wait;
     match (h.percentile(50.0), h.percentile(99.0), h.max()) {
         (Some(p50), Some(p99), Some(max)) => writeln!(
@@ -111,6 +114,7 @@ pub fn text(s: &Summary<'_>, out: &mut impl Write) -> fmt::Result {
         "events: {} processed, {} late for the reorder window, {} released early, {} sockets reused while open, {} paired",
         p.events, p.late, p.forced, p.superseded, p.paired
     )?;
+    why_text(s, out)?;
     match &s.counters {
         Some(k) => kernel_text(k, out)?,
         None => writeln!(out, "kernel: no counters received")?,
@@ -209,4 +213,78 @@ fn list<'n>(items: impl Iterator<Item = (&'n str, u64)>, out: &mut impl Write) -
         write!(out, " none")?;
     }
     out.write_char('\n')
+}
+
+/// Accepted sockets' SYN-ACK round trips, beside the connect latency: the server-side
+/// handshake figure.
+fn synack_rtt_text(s: &Summary<'_>, out: &mut impl Write) -> fmt::Result {
+    let w = &s.stats.why;
+    let h = &w.synack_rtt;
+    if let (Some(p50), Some(p90), Some(p99), Some(max)) = (
+        h.percentile(50.0),
+        h.percentile(90.0),
+        h.percentile(99.0),
+        h.max(),
+    ) {
+        writeln!(
+            out,
+            "SYN-ACK RTT, accepted (n={}): p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
+            h.count(),
+            Ms(p50),
+            Ms(p90),
+            Ms(p99),
+            Ms(max)
+        )?;
+        w.synack_rtt_us.render("usecs", out)?;
+    }
+    Ok(())
+}
+
+/// The summary's part from retransmits, resets, errors and refused attempts (issue 10), in
+/// lines of its own.
+fn why_text(s: &Summary<'_>, out: &mut impl Write) -> fmt::Result {
+    let w = &s.stats.why;
+    if w.retransmits.iter().any(|&n| n > 0) {
+        write!(out, "retransmits:")?;
+        list(
+            RetxKind::ALL
+                .iter()
+                .map(|&k| (k.name(), w.retransmits[k as usize])),
+            out,
+        )?;
+    }
+    if w.resets_sent + w.resets_received > 0 {
+        writeln!(
+            out,
+            "resets: {} sent, {} received",
+            w.resets_sent, w.resets_received
+        )?;
+    }
+    if !w.errors.is_empty() {
+        write!(out, "errors:")?;
+        for (i, (&e, &n)) in w.errors.iter().enumerate() {
+            let sep = if i > 0 { "," } else { "" };
+            match errno_name(e) {
+                Some(name) => write!(out, "{sep} {name} {n}")?,
+                None => write!(out, "{sep} errno {e} {n}")?,
+            }
+        }
+        out.write_char('\n')?;
+    }
+    if w.refused > 0 {
+        write!(out, "refused inbound: {} (by local port:", w.refused)?;
+        for (i, (&port, &n)) in w.refused_by_port.iter().enumerate() {
+            let sep = if i > 0 { "," } else { "" };
+            write!(out, "{sep} {port} {n}")?;
+        }
+        writeln!(out, ")")?;
+    }
+    if s.pipeline.unjoined > 0 {
+        writeln!(
+            out,
+            "joins: {} facts, retransmits or resets matched no tracked connection",
+            s.pipeline.unjoined
+        )?;
+    }
+    Ok(())
 }

@@ -1,19 +1,25 @@
 //! One line per finished connection, in the spirit of bcc's tcplife, with the phases added.
 //!
-//! Columns: `[TIME] PID COMM LADDR LPORT RADDR RPORT ROLE OUTCOME HS_MS LIFE_MS CLOSER CLOSE_MS
-//! [NOTE]`. TIME is when the connection ended. PID/COMM are the socket's owner (`-` when
-//! unknown). HS_MS is the handshake, LIFE_MS first to last event, CLOSE_MS the teardown phase
+//! Columns: `[TIME] PID COMM LADDR LPORT RADDR RPORT ROLE OUTCOME HS_MS RTT_MS RETX LIFE_MS
+//! CLOSER CLOSE_MS [NOTE]`. TIME is when the connection ended. PID/COMM are the socket's owner
+//! (`-` when unknown). HS_MS is the handshake (for an accepted socket the SYN-ACK round trip the
+//! kernel measured, when known: its SYN_RECV itself lasts microseconds), RTT_MS the smoothed
+//! RTT at close, RETX the retransmitted segments, LIFE_MS first to last event, CLOSE_MS the teardown phase
 //! that matters (CLOSE_WAIT when the peer closed first, FIN_WAIT1 + FIN_WAIT2 or CLOSING when
-//! this side did). NOTE says when the line is the peer of the line above (both ends of one
+//! this side did). NOTE says first what matters most (the reset and its direction, the errno,
+//! the kind of timeout, handshake and FIN retransmits), then when the line is the peer of the line above (both ends of one
 //! connection on this host), when the socket was first seen mid-life, and when transitions
 //! were missing. `-` marks an unknown value.
 
 use std::fmt::{self, Write};
 
+use tcpstate_common::{reset_direction, AF_INET};
+
 use super::time::TimeFormatter;
 use super::{comm_or_dash, left, right, role_column, Small};
 use crate::event::state_name;
-use crate::timeline::Conn;
+use crate::facts::ResetRecord;
+use crate::timeline::{errno_name, Conn, RetxKind, Timeout};
 
 /// Address column width: dotted IPv4, or any IPv6 with `-w`.
 pub(crate) fn addr_width(wide: bool) -> usize {
@@ -28,7 +34,7 @@ pub fn header(time: &TimeFormatter, wide: bool, out: &mut impl Write) -> fmt::Re
     let a = addr_width(wide);
     writeln!(
         out,
-        "{}{:<7} {:<16} {:<a$} {:<5} {:<a$} {:<5} {:<8} {:<10} {:>8} {:>10} {:<6} {:>8} NOTE",
+        "{}{:<7} {:<16} {:<a$} {:<5} {:<a$} {:<5} {:<8} {:<10} {:>8} {:>8} {:>4} {:>10} {:<6} {:>8} NOTE",
         time.header(),
         "PID",
         "COMM",
@@ -39,6 +45,8 @@ pub fn header(time: &TimeFormatter, wide: bool, out: &mut impl Write) -> fmt::Re
         "ROLE",
         "OUTCOME",
         "HS_MS",
+        "RTT_MS",
+        "RETX",
         "LIFE_MS",
         "CLOSER",
         "CLOSE_MS",
@@ -86,17 +94,33 @@ pub fn line(
         }
         right(out, field.as_str(), width)
     };
-    ms(c.handshake_ns(), 9, out)?;
+    ms(c.hs_shown_ns(), 9, out)?;
+    ms(c.srtt_ns(), 9, out)?;
+    field.clear();
+    match c.retx_total() {
+        Some(n) => field.push_u64(u64::from(n)),
+        None => field.push_str("-"),
+    }
+    right(out, field.as_str(), 5)?;
+    let mut ms = |v: Option<u64>, width: usize, out: &mut _| {
+        field.clear();
+        match v {
+            Some(ns) => field.push_ms(ns),
+            None => field.push_str("-"),
+        }
+        right(out, field.as_str(), width)
+    };
     ms(Some(c.life_ns()), 11, out)?;
     out.write_char(' ')?;
     left(out, c.closer().short(), 6)?;
     ms(c.close_ns(), 9, out)?;
     let mut sep = " ";
+    why_notes(c, &mut sep, out)?;
     if peer_above {
         write!(out, "{sep}peer of line above")?;
         sep = "; ";
     }
-    if c.syn_retransmitted() {
+    if c.syn_retransmitted() && c.retransmits().is_none() {
         write!(out, "{sep}SYN retransmitted")?;
         sep = "; ";
     }
@@ -108,4 +132,106 @@ pub fn line(
         write!(out, "{sep}missing transitions")?;
     }
     out.write_char('\n')
+}
+
+/// What matters most about how a connection went, first in NOTE.
+fn why_notes(c: &Conn, sep: &mut &'static str, out: &mut impl Write) -> fmt::Result {
+    if let Some((dir, _)) = c.reset_info() {
+        let what = if dir == reset_direction::SENT {
+            "RST sent"
+        } else {
+            "RST received"
+        };
+        write!(out, "{sep}{what}")?;
+        *sep = "; ";
+    }
+    match c.timeout() {
+        Timeout::None => {
+            if let Some(name) = c.errno().and_then(errno_name) {
+                write!(out, "{sep}{name}")?;
+                *sep = "; ";
+            }
+        }
+        t => {
+            let what = match t {
+                Timeout::Connect => "connect timeout",
+                Timeout::Retransmission => "retransmission timeout",
+                Timeout::Keepalive => "keepalive timeout",
+                _ => "zero window probe timeout",
+            };
+            write!(out, "{sep}{what}")?;
+            *sep = "; ";
+        }
+    }
+    if let Some(r) = c.retransmits() {
+        for (kind, one, many) in [
+            (RetxKind::Syn, "SYN retransmitted", "SYN retransmits"),
+            (
+                RetxKind::SynAck,
+                "SYN-ACK retransmitted",
+                "SYN-ACK retransmits",
+            ),
+            (RetxKind::Fin, "FIN retransmitted", "FIN retransmits"),
+            (
+                RetxKind::Failed,
+                "retransmission failed",
+                "failed retransmissions",
+            ),
+        ] {
+            match r[kind as usize] {
+                0 => {}
+                1 => {
+                    write!(out, "{sep}{one}")?;
+                    *sep = "; ";
+                }
+                n => {
+                    write!(out, "{sep}{n} {many}")?;
+                    *sep = "; ";
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An inbound connection attempt this host refused: one line with OUTCOME `refused_in`, the
+/// local end being the port nobody listened on.
+pub fn refused(
+    r: &ResetRecord,
+    time: &mut TimeFormatter,
+    wide: bool,
+    out: &mut impl Write,
+) -> fmt::Result {
+    let a = addr_width(wide);
+    time.write(r.ts_ns, out)?;
+    left(out, "-", 8)?;
+    left(out, "-", 17)?;
+    let mut field = Small::new();
+    for (raw, port) in [(&r.saddr, r.sport), (&r.daddr, r.dport)] {
+        field.clear();
+        if r.family == 0 {
+            field.push_str("-");
+        } else if r.family == u16::from(AF_INET) {
+            field.push_ip([raw[0], raw[1], raw[2], raw[3]].into());
+        } else {
+            field.push_ip((*raw).into());
+        }
+        left(out, field.as_str(), a + 1)?;
+        field.clear();
+        if r.family == 0 {
+            field.push_str("-");
+        } else {
+            field.push_u64(u64::from(port));
+        }
+        left(out, field.as_str(), 6)?;
+    }
+    left(out, "server", 9)?;
+    left(out, "refused_in", 10)?;
+    for w in [9, 9, 5, 11] {
+        right(out, "-", w)?;
+    }
+    out.write_char(' ')?;
+    left(out, "-", 6)?;
+    right(out, "-", 9)?;
+    out.write_str(" RST sent to a SYN: nobody listening\n")
 }

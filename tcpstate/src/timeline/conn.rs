@@ -9,6 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use tcpstate_common::{owner_source, state, Event, AF_INET, TASK_COMM_LEN};
 
 use super::span::Span;
+use super::why::{self, known, Basis, RetxKind, Timeout, Why};
+use crate::facts::{Facts, ResetRecord, RetransmitRecord};
 
 /// How many transitions the ladder keeps. A normal lifetime has five or six; when more arrive,
 /// the last rung is overwritten so the ladder always ends with the newest transition, and
@@ -17,12 +19,77 @@ pub const LADDER: usize = 16;
 
 /// `Conn::rung_states` bit: the state was reached through transitions that were never seen.
 const GAP: u8 = 0x80;
+/// `Conn::rung_states` bit: not a state but a [`Mark`] (a retransmit or reset in place).
+const MARK: u8 = 0x40;
+/// At most this many marks are kept on a ladder, so a retransmit storm cannot push the states
+/// out of it (the counts stay exact; the timeline says when marks were left out).
+const MAX_MARKS: usize = 6;
+
+/// Something that happened to a connection between its transitions, shown in its ladder.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    SynRetransmitted = 1,
+    SynAckRetransmitted = 2,
+    DataRetransmitted = 3,
+    FinRetransmitted = 4,
+    RetransmitFailed = 5,
+    RstSent = 6,
+    RstReceived = 7,
+}
+
+impl Mark {
+    fn of_code(c: u8) -> Option<Mark> {
+        Some(match c {
+            1 => Mark::SynRetransmitted,
+            2 => Mark::SynAckRetransmitted,
+            3 => Mark::DataRetransmitted,
+            4 => Mark::FinRetransmitted,
+            5 => Mark::RetransmitFailed,
+            6 => Mark::RstSent,
+            7 => Mark::RstReceived,
+            _ => return None,
+        })
+    }
+
+    fn of_retx(k: RetxKind) -> Mark {
+        match k {
+            RetxKind::Syn => Mark::SynRetransmitted,
+            RetxKind::SynAck => Mark::SynAckRetransmitted,
+            RetxKind::Data => Mark::DataRetransmitted,
+            RetxKind::Fin => Mark::FinRetransmitted,
+            RetxKind::Failed => Mark::RetransmitFailed,
+        }
+    }
+
+    /// What the timeline prints.
+    pub fn text(self) -> &'static str {
+        match self {
+            Mark::SynRetransmitted => "SYN retransmitted",
+            Mark::SynAckRetransmitted => "SYN-ACK retransmitted",
+            Mark::DataRetransmitted => "data retransmitted",
+            Mark::FinRetransmitted => "FIN retransmitted",
+            Mark::RetransmitFailed => "retransmission failed",
+            Mark::RstSent => "RST sent",
+            Mark::RstReceived => "RST received",
+        }
+    }
+}
+
+/// A ladder entry: a state reached, or a mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    State(Rung),
+    Mark { mark: Mark, offset_ns: u64 },
+}
 
 mod flag {
     pub const PARTIAL: u8 = 1;
     pub const INCOMPLETE: u8 = 2;
     pub const TIME_WAIT: u8 = 4;
     pub const LADDER_OVERFLOW: u8 = 8;
+    /// Retransmits or resets happened that the ladder has no room to show.
+    pub const MARKS_DROPPED: u8 = 16;
 }
 
 /// What a socket was for, from the transition that started its lifetime.
@@ -85,7 +152,9 @@ pub enum Outcome {
     /// non-blocking connect that quickly looks the same).
     Refused = 3,
     /// SYN_SENT -> CLOSE 1 s or more after SYN_SENT: the SYN was retransmitted and the connect
-    /// failed or timed out.
+    /// failed or timed out. Where socket facts are known: a connect that failed with another
+    /// error than ECONNREFUSED, and any connection the kernel ended with ETIMEDOUT (keepalive,
+    /// retransmission or zero-window-probe timeout; see `timeout`) instead of a reset.
     TimedOut = 4,
     /// SYN_RECV -> CLOSE: an accepted socket died before its handshake completed.
     HandshakeAborted = 5,
@@ -271,6 +340,9 @@ pub struct Conn {
     phases_seen: u8,
     rungs: u8,
     flags: u8,
+    /// The state the lifetime left for CLOSE (0 before that).
+    close_from: u8,
+    why: Why,
 }
 
 /// Ranks owner sources: an event's owner replaces the kept one when it ranks at least as high,
@@ -320,6 +392,8 @@ impl Conn {
             phases_seen: 0,
             rungs: 0,
             flags: if partial { flag::PARTIAL } else { 0 },
+            close_from: 0,
+            why: Why::EMPTY,
         };
         c.take_tuple(ev);
         c.take_owner(ev);
@@ -357,6 +431,7 @@ impl Conn {
     /// Classifies a lifetime that just reached CLOSE through `ev`, which was applied with
     /// `since` as its result. The rules are those of [`Outcome`].
     pub(crate) fn close(&mut self, ev: &Event, since: Option<u64>) {
+        self.close_from = ev.oldstate;
         if matches!(ev.oldstate, state::FIN_WAIT2 | state::CLOSING) {
             self.flags |= flag::TIME_WAIT;
         }
@@ -377,6 +452,196 @@ impl Conn {
             },
             _ => Outcome::Incomplete,
         };
+        if matches!(self.outcome, Outcome::Refused | Outcome::TimedOut) {
+            self.why.basis = Basis::Timing as u8;
+        }
+        // Retransmit events already counted may decide it before the facts arrive.
+        self.classify_connect();
+    }
+
+    /// Takes the socket facts read at one of this lifetime's transitions (the one at `f.ts_ns`).
+    /// Returns false when they do not belong to it.
+    pub(crate) fn apply_facts(&mut self, f: &Facts) -> bool {
+        if f.skaddr != self.skaddr || f.ts_ns < self.first_ts {
+            return false;
+        }
+        match (f.oldstate, f.newstate) {
+            (state::SYN_RECV, state::ESTABLISHED) if self.role == Role::Server => {
+                self.why.server_established(f)
+            }
+            (state::SYN_SENT, state::ESTABLISHED) => self.why.client_handshake(f),
+            (old, state::CLOSE) => {
+                if f.ts_ns != self.last_ts || self.close_from == 0 {
+                    return false;
+                }
+                if old == state::SYN_SENT {
+                    self.why.client_handshake(f);
+                }
+                self.why.closed(f);
+                self.closed_facts(f);
+            }
+            _ => self.why.known |= known::ANY_FACTS,
+        }
+        true
+    }
+
+    /// The outcome rules that use the facts read at CLOSE, errno, timeout and the correction of
+    /// the kernel's byte counters to application bytes.
+    fn closed_facts(&mut self, f: &Facts) {
+        let hard = f.sk_err.map(|e| e.clamp(0, 255) as u8);
+        if let Some(e) = hard {
+            self.why.known |= known::ERRNO;
+            self.why.errno = e;
+        }
+        self.classify_connect();
+        let failed = matches!(
+            self.outcome,
+            Outcome::Refused | Outcome::TimedOut | Outcome::HandshakeAborted | Outcome::Reset
+        );
+        if failed && self.why.errno == 0 {
+            if let Some(soft) = f.sk_err_soft.filter(|&e| e > 0) {
+                self.why.errno = soft.min(255) as u8;
+                self.why.known |= known::ERRNO;
+            }
+        }
+        self.why.timeout = if self.why.errno == why::ETIMEDOUT {
+            let packets = f.packets_out.unwrap_or(0);
+            let rto = f.retransmits.unwrap_or(0);
+            let probes = f.probes_out.unwrap_or(0);
+            let queued = f.wmem_queued.unwrap_or(0);
+            if self.close_from == state::SYN_SENT || self.close_from == state::SYN_RECV {
+                Timeout::Connect
+            } else if packets > 0 || rto > 0 {
+                Timeout::Retransmission
+            } else if probes > 0 && queued > 0 {
+                Timeout::ZeroWindowProbe
+            } else if probes > 0 {
+                Timeout::Keepalive
+            } else {
+                Timeout::None
+            }
+        } else {
+            Timeout::None
+        } as u8;
+        // The kernel counts sequence space: take out the SYN and FINs the timeline says it
+        // counted. A client's SYN is in bytes_acked once the handshake completed; an accepted
+        // socket's SYN-ACK never is. Unknown role: whether a SYN is in there cannot be told.
+        let established = self.role != Role::Unknown && self.reached(state::ESTABLISHED);
+        let own_fin_acked = self.reached(state::FIN_WAIT2)
+            || self.close_from == state::CLOSING
+            || (self.close_from == state::LAST_ACK
+                && self.why.reset_dir != tcpstate_common::reset_direction::RECEIVED);
+        let peer_fin = self.reached(state::CLOSE_WAIT)
+            || self.reached(state::CLOSING)
+            || self.close_from == state::FIN_WAIT2;
+        if self.why.has(known::BYTES_ACKED) {
+            match self.role {
+                Role::Unknown => self.why.known &= !known::BYTES_ACKED,
+                role => {
+                    let syn = u64::from(role == Role::Client && established);
+                    let fin = u64::from(own_fin_acked);
+                    self.why.bytes_acked = self.why.bytes_acked.saturating_sub(syn + fin);
+                }
+            }
+        }
+        if self.why.has(known::BYTES_RECEIVED) {
+            self.why.bytes_received = self.why.bytes_received.saturating_sub(u64::from(peer_fin));
+        }
+    }
+
+    /// Refused vs timed out for a connect that ended in SYN_SENT, by the best facts known:
+    /// the socket's error, then the SYN retransmit count; the 1 s rule stays otherwise.
+    fn classify_connect(&mut self) {
+        if self.close_from != state::SYN_SENT {
+            // A connection the kernel gave up (ETIMEDOUT) left without a FIN exchange like a
+            // reset. It may have sent a RST as it gave up (a keepalive timeout does, reason
+            // `tcp_keepalive_timeout`): that reset is reported, but the timeout is why it ended.
+            // A received RST would have set ECONNRESET instead.
+            if self.outcome == Outcome::Reset
+                && self.why.has(known::ERRNO)
+                && self.why.errno == why::ETIMEDOUT
+                && self.why.reset_dir != tcpstate_common::reset_direction::RECEIVED
+            {
+                self.outcome = Outcome::TimedOut;
+                self.why.basis = Basis::Errno as u8;
+            }
+            return;
+        }
+        let w = &self.why;
+        let syn = w.retx[RetxKind::Syn as usize];
+        let (outcome, basis) = if w.has(known::ERRNO) && w.errno == why::ECONNREFUSED {
+            (Outcome::Refused, Basis::Errno)
+        } else if w.has(known::ERRNO) && w.errno != 0 {
+            (Outcome::TimedOut, Basis::Errno)
+        } else if w.has(known::HS_RETX) {
+            if syn > 0 {
+                (Outcome::TimedOut, Basis::Retransmits)
+            } else {
+                (Outcome::Refused, Basis::Retransmits)
+            }
+        } else if w.has(known::RETX_EVENTS) && syn > 0 {
+            (Outcome::TimedOut, Basis::Retransmits)
+        } else {
+            return;
+        };
+        self.outcome = outcome;
+        self.why.basis = basis as u8;
+    }
+
+    /// Counts a retransmission of this socket (or, for an accepted socket, a SYN-ACK joined by
+    /// 4-tuple) and marks it in the ladder.
+    pub(crate) fn retransmit(&mut self, r: &RetransmitRecord) {
+        let kind = self.why.retransmit(r);
+        // A SYN-ACK resent before this socket existed has no place on its ladder.
+        if r.ts_ns >= self.first_ts {
+            self.push_mark(Mark::of_retx(kind), r.ts_ns);
+        }
+        if self.close_from == state::SYN_SENT {
+            self.classify_connect();
+        }
+    }
+
+    /// SYN-ACK retransmits counted for this accepted socket's 4-tuple before it existed.
+    pub(crate) fn synack_retransmits(&mut self, n: u16) {
+        self.why.known |= known::RETX_EVENTS;
+        let r = &mut self.why.retx[RetxKind::SynAck as usize];
+        *r = r.saturating_add(n);
+    }
+
+    /// A reset sent or received on this socket.
+    pub(crate) fn reset(&mut self, r: &ResetRecord) {
+        if self.why.reset(r) {
+            let mark = if r.direction == tcpstate_common::reset_direction::SENT {
+                Mark::RstSent
+            } else {
+                Mark::RstReceived
+            };
+            self.push_mark(mark, r.ts_ns);
+        }
+    }
+
+    fn push_mark(&mut self, mark: Mark, ts: u64) {
+        let i = usize::from(self.rungs);
+        let marks = self.rung_states[..i]
+            .iter()
+            .filter(|&&r| r & MARK != 0)
+            .count();
+        if marks >= MAX_MARKS || i >= LADDER - 1 {
+            self.flags |= flag::MARKS_DROPPED;
+            return;
+        }
+        self.rungs += 1;
+        self.rung_states[i] = MARK | mark as u8;
+        self.rung_offsets[i] = Span::from_ns(ts.saturating_sub(self.first_ts));
+    }
+
+    /// Whether the lifetime was in state `s` at some point that the timeline saw.
+    fn reached(&self, s: u8) -> bool {
+        self.first_state == s
+            || self.state == s
+            || self.rung_states[..usize::from(self.rungs)]
+                .iter()
+                .any(|&r| r & MARK == 0 && r & !GAP == s)
     }
 
     /// Ends a lifetime that is still going at `now_ns` (tracing stopped, or evicted): the
@@ -483,25 +748,23 @@ impl Conn {
     /// Hash of (local end, remote end) with addresses normalised (see [`normalised`]);
     /// `reversed` swaps the ends, giving the hash the peer socket on this host would have.
     pub(crate) fn tuple_hash(&self, reversed: bool) -> u64 {
-        let (la, ra) = (
-            normalised(self.family, &self.laddr),
-            normalised(self.family, &self.raddr),
-        );
-        let (a, ap, b, bp) = if reversed {
-            (&ra, self.rport, &la, self.lport)
+        if reversed {
+            tuple_hash(
+                self.family,
+                &self.raddr,
+                self.rport,
+                &self.laddr,
+                self.lport,
+            )
         } else {
-            (&la, self.lport, &ra, self.rport)
-        };
-        let mut h = u64::from(ap) << 16 | u64::from(bp);
-        for chunk in [a, b] {
-            for half in chunk.chunks_exact(8) {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(half);
-                h = (h.rotate_left(5) ^ u64::from_ne_bytes(w))
-                    .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-            }
+            tuple_hash(
+                self.family,
+                &self.laddr,
+                self.lport,
+                &self.raddr,
+                self.rport,
+            )
         }
-        h
     }
 
     /// Whether `other` is this connection's other end on the same host. The families may
@@ -620,6 +883,9 @@ impl Conn {
     /// `TCP_TIMEOUT_INIT`): its SYN, or the SYN-ACK, was lost and the SYN sent again. (A path
     /// whose round trip alone exceeds 1 s would look the same; such paths are rare.)
     pub fn syn_retransmitted(&self) -> bool {
+        if self.why.has(known::HS_RETX) || self.why.retx[RetxKind::Syn as usize] > 0 {
+            return self.role == Role::Client && self.why.retx[RetxKind::Syn as usize] > 0;
+        }
         self.role == Role::Client
             && (self.outcome == Outcome::TimedOut
                 || self.handshake_ns().is_some_and(|h| h >= REFUSED_BEFORE_NS))
@@ -628,18 +894,133 @@ impl Conn {
     pub fn time_wait(&self) -> bool {
         self.flags & flag::TIME_WAIT != 0
     }
+    /// Retransmits or resets happened that the ladder does not show (their counts are exact).
+    pub fn marks_dropped(&self) -> bool {
+        self.flags & flag::MARKS_DROPPED != 0
+    }
     /// More transitions happened than the ladder keeps; the middle ones were dropped.
     pub fn ladder_overflow(&self) -> bool {
         self.flags & flag::LADDER_OVERFLOW != 0
     }
     /// The states entered, in order, with offsets from the first event.
     pub fn ladder(&self) -> impl Iterator<Item = Rung> + '_ {
-        (0..usize::from(self.rungs)).map(|i| Rung {
-            state: self.rung_states[i] & !GAP,
-            offset_ns: self.rung_offsets[i].ns(),
-            gap: self.rung_states[i] & GAP != 0,
+        self.entries().filter_map(|e| match e {
+            Entry::State(r) => Some(r),
+            Entry::Mark { .. } => None,
         })
     }
+    /// The ladder with retransmits and resets in place.
+    pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        (0..usize::from(self.rungs)).filter_map(|i| {
+            let code = self.rung_states[i];
+            let offset_ns = self.rung_offsets[i].ns();
+            if code & MARK != 0 {
+                Mark::of_code(code & !MARK).map(|mark| Entry::Mark { mark, offset_ns })
+            } else {
+                Some(Entry::State(Rung {
+                    state: code & !GAP,
+                    offset_ns,
+                    gap: code & GAP != 0,
+                }))
+            }
+        })
+    }
+    /// What the table's HS_MS shows: an accepted socket's SYN-ACK round trip when the kernel
+    /// measured it (its SYN_RECV lasts microseconds and says nothing), the handshake otherwise.
+    pub fn hs_shown_ns(&self) -> Option<u64> {
+        match self.synack_rtt_ns() {
+            Some(ns) if self.role == Role::Server => Some(ns),
+            _ => self.handshake_ns(),
+        }
+    }
+    pub fn synack_rtt_ns(&self) -> Option<u64> {
+        self.why
+            .has(known::SYNACK_RTT)
+            .then(|| u64::from(self.why.synack_rtt_us) * 1_000)
+    }
+    pub fn srtt_ns(&self) -> Option<u64> {
+        self.why
+            .has(known::SRTT)
+            .then(|| u64::from(self.why.srtt_us) * 1_000)
+    }
+    pub fn min_rtt_ns(&self) -> Option<u64> {
+        self.why
+            .has(known::MIN_RTT)
+            .then(|| u64::from(self.why.min_rtt_us) * 1_000)
+    }
+    /// Retransmits by kind when any source of them was joined.
+    pub fn retransmits(&self) -> Option<[u16; 5]> {
+        self.why
+            .has(known::HS_RETX | known::RETX_EVENTS | known::CLOSE)
+            .then_some(self.why.retx)
+    }
+    /// Retransmitted segments (RETX): the socket's `total_retrans` at close where known (the
+    /// truth even where the retransmit tracepoint is missing), else the kinds counted.
+    pub fn retx_total(&self) -> Option<u32> {
+        self.retransmits().map(|_| self.why.retx_total())
+    }
+    /// `(direction, reason code)` of the first reset of this lifetime.
+    pub fn reset_info(&self) -> Option<(u8, Option<u16>)> {
+        (self.why.reset_dir != why::RESET_NONE).then(|| {
+            let r = self.why.reset_reason;
+            (self.why.reset_dir, (r != why::REASON_UNKNOWN).then_some(r))
+        })
+    }
+    /// The socket's error at CLOSE: `Some(0)` for none, `None` when not known.
+    pub fn errno(&self) -> Option<u8> {
+        self.why.has(known::ERRNO).then_some(self.why.errno)
+    }
+    pub fn timeout(&self) -> Timeout {
+        match self.why.timeout {
+            1 => Timeout::Connect,
+            2 => Timeout::Retransmission,
+            3 => Timeout::Keepalive,
+            4 => Timeout::ZeroWindowProbe,
+            _ => Timeout::None,
+        }
+    }
+    pub fn outcome_basis(&self) -> Basis {
+        match self.why.basis {
+            1 => Basis::Errno,
+            2 => Basis::Retransmits,
+            3 => Basis::Timing,
+            _ => Basis::None,
+        }
+    }
+    fn opt64(&self, bit: u16, v: u64) -> Option<u64> {
+        self.why.has(bit).then_some(v)
+    }
+    /// Application bytes this side sent and the peer acknowledged.
+    pub fn bytes_acked(&self) -> Option<u64> {
+        self.opt64(known::BYTES_ACKED, self.why.bytes_acked)
+    }
+    /// Application bytes received in order.
+    pub fn bytes_received(&self) -> Option<u64> {
+        self.opt64(known::BYTES_RECEIVED, self.why.bytes_received)
+    }
+    pub fn bytes_retrans(&self) -> Option<u64> {
+        self.opt64(known::BYTES_RETRANS, self.why.bytes_retrans)
+    }
+    pub fn segs_in(&self) -> Option<u32> {
+        self.why.has(known::SEGS_IN).then_some(self.why.segs_in)
+    }
+    pub fn segs_out(&self) -> Option<u32> {
+        self.why.has(known::SEGS_OUT).then_some(self.why.segs_out)
+    }
+}
+
+/// Hash of (local end, remote end) with addresses normalised (see [`normalised`]).
+pub(crate) fn tuple_hash(family: u8, la: &[u8; 16], lp: u16, ra: &[u8; 16], rp: u16) -> u64 {
+    let (a, b) = (normalised(family, la), normalised(family, ra));
+    let mut h = u64::from(lp) << 16 | u64::from(rp);
+    for chunk in [&a, &b] {
+        for half in chunk.chunks_exact(8) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(half);
+            h = (h.rotate_left(5) ^ u64::from_ne_bytes(w)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    h
 }
 
 /// An address as the kernel stores it for `family`, in one form for both families: IPv4 (in

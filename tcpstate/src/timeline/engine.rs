@@ -2,9 +2,85 @@
 
 use tcpstate_common::{state, Event, TASK_COMM_LEN};
 
-use super::conn::{Conn, Outcome};
+use super::conn::{tuple_hash, Conn, Outcome, Role};
 use super::index::Index;
 use crate::event::{ends_lifetime, starts_lifetime};
+use crate::facts::{Facts, ResetRecord, RetransmitRecord};
+use tcpstate_common::retransmit_kind;
+
+/// SYN-ACK retransmits held for accepted sockets that do not exist yet.
+const SYNACK_SLOTS: usize = 32;
+/// A held SYN-ACK count older than this joins nothing: the kernel gives up a request after
+/// about a minute (5 SYN-ACK retries).
+const SYNACK_HOLD_NS: u64 = 120_000_000_000;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct SynAckSlot {
+    hash: u64,
+    ts_ns: u64,
+    count: u16,
+}
+
+/// `tcp_retransmit_synack` names the listener; the accepted socket is created only at the
+/// final ACK, after the retransmits. They are held here per 4-tuple (bounded: the oldest entry
+/// makes room) until the child's first transition takes them.
+#[derive(Debug, Default)]
+struct SynAcks {
+    slots: [SynAckSlot; SYNACK_SLOTS],
+    live: usize,
+    dropped: u64,
+}
+
+impl SynAcks {
+    fn add(&mut self, hash: u64, ts_ns: u64) {
+        if let Some(s) = self
+            .slots
+            .iter_mut()
+            .find(|s| s.count > 0 && s.hash == hash)
+        {
+            s.count = s.count.saturating_add(1);
+            s.ts_ns = ts_ns;
+            return;
+        }
+        let (i, _) = self
+            .slots
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, s)| if s.count == 0 { 0 } else { s.ts_ns.max(1) })
+            .unwrap_or((0, &self.slots[0]));
+        if self.slots[i].count == 0 {
+            self.live += 1;
+        } else {
+            self.dropped += 1;
+        }
+        self.slots[i] = SynAckSlot {
+            hash,
+            ts_ns,
+            count: 1,
+        };
+    }
+
+    fn take(&mut self, hash: u64, now_ns: u64) -> u16 {
+        if self.live == 0 {
+            return 0;
+        }
+        let Some(s) = self
+            .slots
+            .iter_mut()
+            .find(|s| s.count > 0 && s.hash == hash)
+        else {
+            return 0;
+        };
+        let n = if now_ns.saturating_sub(s.ts_ns) <= SYNACK_HOLD_NS {
+            s.count
+        } else {
+            0
+        };
+        s.count = 0;
+        self.live -= 1;
+        n
+    }
+}
 
 /// Default bound on tracked sockets.
 pub const DEFAULT_MAX_TRACKED: usize = 65536;
@@ -65,6 +141,7 @@ pub struct Engine {
     evictions: u64,
     superseded: u64,
     ignored: u64,
+    synacks: SynAcks,
 }
 
 impl Engine {
@@ -85,6 +162,7 @@ impl Engine {
             evictions: 0,
             superseded: 0,
             ignored: 0,
+            synacks: SynAcks::default(),
         }
     }
 
@@ -112,7 +190,13 @@ impl Engine {
                     old.supersede();
                     done.push(old);
                 }
-                let conn = Conn::start(ev, self.next_id, !starts);
+                let mut conn = Conn::start(ev, self.next_id, !starts);
+                if conn.role() == Role::Server && conn.full_tuple() {
+                    let n = self.synacks.take(conn.tuple_hash(false), ev.ts_ns);
+                    if n > 0 {
+                        conn.synack_retransmits(n);
+                    }
+                }
                 self.next_id = self.next_id.wrapping_add(1);
                 if ends {
                     // Seen only at its very end: never enters the table.
@@ -131,6 +215,53 @@ impl Engine {
             done.push(conn);
         }
         step
+    }
+
+    /// Joins facts to the open lifetime they were read from. False: none open matches.
+    pub fn facts(&mut self, f: &Facts) -> bool {
+        match self.find(f.skaddr) {
+            Some(s) => self.slots[s as usize].conn.apply_facts(f),
+            None => false,
+        }
+    }
+
+    /// Joins a retransmission: to the open lifetime of its socket, or (a SYN-ACK, whose socket
+    /// is the listener) held by 4-tuple for the accepted socket to come. False: not joined.
+    pub fn retransmit(&mut self, r: &RetransmitRecord) -> bool {
+        self.now_ns = self.now_ns.max(r.ts_ns);
+        if r.kind == retransmit_kind::SYNACK {
+            // Family as the record carries it (u16 on the wire, AF_* values fit a u8).
+            let h = tuple_hash(r.family as u8, &r.saddr, r.sport, &r.daddr, r.dport);
+            self.synacks.add(h, r.ts_ns);
+            return true;
+        }
+        match self.find(r.skaddr) {
+            Some(s) => {
+                self.slots[s as usize].conn.retransmit(r);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Joins a reset to the open lifetime of its socket. False: none open matches.
+    pub fn reset(&mut self, r: &ResetRecord) -> bool {
+        self.now_ns = self.now_ns.max(r.ts_ns);
+        if r.skaddr == 0 {
+            return false;
+        }
+        match self.find(r.skaddr) {
+            Some(s) => {
+                self.slots[s as usize].conn.reset(r);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// SYN-ACK counts that had to make room for newer ones before their socket appeared.
+    pub fn synacks_dropped(&self) -> u64 {
+        self.synacks.dropped
     }
 
     /// Ends every open lifetime as [`Outcome::Open`] at `now_ns` (or the last event, if later),

@@ -1,4 +1,4 @@
-//! Puts events back in timestamp order.
+//! Puts events (and the facts, retransmits and resets joined to them) back in timestamp order.
 //!
 //! Events of different CPUs reach user space slightly out of order (microseconds). The stage
 //! holds each event until the event clock (the newest event time or tick seen) has moved a
@@ -9,6 +9,41 @@
 use std::collections::VecDeque;
 
 use crate::event::Event;
+use crate::facts::{Facts, PackedFacts, ResetRecord, RetransmitRecord};
+
+/// Anything with a timestamp that the engine takes, held by value (no allocation per item).
+/// Facts are held packed (84 bytes instead of 144), so an item is no larger than an event plus
+/// its tag: the window moves these around on every insertion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Item {
+    Event(Event),
+    Facts(PackedFacts),
+    Retransmit(RetransmitRecord),
+    Reset(ResetRecord),
+}
+
+impl Item {
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Item::Event(e) => e.ts_ns,
+            Item::Facts(f) => f.ts_ns(),
+            Item::Retransmit(r) => r.ts_ns,
+            Item::Reset(r) => r.ts_ns,
+        }
+    }
+}
+
+impl From<Facts> for Item {
+    fn from(f: Facts) -> Item {
+        Item::Facts(PackedFacts::pack(&f))
+    }
+}
+
+impl From<Event> for Item {
+    fn from(e: Event) -> Item {
+        Item::Event(e)
+    }
+}
 
 /// Default reorder window: far above cross-CPU skew, far below what a reader notices.
 pub const DEFAULT_WINDOW_NS: u64 = 10_000_000;
@@ -19,7 +54,7 @@ pub const DEFAULT_CAPACITY: usize = 16384;
 #[derive(Debug)]
 pub struct Reorder {
     /// Sorted by timestamp; equal timestamps in arrival order.
-    held: VecDeque<Event>,
+    held: VecDeque<Item>,
     window_ns: u64,
     capacity: usize,
     /// The newest event time or tick seen.
@@ -44,15 +79,17 @@ impl Reorder {
         }
     }
 
-    pub fn push(&mut self, ev: Event) {
-        let ts = ev.ts_ns;
+    /// Ties keep arrival order, so facts stay right behind the event they belong to.
+    pub fn push(&mut self, item: impl Into<Item>) {
+        let ev = item.into();
+        let ts = ev.ts_ns();
         self.clock_ns = self.clock_ns.max(ts);
         if ts < self.released_ns {
             self.late += 1;
         }
         match self.held.back() {
-            Some(last) if last.ts_ns > ts => {
-                let at = self.held.partition_point(|e| e.ts_ns <= ts);
+            Some(last) if last.ts_ns() > ts => {
+                let at = self.held.partition_point(|e| e.ts_ns() <= ts);
                 self.held.insert(at, ev);
             }
             _ => self.held.push_back(ev),
@@ -71,9 +108,9 @@ impl Reorder {
 
     /// The next event that is due: older than the watermark, or the oldest held when over
     /// capacity.
-    pub fn pop_ready(&mut self) -> Option<Event> {
+    pub fn pop_ready(&mut self) -> Option<Item> {
         let due = match self.held.front() {
-            Some(e) => e.ts_ns < self.watermark() || self.held.len() > self.capacity,
+            Some(e) => e.ts_ns() < self.watermark() || self.held.len() > self.capacity,
             None => false,
         };
         if !due {
@@ -86,13 +123,13 @@ impl Reorder {
     }
 
     /// The oldest held event regardless of the window (end of input).
-    pub fn pop_any(&mut self) -> Option<Event> {
+    pub fn pop_any(&mut self) -> Option<Item> {
         self.release()
     }
 
-    fn release(&mut self) -> Option<Event> {
+    fn release(&mut self) -> Option<Item> {
         let ev = self.held.pop_front()?;
-        self.released_ns = self.released_ns.max(ev.ts_ns);
+        self.released_ns = self.released_ns.max(ev.ts_ns());
         Some(ev)
     }
 
@@ -125,10 +162,39 @@ mod tests {
         ev(ts, tag, 1, 1, 1, 1)
     }
 
+    fn skaddr(i: &Item) -> u64 {
+        match i {
+            Item::Event(e) => e.skaddr,
+            Item::Facts(f) => f.unpack().skaddr,
+            Item::Retransmit(r) => r.skaddr,
+            Item::Reset(r) => r.skaddr,
+        }
+    }
+
     fn drain(r: &mut Reorder) -> Vec<(u64, u64)> {
         std::iter::from_fn(|| r.pop_ready())
-            .map(|e| (e.ts_ns, e.skaddr))
+            .map(|e| (e.ts_ns(), skaddr(&e)))
             .collect()
+    }
+
+    #[test]
+    fn facts_stay_behind_their_event_and_other_kinds_are_ordered() {
+        let mut r = Reorder::new(10, 100);
+        let f = Facts {
+            ts_ns: 100,
+            skaddr: 1,
+            ..Facts::default()
+        };
+        let rst = crate::facts::tests::reset(90, 7, 1);
+        r.push(at(100, 1));
+        r.push(f);
+        r.push(Item::Reset(rst));
+        r.advance(200);
+        let got: Vec<Item> = std::iter::from_fn(|| r.pop_ready()).collect();
+        assert_eq!(got.len(), 3);
+        assert!(matches!(got[0], Item::Reset(_)));
+        assert!(matches!(got[1], Item::Event(_)));
+        assert!(matches!(got[2], Item::Facts(_)));
     }
 
     #[test]
@@ -146,7 +212,7 @@ mod tests {
         // Ties keep arrival order.
         assert_eq!(drain(&mut r), vec![(100, 1), (100, 3)]);
         assert_eq!(r.held(), 1);
-        assert_eq!(r.pop_any().map(|e| e.skaddr), Some(5));
+        assert_eq!(r.pop_any().map(|e| skaddr(&e)), Some(5));
         assert_eq!(r.pop_any(), None);
         assert_eq!(r.late(), 0);
     }

@@ -328,11 +328,11 @@ fn out_of_order_events_are_reordered() {
     let mut done = Vec::new();
     for e in shuffled {
         reorder.push(e);
-        while let Some(e) = reorder.pop_ready() {
+        while let Some(Item::Event(e)) = reorder.pop_ready() {
             engine.push(&e, &mut done);
         }
     }
-    while let Some(e) = reorder.pop_any() {
+    while let Some(Item::Event(e)) = reorder.pop_any() {
         engine.push(&e, &mut done);
     }
     let expected = run(&ordered);
@@ -572,7 +572,8 @@ fn close_to_close_is_ignored() {
 }
 
 /// The table's real cost per tracked connection when full at the default bound: slab entry
-/// (connection + list links) plus both index buckets. Target: at most 256 bytes.
+/// (connection + list links) plus both index buckets. Target: at most 320 bytes (256 before
+/// the socket facts, retransmits and resets of issue 10).
 #[test]
 fn memory_per_connection() {
     let mut engine = Engine::new(DEFAULT_MAX_TRACKED);
@@ -597,6 +598,6 @@ fn memory_per_connection() {
         "size_of::<Conn>() = {}, bytes per tracked connection = {bytes}",
         std::mem::size_of::<Conn>()
     );
-    assert!(std::mem::size_of::<Conn>() <= 232);
-    assert!(bytes <= 256, "{bytes} bytes per connection");
+    assert!(std::mem::size_of::<Conn>() <= 296);
+    assert!(bytes <= 320, "{bytes} bytes per connection");
 }

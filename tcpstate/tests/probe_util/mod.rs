@@ -13,8 +13,9 @@ use std::{
 use tcpstate::{
     event::{self, Event},
     filter::FilterSpec,
-    input::{Counter, KernelCounters},
+    input::{Counter, Input, KernelCounters},
     kernel::{
+        facts,
         probe::{Probe, ProbeOptions},
         procscan::Preexisting,
     },
@@ -74,18 +75,33 @@ pub fn port_probe(port: u16) -> Probe {
 }
 
 /// Reads events until `want` arrived (then a short grace for extras) or `limit` passed.
+/// Facts, retransmit and reset records are left out (see [`collect_inputs`]).
 pub fn collect_for(probe: &mut Probe, want: usize, limit: Duration) -> Vec<Event> {
+    collect_inputs(probe, want, limit)
+        .into_iter()
+        .filter_map(|i| match i {
+            Input::Event(e) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every record the kernel delivers, decoded, until `want` events arrived (then a short
+/// grace) or `limit` passed.
+pub fn collect_inputs(probe: &mut Probe, want: usize, limit: Duration) -> Vec<Input> {
+    let plan = probe.facts_plan.clone();
     let mut ring = probe.take_events().expect("ring buffer");
     let mut out = Vec::new();
     let deadline = Instant::now() + limit;
-    let mut drain = |out: &mut Vec<Event>| {
+    let mut drain = |out: &mut Vec<Input>| {
         while let Some(item) = ring.next() {
-            out.push(event::decode(&item).expect("decode"));
+            out.push(facts::decode_record(&item, &plan).expect("decode"));
         }
     };
+    let events = |out: &Vec<Input>| out.iter().filter(|i| matches!(i, Input::Event(_))).count();
     while Instant::now() < deadline {
         drain(&mut out);
-        if out.len() >= want {
+        if events(&out) >= want {
             // Anything extra would be a bug too: give it a moment to show up.
             std::thread::sleep(Duration::from_millis(100));
             drain(&mut out);

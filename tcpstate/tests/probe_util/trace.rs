@@ -77,7 +77,16 @@ impl Trace {
 
     /// Stops the tracer, returns the connection objects it printed, and checks that replaying
     /// the recording prints exactly the same bytes.
-    pub fn stop(mut self) -> Vec<Value> {
+    pub fn stop(self) -> Vec<Value> {
+        self.stop_objects()
+            .into_iter()
+            .filter(|v| v["schema"] == "tcpstate.connection.v2")
+            .collect()
+    }
+
+    /// Like `stop`, but returns every JSON object printed, whatever its schema (connection
+    /// objects of any version, refused attempts, the summary).
+    pub fn stop_objects(mut self) -> Vec<Value> {
         // Let the last events reach user space before the stop.
         std::thread::sleep(Duration::from_millis(200));
         // SAFETY: kill(2) on our own child.
@@ -109,7 +118,6 @@ impl Trace {
         text.lines()
             .filter(|l| l.starts_with('{'))
             .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
-            .filter(|v| v["schema"] == "tcpstate.connection.v1")
             .collect()
     }
 }

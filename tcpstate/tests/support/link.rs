@@ -7,7 +7,10 @@ use std::{
     time::Duration,
 };
 
-use super::{netns, relay::Relay};
+use super::{
+    netns,
+    relay::{Counts, Dir, DropRule, Relay, Seen},
+};
 
 pub const ADDR_A_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const ADDR_B_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -22,6 +25,8 @@ pub struct LinkConfig {
     pub drop_syns: u32,
     /// Drop everything going A->B (can be changed later with `set_blackhole`).
     pub blackhole: bool,
+    /// Chosen segments to drop: the Nth SYN-ACK, data segment, FIN ... in a direction.
+    pub drops: Vec<DropRule>,
 }
 
 impl LinkConfig {
@@ -30,6 +35,7 @@ impl LinkConfig {
             delay,
             drop_syns: 0,
             blackhole: false,
+            drops: Vec::new(),
         }
     }
 }
@@ -83,6 +89,7 @@ impl DelayedLink {
             config.delay,
             config.drop_syns,
             config.blackhole,
+            &config.drops,
         )?;
         Ok(DelayedLink {
             relay,
@@ -149,6 +156,32 @@ impl DelayedLink {
     /// Starts or stops dropping everything A->B, e.g. to make an established peer vanish.
     pub fn set_blackhole(&self, on: bool) {
         self.relay.set_blackhole(on);
+    }
+
+    /// Starts or stops dropping everything going `dir`.
+    pub fn set_blackhole_dir(&self, dir: Dir, on: bool) {
+        self.relay.set_blackhole_dir(dir, on);
+    }
+
+    /// The path goes dark (both directions dropped) or comes back.
+    pub fn set_dark(&self, on: bool) {
+        self.relay.set_blackhole_dir(Dir::AToB, on);
+        self.relay.set_blackhole_dir(Dir::BToA, on);
+    }
+
+    /// Adds a drop rule while the link runs (its `nth` counts from the link's start).
+    pub fn add_drop(&self, rule: DropRule) {
+        self.relay.add_rule(rule);
+    }
+
+    /// TCP segments the relay saw going `dir` (delivered or dropped), and those it dropped.
+    pub fn counts(&self, dir: Dir) -> Counts {
+        self.relay.counts(dir)
+    }
+
+    /// Every TCP segment the relay saw (bounded log) and how many the log left out.
+    pub fn log(&self) -> (Vec<Seen>, u64) {
+        self.relay.log()
     }
 
     /// How late packets left the relay past their due time: (mean, max).

@@ -13,7 +13,7 @@ pub mod relay;
 pub use link::{DelayedLink, LinkConfig};
 pub use netns::{enter_netns, run_in_netns};
 pub use peer::{field_u64, peer_path, run_client, PeerOutput, PeerProcess};
-pub use relay::mono_ns;
+pub use relay::{mono_ns, Counts, Dir, DropRule, Kind, Seen, TcpMeta};
 
 /// Whether the test runs as root; when not it is skipped, which fails in CI (`CI=true`).
 pub use crate::skip::need_root;
