@@ -7,12 +7,15 @@
 pub mod cli;
 pub(crate) mod clock;
 pub mod event;
+#[cfg(feature = "kernel")]
+pub mod exporter;
 pub mod filter;
 pub mod input;
 #[cfg(feature = "kernel")]
 pub mod kernel;
 #[cfg(feature = "kernel")]
 pub mod live;
+pub mod metrics;
 pub(crate) mod output;
 pub mod pipeline;
 pub mod record;

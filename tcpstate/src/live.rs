@@ -78,18 +78,7 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
         None => None,
     };
 
-    let before = procscan::scan();
-    let mut probe = Probe::attach(&opts, &before).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if let Some(dir) = &probe.mounted_tracefs {
-        eprintln!(
-            "tcpstate: tracefs was not mounted; mounted it at {}",
-            dir.display()
-        );
-    }
-    // Sockets created between the first scan and the attach.
-    probe
-        .add_preexisting(&procscan::scan())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut probe = attach(&opts)?;
 
     let clock = clock::Start::now();
     let mut recorder = match record_file {
@@ -123,7 +112,11 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             recorder: &mut recorder,
             totals: &mut totals,
         };
-        rt.block_on(event_loop(args, filtered, &mut probe, &mut session))
+        let limits = Limits {
+            duration: args.duration,
+            watch_stdout: true,
+        };
+        rt.block_on(event_loop(limits, filtered, &mut probe, &mut session))
     };
 
     // Whatever stopped us, account for everything and leave nothing attached.
@@ -197,6 +190,53 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
         }
     );
     Ok(exit)
+}
+
+/// Loads and attaches the program, with the sockets that already exist.
+pub(crate) fn attach(opts: &ProbeOptions) -> Result<Probe> {
+    let before = procscan::scan();
+    let mut probe = Probe::attach(opts, &before).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(dir) = &probe.mounted_tracefs {
+        eprintln!(
+            "tcpstate: tracefs was not mounted; mounted it at {}",
+            dir.display()
+        );
+    }
+    // Sockets created between the first scan and the attach.
+    probe
+        .add_preexisting(&procscan::scan())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(probe)
+}
+
+/// What ends the loop besides a signal.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// `--duration`.
+    pub duration: Option<f64>,
+    /// Stop when the reader of stdout goes away (`trace | head`); not for a daemon.
+    pub watch_stdout: bool,
+}
+
+/// The seam for `exporter`: trace loop and all, into `output` (whose renderer is its sink),
+/// until a signal or `limits`. Returns the events delivered and the undecodable records.
+pub(crate) async fn run_into(
+    limits: Limits,
+    filtered: bool,
+    probe: &mut Probe,
+    output: &mut Output,
+) -> Result<(u64, u64)> {
+    let mut totals = Totals::default();
+    let mut session = Session {
+        output,
+        out: &mut io::sink(),
+        recorder: &mut None,
+        totals: &mut totals,
+    };
+    event_loop(limits, filtered, probe, &mut session)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((totals.delivered, totals.undecodable))
 }
 
 fn w_finish<W: Write>(w: RecordWriter<W>) -> io::Result<()> {
@@ -294,7 +334,7 @@ fn stdout_closed() -> bool {
 }
 
 async fn event_loop<W: Write>(
-    args: &TraceArgs,
+    limits: Limits,
     filtered: bool,
     probe: &mut Probe,
     session: &mut Session<'_, W>,
@@ -323,7 +363,8 @@ async fn event_loop<W: Write>(
     let mut counters_timer = interval(COUNTERS_EVERY);
     counters_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let deadline = sleep(
-        args.duration
+        limits
+            .duration
             .map(Duration::from_secs_f64)
             .unwrap_or(Duration::from_secs(100 * 365 * 86400)),
     );
@@ -343,7 +384,7 @@ async fn event_loop<W: Write>(
                 guard.clear_ready();
             }
             _ = drain_timer.tick() => {
-                if stdout_closed() {
+                if limits.watch_stdout && stdout_closed() {
                     break Stop::StdoutClosed;
                 }
                 if session.drain(ring.get_mut())? {

@@ -78,6 +78,11 @@ impl Output {
         }
     }
 
+    /// Around a pipeline built elsewhere (the exporter's, with its metrics renderer).
+    pub(crate) fn from_pipeline(pipeline: Pipeline) -> Self {
+        Output { pipeline }
+    }
+
     pub fn push(&mut self, input: &Input, out: &mut impl io::Write) -> Result<(), OutputError> {
         Ok(self.pipeline.push(input, out)?)
     }

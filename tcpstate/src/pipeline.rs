@@ -120,11 +120,18 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(cfg: OutputConfig) -> Pipeline {
+        let renderer = render::new(cfg.renderer(), cfg.time, cfg.clock, cfg.wide);
+        Pipeline::with_renderer(cfg, renderer)
+    }
+
+    /// A pipeline whose records go to `renderer` instead of the one `cfg` names (the
+    /// exporter's metrics).
+    pub(crate) fn with_renderer(cfg: OutputConfig, renderer: Box<dyn Renderer>) -> Pipeline {
         Pipeline {
             reorder: Reorder::new(cfg.reorder_window_ns, timeline::DEFAULT_CAPACITY),
             engine: Engine::new(cfg.max_tracked),
             pairing: Pairing::new(pairing::DEFAULT_WAIT_NS, pairing::DEFAULT_MAX_HELD),
-            renderer: render::new(cfg.renderer(), cfg.time, cfg.clock, cfg.wide),
+            renderer,
             total: Stats::default(),
             interval: Stats::default(),
             counters: None,
@@ -158,6 +165,7 @@ impl Pipeline {
             }
             Input::Counters(c) => {
                 self.counters = Some(c);
+                self.renderer.counters(&c, &self.engine);
                 return Ok(());
             }
         }

@@ -11,7 +11,8 @@ use super::summary::{self, Summary};
 use super::time::{ClockBase, TimeColumn, TimeFormatter};
 use super::{json, ladder, table, transitions};
 use crate::event::Event;
-use crate::timeline::{Conn, Step};
+use crate::input::KernelCounters;
+use crate::timeline::{Conn, Engine, Step};
 
 /// What the pipeline prints, record by record.
 pub(crate) trait Renderer {
@@ -26,6 +27,10 @@ pub(crate) trait Renderer {
     /// Both ends of one connection on this host, `a` first.
     fn pair(&mut self, a: &Conn, b: &Conn, out: &mut Vec<u8>) -> io::Result<()>;
     fn summary(&mut self, s: &Summary<'_>, out: &mut Vec<u8>) -> io::Result<()>;
+    /// A snapshot of the kernel's counters arrived (once a second live); the engine's table is
+    /// at hand for sinks that report open connections (the exporter). Printing modes show
+    /// counters only in summaries.
+    fn counters(&mut self, _counters: &KernelCounters, _engine: &Engine) {}
 }
 
 /// Which renderer.
