@@ -197,6 +197,9 @@ pub struct ExporterArgs {
     /// Stop after SECS seconds (for tests and benchmarks; a service runs until SIGTERM).
     #[arg(short = 'd', long, value_name = "SECS", value_parser = positive_f64)]
     pub duration: Option<f64>,
+    /// Write the kernel's final counters as JSON to PATH at exit (as `trace --counters-json`).
+    #[arg(long, value_name = "PATH")]
+    pub counters_json: Option<PathBuf>,
     /// Show the kernel program's diagnostics (aya-log) on stderr.
     #[arg(long)]
     pub debug: bool,

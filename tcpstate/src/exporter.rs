@@ -93,6 +93,10 @@ pub fn run(args: &ExporterArgs) -> Result<i32> {
     let counters = probe.counters().unwrap_or_default();
     drop(probe);
     let (delivered, undecodable) = result?;
+    if let Some(path) = &args.counters_json {
+        live::write_counters_json(path, &counters, delivered)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     eprintln!(
         "tcpstate: exporter stopped: {delivered} events delivered, {} lost ({} ring buffer \
          full, {} recursion misses){}",

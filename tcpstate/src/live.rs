@@ -251,7 +251,11 @@ fn describe_io(e: &io::Error) -> String {
     }
 }
 
-fn write_counters_json(path: &Path, c: &KernelCounters, delivered: u64) -> io::Result<()> {
+pub(crate) fn write_counters_json(
+    path: &Path,
+    c: &KernelCounters,
+    delivered: u64,
+) -> io::Result<()> {
     let value = serde_json::json!({
         "seen": c.seen,
         "filtered": c.filtered,

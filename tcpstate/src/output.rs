@@ -79,6 +79,7 @@ impl Output {
     }
 
     /// Around a pipeline built elsewhere (the exporter's, with its metrics renderer).
+    #[cfg(feature = "kernel")]
     pub(crate) fn from_pipeline(pipeline: Pipeline) -> Self {
         Output { pipeline }
     }
