@@ -204,15 +204,20 @@ pub struct Metrics {
     rescued: Counter,
     series_dropped: Counter,
     /// Last kernel totals seen, so cumulative kernel counters become counter increments.
-    last_lost: [AtomicU64; LOSS_REASONS.len()],
+    last_lost: std::sync::Mutex<Vec<(&'static str, u64)>>,
     last_events: AtomicU64,
 }
 
-/// The loss counters of the summary, by the names it gives them.
-const LOSS_REASONS: [&str; 2] = ["ringbuf_full", "recursion_misses"];
-
-fn losses(c: &KernelCounters) -> [u64; LOSS_REASONS.len()] {
-    [c.ringbuf_full, c.recursion_misses]
+/// The loss counters of the summary, by the names it gives them, with their totals: the one
+/// place that knows which counters are losses. When the counters rework (a `Counter` list with
+/// `is_loss()` and `KernelCounters::get`) reaches main, this becomes
+/// `Counter::ALL.into_iter().filter(|c| c.is_loss()).filter_map(|c| Some((c.name(), k.get(c)?)))`
+/// and the `reason` values follow that list.
+fn losses(k: &KernelCounters) -> Vec<(&'static str, u64)> {
+    vec![
+        ("ringbuf_full", k.ringbuf_full),
+        ("recursion_misses", k.recursion_misses),
+    ]
 }
 
 /// The states a socket in the engine's table can be in, for `tcpstate_open_connections`.
@@ -274,7 +279,7 @@ impl Metrics {
             lost: Family::default(),
             rescued: Counter::default(),
             series_dropped: Counter::default(),
-            last_lost: Default::default(),
+            last_lost: std::sync::Mutex::new(Vec::new()),
             last_events: AtomicU64::new(0),
         };
         let mut m = m;
@@ -360,7 +365,7 @@ impl Metrics {
             ]),
         );
         // Reasons are a closed set: show each from the start, so a rate() of 0 is visible.
-        for reason in LOSS_REASONS {
+        for (reason, _) in losses(&KernelCounters::default()) {
             let _ = m.lost.get_or_create(&ReasonLabel { reason });
         }
         m.registry = r;
@@ -463,13 +468,20 @@ impl Metrics {
 
     /// The kernel's cumulative counters and the engine's table, once a second.
     fn sample(&self, k: &KernelCounters, engine: &Engine) {
-        for ((reason, now), last) in LOSS_REASONS.iter().zip(losses(k)).zip(&self.last_lost) {
-            let before = last.swap(now, Ordering::Relaxed);
-            if now > before {
-                self.lost
-                    .get_or_create(&ReasonLabel { reason })
-                    .inc_by(now - before);
+        let now = losses(k);
+        if let Ok(mut last) = self.last_lost.lock() {
+            for &(reason, total) in &now {
+                let before = last
+                    .iter()
+                    .find(|(r, _)| *r == reason)
+                    .map_or(0, |&(_, n)| n);
+                if total > before {
+                    self.lost
+                        .get_or_create(&ReasonLabel { reason })
+                        .inc_by(total - before);
+                }
             }
+            *last = now;
         }
         let events = engine.events();
         let before = self.last_events.swap(events, Ordering::Relaxed);
@@ -500,15 +512,63 @@ fn socket_facts(_c: &Conn) -> Option<SocketFacts> {
     None
 }
 
+/// Counter samples (one a second live) between two loss lines on stderr: an operator hears of
+/// losses within a second of the first, then at most once a minute.
+const LOSS_LOG_EVERY: u32 = 60;
+
+/// Says on stderr when events were lost, rate-limited.
+#[derive(Debug, Default)]
+struct LossLog {
+    /// Losses already reported.
+    reported: u64,
+    /// Samples since the last report (None: nothing reported yet).
+    since: Option<u32>,
+}
+
+impl LossLog {
+    /// The line to print for these totals, if one is due.
+    fn line(&mut self, k: &KernelCounters) -> Option<String> {
+        self.since = self.since.map(|n| n.saturating_add(1));
+        let each = losses(k);
+        let lost: u64 = each.iter().map(|&(_, n)| n).sum();
+        if lost <= self.reported || self.since.is_some_and(|n| n < LOSS_LOG_EVERY) {
+            return None;
+        }
+        let detail = each
+            .iter()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let line = format!(
+            "tcpstate: warning: {} events lost{} ({lost} in all: {detail}); metrics miss those \
+             state changes",
+            lost - self.reported,
+            if self.since.is_some() {
+                " since the last warning"
+            } else {
+                ""
+            },
+        );
+        self.reported = lost;
+        self.since = Some(0);
+        Some(line)
+    }
+}
+
 /// The pipeline's renderer for the exporter: prints nothing, counts every finished connection.
 pub(crate) struct MetricsRenderer {
     metrics: Arc<Metrics>,
     ports: PortLabels,
+    losses: LossLog,
 }
 
 impl MetricsRenderer {
     pub(crate) fn new(metrics: Arc<Metrics>, ports: PortLabels) -> MetricsRenderer {
-        MetricsRenderer { metrics, ports }
+        MetricsRenderer {
+            metrics,
+            ports,
+            losses: LossLog::default(),
+        }
     }
 
     fn conn(&mut self, c: &Conn) {
@@ -540,6 +600,9 @@ impl Renderer for MetricsRenderer {
 
     fn counters(&mut self, c: &KernelCounters, engine: &Engine) {
         self.metrics.sample(c, engine);
+        if let Some(line) = self.losses.line(c) {
+            eprintln!("{line}");
+        }
     }
 }
 
@@ -762,6 +825,46 @@ mod tests {
         ] {
             assert!(used.contains(want), "no panel uses {want}");
         }
+    }
+
+    #[test]
+    fn losses_are_said_at_once_then_once_a_minute() {
+        let mut log = LossLog::default();
+        let k = |n| KernelCounters {
+            ringbuf_full: n,
+            ..KernelCounters::default()
+        };
+        assert_eq!(log.line(&k(0)), None);
+        let first = log.line(&k(5)).expect("the first loss is said");
+        assert!(
+            first.starts_with("tcpstate: warning: 5 events lost ("),
+            "{first}"
+        );
+        for i in 1..LOSS_LOG_EVERY {
+            assert_eq!(log.line(&k(5 + u64::from(i))), None, "sample {i}");
+        }
+        let next = log.line(&k(70)).expect("a minute later");
+        assert!(
+            next.contains("65 events lost since the last warning (70 in all"),
+            "{next}"
+        );
+        assert_eq!(log.line(&k(70)), None);
+
+        // Cumulative kernel totals become counter increments.
+        let m = Metrics::new(&info());
+        let engine = Engine::new(16);
+        m.sample(&k(3), &engine);
+        m.sample(&k(5), &engine);
+        m.sample(&k(5), &engine);
+        let text = m.encode();
+        assert!(
+            text.contains("tcpstate_events_lost_total{reason=\"ringbuf_full\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcpstate_events_lost_total{reason=\"recursion_misses\"} 0"),
+            "{text}"
+        );
     }
 
     #[test]
