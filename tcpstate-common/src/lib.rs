@@ -245,23 +245,11 @@ pub struct TupleKey {
     pub daddr: [u8; 16],
 }
 
-/// Indexes of the per-CPU `COUNTERS` array.
-pub mod counter {
-    /// TCP state changes the program ran for.
-    pub const SEEN: u32 = 0;
-    /// Events rejected by the in-kernel filters (held connect() events included once they are
-    /// dropped), so that SEEN = FILTERED + events submitted for themselves + RINGBUF_FULL + held.
-    pub const FILTERED: u32 = 1;
-    /// Events written to the ring buffer.
-    pub const SUBMITTED: u32 = 2;
-    /// Events lost because the ring buffer was full.
-    pub const RINGBUF_FULL: u32 = 3;
-    /// First events of a connect() held back until the local port was known.
-    pub const DEFERRED: u32 = 4;
-    /// Owner-table inserts that failed (the table is an LRU; this counts hard failures only).
-    pub const OWNER_UPDATE_FAILED: u32 = 5;
-    pub const COUNT: u32 = 8;
-}
+pub mod counters;
+
+/// Indexes of the per-CPU `COUNTERS` array; [`counters`] writes down what they account for.
+pub use counters::index as counter;
+pub use counters::{Counter, KernelCounters, COUNTERS};
 
 /// Map and program names, shared so neither side can drift.
 pub mod names {

@@ -14,10 +14,10 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf, generated},
     macros::{map, tracepoint},
-    maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray, RingBuf},
     programs::TracePointContext,
     EbpfContext,
 };
@@ -82,9 +82,13 @@ static LISTENERS: HashMap<ListenKey, ListenOwner> = HashMap::with_max_entries(LI
 #[map]
 static PREEXISTING: HashMap<TupleKey, Owner> = HashMap::with_max_entries(PREEXISTING_MAX, 0);
 
-/// connect() events held back until the local port is known (port filters only).
+/// connect() events held back until the local port is known (port filters only). A plain
+/// preallocated hash, not an LRU: an LRU would evict a held event without the program knowing,
+/// while a full plain table is a failed insert, counted (`HOLD_FAILED`). Every entry leaves at
+/// its socket's next transition out of SYN_SENT (released or dropped), so the table holds only
+/// connects in progress.
 #[map]
-static PENDING: LruHashMap<u64, Event> = LruHashMap::with_max_entries(PENDING_MAX, 0);
+static PENDING: HashMap<u64, Event> = HashMap::with_max_entries(PENDING_MAX, 0);
 
 /// Owner pids (or thread ids) to keep.
 #[map]
@@ -364,18 +368,20 @@ fn handle(ctx: &TracePointContext) {
 }
 
 /// Whether this socket may have a connect() event held: only the transition that follows it,
-/// out of SYN_SENT, can find one (so other events skip the map).
+/// out of SYN_SENT, can find one (so other events skip the map). Also with port 0: a connect()
+/// that failed to get a port leaves SYN_SENT without one, and its held event must go too.
 #[inline(always)]
 fn holds_connect(s: &Sock) -> bool {
-    s.oldstate == state::SYN_SENT && s.sport != 0
+    s.oldstate == state::SYN_SENT
 }
 
 /// Counts a rejected event, and drops the socket's held connect() event with it.
 #[inline(always)]
 fn reject(s: &Sock, flags: u32) {
     // The held event of a socket that turned out not to match is dropped with it, and counted
-    // as filtered like it.
+    // as filtered like it (and as dropped, which takes it out of the held ones).
     if flags & PORT_FILTERS != 0 && holds_connect(s) && PENDING.remove(&s.skaddr).is_ok() {
+        count(counter::HELD_DROPPED);
         count(counter::FILTERED);
     }
     count(counter::FILTERED);
@@ -506,10 +512,13 @@ fn hold(s: &Sock, ts: u64, pid_tgid: u64, who: &Attribution) {
         owner_source: who.source,
         _pad: [0; 7],
     };
-    if PENDING.insert(&s.skaddr, &ev, BPF_ANY as u64).is_ok() {
+    // NOEXIST: an entry still there for this address would be replaced without a trace; it
+    // cannot be (each leaves at the socket's exit from SYN_SENT), and if it were, this event
+    // is counted lost rather than the other one silently.
+    if PENDING.insert(&s.skaddr, &ev, BPF_NOEXIST as u64).is_ok() {
         count(counter::DEFERRED);
     } else {
-        count(counter::FILTERED);
+        count(counter::HOLD_FAILED);
     }
 }
 
@@ -521,6 +530,8 @@ fn release_held(ctx: &TracePointContext, s: &Sock) {
     let Some(held) = (unsafe { PENDING.get(&skaddr) }) else {
         return;
     };
+    // Counted in SUBMITTED or RINGBUF_FULL below as well; its SEEN was counted when held.
+    count(counter::RELEASED);
     if held.owner_pid != 0 {
         let owner = Owner {
             pid: held.owner_pid,

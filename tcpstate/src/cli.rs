@@ -158,7 +158,8 @@ pub struct TraceArgs {
     /// Size of the kernel's ring buffer (power of two; suffixes K, M).
     #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_buffer_size)]
     pub buffer_size: u32,
-    /// Write the kernel's final counters as JSON to PATH at exit (for benchmarks and scripts).
+    /// Write the kernel's final counters as JSON to PATH at exit (for benchmarks and scripts):
+    /// every counter by name, null when it could not be read.
     #[arg(long, value_name = "PATH")]
     pub counters_json: Option<PathBuf>,
     /// Show the kernel program's diagnostics (aya-log) on stderr.

@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::cli::ExporterArgs;
+use crate::input::Counter;
 use crate::kernel::{environment, probe::ProbeOptions};
 use crate::live::{self, Limits};
 use crate::metrics::{BuildInfo, Metrics, MetricsRenderer, PortLabels};
@@ -90,19 +91,24 @@ pub fn run(args: &ExporterArgs) -> Result<i32> {
         r
     });
     probe.detach();
-    let counters = probe.counters().unwrap_or_default();
+    // A counter that cannot be read stays unknown here, as in `trace`'s last line.
+    let (counters, _) = probe.read_counters();
     drop(probe);
     let (delivered, undecodable) = result?;
     if let Some(path) = &args.counters_json {
         live::write_counters_json(path, &counters, delivered)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    let show = |v: Option<u64>| v.map_or_else(|| "unknown".to_string(), |v| v.to_string());
+    let detail = Counter::ALL
+        .into_iter()
+        .filter(|c| c.is_loss())
+        .map(|c| format!("{} {}", c.name(), show(counters.get(c))))
+        .collect::<Vec<_>>()
+        .join(", ");
     eprintln!(
-        "tcpstate: exporter stopped: {delivered} events delivered, {} lost ({} ring buffer \
-         full, {} recursion misses){}",
-        counters.lost(),
-        counters.ringbuf_full,
-        counters.recursion_misses,
+        "tcpstate: exporter stopped: {delivered} events delivered, {} lost ({detail}){}",
+        show(counters.lost()),
         if undecodable > 0 {
             format!(", {undecodable} undecodable records")
         } else {

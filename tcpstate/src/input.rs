@@ -5,31 +5,9 @@
 
 use crate::event::Event;
 
-/// Totals of the kernel program's counters (summed over CPUs) plus the kernel's own count of
-/// skipped runs of the program. All are cumulative since tracing started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KernelCounters {
-    /// TCP state changes the program ran for.
-    pub seen: u64,
-    /// Rejected by the in-kernel filters.
-    pub filtered: u64,
-    /// Written to the ring buffer.
-    pub submitted: u64,
-    /// Lost: the ring buffer was full.
-    pub ringbuf_full: u64,
-    /// First events of a connect() held back until their local port was known.
-    pub deferred: u64,
-    /// Lost: the kernel skipped the program because another BPF program ran on that CPU
-    /// (`recursion_misses` of the program's info).
-    pub recursion_misses: u64,
-}
-
-impl KernelCounters {
-    /// Events that existed but never reached user space.
-    pub fn lost(&self) -> u64 {
-        self.ringbuf_full + self.recursion_misses
-    }
-}
+/// The kernel program's counters plus the kernel's own count of skipped runs of the program,
+/// each known or unknown; the one type every output and the recording use.
+pub use tcpstate_common::{Counter, KernelCounters};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Input {
@@ -41,4 +19,63 @@ pub enum Input {
     Tick { now_ns: u64 },
     /// A snapshot of the kernel's counters.
     Counters(KernelCounters),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Counter, KernelCounters};
+
+    #[test]
+    fn json_names_every_counter_and_null_for_unknown() {
+        let c = KernelCounters::unknown()
+            .with(Counter::Seen, 7)
+            .with(Counter::OwnerUpdateFailed, 2);
+        let text = serde_json::to_string(&c).unwrap_or_default();
+        assert_eq!(
+            text,
+            r#"{"seen":7,"filtered":null,"submitted":null,"ringbuf_full":null,"hold_failed":null,"recursion_misses":null,"deferred":null,"released":null,"held_dropped":null,"owner_update_failed":2}"#
+        );
+        let back: KernelCounters = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back, c);
+        // Other fields are ignored, a missing counter is unknown.
+        let back: KernelCounters =
+            serde_json::from_str(r#"{"delivered":3,"seen":1}"#).expect("parse");
+        assert_eq!(back, KernelCounters::unknown().with(Counter::Seen, 1));
+    }
+
+    #[test]
+    fn derived_values_are_unknown_when_an_input_is() {
+        let mut c = KernelCounters::zero()
+            .with(Counter::Seen, 100)
+            .with(Counter::Filtered, 50)
+            .with(Counter::Submitted, 40)
+            .with(Counter::RingbufFull, 2)
+            .with(Counter::HoldFailed, 1)
+            .with(Counter::RecursionMisses, 4)
+            .with(Counter::Deferred, 20)
+            .with(Counter::Released, 10)
+            .with(Counter::HeldDropped, 3);
+        assert_eq!(c.lost(), Some(7));
+        assert_eq!(c.held(), Some(7));
+        assert_eq!(c.unaccounted(), Some(0));
+        c.set(Counter::HeldDropped, None);
+        assert_eq!((c.held(), c.unaccounted()), (None, None));
+        assert_eq!(c.lost(), Some(7));
+        c.set(Counter::RecursionMisses, None);
+        assert_eq!(c.lost(), None);
+        assert_eq!(
+            c.unknown_counters().collect::<Vec<_>>(),
+            [Counter::RecursionMisses, Counter::HeldDropped]
+        );
+    }
+
+    #[test]
+    fn raw_form_round_trips_and_ignores_unknown_values() {
+        let c = KernelCounters::unknown().with(Counter::Released, 9);
+        let (values, valid) = c.to_raw();
+        assert_eq!(KernelCounters::from_raw(values, valid), c);
+        let mut noisy = values;
+        noisy[0] = 123;
+        assert_eq!(KernelCounters::from_raw(noisy, valid | 1 << 31), c);
+    }
 }

@@ -4,7 +4,7 @@ use std::{
     fs,
     io::{self, BufWriter, Write},
     path::Path,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -17,7 +17,7 @@ use tokio::{
 use crate::{
     cli::TraceArgs,
     clock, event,
-    input::{Input, KernelCounters},
+    input::{Counter, Input, KernelCounters},
     kernel::{
         environment,
         probe::{Probe, ProbeOptions},
@@ -32,6 +32,11 @@ use crate::{
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
 /// How often the kernel's counters are sampled into the stream.
 const COUNTERS_EVERY: Duration = Duration::from_secs(1);
+/// The recording is handed to the file system at least this often, so a tracer killed with
+/// SIGKILL (which flushes nothing) leaves every record older than a second on disk.
+const RECORD_FLUSH_EVERY: Duration = Duration::from_millis(500);
+/// While one drain runs through a burst, the clock is looked at once per this many events.
+const FLUSH_CHECK_EVENTS: u64 = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
@@ -47,6 +52,33 @@ enum Stop {
 struct Totals {
     delivered: u64,
     undecodable: u64,
+}
+
+/// Reads the kernel's counters; says on stderr, once per counter, when one cannot be read (it
+/// is then unknown, never 0, in the summary and the recording).
+#[derive(Debug, Default)]
+struct CounterReader {
+    /// Counters whose failure was already reported (bit `Counter::position()`).
+    reported: u32,
+}
+
+impl CounterReader {
+    fn read(&mut self, probe: &Probe) -> KernelCounters {
+        let (counters, errors) = probe.read_counters();
+        for e in errors {
+            let bit = 1 << e.counter.position();
+            if self.reported & bit == 0 {
+                self.reported |= bit;
+                eprintln!("tcpstate: error: {e}; it is shown as unknown");
+            }
+        }
+        counters
+    }
+}
+
+/// A counter for the stderr line: its value or `unknown`.
+fn show(v: Option<u64>) -> String {
+    v.map_or_else(|| "unknown".to_string(), |v| v.to_string())
 }
 
 pub fn run(args: &TraceArgs) -> Result<i32> {
@@ -105,12 +137,15 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
         .build()
         .context("starting the event loop")?;
     let mut totals = Totals::default();
+    let mut reader = CounterReader::default();
     let result = {
         let mut session = Session {
             output: &mut output,
             out: &mut out,
             recorder: &mut recorder,
             totals: &mut totals,
+            counters: &mut reader,
+            last_record_flush: Instant::now(),
         };
         let limits = Limits {
             duration: args.duration,
@@ -142,7 +177,7 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
     };
     // The loop detaches before its last drain; after an early stop this does it.
     probe.detach();
-    let counters = probe.counters().unwrap_or_default();
+    let counters = reader.read(&probe);
     drop(probe);
     if let Some((path, mut w)) = recorder.take() {
         let r = w
@@ -174,15 +209,17 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
         write_counters_json(path, &counters, totals.delivered)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    let get = |c| show(counters.get(c));
     eprintln!(
-        "tcpstate: {} events delivered, {} lost ({} ring buffer full, {} recursion misses); \
-         kernel saw {} TCP state changes, filtered {}{}",
+        "tcpstate: {} events delivered, {} lost ({} ring buffer full, {} not held, {} recursion \
+         misses); kernel saw {} TCP state changes, filtered {}{}",
         totals.delivered,
-        counters.lost(),
-        counters.ringbuf_full,
-        counters.recursion_misses,
-        counters.seen,
-        counters.filtered,
+        show(counters.lost()),
+        get(Counter::RingbufFull),
+        get(Counter::HoldFailed),
+        get(Counter::RecursionMisses),
+        get(Counter::Seen),
+        get(Counter::Filtered),
         if totals.undecodable > 0 {
             format!(", {} undecodable records", totals.undecodable)
         } else {
@@ -227,11 +264,14 @@ pub(crate) async fn run_into(
     output: &mut Output,
 ) -> Result<(u64, u64)> {
     let mut totals = Totals::default();
+    let mut reader = CounterReader::default();
     let mut session = Session {
         output,
         out: &mut io::sink(),
         recorder: &mut None,
         totals: &mut totals,
+        counters: &mut reader,
+        last_record_flush: Instant::now(),
     };
     event_loop(limits, filtered, probe, &mut session)
         .await
@@ -251,20 +291,18 @@ fn describe_io(e: &io::Error) -> String {
     }
 }
 
+/// Every kernel counter by name (`null` when unknown), `lost`, `held`, and what user space read.
 pub(crate) fn write_counters_json(
     path: &Path,
     c: &KernelCounters,
     delivered: u64,
 ) -> io::Result<()> {
-    let value = serde_json::json!({
-        "seen": c.seen,
-        "filtered": c.filtered,
-        "submitted": c.submitted,
-        "delivered": delivered,
-        "ringbuf_full": c.ringbuf_full,
-        "recursion_misses": c.recursion_misses,
-        "deferred": c.deferred,
-    });
+    let mut value = serde_json::to_value(c).map_err(io::Error::from)?;
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("lost".into(), c.lost().into());
+        obj.insert("held".into(), c.held().into());
+        obj.insert("delivered".into(), delivered.into());
+    }
     fs::write(path, format!("{value}\n"))
 }
 
@@ -286,6 +324,8 @@ struct Session<'a, W: Write> {
     out: &'a mut W,
     recorder: &'a mut Recorder,
     totals: &'a mut Totals,
+    counters: &'a mut CounterReader,
+    last_record_flush: Instant,
 }
 
 impl<W: Write> Session<'_, W> {
@@ -295,6 +335,19 @@ impl<W: Write> Session<'_, W> {
                 .map_err(|e| LoopError::Record(path.clone(), e))?;
         }
         self.output.push(input, self.out).map_err(LoopError::Output)
+    }
+
+    /// Hands the recording's buffer to the file system when it was last done
+    /// `RECORD_FLUSH_EVERY` ago.
+    fn flush_record_if_due(&mut self) -> Result<(), LoopError> {
+        if self.last_record_flush.elapsed() < RECORD_FLUSH_EVERY {
+            return Ok(());
+        }
+        self.last_record_flush = Instant::now();
+        if let Some((path, w)) = self.recorder.as_mut() {
+            w.flush().map_err(|e| LoopError::Record(path.clone(), e))?;
+        }
+        Ok(())
     }
 
     /// Reads everything the ring buffer holds; true once `--count` is reached.
@@ -316,7 +369,12 @@ impl<W: Write> Session<'_, W> {
             if self.output.limit_reached() {
                 return Ok(true);
             }
+            // A burst can keep this loop going for long: flushing only after it would not do.
+            if self.totals.delivered.is_multiple_of(FLUSH_CHECK_EVENTS) {
+                self.flush_record_if_due()?;
+            }
         }
+        self.flush_record_if_due()?;
         if any {
             self.out.flush().map_err(|e| LoopError::Output(e.into()))?;
         }
@@ -402,7 +460,7 @@ async fn event_loop<W: Write>(
                 session.out.flush().map_err(|e| LoopError::Output(e.into()))?;
             }
             _ = counters_timer.tick() => {
-                let c = probe.counters().unwrap_or_default();
+                let c = session.counters.read(probe);
                 session.feed(&Input::Counters(c))?;
             }
         }

@@ -20,7 +20,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::event::{state_name, Event};
-use crate::input::KernelCounters;
+use crate::input::{Counter as KernelCounter, KernelCounters};
 use crate::report::render::Renderer;
 use crate::report::summary::Summary;
 use crate::timeline::{Conn, Engine, Outcome, Phase, Role, Step};
@@ -208,16 +208,17 @@ pub struct Metrics {
     last_events: AtomicU64,
 }
 
-/// The loss counters of the summary, by the names it gives them, with their totals: the one
-/// place that knows which counters are losses. When the counters rework (a `Counter` list with
-/// `is_loss()` and `KernelCounters::get`) reaches main, this becomes
-/// `Counter::ALL.into_iter().filter(|c| c.is_loss()).filter_map(|c| Some((c.name(), k.get(c)?)))`
-/// and the `reason` values follow that list.
+/// The loss counters of the summary (`Counter::is_loss`), named as there: the `reason` values.
+fn loss_counters() -> impl Iterator<Item = KernelCounter> {
+    KernelCounter::ALL.into_iter().filter(|c| c.is_loss())
+}
+
+/// The known totals of the loss counters; a counter that could not be read is left out (its
+/// metric then stays where it was rather than claim a value).
 fn losses(k: &KernelCounters) -> Vec<(&'static str, u64)> {
-    vec![
-        ("ringbuf_full", k.ringbuf_full),
-        ("recursion_misses", k.recursion_misses),
-    ]
+    loss_counters()
+        .filter_map(|c| Some((c.name(), k.get(c)?)))
+        .collect()
 }
 
 /// The states a socket in the engine's table can be in, for `tcpstate_open_connections`.
@@ -365,8 +366,8 @@ impl Metrics {
             ]),
         );
         // Reasons are a closed set: show each from the start, so a rate() of 0 is visible.
-        for (reason, _) in losses(&KernelCounters::default()) {
-            let _ = m.lost.get_or_create(&ReasonLabel { reason });
+        for c in loss_counters() {
+            let _ = m.lost.get_or_create(&ReasonLabel { reason: c.name() });
         }
         m.registry = r;
         m
@@ -761,7 +762,7 @@ mod tests {
             Port(Some(8080)),
         );
         m.observe_refused_inbound();
-        m.sample(&KernelCounters::default(), &Engine::new(16));
+        m.sample(&KernelCounters::zero(), &Engine::new(16));
         m
     }
 
@@ -830,10 +831,7 @@ mod tests {
     #[test]
     fn losses_are_said_at_once_then_once_a_minute() {
         let mut log = LossLog::default();
-        let k = |n| KernelCounters {
-            ringbuf_full: n,
-            ..KernelCounters::default()
-        };
+        let k = |n| KernelCounters::zero().with(KernelCounter::RingbufFull, n);
         assert_eq!(log.line(&k(0)), None);
         let first = log.line(&k(5)).expect("the first loss is said");
         assert!(

@@ -4,6 +4,7 @@
 #![cfg(feature = "kernel")]
 
 mod probe_util;
+mod skip;
 
 use std::{
     fs,
@@ -267,7 +268,8 @@ fn bad_flags_are_one_line_errors() {
 
 #[test]
 fn non_root_gets_a_clear_message_and_nothing_loads() {
-    if !root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
         // Without root we are the non-root user: the real message is checked directly.
         let out = Command::new(BIN).arg("trace").output().expect("run");
         assert_eq!(out.status.code(), Some(1));
@@ -290,7 +292,10 @@ fn non_root_gets_a_clear_message_and_nothing_loads() {
         .output();
     let _ = fs::remove_file(&copy);
     let Ok(out) = out else {
-        eprintln!("skipped: setpriv is not installed");
+        skip::skip(
+            "non_root_gets_a_clear_message_and_nothing_loads",
+            "setpriv (util-linux) is not installed",
+        );
         return;
     };
     let err = String::from_utf8_lossy(&out.stderr);
@@ -379,4 +384,58 @@ fn disk_full_while_recording_stops_with_a_clear_error_and_a_valid_prefix() {
         assert!(err.contains("at byte"), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
     }
+}
+
+/// SIGKILL flushes nothing: the recording must already hold everything older than a second
+/// (the trace loop hands it to the file system at least twice a second).
+#[test]
+fn a_recording_survives_kill_9() {
+    if !root() {
+        return;
+    }
+    const N: usize = 10;
+    // Its own directory: tempdir() is shared by the tests of this file, which remove it.
+    let dir = std::env::temp_dir().join(format!("tcpstate-kill9-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("temp dir");
+    let rec = dir.join("killed.tsr");
+    let port = probe_util::free_port("127.0.0.1".parse().expect("ip"));
+    let port_s = port.to_string();
+    let rec_s = rec.to_string_lossy().into_owned();
+    let l = TcpListener::bind(("127.0.0.1", port)).expect("listen");
+    let mut t = Tracer::start(
+        &["trace", "--port", &port_s, "--record", &rec_s],
+        Stdio::null(),
+    );
+    for _ in 0..N {
+        let c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let (s, _) = l.accept().expect("accept");
+        drop((c, s));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    t.signal(libc::SIGKILL);
+    t.wait(Duration::from_secs(5));
+    drop(l);
+    let out = Command::new(BIN)
+        .args(["replay", "-o", "json"])
+        .arg(&rec)
+        .output()
+        .expect("replay");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let ours = |role: &str| {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["schema"] == "tcpstate.connection.v1" && v["role"] == role)
+            .filter(|v| v["outcome"] != "open")
+            .filter(|v| v["lport"] == port || v["rport"] == port)
+            .count()
+    };
+    assert_eq!(ours("client"), N, "{text}\n{err}");
+    assert_eq!(ours("server"), N, "{text}\n{err}");
+    // A file cut inside a record replays its valid prefix and says where it ends.
+    if out.status.code() != Some(0) {
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("at byte"), "{err}");
+    }
+    let _ = fs::remove_dir_all(&dir);
 }

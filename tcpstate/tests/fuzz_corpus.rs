@@ -12,7 +12,7 @@ use std::{
 
 use tcpstate::{
     event::Event,
-    input::{Input, KernelCounters},
+    input::{Counter, Input, KernelCounters},
     record::{Header, RecordWriter},
 };
 
@@ -132,14 +132,15 @@ fn loopback_connection() -> Vec<Input> {
         event(base + 211 * ms, child, 8, 9, 8080, 40_000, 200),
         event(base + 211 * ms + 30_000, child, 9, 7, 8080, 40_000, 0),
         event(base + 211 * ms + 31_000, client, 5, 7, 40_000, 8080, 0),
-        Input::Counters(KernelCounters {
-            seen: 11,
-            filtered: 0,
-            submitted: 11,
-            ringbuf_full: 0,
-            deferred: 1,
-            recursion_misses: 0,
-        }),
+        Input::Counters(
+            KernelCounters::zero()
+                .with(Counter::Seen, 11)
+                .with(Counter::Filtered, 0)
+                .with(Counter::Submitted, 11)
+                .with(Counter::RingbufFull, 0)
+                .with(Counter::Deferred, 1)
+                .with(Counter::RecursionMisses, 0),
+        ),
         event(base + 300 * ms, listener, 10, 7, 8080, 0, 200),
         Input::Tick {
             now_ns: base + 1_000 * ms,

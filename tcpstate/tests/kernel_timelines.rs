@@ -5,6 +5,7 @@
 #![cfg(feature = "kernel")]
 
 mod probe_util;
+mod skip;
 mod support;
 
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! Self-tests of the delayed link between two network namespaces and of the tcppeer program:
 //! the RTT the link adds, lost SYNs, a blackhole, the close modes, and cleanup.
 
+mod skip;
 mod support;
 
 use std::{

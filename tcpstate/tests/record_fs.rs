@@ -1,5 +1,7 @@
 //! Recording files on a real file system: permissions, refusals, a full disk.
 
+mod skip;
+
 use std::{
     ffi::CString,
     fs,
@@ -11,7 +13,7 @@ use std::{
 
 use tcpstate::{
     event::Event,
-    input::{Input, KernelCounters},
+    input::{Counter, Input, KernelCounters},
     record::{create_record_file, CreateError, Header, RecordReader, RecordWriter},
 };
 
@@ -52,11 +54,6 @@ fn header() -> Header {
 
 fn mode(path: &Path) -> u32 {
     fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 #[test]
@@ -198,17 +195,13 @@ fn sample(n: u64) -> Input {
             Input::Event(ev)
         }
         1 => Input::Tick { now_ns: n },
-        _ => Input::Counters(KernelCounters {
-            seen: n,
-            ..KernelCounters::default()
-        }),
+        _ => Input::Counters(KernelCounters::zero().with(Counter::Seen, n)),
     }
 }
 
 #[test]
 fn a_full_disk_is_reported_and_leaves_a_valid_prefix() {
-    if !is_root() {
-        println!("skipped: needs root");
+    if !skip::need_root("a_full_disk_is_reported_and_leaves_a_valid_prefix") {
         return;
     }
     let fs = SmallTmpfs::mount("64k");

@@ -15,7 +15,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tcpstate_common::{
-    counter, names, Layout, ListenKey, ListenOwner, Owner, Settings, TupleKey, MODERN_LAYOUT,
+    names, Counter, Layout, ListenKey, ListenOwner, Owner, Settings, TupleKey, MODERN_LAYOUT,
 };
 
 use super::{
@@ -73,6 +73,15 @@ pub enum ProbeError {
     Attach(String),
     #[error("eBPF map {0}: {1}")]
     Map(&'static str, String),
+}
+
+/// A kernel counter that could not be read: it is unknown, never 0.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot read the kernel counter {}: {reason}", counter.name())]
+pub struct CounterError {
+    pub counter: Counter,
+    /// What failed, said for a user.
+    pub reason: String,
 }
 
 /// Loaded, configured and attached.
@@ -206,23 +215,37 @@ impl Probe {
         fill_preexisting(&mut self.ebpf, preexisting)
     }
 
-    /// Sums of the program's per-CPU counters plus the kernel's count of skipped runs.
-    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
-        let sum = |idx: u32| -> Result<u64, ProbeError> {
-            let values = self
-                .counters
-                .get(&idx, 0)
-                .map_err(map_err(names::COUNTERS))?;
-            Ok(values.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
-        };
-        Ok(KernelCounters {
-            seen: sum(counter::SEEN)?,
-            filtered: sum(counter::FILTERED)?,
-            submitted: sum(counter::SUBMITTED)?,
-            ringbuf_full: sum(counter::RINGBUF_FULL)?,
-            deferred: sum(counter::DEFERRED)?,
-            recursion_misses: prog_recursion_misses(self.prog_fd).unwrap_or(0),
-        })
+    /// Sums of the program's per-CPU counters plus the kernel's count of skipped runs. A
+    /// counter that cannot be read is unknown in the result, and its error is in the list.
+    pub fn read_counters(&self) -> (KernelCounters, Vec<CounterError>) {
+        let mut out = KernelCounters::unknown();
+        let mut errors = Vec::new();
+        for c in Counter::ALL {
+            let value = match c.kernel_index() {
+                Some(idx) => self
+                    .counters
+                    .get(&idx, 0)
+                    .map(|values| values.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
+                    .map_err(|e| format!("eBPF map {}: {e}", names::COUNTERS)),
+                None => prog_recursion_misses(self.prog_fd).map_err(|e| {
+                    format!("reading the program's info (BPF_OBJ_GET_INFO_BY_FD): {e}")
+                }),
+            };
+            match value {
+                Ok(v) => out.set(c, Some(v)),
+                Err(reason) => errors.push(CounterError { counter: c, reason }),
+            }
+        }
+        (out, errors)
+    }
+
+    /// All counters, or the first that cannot be read as an error.
+    pub fn counters(&self) -> Result<KernelCounters, CounterError> {
+        let (c, errors) = self.read_counters();
+        match errors.into_iter().next() {
+            None => Ok(c),
+            Some(e) => Err(e),
+        }
     }
 
     /// Forwards pending kernel diagnostics to the log (only with `debug_log`).
@@ -234,7 +257,21 @@ impl Probe {
 
     /// The kernel's id of the loaded program (for tests and `bpftool`).
     pub fn program_id(&self) -> Option<u32> {
-        prog_info(self.prog_fd).map(|i| i.id)
+        prog_info(self.prog_fd).ok().map(|i| i.id)
+    }
+
+    /// Connect() events held in the kernel right now (for tests of the accounting identity).
+    pub fn held_events(&self) -> Result<u64, ProbeError> {
+        let pending: HashMap<_, u64, tcpstate_common::Event> = self
+            .ebpf
+            .map(names::PENDING)
+            .ok_or(ProbeError::Map(names::PENDING, "missing".into()))?
+            .try_into()
+            .map_err(map_err(names::PENDING))?;
+        pending
+            .keys()
+            .try_fold(0u64, |n, key| key.map(|_| n + 1))
+            .map_err(map_err(names::PENDING))
     }
 }
 
@@ -303,7 +340,7 @@ fn fill_preexisting(ebpf: &mut Ebpf, p: &Preexisting) -> Result<(), ProbeError> 
 
 /// `struct bpf_prog_info` through BPF_OBJ_GET_INFO_BY_FD; aya's ProgramInfo does not expose
 /// `recursion_misses`.
-fn prog_info(fd: RawFd) -> Option<aya_obj::generated::bpf_prog_info> {
+fn prog_info(fd: RawFd) -> std::io::Result<aya_obj::generated::bpf_prog_info> {
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     #[repr(C)]
     struct InfoAttr {
@@ -327,9 +364,13 @@ fn prog_info(fd: RawFd) -> Option<aya_obj::generated::bpf_prog_info> {
             std::mem::size_of::<InfoAttr>() as u32,
         )
     };
-    (rc == 0).then_some(info)
+    if rc == 0 {
+        Ok(info)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
-fn prog_recursion_misses(fd: RawFd) -> Option<u64> {
+fn prog_recursion_misses(fd: RawFd) -> std::io::Result<u64> {
     prog_info(fd).map(|i| i.recursion_misses)
 }

@@ -17,7 +17,7 @@ mod tests;
 
 use std::{fmt, io};
 
-use tcpstate_common::EVENT_SIZE;
+use tcpstate_common::{Counter, EVENT_SIZE};
 
 use crate::{event::Event, input::KernelCounters};
 
@@ -28,8 +28,10 @@ pub use writer::RecordWriter;
 /// First bytes of every recording. PNG's trick: the high-bit byte and the CR LF / ^Z / LF
 /// sequence expose transfers that mangle binary files.
 pub const MAGIC: [u8; 8] = *b"\x89TSR\r\n\x1a\n";
-/// The format this code writes and the only one it reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format this code writes.
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest format it still reads (version 1 had six counters and no validity mask).
+pub const OLDEST_FORMAT_VERSION: u16 = 1;
 /// The clock of every timestamp in a recording.
 pub const CLOCK: &str = "CLOCK_MONOTONIC";
 
@@ -40,7 +42,10 @@ const MAX_HEADER_BODY: u32 = 16 + 4 * (2 + u16::MAX as u32);
 const CRC_LEN: usize = 4;
 /// Kind and payload length.
 const RECORD_HEAD_LEN: usize = 4;
-const COUNTERS_LEN: usize = 6 * 8;
+/// Version 1: six counters, all known.
+const COUNTERS_V1_LEN: usize = 6 * 8;
+/// Version 2: the validity mask, then every counter of `Counter::ALL`.
+const COUNTERS_LEN: usize = 8 + Counter::ALL.len() * 8;
 const TICK_LEN: usize = 8;
 /// The largest record: an event.
 const MAX_RECORD_LEN: usize = RECORD_HEAD_LEN + EVENT_SIZE + CRC_LEN;
@@ -153,7 +158,7 @@ impl fmt::Display for RecordError {
             K::BadMagic => write!(f, "not a tcpstate recording (bad magic at byte {at})"),
             K::UnsupportedVersion(v) => write!(
                 f,
-                "unsupported recording at byte {at}: format version {v}, tcpstate {} reads version {FORMAT_VERSION}",
+                "unsupported recording at byte {at}: format version {v}, tcpstate {} reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}",
                 env!("CARGO_PKG_VERSION")
             ),
             K::EventSize(n) => write!(
@@ -199,11 +204,12 @@ impl std::error::Error for RecordError {
     }
 }
 
-/// The payload length of a record kind, `None` for kinds this version does not know.
-fn payload_len(kind: u16) -> Option<usize> {
+/// The payload length of a record kind in a format version, `None` for kinds it does not know.
+fn payload_len(kind: u16, version: u16) -> Option<usize> {
     match kind {
         kinds::EVENT => Some(EVENT_SIZE),
         kinds::TICK => Some(TICK_LEN),
+        kinds::COUNTERS if version == 1 => Some(COUNTERS_V1_LEN),
         kinds::COUNTERS => Some(COUNTERS_LEN),
         _ => None,
     }
@@ -224,35 +230,46 @@ fn event_le(ev: &Event) -> Event {
     e
 }
 
+fn u64_at(b: &[u8], i: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&b[i * 8..i * 8 + 8]);
+    u64::from_le_bytes(word)
+}
+
+/// Version 2: the validity mask (bit i: `Counter::ALL[i]` known), then every value in
+/// `Counter::ALL` order, 0 where unknown.
 fn counters_to_bytes(c: &KernelCounters) -> [u8; COUNTERS_LEN] {
     let mut out = [0u8; COUNTERS_LEN];
-    let values = [
-        c.seen,
-        c.filtered,
-        c.submitted,
-        c.ringbuf_full,
-        c.deferred,
-        c.recursion_misses,
-    ];
-    for (chunk, v) in out.chunks_exact_mut(8).zip(values) {
+    let (values, valid) = c.to_raw();
+    out[..8].copy_from_slice(&u64::from(valid).to_le_bytes());
+    for (chunk, v) in out[8..].chunks_exact_mut(8).zip(values) {
         chunk.copy_from_slice(&v.to_le_bytes());
     }
     out
 }
 
 fn counters_from_bytes(b: &[u8; COUNTERS_LEN]) -> KernelCounters {
-    let mut v = [0u64; 6];
-    for (value, chunk) in v.iter_mut().zip(b.chunks_exact(8)) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        *value = u64::from_le_bytes(word);
+    let mut values = [0u64; tcpstate_common::COUNTERS];
+    for (i, v) in values.iter_mut().enumerate() {
+        *v = u64_at(&b[8..], i);
     }
-    KernelCounters {
-        seen: v[0],
-        filtered: v[1],
-        submitted: v[2],
-        ringbuf_full: v[3],
-        deferred: v[4],
-        recursion_misses: v[5],
+    // Bits beyond the known counters are ignored; the mask is never wider than 32 bits.
+    KernelCounters::from_raw(values, u64_at(b, 0) as u32)
+}
+
+/// Version 1's six counters, all known; the counters it did not have are unknown.
+fn counters_from_v1_bytes(b: &[u8; COUNTERS_V1_LEN]) -> KernelCounters {
+    const V1_ORDER: [Counter; 6] = [
+        Counter::Seen,
+        Counter::Filtered,
+        Counter::Submitted,
+        Counter::RingbufFull,
+        Counter::Deferred,
+        Counter::RecursionMisses,
+    ];
+    let mut out = KernelCounters::unknown();
+    for (i, c) in V1_ORDER.into_iter().enumerate() {
+        out.set(c, Some(u64_at(b, i)));
     }
+    out
 }

@@ -5,9 +5,9 @@ use std::io::{self, BufReader, ErrorKind, Read};
 use tcpstate_common::EVENT_SIZE;
 
 use super::{
-    counters_from_bytes, event_le, kinds, payload_len, Header, RecordError, RecordErrorKind as K,
-    CLOCK, COUNTERS_LEN, CRC_LEN, FIXED_HEADER_LEN, FORMAT_VERSION, MAGIC, MAX_HEADER_BODY,
-    MAX_RECORD_LEN, RECORD_HEAD_LEN,
+    counters_from_bytes, counters_from_v1_bytes, event_le, kinds, payload_len, Header, RecordError,
+    RecordErrorKind as K, CLOCK, COUNTERS_LEN, COUNTERS_V1_LEN, CRC_LEN, FIXED_HEADER_LEN,
+    FORMAT_VERSION, MAGIC, MAX_HEADER_BODY, MAX_RECORD_LEN, OLDEST_FORMAT_VERSION, RECORD_HEAD_LEN,
 };
 use crate::{event, input::Input};
 
@@ -18,6 +18,8 @@ pub struct RecordReader<R: Read> {
     inner: BufReader<R>,
     /// Byte offset of the next record.
     offset: u64,
+    /// The file's format version.
+    version: u16,
     done: bool,
 }
 
@@ -25,10 +27,11 @@ impl<R: Read> RecordReader<R> {
     /// Reads and checks the header.
     pub fn open(r: R) -> Result<(Self, Header), RecordError> {
         let mut inner = BufReader::with_capacity(BUFFER_CAPACITY, r);
-        let (header, header_len) = read_header(&mut inner)?;
+        let (header, header_len, version) = read_header(&mut inner)?;
         let reader = RecordReader {
             inner,
             offset: header_len,
+            version,
             done: false,
         };
         Ok((reader, header))
@@ -38,6 +41,11 @@ impl<R: Read> RecordReader<R> {
     /// first `offset()` bytes are a valid recording.
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// The file's format version.
+    pub fn format_version(&self) -> u16 {
+        self.version
     }
 
     fn next_record(&mut self) -> Result<Option<Input>, RecordError> {
@@ -59,8 +67,8 @@ impl<R: Read> RecordReader<R> {
         }
         let kind = u16::from_le_bytes([buf[0], buf[1]]);
         let len = u16::from_le_bytes([buf[2], buf[3]]);
-        let expected =
-            payload_len(kind).ok_or_else(|| RecordError::new(at, K::UnknownKind(kind)))?;
+        let expected = payload_len(kind, self.version)
+            .ok_or_else(|| RecordError::new(at, K::UnknownKind(kind)))?;
         if usize::from(len) != expected {
             return Err(RecordError::new(
                 at,
@@ -96,6 +104,9 @@ impl<R: Read> RecordReader<R> {
             kinds::TICK => Input::Tick {
                 now_ns: u64::from_le_bytes(array(payload)),
             },
+            _ if self.version == 1 => {
+                Input::Counters(counters_from_v1_bytes(&array::<COUNTERS_V1_LEN>(payload)))
+            }
             _ => Input::Counters(counters_from_bytes(&array::<COUNTERS_LEN>(payload))),
         };
         self.offset += total as u64;
@@ -148,8 +159,8 @@ fn check_crc(at: u64, data: &[u8], stored: &[u8]) -> Result<(), RecordError> {
     Ok(())
 }
 
-/// Reads the header; returns it and its length in bytes.
-fn read_header(r: &mut impl Read) -> Result<(Header, u64), RecordError> {
+/// Reads the header; returns it, its length in bytes and the format version.
+fn read_header(r: &mut impl Read) -> Result<(Header, u64, u16), RecordError> {
     let io_err = |e| RecordError::new(0, K::Io(e));
     let mut fixed = [0u8; FIXED_HEADER_LEN];
     let got = read_full(r, &mut fixed).map_err(io_err)?;
@@ -158,11 +169,9 @@ fn read_header(r: &mut impl Read) -> Result<(Header, u64), RecordError> {
         return Err(RecordError::new(0, K::BadMagic));
     }
     // Magic and version are where they are in every version; the rest may change with it.
-    if got >= 10 {
-        let version = u16::from_le_bytes([fixed[8], fixed[9]]);
-        if version != FORMAT_VERSION {
-            return Err(RecordError::new(8, K::UnsupportedVersion(version)));
-        }
+    let version = u16::from_le_bytes([fixed[8], fixed[9]]);
+    if got >= 10 && !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
+        return Err(RecordError::new(8, K::UnsupportedVersion(version)));
     }
     if got < FIXED_HEADER_LEN {
         return Err(RecordError::new(
@@ -206,7 +215,7 @@ fn read_header(r: &mut impl Read) -> Result<(Header, u64), RecordError> {
         return Err(RecordError::new(0, K::BadChecksum { stored, computed }));
     }
     let header = parse_body(body)?;
-    Ok((header, (FIXED_HEADER_LEN + rest.len()) as u64))
+    Ok((header, (FIXED_HEADER_LEN + rest.len()) as u64, version))
 }
 
 /// A cursor over the header body that names the offset of what it cannot read.

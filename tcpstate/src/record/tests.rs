@@ -45,14 +45,15 @@ fn inputs() -> Vec<Input> {
         )),
         Input::Tick { now_ns: 1_500 },
         Input::Event(v6),
-        Input::Counters(KernelCounters {
-            seen: 1,
-            filtered: 2,
-            submitted: 3,
-            ringbuf_full: 4,
-            deferred: 5,
-            recursion_misses: u64::MAX,
-        }),
+        Input::Counters(
+            KernelCounters::zero()
+                .with(Counter::Seen, 1)
+                .with(Counter::Filtered, 2)
+                .with(Counter::Submitted, 3)
+                .with(Counter::RingbufFull, 4)
+                .with(Counter::Deferred, 5)
+                .with(Counter::RecursionMisses, u64::MAX),
+        ),
         Input::Tick { now_ns: u64::MAX },
     ]
 }
@@ -79,7 +80,7 @@ fn record_len(i: &Input) -> usize {
     8 + match i {
         Input::Event(_) => 112,
         Input::Tick { .. } => 8,
-        Input::Counters(_) => 48,
+        Input::Counters(_) => 88,
     }
 }
 
@@ -152,18 +153,11 @@ fn overlong_strings_are_clipped_at_a_character_boundary() {
     assert!(err.is_none());
 }
 
-/// The layout spelled out in docs/record-format.md, byte by byte, independently of the writer.
-#[test]
-fn bytes_match_the_documented_layout() {
-    let h = Header {
-        tool_version: "1.2".into(),
-        kernel_release: "6.18".into(),
-        start_mono_ns: 0x0102_0304_0506_0708,
-        realtime_minus_mono_ns: -2,
-        command: "x".into(),
-    };
+/// The layout spelled out in docs/record-format.md, byte by byte, independently of the writer:
+/// the header of `version`, a tick, a counters record with `counters_payload`, an event.
+fn documented_bytes(version: u8, counters_payload: &[u8]) -> Vec<u8> {
     let mut want: Vec<u8> = vec![0x89, b'T', b'S', b'R', b'\r', b'\n', 0x1a, b'\n'];
-    want.extend([1, 0]); // format version
+    want.extend([version, 0]); // format version
     want.extend([112, 0]); // event size
     let body_len = 8 + 8 + (2 + 3) + (2 + 4) + (2 + 15) + (2 + 1);
     want.extend([body_len as u8, 0, 0, 0]);
@@ -181,22 +175,12 @@ fn bytes_match_the_documented_layout() {
     let crc = crc32fast::hash(&want[tick_at..]);
     want.extend(crc.to_le_bytes());
     let counters_at = want.len();
-    want.extend([3, 0, 48, 0]);
-    for v in 1..=6u64 {
-        want.extend(v.to_le_bytes());
-    }
+    want.extend([3, 0, counters_payload.len() as u8, 0]);
+    want.extend(counters_payload);
     let crc = crc32fast::hash(&want[counters_at..]);
     want.extend(crc.to_le_bytes());
     let event_at = want.len();
     want.extend([1, 0, 112, 0]);
-    let e = ev(
-        0x0a0b,
-        0x0c0d,
-        state::ESTABLISHED,
-        state::FIN_WAIT1,
-        0x1234,
-        80,
-    );
     let mut payload = Vec::new();
     payload.extend(0x0a0bu64.to_le_bytes()); // ts_ns
     payload.extend(0x0c0du64.to_le_bytes()); // skaddr
@@ -217,26 +201,97 @@ fn bytes_match_the_documented_layout() {
     want.extend(payload);
     let crc = crc32fast::hash(&want[event_at..]);
     want.extend(crc.to_le_bytes());
+    want
+}
 
-    let counters = KernelCounters {
-        seen: 1,
-        filtered: 2,
-        submitted: 3,
-        ringbuf_full: 4,
-        deferred: 5,
-        recursion_misses: 6,
-    };
+fn documented_header() -> Header {
+    Header {
+        tool_version: "1.2".into(),
+        kernel_release: "6.18".into(),
+        start_mono_ns: 0x0102_0304_0506_0708,
+        realtime_minus_mono_ns: -2,
+        command: "x".into(),
+    }
+}
+
+fn documented_event() -> Event {
+    ev(
+        0x0a0b,
+        0x0c0d,
+        state::ESTABLISHED,
+        state::FIN_WAIT1,
+        0x1234,
+        80,
+    )
+}
+
+#[test]
+fn bytes_match_the_documented_layout() {
+    // Known: seen 1, filtered 2, hold_failed 0, recursion_misses 6; the rest unknown.
+    let counters = KernelCounters::unknown()
+        .with(Counter::Seen, 1)
+        .with(Counter::Filtered, 2)
+        .with(Counter::HoldFailed, 0)
+        .with(Counter::RecursionMisses, 6);
+    let mut payload = Vec::new();
+    payload.extend(0b11_0011u64.to_le_bytes()); // validity mask, bit i: Counter::ALL[i]
+    for v in [1u64, 2, 0, 0, 0, 6, 0, 0, 0, 0] {
+        payload.extend(v.to_le_bytes());
+    }
+    assert_eq!(payload.len(), 88);
+    let want = documented_bytes(2, &payload);
     let (got, _) = record(
-        &h,
+        &documented_header(),
         &[
             Input::Tick {
                 now_ns: 0x1122_3344_5566_7788,
             },
             Input::Counters(counters),
-            Input::Event(e),
+            Input::Event(documented_event()),
         ],
     );
     assert_eq!(got, want);
+}
+
+/// Version 1 recordings still replay: their six counters are known, the others unknown.
+#[test]
+fn version_1_recordings_are_read() {
+    let mut payload = Vec::new();
+    for v in 1..=6u64 {
+        payload.extend(v.to_le_bytes());
+    }
+    let bytes = documented_bytes(1, &payload);
+    let (header, inputs, err) = read(&bytes).unwrap();
+    assert!(err.is_none());
+    assert_eq!(header, documented_header());
+    let counters = KernelCounters::unknown()
+        .with(Counter::Seen, 1)
+        .with(Counter::Filtered, 2)
+        .with(Counter::Submitted, 3)
+        .with(Counter::RingbufFull, 4)
+        .with(Counter::Deferred, 5)
+        .with(Counter::RecursionMisses, 6);
+    assert_eq!(
+        inputs,
+        [
+            Input::Tick {
+                now_ns: 0x1122_3344_5566_7788
+            },
+            Input::Counters(counters),
+            Input::Event(documented_event()),
+        ]
+    );
+    // A version-2 length in a version-1 file is damage, not a guess.
+    let wrong = documented_bytes(1, &[0; 88]);
+    let (_, _, err) = read(&wrong).unwrap();
+    assert!(matches!(
+        err.map(|e| e.kind),
+        Some(RecordErrorKind::BadLength {
+            kind: 3,
+            len: 88,
+            expected: 48
+        })
+    ));
 }
 
 #[test]
@@ -407,21 +462,27 @@ fn other_files_are_refused_clearly() {
 #[test]
 fn other_versions_are_refused_clearly() {
     let (bytes, _) = record(&header(), &inputs());
-    let mut v2 = bytes.clone();
-    v2[8] = 2;
-    let err = read(&v2).unwrap_err();
-    assert!(matches!(err.kind, RecordErrorKind::UnsupportedVersion(2)));
+    let mut v3 = bytes.clone();
+    v3[8] = 3;
+    let err = read(&v3).unwrap_err();
+    assert!(matches!(err.kind, RecordErrorKind::UnsupportedVersion(3)));
     assert_eq!(err.offset, 8);
     let msg = err.to_string();
     assert!(
-        msg.starts_with("unsupported recording at byte 8: format version 2, tcpstate ")
-            && msg.ends_with(" reads version 1"),
+        msg.starts_with("unsupported recording at byte 8: format version 3, tcpstate ")
+            && msg.ends_with(" reads versions 1 to 2"),
         "{msg}"
     );
     // A later version may change everything after the version field, even the header's length.
     assert!(matches!(
-        read(&v2[..10]).unwrap_err().kind,
-        RecordErrorKind::UnsupportedVersion(2)
+        read(&v3[..10]).unwrap_err().kind,
+        RecordErrorKind::UnsupportedVersion(3)
+    ));
+    let mut v0 = bytes.clone();
+    v0[8] = 0;
+    assert!(matches!(
+        read(&v0).unwrap_err().kind,
+        RecordErrorKind::UnsupportedVersion(0)
     ));
 
     let mut wider = bytes;

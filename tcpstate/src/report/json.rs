@@ -11,12 +11,13 @@ use tcpstate_common::{owner_source, AF_INET};
 use super::ms_f64;
 use super::summary::{Summary, SummaryKind};
 use crate::event::{comm, local_addr, remote_addr, state_name, Event};
+use crate::input::KernelCounters;
 use crate::stats::{Histogram, Log2Histogram};
 use crate::timeline::{Conn, Outcome, Phase, Role, Step};
 
 pub const CONNECTION_SCHEMA: &str = "tcpstate.connection.v1";
 pub const TRANSITION_SCHEMA: &str = "tcpstate.transition.v1";
-pub const SUMMARY_SCHEMA: &str = "tcpstate.summary.v1";
+pub const SUMMARY_SCHEMA: &str = "tcpstate.summary.v2";
 
 /// A u64 as a hex string (kernel addresses exceed what JSON numbers hold exactly everywhere).
 struct Hex(u64);
@@ -296,15 +297,15 @@ impl Serialize for Counts<'_> {
     }
 }
 
+/// Every kernel counter by name (`null` when unknown), then the two derived from them.
 #[derive(Serialize)]
 struct KernelJson {
-    seen: u64,
-    filtered: u64,
-    submitted: u64,
-    ringbuf_full: u64,
-    recursion_misses: u64,
-    lost: u64,
-    deferred: u64,
+    #[serde(flatten)]
+    counters: KernelCounters,
+    /// `ringbuf_full + hold_failed + recursion_misses`.
+    lost: Option<u64>,
+    /// `deferred - released - held_dropped`.
+    held: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -338,7 +339,7 @@ struct SummaryJson<'a> {
     pipeline: PipelineJson,
 }
 
-/// One summary object (`tcpstate.summary.v1`) and its newline.
+/// One summary object (`tcpstate.summary.v2`) and its newline.
 pub fn summary(s: &Summary<'_>, out: &mut impl io::Write) -> io::Result<()> {
     let outcomes: Vec<(&'static str, u64)> = Outcome::ALL
         .iter()
@@ -368,13 +369,9 @@ pub fn summary(s: &Summary<'_>, out: &mut impl io::Write) -> io::Result<()> {
         connect_latency_us_log2: Buckets(&s.stats.connect_us),
         close_wait: LatencyJson::of(&s.stats.close_wait),
         kernel: s.counters.map(|k| KernelJson {
-            seen: k.seen,
-            filtered: k.filtered,
-            submitted: k.submitted,
-            ringbuf_full: k.ringbuf_full,
-            recursion_misses: k.recursion_misses,
+            counters: k,
             lost: k.lost(),
-            deferred: k.deferred,
+            held: k.held(),
         }),
         pipeline: PipelineJson {
             events: s.pipeline.events,

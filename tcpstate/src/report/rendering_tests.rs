@@ -3,7 +3,7 @@
 use tcpstate_common::{owner_source, state::*, Event};
 
 use crate::event::tests::{ev, CHILD, CLIENT, LISTENER, MS, SEC, US};
-use crate::input::{Input, KernelCounters};
+use crate::input::{Counter, Input, KernelCounters};
 use crate::pipeline::{ClockBase, Format, Mode, OutputConfig, Pipeline, TimeColumn};
 
 const T: u64 = 100 * SEC;
@@ -419,13 +419,13 @@ fn interval_summaries_follow_event_time() {
     cfg.clock.start_mono_ns = T;
     cfg.summary_at_end = true;
     let mut inputs = all_events();
-    inputs.push(Input::Counters(KernelCounters {
-        seen: 30,
-        submitted: 28,
-        ringbuf_full: 1,
-        recursion_misses: 1,
-        ..Default::default()
-    }));
+    inputs.push(Input::Counters(
+        KernelCounters::zero()
+            .with(Counter::Seen, 30)
+            .with(Counter::Submitted, 28)
+            .with(Counter::RingbufFull, 1)
+            .with(Counter::RecursionMisses, 1),
+    ));
     inputs.push(Input::Tick {
         now_ns: T + 40 * MS,
     });
@@ -433,7 +433,7 @@ fn interval_summaries_follow_event_time() {
     let summaries: Vec<serde_json::Value> = out
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["schema"] == "tcpstate.summary.v1")
+        .filter(|v| v["schema"] == "tcpstate.summary.v2")
         .collect();
     let shape: Vec<(String, u64, u64, u64)> = summaries
         .iter()
@@ -550,7 +550,7 @@ fn max_records_limits_what_is_printed_not_what_is_counted() {
     assert_eq!(records, 3);
     let summary = limited
         .lines()
-        .find(|l| l.contains("tcpstate.summary.v1"))
+        .find(|l| l.contains("tcpstate.summary.v2"))
         .expect("the summary still comes");
     // Every event still went through the engine and the statistics.
     let v: serde_json::Value = serde_json::from_str(summary).expect("summary JSON");
@@ -569,4 +569,38 @@ fn max_records_limits_what_is_printed_not_what_is_counted() {
     .expect("summary JSON");
     assert_eq!(v["connections"], unlimited["connections"]);
     assert_eq!(v["pipeline"]["events"], total as u64);
+}
+
+/// The text summary names every kernel counter; one that could not be read says so.
+#[test]
+fn text_summary_names_every_counter() {
+    let cfg = OutputConfig {
+        summary_at_end: true,
+        ..config(Mode::Connections, Format::Table)
+    };
+    let known = KernelCounters::zero()
+        .with(Counter::Seen, 12)
+        .with(Counter::HoldFailed, 2)
+        .with(Counter::OwnerUpdateFailed, 1);
+    let out = render(cfg, &[Input::Counters(known)]);
+    for c in Counter::ALL {
+        assert!(out.contains(c.name()), "{}: {out}", c.name());
+    }
+    assert!(
+        out.contains("kernel: 12 seen, 0 filtered, 0 submitted, 2 lost"),
+        "{out}"
+    );
+    assert!(out.contains("2 events were lost"), "{out}");
+    assert!(out.contains("owner table was full 1 times"), "{out}");
+    assert!(!out.contains("unknown"), "{out}");
+
+    let mut partial = known;
+    partial.set(Counter::RecursionMisses, None);
+    let out = render(cfg, &[Input::Counters(partial)]);
+    assert!(out.contains("lost unknown"), "{out}");
+    assert!(out.contains("recursion_misses unknown"), "{out}");
+    assert!(
+        out.contains("WARNING: kernel counters unknown (unreadable, or not in this recording): recursion_misses"),
+        "{out}"
+    );
 }

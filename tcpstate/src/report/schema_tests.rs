@@ -7,13 +7,13 @@ use serde_json::Value;
 
 use super::rendering_tests::{conversation, odd_ones, render};
 use crate::event::tests::ev;
-use crate::input::{Input, KernelCounters};
+use crate::input::{Counter, Input, KernelCounters};
 use crate::pipeline::{Format, Mode, OutputConfig};
 use tcpstate_common::state::*;
 
 const CONNECTION: &str = include_str!("../../../docs/schema/connection.v1.json");
 const TRANSITION: &str = include_str!("../../../docs/schema/transition.v1.json");
-const SUMMARY: &str = include_str!("../../../docs/schema/summary.v1.json");
+const SUMMARY: &str = include_str!("../../../docs/schema/summary.v2.json");
 
 const KNOWN: [&str; 15] = [
     "$schema",
@@ -171,14 +171,15 @@ fn inputs() -> Vec<Input> {
             80,
         )));
     }
-    inputs.push(Input::Counters(KernelCounters {
-        seen: 40,
-        filtered: 2,
-        submitted: 37,
-        ringbuf_full: 1,
-        deferred: 1,
-        recursion_misses: 0,
-    }));
+    inputs.push(Input::Counters(
+        KernelCounters::zero()
+            .with(Counter::Seen, 40)
+            .with(Counter::Filtered, 2)
+            .with(Counter::Submitted, 37)
+            .with(Counter::RingbufFull, 1)
+            .with(Counter::Deferred, 1)
+            .with(Counter::RecursionMisses, 0),
+    ));
     inputs
 }
 
@@ -267,4 +268,49 @@ fn the_checker_catches_mistakes() {
     let mut extra = good;
     extra["surprise"] = Value::from(1);
     assert!(check(&schema, &extra, "c").is_err());
+}
+
+/// The schema's `kernel` object is the one list of counters, plus the two derived from it.
+#[test]
+fn the_summary_schema_lists_every_counter() {
+    let schema: Value = serde_json::from_str(SUMMARY).unwrap_or(Value::Null);
+    let kernel = &schema["properties"]["kernel"];
+    // `required` is ordered (and all fields are required); the properties object is not.
+    let documented: Vec<&str> = kernel["required"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut want: Vec<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
+    want.extend(["lost", "held"]);
+    assert_eq!(documented, want);
+    assert_eq!(
+        kernel["properties"].as_object().map(|o| o.len()),
+        Some(want.len())
+    );
+}
+
+/// A counter that could not be read is `null` in the summary, and that is valid.
+#[test]
+fn unknown_counters_are_null_and_valid() {
+    let schema: Value = serde_json::from_str(SUMMARY).unwrap_or(Value::Null);
+    let counters = KernelCounters::unknown()
+        .with(Counter::Seen, 5)
+        .with(Counter::RingbufFull, 1);
+    let out = render(
+        OutputConfig {
+            format: Format::Json,
+            summary_at_end: true,
+            ..OutputConfig::default()
+        },
+        &[Input::Counters(counters)],
+    );
+    let line = out.lines().last().unwrap_or("");
+    let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+    assert_eq!(check(&schema, &v, "s"), Ok(()), "{line}");
+    assert_eq!(v["kernel"]["seen"], 5);
+    assert_eq!(v["kernel"]["ringbuf_full"], 1);
+    assert!(v["kernel"]["recursion_misses"].is_null());
+    // One loss counter unknown: the total is unknown too, not a partial sum.
+    assert!(v["kernel"]["lost"].is_null());
+    assert!(v["kernel"]["held"].is_null());
 }

@@ -3,7 +3,7 @@
 use std::fmt::{self, Write};
 
 use super::Ms;
-use crate::input::KernelCounters;
+use crate::input::{Counter, KernelCounters};
 use crate::stats::Stats;
 use crate::timeline::{Outcome, Role};
 
@@ -111,27 +111,88 @@ pub fn text(s: &Summary<'_>, out: &mut impl Write) -> fmt::Result {
         "events: {} processed, {} late for the reorder window, {} released early, {} sockets reused while open, {} paired",
         p.events, p.late, p.forced, p.superseded, p.paired
     )?;
-    match s.counters {
-        Some(k) => {
-            writeln!(
-                out,
-                "kernel: {} seen, {} filtered, {} submitted, {} lost (ringbuf_full {}, recursion_misses {})",
-                k.seen,
-                k.filtered,
-                k.submitted,
-                k.lost(),
-                k.ringbuf_full,
-                k.recursion_misses
-            )?;
-            if k.lost() > 0 {
-                writeln!(
-                    out,
-                    "WARNING: {} events were lost in the kernel: some timelines are incomplete",
-                    k.lost()
-                )?;
-            }
-        }
+    match &s.counters {
+        Some(k) => kernel_text(k, out)?,
         None => writeln!(out, "kernel: no counters received")?,
+    }
+    Ok(())
+}
+
+/// A counter's value, or `unknown` when it could not be read (or the recording predates it).
+struct Value(Option<u64>);
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(v) => write!(f, "{v}"),
+            None => f.write_str("unknown"),
+        }
+    }
+}
+
+/// `N name`, or `name unknown`.
+struct Count(&'static str, Option<u64>);
+
+impl fmt::Display for Count {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.1 {
+            Some(v) => write!(f, "{v} {}", self.0),
+            None => write!(f, "{} unknown", self.0),
+        }
+    }
+}
+
+/// Every kernel counter by name: the event counts and losses, then the held events and tables.
+fn kernel_text(k: &KernelCounters, out: &mut impl Write) -> fmt::Result {
+    let v = |c: Counter| Value(k.get(c));
+    let first = [Counter::Seen, Counter::Filtered, Counter::Submitted];
+    write!(out, "kernel:")?;
+    for c in first {
+        write!(out, " {},", Count(c.name(), k.get(c)))?;
+    }
+    write!(out, " {} (", Count("lost", k.lost()))?;
+    let losses = Counter::ALL.iter().filter(|c| c.is_loss());
+    for (i, &c) in losses.enumerate() {
+        let sep = if i == 0 { "" } else { ", " };
+        write!(out, "{sep}{} {}", c.name(), v(c))?;
+    }
+    writeln!(out, ")")?;
+    // The rest of the list, so that every counter is named; `held` after what it derives from.
+    write!(out, "kernel tables:")?;
+    let rest = Counter::ALL
+        .into_iter()
+        .filter(|c| !c.is_loss() && !first.contains(c));
+    for (i, c) in rest.enumerate() {
+        let sep = if i == 0 { " " } else { ", " };
+        write!(out, "{sep}{} {}", c.name(), v(c))?;
+        if c == Counter::HeldDropped {
+            write!(out, ", held {}", Value(k.held()))?;
+        }
+    }
+    writeln!(out)?;
+    if let Some(lost) = k.lost().filter(|&n| n > 0) {
+        writeln!(
+            out,
+            "WARNING: {lost} events were lost in the kernel: some timelines are incomplete"
+        )?;
+    }
+    let mut unknown = k.unknown_counters().peekable();
+    if unknown.peek().is_some() {
+        write!(
+            out,
+            "WARNING: kernel counters unknown (unreadable, or not in this recording):"
+        )?;
+        for (i, c) in unknown.enumerate() {
+            let sep = if i == 0 { " " } else { ", " };
+            write!(out, "{sep}{}", c.name())?;
+        }
+        writeln!(out)?;
+    }
+    if let Some(n) = k.get(Counter::OwnerUpdateFailed).filter(|&n| n > 0) {
+        writeln!(
+            out,
+            "WARNING: the kernel's owner table was full {n} times: those sockets show no owner"
+        )?;
     }
     Ok(())
 }

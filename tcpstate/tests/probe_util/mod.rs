@@ -13,6 +13,7 @@ use std::{
 use tcpstate::{
     event::{self, Event},
     filter::FilterSpec,
+    input::{Counter, KernelCounters},
     kernel::{
         probe::{Probe, ProbeOptions},
         procscan::Preexisting,
@@ -20,13 +21,19 @@ use tcpstate::{
 };
 use tcpstate_common::state::{CLOSE, LISTEN, SYN_RECV, SYN_SENT};
 
+/// Whether the test runs as root; when not it is skipped, which fails in CI (`CI=true`).
 pub fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let ok = unsafe { libc::geteuid() } == 0;
-    if !ok {
-        eprintln!("skipped: needs root (run `cargo xtask test` as root)");
-    }
-    ok
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("kernel test")
+        .to_string();
+    crate::skip::need_root(&test)
+}
+
+/// A counter that must be known.
+pub fn count(c: &KernelCounters, which: Counter) -> u64 {
+    c.get(which)
+        .unwrap_or_else(|| panic!("kernel counter {} unknown: {c:?}", which.name()))
 }
 
 /// A port nothing listens on right now (bound then released).

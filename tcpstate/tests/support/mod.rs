@@ -15,12 +15,5 @@ pub use netns::{enter_netns, run_in_netns};
 pub use peer::{field_u64, peer_path, run_client, PeerOutput, PeerProcess};
 pub use relay::mono_ns;
 
-/// Whether the test runs as root; prints the skip line when it does not.
-pub fn need_root(test: &str) -> bool {
-    // SAFETY: plain syscall without arguments.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    println!("{test}: skipped: needs root");
-    false
-}
+/// Whether the test runs as root; when not it is skipped, which fails in CI (`CI=true`).
+pub use crate::skip::need_root;

@@ -153,7 +153,9 @@ pub fn summarize(m: &Measurements, config: Config) -> Option<Summary> {
     };
     let prog =
         sum_opt(&|t| t.prog.map(|p| p.run_time_ns)).zip(sum_opt(&|t| t.prog.map(|p| p.run_cnt)));
-    let accounted = delivered + buffer_full + recursion_misses.unwrap_or(0) + filtered;
+    let hold_failed = sum(&|t| t.counts.hold_failed);
+    let accounted =
+        delivered + buffer_full + hold_failed + recursion_misses.unwrap_or(0) + filtered;
     Some(Summary {
         config,
         rounds: rounds.len(),
@@ -410,6 +412,7 @@ mod tests {
                 filtered: 0,
                 seen: Some(10_000),
                 deferred: 0,
+                hold_failed: 0,
                 output_bytes: 1_000_000,
             },
         }];

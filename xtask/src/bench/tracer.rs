@@ -16,6 +16,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use tcpstate_common::{Counter, KernelCounters};
 
 use super::measure;
 
@@ -273,6 +274,9 @@ pub struct TracerCounts {
     pub seen: Option<u64>,
     /// Events the kernel held back until their port was known (tcpstate's port filters).
     pub deferred: u64,
+    /// Lost because they could not be held until their port was known (tcpstate's port
+    /// filters; the table of held events was full).
+    pub hold_failed: u64,
     /// Bytes of output written.
     pub output_bytes: u64,
 }
@@ -663,21 +667,30 @@ fn read_counters(path: &Path) -> Result<TracerCounts> {
     parse_counters(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
+/// tcpstate's `--counters-json`: every kernel counter by name (tcpstate's own `KernelCounters`
+/// type, so no counter is forgotten here) plus `delivered`.
 fn parse_counters(text: &str) -> Result<TracerCounts> {
-    let value: serde_json::Value = serde_json::from_str(text.trim())?;
-    let field = |name: &str| -> Result<u64> {
-        value
-            .get(name)
-            .and_then(serde_json::Value::as_u64)
-            .with_context(|| format!("no counter {name:?}"))
+    let text = text.trim();
+    let kernel: KernelCounters = serde_json::from_str(text)?;
+    let value: serde_json::Value = serde_json::from_str(text)?;
+    let delivered = value
+        .get("delivered")
+        .and_then(serde_json::Value::as_u64)
+        .context("no \"delivered\" count")?;
+    // An unknown counter is an error here: the benchmark's accounting needs every one.
+    let field = |c: Counter| -> Result<u64> {
+        kernel
+            .get(c)
+            .with_context(|| format!("counter {:?} unknown or missing", c.name()))
     };
     Ok(TracerCounts {
-        delivered: field("delivered")?,
-        buffer_full: field("ringbuf_full")?,
-        recursion_misses: Some(field("recursion_misses")?),
-        filtered: field("filtered")?,
-        seen: Some(field("seen")?),
-        deferred: field("deferred")?,
+        delivered,
+        buffer_full: field(Counter::RingbufFull)?,
+        recursion_misses: Some(field(Counter::RecursionMisses)?),
+        filtered: field(Counter::Filtered)?,
+        seen: Some(field(Counter::Seen)?),
+        deferred: field(Counter::Deferred)?,
+        hold_failed: field(Counter::HoldFailed)?,
         output_bytes: 0,
     })
 }
@@ -688,7 +701,7 @@ mod tests {
 
     #[test]
     fn counters_json() {
-        let text = r#"{"seen":30,"filtered":10,"submitted":20,"delivered":19,"ringbuf_full":1,"recursion_misses":2,"deferred":0}"#;
+        let text = r#"{"seen":30,"filtered":10,"submitted":20,"ringbuf_full":1,"hold_failed":3,"recursion_misses":2,"deferred":0,"released":0,"held_dropped":0,"owner_update_failed":0,"lost":6,"held":0,"delivered":19}"#;
         let c = parse_counters(text).expect("valid");
         assert_eq!(
             c,
@@ -699,10 +712,14 @@ mod tests {
                 filtered: 10,
                 seen: Some(30),
                 deferred: 0,
+                hold_failed: 3,
                 output_bytes: 0,
             }
         );
         assert!(parse_counters(r#"{"seen":1}"#).is_err());
+        // Unknown is not 0.
+        let unknown = text.replace(r#""hold_failed":3"#, r#""hold_failed":null"#);
+        assert!(parse_counters(&unknown).is_err());
     }
 
     #[test]
