@@ -104,7 +104,8 @@ struct ErrnoLabel {
 /// is `other`, and each such port is counted once in `tcpstate_metrics_series_dropped_total`.
 #[derive(Debug)]
 pub(crate) struct PortLabels {
-    named: Option<Vec<u16>>,
+    /// One bit per port named with `--metrics-ports` (a range can name thousands).
+    named: Option<Box<[u64; 1024]>>,
     /// One bit per port: listening (auto mode).
     listening: Box<[u64; 1024]>,
     /// One bit per port: has a value of its own.
@@ -125,6 +126,13 @@ fn set_bit(set: &mut [u64; 1024], p: u16) {
 
 impl PortLabels {
     pub(crate) fn new(named: Option<Vec<u16>>, max: u32) -> PortLabels {
+        let named = named.map(|ports| {
+            let mut set = Box::new([0; 1024]);
+            for p in ports {
+                set_bit(&mut set, p);
+            }
+            set
+        });
         PortLabels {
             named,
             listening: Box::new([0; 1024]),
@@ -155,7 +163,7 @@ impl PortLabels {
             return Port(None);
         }
         let wanted = match &self.named {
-            Some(list) => list.contains(&port),
+            Some(set) => bit(set, port),
             None => wanted || bit(&self.listening, port),
         };
         if !wanted {
