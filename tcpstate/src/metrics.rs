@@ -255,7 +255,7 @@ pub(crate) struct SocketFacts {
     pub synack_rtt_ns: Option<u64>,
     /// Retransmissions by kind: syn, synack, data, fin, failed.
     pub retransmits: Retransmits,
-    /// `in` or `out`, when the connection ended with a reset.
+    /// `sent` or `received` (as in the JSON output), when the connection had a reset.
     pub reset_direction: Option<&'static str>,
     /// Symbolic errno of a failed connect (`ECONNREFUSED`, ...).
     pub connect_errno: Option<&'static str>,
@@ -326,7 +326,7 @@ impl Metrics {
         );
         r.register(
             "tcpstate_resets",
-            "Connections ended by a reset, by direction (in: received, out: sent)",
+            "Connections with a reset, by direction (sent, received)",
             m.resets.clone(),
         );
         r.register(
@@ -514,9 +514,33 @@ impl Metrics {
     }
 }
 
-/// ISSUE-10 WIRING: the issue-10 facts of `c`, once `Conn` carries them (its `synack_rtt_ns`,
-/// `retransmits {syn,synack,data,fin,failed}`, `reset {direction}` and `errno`). Today's `Conn`
-/// has none of them, so this says "not measured" and the families stay empty.
+/// ISSUE-10 WIRING: the issue-10 facts of `c`, once `Conn` carries them. Today's `Conn` has
+/// none, so this says "not measured" and the families stay empty. With the `Conn` of branch
+/// `why-user` (as of c606468) the body becomes:
+///
+/// ```text
+/// let retx = c.retransmits().unwrap_or_default();
+/// let n = |k: RetxKind| u64::from(retx[k as usize]);
+/// Some(SocketFacts {
+///     synack_rtt_ns: c.synack_rtt_ns(),
+///     retransmits: Retransmits {
+///         syn: n(RetxKind::Syn), synack: n(RetxKind::SynAck), data: n(RetxKind::Data),
+///         fin: n(RetxKind::Fin), failed: n(RetxKind::Failed),
+///     },
+///     reset_direction: c.reset_info().map(|(d, _)| {
+///         if d == reset_direction::SENT { "sent" } else { "received" }
+///     }),
+///     // A connect failure: a client whose handshake never completed, with its errno.
+///     connect_errno: (c.role() == Role::Client && c.handshake_ns().is_none())
+///         .then(|| c.errno())
+///         .flatten()
+///         .filter(|&e| e != 0)
+///         .and_then(why::errno_name),
+/// })
+/// ```
+///
+/// and `MetricsRenderer` implements that branch's `Renderer::refused` by calling
+/// [`Metrics::observe_refused_inbound`].
 fn socket_facts(_c: &Conn) -> Option<SocketFacts> {
     None
 }
@@ -764,7 +788,7 @@ mod tests {
                     fin: 1,
                     failed: 1,
                 },
-                reset_direction: Some("in"),
+                reset_direction: Some("received"),
                 connect_errno: Some("ECONNREFUSED"),
             },
             Port(Some(8080)),
