@@ -87,17 +87,19 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-/// A GET over plain HTTP/1.0 (the server closes when done); the body.
-fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+/// A request over plain HTTP/1.0 (the server closes when done): head and body.
+fn http(port: u16, method: &str, path: &str) -> std::io::Result<(String, String)> {
     let mut s = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), LIMIT)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
-    Ok(resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default())
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    Ok((head.to_string(), body.to_string()))
+}
+
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    http(port, "GET", path).map(|(_, body)| body)
 }
 
 /// An instant query: label set -> value.
@@ -164,7 +166,29 @@ fn prometheus_scrapes_known_connections() {
             .expect("starting the exporter"),
     );
     let exporter_err = stderr_lines(&mut exporter.0);
-    wait_line(&exporter_err, "tracing TCP state changes", LIMIT);
+    let said = wait_line(&exporter_err, "tracing TCP state changes", LIMIT);
+    assert!(
+        said.iter().any(|l| l.contains(&format!(
+            "serving metrics on http://127.0.0.1:{exporter_port}/metrics"
+        ))),
+        "{said:?}"
+    );
+    // GET /metrics only.
+    let (head, body) = http(exporter_port, "GET", "/metrics").expect("GET /metrics");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    let (head, _) = http(exporter_port, "GET", "/").expect("GET /");
+    assert!(head.contains(" 404 "), "{head}");
+    let (head, _) = http(exporter_port, "POST", "/metrics").expect("POST /metrics");
+    assert!(head.contains(" 405 "), "{head}");
 
     let dir = std::env::temp_dir().join(format!("tcpstate-prom-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -290,6 +314,8 @@ fn prometheus_scrapes_known_connections() {
     // The tracer's health made it too.
     let built = query(prom_port, "tcpstate_build_info");
     assert_eq!(built.len(), 1, "{built:?}");
+    let states = query(prom_port, "count(tcpstate_open_connections)");
+    assert_eq!(states.first().map(|(_, v)| *v), Some(11.0), "{states:?}");
     let lost = query(prom_port, "sum(tcpstate_events_lost_total)");
     assert_eq!(lost.first().map(|(_, v)| *v), Some(0.0), "{lost:?}");
 
