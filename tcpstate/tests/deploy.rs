@@ -7,12 +7,8 @@ mod skip;
 mod support;
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpstate");
@@ -138,8 +134,15 @@ fn systemd_unit_verifies() {
 
 /// As root, with the bounding set cut to the unit's capabilities: the exporter attaches and
 /// serves. Proves the list is enough (tracefs mounted, as systemd does at boot).
+#[cfg(feature = "kernel")]
 #[test]
 fn exporter_runs_with_only_the_granted_capabilities() {
+    use std::{
+        io::{Read, Write},
+        net::{SocketAddr, TcpListener, TcpStream},
+        thread,
+        time::{Duration, Instant},
+    };
     if !support::need_root("exporter_runs_with_only_the_granted_capabilities")
         || !have(
             "setpriv",

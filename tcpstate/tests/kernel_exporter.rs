@@ -3,6 +3,8 @@
 //! then Prometheus' query API must show their outcomes and put the connect latency in the
 //! histogram bucket the link's RTT falls in. Every process is killed and reaped on any failure.
 
+#![cfg(feature = "kernel")]
+
 mod skip;
 mod support;
 
