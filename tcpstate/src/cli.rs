@@ -22,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Trace TCP state changes live (needs root).
     Trace(Box<TraceArgs>),
+    /// Serve Prometheus metrics of the traced connections on GET /metrics (needs root).
+    Exporter(Box<ExporterArgs>),
     /// Rebuild the output of a recording made with `trace --record` (no root needed).
     Replay(ReplayArgs),
     /// Print a shell completion script: `tcpstate completions bash > /etc/bash_completion.d/tcpstate`.
@@ -102,11 +104,9 @@ pub struct OutputArgs {
     pub max_tracked: u32,
 }
 
+/// Which connections are traced, in the kernel; shared by `trace` and `exporter`.
 #[derive(Debug, Clone, Args)]
-pub struct TraceArgs {
-    #[command(flatten)]
-    pub output: OutputArgs,
-
+pub struct FilterArgs {
     /// Only sockets owned by these processes (comma-separated pids; threads included).
     #[arg(short = 'p', long = "pid", value_name = "PIDS", value_parser = filter::parse_pids)]
     pub pids: Vec<Vec<u32>>,
@@ -132,6 +132,15 @@ pub struct TraceArgs {
     /// IPv6 only (not IPv6 sockets with a v4-mapped remote address; listeners on `::` too).
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
 
     /// Stop after SECS seconds.
     #[arg(short = 'd', long, value_name = "SECS", value_parser = positive_f64)]
@@ -159,6 +168,53 @@ pub struct TraceArgs {
     pub debug: bool,
 }
 
+/// The default `--listen`: loopback, and a port outside the fully allocated 9100-9999
+/// exporter range.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:14620";
+
+#[derive(Debug, Clone, Args)]
+pub struct ExporterArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    /// Where to serve GET /metrics. Loopback by default; any other address is served only
+    /// because it is written here (e.g. 0.0.0.0:14620 in a pod) and is warned about.
+    #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// Ports that get a `port` label value of their own (comma-separated, ranges); without
+    /// it, every port seen listening on this host. Others are port="other".
+    #[arg(long, value_name = "PORTS", value_parser = filter::parse_ports)]
+    pub metrics_ports: Vec<Vec<u16>>,
+    /// Most distinct `port` label values; beyond it values go to port="other" and
+    /// tcpstate_metrics_series_dropped_total counts the ports refused.
+    #[arg(long, value_name = "N", default_value_t = crate::metrics::DEFAULT_MAX_PORT_SERIES,
+          value_parser = clap::value_parser!(u32).range(0..=4096))]
+    pub metrics_max_series: u32,
+    /// Most sockets followed at once; the oldest is dropped (and counted) beyond that.
+    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub max_tracked: u32,
+    /// Size of the kernel's ring buffer (power of two; suffixes K, M).
+    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_buffer_size)]
+    pub buffer_size: u32,
+    /// Stop after SECS seconds (for tests and benchmarks; a service runs until SIGTERM).
+    #[arg(short = 'd', long, value_name = "SECS", value_parser = positive_f64)]
+    pub duration: Option<f64>,
+    /// Write the kernel's final counters as JSON to PATH at exit (as `trace --counters-json`).
+    #[arg(long, value_name = "PATH")]
+    pub counters_json: Option<PathBuf>,
+    /// Show the kernel program's diagnostics (aya-log) on stderr.
+    #[arg(long)]
+    pub debug: bool,
+}
+
+impl ExporterArgs {
+    /// The `--metrics-ports` list, or None for "listening ports".
+    pub fn metrics_ports(&self) -> Option<Vec<u16>> {
+        let v = self.metrics_ports.concat();
+        (!v.is_empty()).then_some(v)
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
     /// A file written by `tcpstate trace --record`.
@@ -169,6 +225,12 @@ pub struct ReplayArgs {
 
 impl TraceArgs {
     pub fn filter_spec(&self) -> FilterSpec {
+        self.filter.spec()
+    }
+}
+
+impl FilterArgs {
+    pub fn spec(&self) -> FilterSpec {
         FilterSpec {
             pids: self.pids.concat(),
             comm: self.comm.clone(),

@@ -7,6 +7,8 @@
 pub mod cli;
 pub(crate) mod clock;
 pub mod event;
+#[cfg(feature = "kernel")]
+pub mod exporter;
 pub mod facts;
 pub mod filter;
 pub mod input;
@@ -14,6 +16,10 @@ pub mod input;
 pub mod kernel;
 #[cfg(feature = "kernel")]
 pub mod live;
+// Pure, so its tests (and the dashboard check) run in the core build too; only the exporter
+// (kernel feature) feeds it.
+#[cfg_attr(not(feature = "kernel"), allow(dead_code))]
+pub mod metrics;
 pub(crate) mod output;
 pub mod pipeline;
 pub mod record;

@@ -112,21 +112,7 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
         None => None,
     };
 
-    let before = procscan::scan();
-    let mut probe = Probe::attach(&opts, &before).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if let Some(dir) = &probe.mounted_tracefs {
-        eprintln!(
-            "tcpstate: tracefs was not mounted; mounted it at {}",
-            dir.display()
-        );
-    }
-    for notice in &probe.notices {
-        eprintln!("tcpstate: note: {notice}");
-    }
-    // Sockets created between the first scan and the attach.
-    probe
-        .add_preexisting(&procscan::scan())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut probe = attach(&opts)?;
 
     let clock = clock::Start::now();
     // The kernel's reset reason names (`enum sk_rst_reason` from BTF, lower case, by value),
@@ -173,7 +159,11 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             last_record_flush: Instant::now(),
             facts_plan: probe.facts_plan.clone(),
         };
-        rt.block_on(event_loop(args, filtered, &mut probe, &mut session))
+        let limits = Limits {
+            duration: args.duration,
+            watch_stdout: true,
+        };
+        rt.block_on(event_loop(limits, filtered, &mut probe, &mut session))
     };
 
     // Whatever stopped us, account for everything and leave nothing attached.
@@ -263,6 +253,60 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
     Ok(exit)
 }
 
+/// Loads and attaches the program, with the sockets that already exist.
+pub(crate) fn attach(opts: &ProbeOptions) -> Result<Probe> {
+    let before = procscan::scan();
+    let mut probe = Probe::attach(opts, &before).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(dir) = &probe.mounted_tracefs {
+        eprintln!(
+            "tcpstate: tracefs was not mounted; mounted it at {}",
+            dir.display()
+        );
+    }
+    for notice in &probe.notices {
+        eprintln!("tcpstate: note: {notice}");
+    }
+    // Sockets created between the first scan and the attach.
+    probe
+        .add_preexisting(&procscan::scan())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(probe)
+}
+
+/// What ends the loop besides a signal.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// `--duration`.
+    pub duration: Option<f64>,
+    /// Stop when the reader of stdout goes away (`trace | head`); not for a daemon.
+    pub watch_stdout: bool,
+}
+
+/// The seam for `exporter`: trace loop and all, into `output` (whose renderer is its sink),
+/// until a signal or `limits`. Returns the events delivered and the undecodable records.
+pub(crate) async fn run_into(
+    limits: Limits,
+    filtered: bool,
+    probe: &mut Probe,
+    output: &mut Output,
+) -> Result<(u64, u64)> {
+    let mut totals = Totals::default();
+    let mut reader = CounterReader::default();
+    let mut session = Session {
+        output,
+        out: &mut io::sink(),
+        recorder: &mut None,
+        totals: &mut totals,
+        counters: &mut reader,
+        last_record_flush: Instant::now(),
+        facts_plan: probe.facts_plan.clone(),
+    };
+    event_loop(limits, filtered, probe, &mut session)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((totals.delivered, totals.undecodable))
+}
+
 fn w_finish<W: Write>(w: RecordWriter<W>) -> io::Result<()> {
     w.finish().map(|_| ())
 }
@@ -276,7 +320,11 @@ fn describe_io(e: &io::Error) -> String {
 }
 
 /// Every kernel counter by name (`null` when unknown), `lost`, `held`, and what user space read.
-fn write_counters_json(path: &Path, c: &KernelCounters, delivered: u64) -> io::Result<()> {
+pub(crate) fn write_counters_json(
+    path: &Path,
+    c: &KernelCounters,
+    delivered: u64,
+) -> io::Result<()> {
     let mut value = serde_json::to_value(c).map_err(io::Error::from)?;
     if let Some(obj) = value.as_object_mut() {
         obj.insert("lost".into(), c.lost().into());
@@ -381,7 +429,7 @@ fn stdout_closed() -> bool {
 }
 
 async fn event_loop<W: Write>(
-    args: &TraceArgs,
+    limits: Limits,
     filtered: bool,
     probe: &mut Probe,
     session: &mut Session<'_, W>,
@@ -410,7 +458,8 @@ async fn event_loop<W: Write>(
     let mut counters_timer = interval(COUNTERS_EVERY);
     counters_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let deadline = sleep(
-        args.duration
+        limits
+            .duration
             .map(Duration::from_secs_f64)
             .unwrap_or(Duration::from_secs(100 * 365 * 86400)),
     );
@@ -430,7 +479,7 @@ async fn event_loop<W: Write>(
                 guard.clear_ready();
             }
             _ = drain_timer.tick() => {
-                if stdout_closed() {
+                if limits.watch_stdout && stdout_closed() {
                     break Stop::StdoutClosed;
                 }
                 if session.drain(ring.get_mut())? {

@@ -7,6 +7,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Trace(args) => trace(args),
+        Command::Exporter(args) => exporter(args),
         Command::Replay(args) => tcpstate::replay::run(args),
         Command::Completions(args) => completions(args),
     };
@@ -30,6 +31,19 @@ fn completions(args: &tcpstate::cli::CompletionsArgs) -> anyhow::Result<i32> {
 #[cfg(feature = "kernel")]
 fn trace(args: &tcpstate::cli::TraceArgs) -> anyhow::Result<i32> {
     tcpstate::live::run(args)
+}
+
+#[cfg(feature = "kernel")]
+fn exporter(args: &tcpstate::cli::ExporterArgs) -> anyhow::Result<i32> {
+    tcpstate::exporter::run(args)
+}
+
+#[cfg(not(feature = "kernel"))]
+fn exporter(_: &tcpstate::cli::ExporterArgs) -> anyhow::Result<i32> {
+    anyhow::bail!(
+        "this tcpstate was built without the eBPF program (--no-default-features): `exporter` \
+         needs the default build (`cargo xtask build`)"
+    )
 }
 
 #[cfg(not(feature = "kernel"))]

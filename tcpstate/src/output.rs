@@ -87,6 +87,12 @@ impl Output {
         }
     }
 
+    /// Around a pipeline built elsewhere (the exporter's, with its metrics renderer).
+    #[cfg(feature = "kernel")]
+    pub(crate) fn from_pipeline(pipeline: Pipeline) -> Self {
+        Output { pipeline }
+    }
+
     pub fn push(&mut self, input: &Input, out: &mut impl io::Write) -> Result<(), OutputError> {
         Ok(self.pipeline.push(input, out)?)
     }

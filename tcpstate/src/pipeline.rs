@@ -155,19 +155,26 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(cfg: OutputConfig) -> Pipeline {
+        let renderer = render::new(
+            cfg.renderer(),
+            cfg.time,
+            cfg.clock,
+            cfg.wide,
+            cfg.reset_reasons,
+        );
+        Pipeline::with_renderer(cfg, renderer)
+    }
+
+    /// A pipeline whose records go to `renderer` instead of the one `cfg` names (the
+    /// exporter's metrics).
+    pub(crate) fn with_renderer(cfg: OutputConfig, renderer: Box<dyn Renderer>) -> Pipeline {
         Pipeline {
             reorder: Reorder::new(cfg.reorder_window_ns, timeline::DEFAULT_CAPACITY),
             engine: Engine::new(cfg.max_tracked),
             linger: Linger::default(),
             unjoined: 0,
             pairing: Pairing::new(pairing::DEFAULT_WAIT_NS, pairing::DEFAULT_MAX_HELD),
-            renderer: render::new(
-                cfg.renderer(),
-                cfg.time,
-                cfg.clock,
-                cfg.wide,
-                cfg.reset_reasons,
-            ),
+            renderer,
             total: Stats::default(),
             interval: Stats::default(),
             counters: None,
@@ -207,6 +214,7 @@ impl Pipeline {
             }
             Input::Counters(c) => {
                 self.counters = Some(c);
+                self.renderer.counters(&c, &self.engine);
                 return Ok(());
             }
         }

@@ -37,16 +37,47 @@ fn is_root() -> bool {
 /// loaded, and man to render the generated pages.
 const TEST_PACKAGES: &[&str] = &["zsh", "fish", "man-db"];
 
+/// Debian packages installed without their recommendations: Prometheus, which scrapes the
+/// exporter in a test (its recommends pull in node exporters and a web console nobody uses).
+const TEST_PACKAGES_NO_RECOMMENDS: &[&str] = &["prometheus"];
+
+/// Python packages the tests run: kubernetes-validate checks deploy/kubernetes against the
+/// Kubernetes schemas it bundles (other validators download them at run time).
+const TEST_PIP_PACKAGES: &[(&str, &str)] = &[("kubernetes-validate", "kubernetes_validate")];
+
 /// Installs what `cargo xtask test` needs beyond the build (idempotent).
 pub fn ensure_test_tools() -> Result<()> {
-    install_packages(TEST_PACKAGES, "the tests")
+    install_packages(TEST_PACKAGES, "the tests", false)?;
+    install_packages(TEST_PACKAGES_NO_RECOMMENDS, "the Prometheus test", true)?;
+    install_pip_packages(TEST_PIP_PACKAGES)
 }
 
 fn install_debian_packages() -> Result<()> {
-    install_packages(DEBIAN_PACKAGES, "the eBPF build")
+    install_packages(DEBIAN_PACKAGES, "the eBPF build", false)
 }
 
-fn install_packages(packages: &[&str], purpose: &str) -> Result<()> {
+/// `(distribution, module)` pairs: installs with pip what python3 cannot import.
+fn install_pip_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|(_, module)| {
+            !Command::new("python3")
+                .args(["-c", &format!("import {module}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|(dist, _)| *dist)
+        .collect();
+    if missing.is_empty() {
+        say("Python packages for the tests are installed");
+        return Ok(());
+    }
+    run(Command::new("python3")
+        .args(["-m", "pip", "install", "-q"])
+        .args(&missing))
+}
+
+fn install_packages(packages: &[&str], purpose: &str, no_recommends: bool) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()
@@ -76,6 +107,7 @@ fn install_packages(packages: &[&str], purpose: &str) -> Result<()> {
     run(Command::new("apt-get").args(["update", "-q"]))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q"])
+        .args(no_recommends.then_some("--no-install-recommends"))
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }

@@ -12,8 +12,9 @@ use super::time::{ClockBase, TimeColumn, TimeFormatter};
 use super::{json, ladder, table, transitions};
 use crate::event::Event;
 use crate::facts::ResetRecord;
+use crate::input::KernelCounters;
 use crate::pipeline::ResetReasons;
-use crate::timeline::{Conn, Step};
+use crate::timeline::{Conn, Engine, Step};
 
 /// What the pipeline prints, record by record.
 pub(crate) trait Renderer {
@@ -30,6 +31,10 @@ pub(crate) trait Renderer {
     fn summary(&mut self, s: &Summary<'_>, out: &mut Vec<u8>) -> io::Result<()>;
     /// An inbound connection attempt this host refused (no socket: not a connection).
     fn refused(&mut self, r: &ResetRecord, out: &mut Vec<u8>) -> io::Result<()>;
+    /// A snapshot of the kernel's counters arrived (once a second live); the engine's table is
+    /// at hand for sinks that report open connections (the exporter). Printing modes show
+    /// counters only in summaries.
+    fn counters(&mut self, _counters: &KernelCounters, _engine: &Engine) {}
 }
 
 /// Which renderer.

@@ -1,4 +1,5 @@
-//! `--soak MINUTES`: a long storm under the default tracer, watching the tracer's memory.
+//! `--soak MINUTES`: a long storm under the default tracer and the exporter (attached side by
+//! side, the exporter scraped every second), watching both tracers' memory.
 //!
 //! A tracer that keeps per-connection state must not grow under a steady load once its tables
 //! and buffers have reached their working size. The verdict compares the largest sample of the
@@ -30,6 +31,8 @@ const FLAT_TOLERANCE: f64 = 0.05;
 struct Sample {
     at: Duration,
     rss_kib: u64,
+    /// The exporter's, when it runs.
+    exporter_rss_kib: Option<u64>,
     conn_per_s: f64,
 }
 
@@ -42,17 +45,35 @@ pub fn run(storm: &Storm, tools: &Tools, scratch: &Path, duration: Duration) -> 
         &scratch.join("soak.counters.json"),
     )?;
     let pid = tracer.pid();
+    let exporter = match tools.unavailable(Config::Exporter) {
+        None => Some(Tracer::start(
+            Config::Exporter,
+            tools,
+            Path::new("/dev/null"),
+            &scratch.join("soak.exporter.counters.json"),
+        )?),
+        Some(why) => {
+            eprintln!("bench: soak without the exporter: {why}");
+            None
+        }
+    };
+    let exporter_pid = exporter.as_ref().map(Tracer::pid);
     eprintln!(
-        "bench: soak for {:.0} s under `{}`, sampling its VmRSS every {} s",
+        "bench: soak for {:.0} s under `{}`{}, sampling VmRSS every {} s",
         duration.as_secs_f64(),
         Config::Connections.label(),
+        if exporter.is_some() {
+            format!(" and `{}`", Config::Exporter.label())
+        } else {
+            String::new()
+        },
         SAMPLE_EVERY.as_secs()
     );
     let stop = AtomicBool::new(false);
     let progress = AtomicU64::new(0);
     let samples = thread::scope(|scope| -> Result<Vec<Sample>> {
         let storming = scope.spawn(|| storm.run(None, &stop, &progress));
-        let sampled = sample(pid, duration, &progress);
+        let sampled = sample(pid, exporter_pid, duration, &progress);
         stop.store(true, Ordering::Relaxed);
         let stormed = storming
             .join()
@@ -61,28 +82,51 @@ pub fn run(storm: &Storm, tools: &Tools, scratch: &Path, duration: Duration) -> 
         sampled
     })?;
     let counts = tracer.stop()?;
+    let exporter_counts = exporter.map(Tracer::stop).transpose()?;
 
     let verdict = flatness(&samples, warm_up(duration));
+    let exporter_samples: Vec<Sample> = samples
+        .iter()
+        .filter_map(|s| {
+            Some(Sample {
+                rss_kib: s.exporter_rss_kib?,
+                ..*s
+            })
+        })
+        .collect();
+    let exporter_verdict = flatness(&exporter_samples, warm_up(duration));
     println!();
-    println!("{:>8} {:>12} {:>10}", "time s", "VmRSS KiB", "conn/s");
+    println!(
+        "{:>8} {:>12} {:>14} {:>10}",
+        "time s", "VmRSS KiB", "exporter KiB", "conn/s"
+    );
     for s in &samples {
         println!(
-            "{:>8.0} {:>12} {:>10.0}",
+            "{:>8.0} {:>12} {:>14} {:>10.0}",
             s.at.as_secs_f64(),
             s.rss_kib,
+            s.exporter_rss_kib
+                .map_or("-".to_string(), |k| k.to_string()),
             s.conn_per_s
         );
     }
-    match &verdict {
+    let say = |who: &str, verdict: &Option<Verdict>| {
+        match verdict {
         Some(v) => println!(
-            "\nafter {:.0} s of warm-up: first {} KiB, max of the second half {} KiB ({:+.1}%): {}",
+            "{who}: after {:.0} s of warm-up: first {} KiB, max of the second half {} KiB ({:+.1}%): {}",
             warm_up(duration).as_secs_f64(),
             v.first,
             v.second_half_max,
             v.growth * 100.0,
             if v.flat { "flat" } else { "GROWING" }
         ),
-        None => println!("\ntoo few samples after warm-up to judge; soak longer"),
+        None => println!("{who}: too few samples after warm-up to judge; soak longer"),
+    }
+    };
+    println!();
+    say("trace", &verdict);
+    if exporter_counts.is_some() {
+        say("exporter", &exporter_verdict);
     }
     println!(
         "events delivered {}, ring buffer full {}, recursion misses {}",
@@ -95,9 +139,14 @@ pub fn run(storm: &Storm, tools: &Tools, scratch: &Path, duration: Duration) -> 
         "seconds": duration.as_secs_f64(),
         "samples": samples.iter().map(|s| json!({
             "t": s.at.as_secs_f64(), "vmrss_kib": s.rss_kib, "conn_per_s": s.conn_per_s,
+            "exporter_vmrss_kib": s.exporter_rss_kib,
         })).collect::<Vec<_>>(),
         "flat": verdict.as_ref().map(|v| v.flat),
         "growth": verdict.as_ref().map(|v| v.growth),
+        "exporter_flat": exporter_verdict.as_ref().map(|v| v.flat),
+        "exporter_growth": exporter_verdict.as_ref().map(|v| v.growth),
+        "exporter_delivered": exporter_counts.map(|c| c.delivered),
+        "exporter_ringbuf_full": exporter_counts.map(|c| c.buffer_full),
         "delivered": counts.delivered,
         "ringbuf_full": counts.buffer_full,
         "recursion_misses": counts.recursion_misses,
@@ -106,12 +155,23 @@ pub fn run(storm: &Storm, tools: &Tools, scratch: &Path, duration: Duration) -> 
     Ok(())
 }
 
-fn sample(pid: u32, duration: Duration, progress: &AtomicU64) -> Result<Vec<Sample>> {
+fn sample(
+    pid: u32,
+    exporter_pid: Option<u32>,
+    duration: Duration,
+    progress: &AtomicU64,
+) -> Result<Vec<Sample>> {
     let start = Instant::now();
-    // The tracer's memory as the storm starts.
+    let exporter_rss = || {
+        exporter_pid
+            .map(|p| measure::vm_rss_kib(&p.to_string()))
+            .transpose()
+    };
+    // The tracers' memory as the storm starts.
     let mut samples = vec![Sample {
         at: Duration::ZERO,
         rss_kib: measure::vm_rss_kib(&pid.to_string())?,
+        exporter_rss_kib: exporter_rss()?,
         conn_per_s: 0.0,
     }];
     let mut last_count = 0;
@@ -126,15 +186,18 @@ fn sample(pid: u32, duration: Duration, progress: &AtomicU64) -> Result<Vec<Samp
         let at = start.elapsed();
         let count = progress.load(Ordering::Relaxed);
         let rss_kib = measure::vm_rss_kib(&pid.to_string())?;
+        let exporter_rss_kib = exporter_rss()?;
         let s = Sample {
             at,
             rss_kib,
+            exporter_rss_kib,
             conn_per_s: (count - last_count) as f64 / (at - last_at).as_secs_f64().max(1e-9),
         };
         eprintln!(
-            "bench: {:>5.0} s  VmRSS {:>8} KiB  {:>6.0} conn/s",
+            "bench: {:>5.0} s  VmRSS {:>8} KiB  exporter {:>8} KiB  {:>6.0} conn/s",
             at.as_secs_f64(),
             rss_kib,
+            exporter_rss_kib.unwrap_or(0),
             s.conn_per_s
         );
         samples.push(s);
@@ -184,6 +247,7 @@ mod tests {
             .map(|(i, &rss_kib)| Sample {
                 at: Duration::from_secs(10 * (i as u64 + 1)),
                 rss_kib,
+                exporter_rss_kib: None,
                 conn_per_s: 1.0,
             })
             .collect()

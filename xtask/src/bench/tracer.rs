@@ -50,6 +50,8 @@ pub enum Config {
     Json,
     /// `tcpstate trace --port 1`: the kernel filters every event out.
     Filtered,
+    /// `tcpstate exporter`, scraped once a second like a Prometheus would.
+    Exporter,
     /// bpftrace with an empty program on the same tracepoint: the floor of any tracer's cost.
     Empty,
     /// `tcpstate trace` while bpftrace's empty program is attached to the same tracepoint too.
@@ -63,10 +65,11 @@ pub enum Config {
 }
 
 impl Config {
-    pub const ALL: [Config; 8] = [
+    pub const ALL: [Config; 9] = [
         Config::Connections,
         Config::Json,
         Config::Filtered,
+        Config::Exporter,
         Config::Empty,
         Config::SecondTracer,
         Config::Bpftrace,
@@ -80,6 +83,7 @@ impl Config {
             Config::Connections => "tcpstate trace",
             Config::Json => "tcpstate trace --transitions --output json",
             Config::Filtered => "tcpstate trace --port 1",
+            Config::Exporter => "tcpstate exporter, scraped every 1 s",
             Config::Empty => "bpftrace empty program (the floor)",
             Config::SecondTracer => "tcpstate trace + bpftrace empty program",
             Config::Bpftrace => "bpftrace printf",
@@ -94,6 +98,7 @@ impl Config {
             Config::Connections => "connections",
             Config::Json => "json",
             Config::Filtered => "filtered",
+            Config::Exporter => "exporter",
             Config::Empty => "empty",
             Config::SecondTracer => "second-tracer",
             Config::Bpftrace => "bpftrace",
@@ -107,6 +112,7 @@ impl Config {
             Config::Connections | Config::SecondTracer => &["trace"],
             Config::Json => &["trace", "--transitions", "--output", "json"],
             Config::Filtered => &["trace", "--port", "1"],
+            Config::Exporter => &["exporter"],
             Config::Empty | Config::Bpftrace | Config::Tcpstates | Config::Tcplife => &[],
         }
     }
@@ -114,7 +120,11 @@ impl Config {
     pub fn is_tcpstate(self) -> bool {
         matches!(
             self,
-            Config::Connections | Config::Json | Config::Filtered | Config::SecondTracer
+            Config::Connections
+                | Config::Json
+                | Config::Filtered
+                | Config::SecondTracer
+                | Config::Exporter
         )
     }
 
@@ -289,6 +299,62 @@ pub struct Tracer {
     stderr_reader: Option<JoinHandle<()>>,
     /// The second tracer attached beside tcpstate ([`Config::SecondTracer`]).
     companion: Option<Box<Tracer>>,
+    /// What scrapes the exporter ([`Config::Exporter`]).
+    scraper: Option<Scraper>,
+}
+
+const SCRAPE_EVERY: Duration = Duration::from_secs(1);
+
+/// GETs /metrics once a second, as Prometheus would, until stopped.
+struct Scraper {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<u64>>,
+}
+
+impl Scraper {
+    fn start(port: u16) -> Scraper {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let mut scrapes = 0;
+            while !flag.load(Ordering::Relaxed) {
+                if scrape(port).is_ok() {
+                    scrapes += 1;
+                }
+                let wake = Instant::now() + SCRAPE_EVERY;
+                while Instant::now() < wake && !flag.load(Ordering::Relaxed) {
+                    thread::sleep(Duration::from_millis(50));
+                }
+            }
+            scrapes
+        });
+        Scraper {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops scraping; the number of scrapes that succeeded.
+    fn finish(&mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
+    }
+}
+
+fn scrape(port: u16) -> std::io::Result<usize> {
+    use std::io::Write;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+    let mut body = Vec::new();
+    s.read_to_end(&mut body)?;
+    Ok(body.len())
+}
+
+fn free_loopback_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
 }
 
 impl Tracer {
@@ -307,6 +373,7 @@ impl Tracer {
             )?)),
             _ => None,
         };
+        let mut scrape_port = None;
         let mut cmd = match config {
             Config::Empty | Config::Bpftrace => {
                 let bin = tools
@@ -347,6 +414,13 @@ impl Tracer {
                 cmd.args(config.tcpstate_args())
                     .arg("--counters-json")
                     .arg(&counters);
+                if config == Config::Exporter {
+                    scrape_port = Some(free_loopback_port()?);
+                    cmd.arg(format!(
+                        "--listen=127.0.0.1:{}",
+                        scrape_port.unwrap_or_default()
+                    ));
+                }
                 let file = File::create(output)
                     .with_context(|| format!("creating {}", output.display()))?;
                 cmd.stdout(file);
@@ -384,11 +458,13 @@ impl Tracer {
             stderr,
             stderr_reader,
             companion,
+            scraper: None,
         };
         if let Err(e) = tracer.wait_attached() {
             tracer.kill();
             return Err(e);
         }
+        tracer.scraper = scrape_port.map(Scraper::start);
         Ok(tracer)
     }
 
@@ -432,6 +508,9 @@ impl Tracer {
     }
 
     fn kill(&mut self) {
+        if let Some(mut s) = self.scraper.take() {
+            s.finish();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Some(reader) = self.stderr_reader.take() {
@@ -441,6 +520,11 @@ impl Tracer {
 
     /// Interrupts the tracer, waits for it to exit and reads its counts.
     pub fn stop(mut self) -> Result<TracerCounts> {
+        if let Some(mut s) = self.scraper.take() {
+            if s.finish() == 0 {
+                eprintln!("bench: the exporter answered no scrape");
+            }
+        }
         // SAFETY: plain system call; the child has not been waited for, so its pid is still ours.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
         let start = Instant::now();

@@ -1,0 +1,928 @@
+//! What `tcpstate exporter` serves: the Prometheus metrics of finished connections, of the open
+//! ones and of the tracer itself, in the OpenMetrics text format (`prometheus-client`).
+//!
+//! Pure (no kernel, no runtime): the pipeline feeds it through [`MetricsRenderer`], one more
+//! [`Renderer`] beside the text and JSON ones, so the exporter runs exactly the engine `trace`
+//! runs. Every label is bounded: role, outcome, state and reason are closed sets, and the one
+//! open-ended label, `port`, is capped (see [`PortLabels`]).
+
+use std::fmt::Write as _;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::event::{state_name, Event};
+use crate::facts::ResetRecord;
+use crate::input::{Counter as KernelCounter, KernelCounters};
+use crate::report::render::Renderer;
+use crate::report::summary::Summary;
+use crate::timeline::{errno_name, Conn, Engine, Outcome, Phase, RetxKind, Role, Step};
+use tcpstate_common::reset_direction;
+
+/// Default of `--metrics-max-series`: distinct `port` label values before the rest go to
+/// `"other"`. Each port value costs about 150 series (role x outcome plus four histograms of 26
+/// series each), so 32 ports stay under 5000 series per host.
+pub const DEFAULT_MAX_PORT_SERIES: u32 = 32;
+
+/// Histogram buckets: 50 us doubling 23 times up to 209.7 s, so each SYN retransmission delay
+/// (1, 3, 7, 15, 31, 63 s) and the 127 s final timeout fall in buckets of their own.
+pub const BUCKET_START_S: f64 = 50e-6;
+pub const BUCKET_COUNT: u16 = 23;
+
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(BUCKET_START_S, 2.0, BUCKET_COUNT))
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn histograms<L: Clone + std::hash::Hash + Eq>() -> Histograms<L> {
+    Family::new_with_constructor(seconds_histogram as fn() -> Histogram)
+}
+
+/// A `port` label value: a port number, or `other` (not a labelled port, or over the cap).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub(crate) struct Port(Option<u16>);
+
+impl EncodeLabelValue for Port {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        match self.0 {
+            Some(p) => write!(encoder, "{p}"),
+            None => encoder.write_str("other"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnLabels {
+    role: &'static str,
+    outcome: &'static str,
+    port: Port,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortOnly {
+    port: Port,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrnoLabel {
+    errno: &'static str,
+}
+
+/// Which ports get a `port` label value of their own.
+///
+/// The service port of a connection is its local port for an accepted socket or a listener
+/// and its remote port for a client. Labelled are: the ports given with `--metrics-ports`, or
+/// without them every port seen listening on this host (a listener's, or an accepted socket's
+/// local port) — never an ephemeral port. At most `max` distinct values; a new one beyond that
+/// is `other`, and each such port is counted once in `tcpstate_metrics_series_dropped_total`.
+#[derive(Debug)]
+pub(crate) struct PortLabels {
+    /// One bit per port named with `--metrics-ports` (a range can name thousands).
+    named: Option<Box<[u64; 1024]>>,
+    /// One bit per port: listening (auto mode).
+    listening: Box<[u64; 1024]>,
+    /// One bit per port: has a value of its own.
+    labelled: Box<[u64; 1024]>,
+    /// One bit per port: refused for the cap (counted once).
+    dropped: Box<[u64; 1024]>,
+    used: u32,
+    max: u32,
+}
+
+fn bit(set: &[u64; 1024], p: u16) -> bool {
+    set[usize::from(p >> 6)] & (1 << (p & 63)) != 0
+}
+
+fn set_bit(set: &mut [u64; 1024], p: u16) {
+    set[usize::from(p >> 6)] |= 1 << (p & 63);
+}
+
+impl PortLabels {
+    pub(crate) fn new(named: Option<Vec<u16>>, max: u32) -> PortLabels {
+        let named = named.map(|ports| {
+            let mut set = Box::new([0; 1024]);
+            for p in ports {
+                set_bit(&mut set, p);
+            }
+            set
+        });
+        PortLabels {
+            named,
+            listening: Box::new([0; 1024]),
+            labelled: Box::new([0; 1024]),
+            dropped: Box::new([0; 1024]),
+            used: 0,
+            max,
+        }
+    }
+
+    /// Notes the port `c` listens on, if any: both ends of a pair are learned before either is
+    /// labelled, so a client is labelled by the listener it reached on this host.
+    fn learn(&mut self, c: &Conn) {
+        if matches!(c.role(), Role::Server | Role::Listener) && c.lport() != 0 {
+            set_bit(&mut self.listening, c.lport());
+        }
+    }
+
+    /// The label value for `c`; a port refused for the cap is counted in `dropped`.
+    fn of(&mut self, c: &Conn, dropped: &Counter) -> Port {
+        self.learn(c);
+        let (port, wanted) = match c.role() {
+            Role::Server | Role::Listener => (c.lport(), true),
+            Role::Client => (c.rport(), false),
+            Role::Unknown => return Port(None),
+        };
+        if port == 0 {
+            return Port(None);
+        }
+        let wanted = match &self.named {
+            Some(set) => bit(set, port),
+            None => wanted || bit(&self.listening, port),
+        };
+        if !wanted {
+            return Port(None);
+        }
+        if bit(&self.labelled, port) {
+            return Port(Some(port));
+        }
+        if self.used < self.max {
+            self.used += 1;
+            set_bit(&mut self.labelled, port);
+            return Port(Some(port));
+        }
+        if !bit(&self.dropped, port) {
+            set_bit(&mut self.dropped, port);
+            dropped.inc();
+        }
+        Port(None)
+    }
+}
+
+/// What the exporter knows about itself, for `tcpstate_build_info`.
+#[derive(Debug, Clone)]
+pub struct BuildInfo {
+    pub version: String,
+    pub kernel: String,
+    /// How the program is attached, e.g. `tracepoint:sock:inet_sock_set_state`.
+    pub attachment: String,
+}
+
+/// Every metric family the exporter serves, in one registry.
+pub struct Metrics {
+    registry: Registry,
+    connections: Family<ConnLabels, Counter>,
+    connect_duration: Histograms<PortOnly>,
+    synack_rtt: Histograms<PortOnly>,
+    close_wait_duration: Histograms<PortOnly>,
+    connection_duration: Histograms<PortOnly>,
+    retransmits: Family<KindLabel, Counter>,
+    resets: Family<DirectionLabel, Counter>,
+    connect_failures: Family<ErrnoLabel, Counter>,
+    refused_inbound: Counter,
+    open: Family<StateLabel, Gauge>,
+    events: Counter,
+    lost: Family<ReasonLabel, Counter>,
+    rescued: Counter,
+    series_dropped: Counter,
+    /// Last kernel totals seen, so cumulative kernel counters become counter increments.
+    last_lost: std::sync::Mutex<Vec<(&'static str, u64)>>,
+    last_events: AtomicU64,
+}
+
+/// The loss counters of the summary (`Counter::is_loss`), named as there: the `reason` values.
+fn loss_counters() -> impl Iterator<Item = KernelCounter> {
+    KernelCounter::ALL.into_iter().filter(|c| c.is_loss())
+}
+
+/// The known totals of the loss counters; a counter that could not be read is left out (its
+/// metric then stays where it was rather than claim a value).
+fn losses(k: &KernelCounters) -> Vec<(&'static str, u64)> {
+    loss_counters()
+        .filter_map(|c| Some((c.name(), k.get(c)?)))
+        .collect()
+}
+
+/// The states a socket in the engine's table can be in, for `tcpstate_open_connections`.
+const OPEN_STATES: [u8; 11] = {
+    use tcpstate_common::state::*;
+    [
+        ESTABLISHED,
+        SYN_SENT,
+        SYN_RECV,
+        FIN_WAIT1,
+        FIN_WAIT2,
+        TIME_WAIT,
+        CLOSE_WAIT,
+        LAST_ACK,
+        LISTEN,
+        CLOSING,
+        NEW_SYN_RECV,
+    ]
+};
+
+/// Issue 10's facts of one finished connection, as the exporter counts them. The values come
+/// from the connection's decoded socket facts; see [`Metrics::observe_socket_facts`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SocketFacts {
+    /// SYN-ACK round trip of an accepted socket.
+    pub synack_rtt_ns: Option<u64>,
+    /// Retransmissions by kind: syn, synack, data, fin, failed.
+    pub retransmits: Retransmits,
+    /// `sent` or `received` (as in the JSON output), when the connection had a reset.
+    pub reset_direction: Option<&'static str>,
+    /// Symbolic errno of a failed connect (`ECONNREFUSED`, ...).
+    pub connect_errno: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Retransmits {
+    pub syn: u64,
+    pub synack: u64,
+    pub data: u64,
+    pub fin: u64,
+    pub failed: u64,
+}
+
+impl Metrics {
+    pub fn new(info: &BuildInfo) -> Metrics {
+        let m = Metrics {
+            registry: Registry::default(),
+            connections: Family::default(),
+            connect_duration: histograms(),
+            synack_rtt: histograms(),
+            close_wait_duration: histograms(),
+            connection_duration: histograms(),
+            retransmits: Family::default(),
+            resets: Family::default(),
+            connect_failures: Family::default(),
+            refused_inbound: Counter::default(),
+            open: Family::default(),
+            events: Counter::default(),
+            lost: Family::default(),
+            rescued: Counter::default(),
+            series_dropped: Counter::default(),
+            last_lost: std::sync::Mutex::new(Vec::new()),
+            last_events: AtomicU64::new(0),
+        };
+        let mut m = m;
+        let mut r = Registry::default();
+        // prometheus-client appends `_total` to counters and `_info` to info metrics itself.
+        r.register(
+            "tcpstate_connections",
+            "Finished connections by role and how they ended",
+            m.connections.clone(),
+        );
+        r.register(
+            "tcpstate_connect_duration_seconds",
+            "Client connect latency: SYN_SENT to ESTABLISHED",
+            m.connect_duration.clone(),
+        );
+        r.register(
+            "tcpstate_synack_rtt_seconds",
+            "SYN-ACK round trip of accepted sockets",
+            m.synack_rtt.clone(),
+        );
+        r.register(
+            "tcpstate_close_wait_duration_seconds",
+            "Time from the peer's FIN until the application closed (CLOSE_WAIT)",
+            m.close_wait_duration.clone(),
+        );
+        r.register(
+            "tcpstate_connection_duration_seconds",
+            "Lifetime of connections whose start and end were both seen",
+            m.connection_duration.clone(),
+        );
+        r.register(
+            "tcpstate_retransmits",
+            "Retransmissions by kind (syn, synack, data, fin, failed)",
+            m.retransmits.clone(),
+        );
+        r.register(
+            "tcpstate_resets",
+            "Connections with a reset, by direction (sent, received)",
+            m.resets.clone(),
+        );
+        r.register(
+            "tcpstate_connect_failures",
+            "Failed connects by errno",
+            m.connect_failures.clone(),
+        );
+        r.register(
+            "tcpstate_refused_inbound",
+            "Inbound SYNs answered with a reset (no listener)",
+            m.refused_inbound.clone(),
+        );
+        r.register(
+            "tcpstate_open_connections",
+            "Sockets in the engine's table, by state",
+            m.open.clone(),
+        );
+        r.register(
+            "tcpstate_events",
+            "TCP state changes delivered to the engine",
+            m.events.clone(),
+        );
+        r.register(
+            "tcpstate_events_lost",
+            "TCP state changes that never reached user space, by reason",
+            m.lost.clone(),
+        );
+        r.register(
+            "tcpstate_events_rescued",
+            "Lost events recovered by a rescue path (none exists yet: always 0)",
+            m.rescued.clone(),
+        );
+        r.register(
+            "tcpstate_metrics_series_dropped",
+            "Label values refused for --metrics-max-series (counted in port=\"other\")",
+            m.series_dropped.clone(),
+        );
+        r.register(
+            "tcpstate_build",
+            "The exporter's version, kernel and attachment",
+            Info::new(vec![
+                ("version", info.version.clone()),
+                ("kernel", info.kernel.clone()),
+                ("attachment", info.attachment.clone()),
+            ]),
+        );
+        // Reasons are a closed set: show each from the start, so a rate() of 0 is visible.
+        for c in loss_counters() {
+            let _ = m.lost.get_or_create(&ReasonLabel { reason: c.name() });
+        }
+        m.registry = r;
+        m
+    }
+
+    /// The OpenMetrics text served on `/metrics`.
+    pub fn encode(&self) -> String {
+        let mut s = String::with_capacity(16 << 10);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        s
+    }
+
+    /// One finished connection.
+    fn observe(&self, c: &Conn, port: Port) {
+        self.connections
+            .get_or_create(&ConnLabels {
+                role: c.role().name(),
+                outcome: c.outcome().name(),
+                port,
+            })
+            .inc();
+        let labels = PortOnly { port };
+        let secs = |ns: u64| ns as f64 / 1e9;
+        if c.role() == Role::Client {
+            if let Some(ns) = c.handshake_ns() {
+                self.connect_duration
+                    .get_or_create(&labels)
+                    .observe(secs(ns));
+            }
+        }
+        if let Some(ns) = c.phase_ns(Phase::CloseWait) {
+            self.close_wait_duration
+                .get_or_create(&labels)
+                .observe(secs(ns));
+        }
+        // A lifetime only when both ends are real: not one cut by tracing's end or the table
+        // limit, nor one that started before tracing.
+        let whole = !c.partial()
+            && !matches!(
+                c.outcome(),
+                Outcome::Open | Outcome::Evicted | Outcome::Incomplete
+            );
+        if whole && matches!(c.role(), Role::Client | Role::Server) {
+            self.connection_duration
+                .get_or_create(&labels)
+                .observe(secs(c.life_ns()));
+        }
+        if let Some(f) = socket_facts(c) {
+            self.observe_socket_facts(&f, port);
+        }
+    }
+
+    /// The one place the socket facts become metrics: `tcpstate_synack_rtt_seconds`,
+    /// `tcpstate_retransmits_total{kind}`, `tcpstate_resets_total{direction}` and
+    /// `tcpstate_connect_failures_total{errno}`.
+    pub(crate) fn observe_socket_facts(&self, f: &SocketFacts, port: Port) {
+        if let Some(ns) = f.synack_rtt_ns {
+            self.synack_rtt
+                .get_or_create(&PortOnly { port })
+                .observe(ns as f64 / 1e9);
+        }
+        let r = &f.retransmits;
+        for (kind, n) in [
+            ("syn", r.syn),
+            ("synack", r.synack),
+            ("data", r.data),
+            ("fin", r.fin),
+            ("failed", r.failed),
+        ] {
+            if n > 0 {
+                self.retransmits
+                    .get_or_create(&KindLabel { kind })
+                    .inc_by(n);
+            }
+        }
+        if let Some(direction) = f.reset_direction {
+            self.resets
+                .get_or_create(&DirectionLabel { direction })
+                .inc();
+        }
+        if let Some(errno) = f.connect_errno {
+            self.connect_failures
+                .get_or_create(&ErrnoLabel { errno })
+                .inc();
+        }
+    }
+
+    /// One `tcpstate.refused.v1` record (an inbound SYN refused for want of a listener).
+    pub(crate) fn observe_refused_inbound(&self) {
+        self.refused_inbound.inc();
+    }
+
+    /// The kernel's cumulative counters and the engine's table, once a second.
+    fn sample(&self, k: &KernelCounters, engine: &Engine) {
+        let now = losses(k);
+        if let Ok(mut last) = self.last_lost.lock() {
+            for &(reason, total) in &now {
+                let before = last
+                    .iter()
+                    .find(|(r, _)| *r == reason)
+                    .map_or(0, |&(_, n)| n);
+                if total > before {
+                    self.lost
+                        .get_or_create(&ReasonLabel { reason })
+                        .inc_by(total - before);
+                }
+            }
+            *last = now;
+        }
+        let events = engine.events();
+        let before = self.last_events.swap(events, Ordering::Relaxed);
+        if events > before {
+            self.events.inc_by(events - before);
+        }
+        let mut by_state = [0i64; 16];
+        for c in engine.open() {
+            if let Some(n) = by_state.get_mut(usize::from(c.state())) {
+                *n += 1;
+            }
+        }
+        for s in OPEN_STATES {
+            let n = by_state.get(usize::from(s)).copied().unwrap_or(0);
+            self.open
+                .get_or_create(&StateLabel {
+                    state: state_name(s),
+                })
+                .set(n);
+        }
+    }
+}
+
+/// The issue-10 facts of `c` that become metrics; None when none of them was joined (a
+/// kernel without the fields or tracepoints, a replay of an old recording): nothing measured,
+/// no series.
+fn socket_facts(c: &Conn) -> Option<SocketFacts> {
+    let retx = c.retransmits();
+    let reset = c.reset_info();
+    let synack_rtt_ns = c.synack_rtt_ns();
+    // A connect failure: a client whose handshake never completed, with the kernel's errno.
+    let connect_errno = (c.role() == Role::Client && c.handshake_ns().is_none())
+        .then(|| c.errno())
+        .flatten()
+        .filter(|&e| e != 0)
+        .and_then(errno_name);
+    if retx.is_none() && reset.is_none() && synack_rtt_ns.is_none() && connect_errno.is_none() {
+        return None;
+    }
+    let retx = retx.unwrap_or_default();
+    let n = |k: RetxKind| u64::from(retx[k as usize]);
+    Some(SocketFacts {
+        synack_rtt_ns,
+        retransmits: Retransmits {
+            syn: n(RetxKind::Syn),
+            synack: n(RetxKind::SynAck),
+            data: n(RetxKind::Data),
+            fin: n(RetxKind::Fin),
+            failed: n(RetxKind::Failed),
+        },
+        reset_direction: reset.map(|(d, _)| {
+            if d == reset_direction::SENT {
+                "sent"
+            } else {
+                "received"
+            }
+        }),
+        connect_errno,
+    })
+}
+
+/// Counter samples (one a second live) between two loss lines on stderr: an operator hears of
+/// losses within a second of the first, then at most once a minute.
+const LOSS_LOG_EVERY: u32 = 60;
+
+/// Says on stderr when events were lost, rate-limited.
+#[derive(Debug, Default)]
+struct LossLog {
+    /// Losses already reported.
+    reported: u64,
+    /// Samples since the last report (None: nothing reported yet).
+    since: Option<u32>,
+}
+
+impl LossLog {
+    /// The line to print for these totals, if one is due.
+    fn line(&mut self, k: &KernelCounters) -> Option<String> {
+        self.since = self.since.map(|n| n.saturating_add(1));
+        let each = losses(k);
+        let lost: u64 = each.iter().map(|&(_, n)| n).sum();
+        if lost <= self.reported || self.since.is_some_and(|n| n < LOSS_LOG_EVERY) {
+            return None;
+        }
+        let detail = each
+            .iter()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let line = format!(
+            "tcpstate: warning: {} events lost{} ({lost} in all: {detail}); metrics miss those \
+             state changes",
+            lost - self.reported,
+            if self.since.is_some() {
+                " since the last warning"
+            } else {
+                ""
+            },
+        );
+        self.reported = lost;
+        self.since = Some(0);
+        Some(line)
+    }
+}
+
+/// The pipeline's renderer for the exporter: prints nothing, counts every finished connection.
+pub(crate) struct MetricsRenderer {
+    metrics: Arc<Metrics>,
+    ports: PortLabels,
+    losses: LossLog,
+}
+
+impl MetricsRenderer {
+    pub(crate) fn new(metrics: Arc<Metrics>, ports: PortLabels) -> MetricsRenderer {
+        MetricsRenderer {
+            metrics,
+            ports,
+            losses: LossLog::default(),
+        }
+    }
+
+    fn conn(&mut self, c: &Conn) {
+        let port = self.ports.of(c, &self.metrics.series_dropped);
+        self.metrics.observe(c, port);
+    }
+}
+
+impl Renderer for MetricsRenderer {
+    fn transition(&mut self, _: &Event, _: &Step, _: &mut Vec<u8>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn refused(&mut self, _: &ResetRecord, _: &mut Vec<u8>) -> io::Result<()> {
+        self.metrics.observe_refused_inbound();
+        Ok(())
+    }
+
+    fn single(&mut self, c: &Conn, _: &mut Vec<u8>) -> io::Result<()> {
+        self.conn(c);
+        Ok(())
+    }
+
+    fn pair(&mut self, a: &Conn, b: &Conn, _: &mut Vec<u8>) -> io::Result<()> {
+        self.ports.learn(b);
+        self.conn(a);
+        self.conn(b);
+        Ok(())
+    }
+
+    fn summary(&mut self, _: &Summary<'_>, _: &mut Vec<u8>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn counters(&mut self, c: &KernelCounters, engine: &Engine) {
+        self.metrics.sample(c, engine);
+        if let Some(line) = self.losses.line(c) {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// The metric names a scrape shows (the samples' names: `_total`, `_bucket`, `_info` ...), for
+/// checking dashboards against what is really served.
+pub fn exposed_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let mut it = rest.split_whitespace();
+        let (Some(name), Some(kind)) = (it.next(), it.next()) else {
+            continue;
+        };
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            "info" => &["_info"],
+            _ => &[""],
+        };
+        names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::tests::ev;
+    use crate::input::Input;
+    use crate::pipeline::{OutputConfig, Pipeline};
+    use tcpstate_common::state::*;
+
+    fn info() -> BuildInfo {
+        BuildInfo {
+            version: "0.1.0".into(),
+            kernel: "6.18.0".into(),
+            attachment: "tracepoint:sock:inet_sock_set_state".into(),
+        }
+    }
+
+    fn run(inputs: &[Input], ports: PortLabels) -> Arc<Metrics> {
+        let m = Arc::new(Metrics::new(&info()));
+        let mut p = Pipeline::with_renderer(
+            OutputConfig {
+                summary_at_end: false,
+                ..OutputConfig::default()
+            },
+            Box::new(MetricsRenderer::new(m.clone(), ports)),
+        );
+        let mut out = Vec::new();
+        for i in inputs {
+            p.push(i, &mut out).unwrap();
+        }
+        p.finish(&mut out).unwrap();
+        assert!(out.is_empty(), "the metrics renderer prints nothing");
+        m
+    }
+
+    /// A client to port `dport` refused after 100 us, and one completed exchange with an
+    /// accepted socket (connect latency 30 us, CLOSE_WAIT 190 us).
+    fn inputs(dport: u16) -> Vec<Input> {
+        let t = 1_000_000_000;
+        let (c, s, r) = (0x1000, 0x2000, 0x3000);
+        [
+            ev(t, r, CLOSE, SYN_SENT, 0, 9),
+            ev(t + 100_000, r, SYN_SENT, CLOSE, 40000, 9),
+            ev(t, c, CLOSE, SYN_SENT, 0, dport),
+            ev(t + 20_000, s, LISTEN, SYN_RECV, dport, 40001),
+            ev(t + 21_000, s, SYN_RECV, ESTABLISHED, dport, 40001),
+            ev(t + 30_000, c, SYN_SENT, ESTABLISHED, 40001, dport),
+            ev(t + 500_000, c, ESTABLISHED, FIN_WAIT1, 40001, dport),
+            ev(t + 510_000, s, ESTABLISHED, CLOSE_WAIT, dport, 40001),
+            ev(t + 515_000, c, FIN_WAIT1, FIN_WAIT2, 40001, dport),
+            ev(t + 700_000, s, CLOSE_WAIT, LAST_ACK, dport, 40001),
+            ev(t + 720_000, c, FIN_WAIT2, CLOSE, 40001, dport),
+            ev(t + 720_500, s, LAST_ACK, CLOSE, dport, 40001),
+        ]
+        .iter()
+        .map(|&e| Input::Event(e))
+        .collect()
+    }
+
+    #[test]
+    fn names_labels_and_buckets() {
+        let text = run(&inputs(8080), PortLabels::new(None, 32)).encode();
+        for want in [
+            "tcpstate_connections_total{role=\"client\",outcome=\"time_wait\",port=\"8080\"} 1",
+            "tcpstate_connections_total{role=\"server\",outcome=\"closed\",port=\"8080\"} 1",
+            // Port 9 never listened here: no value of its own.
+            "tcpstate_connections_total{role=\"client\",outcome=\"refused\",port=\"other\"} 1",
+            "tcpstate_connect_duration_seconds_bucket{le=\"0.00005\",port=\"8080\"} 1",
+            "tcpstate_connect_duration_seconds_count{port=\"8080\"} 1",
+            "tcpstate_close_wait_duration_seconds_bucket{le=\"0.0002\",port=\"8080\"} 1",
+            "tcpstate_events_lost_total{reason=\"ringbuf_full\"} 0",
+            "tcpstate_events_rescued_total 0",
+            "tcpstate_build_info{version=\"0.1.0\",kernel=\"6.18.0\",attachment=\"tracepoint:sock:inet_sock_set_state\"} 1",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+        let buckets = text
+            .lines()
+            .filter(|l| l.starts_with("tcpstate_connect_duration_seconds_bucket"))
+            .collect::<Vec<_>>();
+        // 23 bounds and +Inf.
+        assert_eq!(buckets.len(), 24, "{buckets:?}");
+        assert!(buckets[22].contains("le=\"209.7152\""), "{}", buckets[22]);
+        assert!(!text.contains("40001"), "an ephemeral port became a label");
+    }
+
+    #[test]
+    fn issue_10_families_are_registered_and_empty() {
+        let m = run(&inputs(8080), PortLabels::new(None, 32));
+        let text = m.encode();
+        for n in ["synack_rtt", "retransmits", "resets", "connect_failures"] {
+            assert!(
+                !text.contains(&format!("tcpstate_{n}")),
+                "{n} has series: {text}"
+            );
+        }
+        let names = exposed_names(&populated().encode());
+        for n in [
+            "tcpstate_synack_rtt_seconds_bucket",
+            "tcpstate_retransmits_total",
+            "tcpstate_resets_total",
+            "tcpstate_connect_failures_total",
+            "tcpstate_refused_inbound_total",
+            "tcpstate_open_connections",
+            "tcpstate_events_total",
+            "tcpstate_metrics_series_dropped_total",
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n} not in {names:?}");
+        }
+    }
+
+    /// A registry where every family has a series, as a long-running exporter's would (empty
+    /// families are not encoded at all).
+    pub(crate) fn populated() -> Arc<Metrics> {
+        let m = run(&inputs(8080), PortLabels::new(None, 32));
+        m.observe_socket_facts(
+            &SocketFacts {
+                synack_rtt_ns: Some(40_000),
+                retransmits: Retransmits {
+                    syn: 1,
+                    synack: 1,
+                    data: 1,
+                    fin: 1,
+                    failed: 1,
+                },
+                reset_direction: Some("received"),
+                connect_errno: Some("ECONNREFUSED"),
+            },
+            Port(Some(8080)),
+        );
+        m.observe_refused_inbound();
+        m.sample(&KernelCounters::zero(), &Engine::new(16));
+        m
+    }
+
+    /// Every metric a dashboard query names is one the exporter serves.
+    #[test]
+    fn grafana_dashboard_uses_only_exposed_names() {
+        let names = exposed_names(&populated().encode());
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/grafana/tcpstate.json"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut exprs = Vec::new();
+        fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        match (k.as_str(), v) {
+                            ("expr" | "query", serde_json::Value::String(s)) => out.push(s.clone()),
+                            _ => walk(v, out),
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        walk(&dashboard, &mut exprs);
+        assert!(exprs.len() >= 8, "too few queries: {exprs:?}");
+        let mut used = std::collections::BTreeSet::new();
+        for e in &exprs {
+            let bytes = e.as_bytes();
+            let mut i = 0;
+            while let Some(at) = e[i..].find("tcpstate_") {
+                let start = i + at;
+                let end = bytes[start..]
+                    .iter()
+                    .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+                    .map_or(bytes.len(), |n| start + n);
+                used.insert(e[start..end].to_string());
+                i = end;
+            }
+        }
+        for u in &used {
+            assert!(
+                names.contains(u),
+                "the dashboard uses {u}, not exposed: {names:?}"
+            );
+        }
+        // The panels the issue asks for.
+        for want in [
+            "tcpstate_connect_duration_seconds_bucket",
+            "tcpstate_synack_rtt_seconds_bucket",
+            "tcpstate_connections_total",
+            "tcpstate_connect_failures_total",
+            "tcpstate_resets_total",
+            "tcpstate_retransmits_total",
+            "tcpstate_close_wait_duration_seconds_bucket",
+            "tcpstate_events_lost_total",
+        ] {
+            assert!(used.contains(want), "no panel uses {want}");
+        }
+    }
+
+    #[test]
+    fn losses_are_said_at_once_then_once_a_minute() {
+        let mut log = LossLog::default();
+        let k = |n| KernelCounters::zero().with(KernelCounter::RingbufFull, n);
+        assert_eq!(log.line(&k(0)), None);
+        let first = log.line(&k(5)).expect("the first loss is said");
+        assert!(
+            first.starts_with("tcpstate: warning: 5 events lost ("),
+            "{first}"
+        );
+        for i in 1..LOSS_LOG_EVERY {
+            assert_eq!(log.line(&k(5 + u64::from(i))), None, "sample {i}");
+        }
+        let next = log.line(&k(70)).expect("a minute later");
+        assert!(
+            next.contains("65 events lost since the last warning (70 in all"),
+            "{next}"
+        );
+        assert_eq!(log.line(&k(70)), None);
+
+        // Cumulative kernel totals become counter increments.
+        let m = Metrics::new(&info());
+        let engine = Engine::new(16);
+        m.sample(&k(3), &engine);
+        m.sample(&k(5), &engine);
+        m.sample(&k(5), &engine);
+        let text = m.encode();
+        assert!(
+            text.contains("tcpstate_events_lost_total{reason=\"ringbuf_full\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcpstate_events_lost_total{reason=\"recursion_misses\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn named_ports_and_the_cap() {
+        let mut all = inputs(8080);
+        all.extend(inputs(8081).into_iter().map(|i| match i {
+            Input::Event(mut e) => {
+                e.ts_ns += 10_000_000;
+                e.skaddr += 0x10_000;
+                Input::Event(e)
+            }
+            other => other,
+        }));
+        let text = run(&all, PortLabels::new(Some(vec![9, 8080, 8081]), 2)).encode();
+        assert!(text.contains("outcome=\"refused\",port=\"9\"} 2"), "{text}");
+        assert!(text.contains("port=\"8080\""), "{text}");
+        assert!(!text.contains("port=\"8081\""), "{text}");
+        assert!(
+            text.contains("tcpstate_metrics_series_dropped_total 1"),
+            "{text}"
+        );
+    }
+}
