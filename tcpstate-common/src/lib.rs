@@ -267,6 +267,78 @@ pub struct ResetRecord {
     pub daddr: [u8; 16],
 }
 
+/// `ListenerRecord::kind` values.
+pub mod listener_kind {
+    /// A listener created a child socket (LISTEN -> SYN_RECV of the child): its accept queue
+    /// as read from the listener at that moment, before the child is added to it.
+    pub const QUEUE: u8 = 1;
+    /// `skb:kfree_skb` freed a packet addressed to the listener, with the kernel's reason.
+    pub const DROP: u8 = 2;
+}
+
+/// `ListenerRecord::known` bits.
+pub mod listener_known {
+    /// `depth` and `limit` were read.
+    pub const QUEUE: u8 = 1;
+}
+
+pub const LISTENER_RECORD_SIZE: usize = 56;
+const _: () = assert!(core::mem::size_of::<ListenerRecord>() == LISTENER_RECORD_SIZE);
+const _: () = assert!(
+    LISTENER_RECORD_SIZE != EVENT_SIZE
+        && LISTENER_RECORD_SIZE != FACTS_RECORD_SIZE
+        && LISTENER_RECORD_SIZE != RETRANSMIT_RECORD_SIZE
+        && LISTENER_RECORD_SIZE != RESET_RECORD_SIZE
+);
+
+/// Listener health: an accept-queue reading or a dropped packet of one listening socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerRecord {
+    pub ts_ns: u64,
+    /// The listener's socket address.
+    pub skaddr: u64,
+    /// `listener_kind` value.
+    pub kind: u8,
+    /// `listener_known` bits.
+    pub known: u8,
+    /// The listener's local end, as its `ListenKey` (port in host byte order).
+    pub family: u16,
+    pub port: u16,
+    pub _pad: u16,
+    /// QUEUE: `sk_ack_backlog`, completed handshakes not yet accepted.
+    pub depth: u32,
+    /// QUEUE: `sk_max_ack_backlog`, the listen() backlog as the kernel capped it.
+    pub limit: u32,
+    /// DROP: the kernel's `enum skb_drop_reason` value (its name comes from BTF).
+    pub reason: u32,
+    pub _pad2: u32,
+    /// Network byte order; IPv4 in the first 4 bytes; all zero for a wildcard listener.
+    pub addr: [u8; 16],
+}
+
+/// Where `sk_ack_backlog` / `sk_max_ack_backlog` live in `struct sock` (from BTF); `ok` 0: the
+/// kernel lacks them and no queue is read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenOffsets {
+    pub ack_backlog: u16,
+    pub max_ack_backlog: u16,
+    pub ok: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Where `skb:kfree_skb`'s fields live in its record (from its format file); `rx_sk` 0: the
+/// event carries no receiving socket and the program is not attached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropLayout {
+    pub rx_sk: u16,
+    pub reason: u16,
+    pub protocol: u16,
+    pub record_len: u16,
+}
+
 /// Bounds of one [`FactGroup`] copy the program accepts: a group of at most `L` bytes (one of
 /// these) starts at most at `FACTS_RAW_LEN - L` in `raw`. The verifier can then prove every copy
 /// stays inside the record from the two bounds of each case alone (it tracks no relation
@@ -495,6 +567,12 @@ pub mod names {
     pub const RETRANSMIT_SYNACK_LAYOUT: &str = "RETRANSMIT_SYNACK_LAYOUT";
     pub const SEND_RESET_LAYOUT: &str = "SEND_RESET_LAYOUT";
     pub const RECEIVE_RESET_LAYOUT: &str = "RECEIVE_RESET_LAYOUT";
+    /// Listener health: `ListenOffsets`, the `skb:kfree_skb` program, its `DropLayout`, and the
+    /// table of traced listeners it checks.
+    pub const LISTEN_OFFSETS: &str = "LISTEN_OFFSETS";
+    pub const KFREE_SKB: &str = "kfree_skb";
+    pub const DROP_LAYOUT: &str = "DROP_LAYOUT";
+    pub const LISTEN_SOCKS: &str = "LISTEN_SOCKS";
     /// (program, layout global, tracepoint category, tracepoint name) of each joined program.
     pub const JOINED: [(&str, &str, &str, &str); 4] = [
         (
@@ -545,4 +623,7 @@ mod pod {
     unsafe impl aya::Pod for ResetRecord {}
     unsafe impl aya::Pod for JoinLayout {}
     unsafe impl aya::Pod for SkbOffsets {}
+    unsafe impl aya::Pod for ListenerRecord {}
+    unsafe impl aya::Pod for ListenOffsets {}
+    unsafe impl aya::Pod for DropLayout {}
 }

@@ -26,9 +26,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tcpstate_common::{
-    counter, event_flags, filter_flags, owner_source, port_bits, reset_direction, retransmit_kind,
-    retransmit_known, state, Event, FactGroup, FactGroups, FactsRecord, Filter, JoinLayout, Layout,
-    ListenKey, ListenOwner, Owner, ResetRecord, RetransmitRecord, Settings, SkbOffsets, TupleKey,
+    counter, event_flags, filter_flags, listener_kind, listener_known, owner_source, port_bits,
+    reset_direction, retransmit_kind, retransmit_known, state, DropLayout, Event, FactGroup,
+    FactGroups, FactsRecord, Filter, JoinLayout, Layout, ListenKey, ListenOffsets, ListenOwner,
+    ListenerRecord, Owner, ResetRecord, RetransmitRecord, Settings, SkbOffsets, TupleKey,
     ADDRS_MAX, AF_INET, AF_INET6, FACTS_RAW_LEN, FACT_GROUP_TIERS, IPPROTO_TCP, LISTENERS_MAX,
     MAX_FACT_GROUPS, MAX_RECORD_LEN, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX, PIDS_MAX,
     PREEXISTING_MAX, TASK_COMM_LEN,
@@ -122,6 +123,24 @@ static SEND_RESET_LAYOUT: JoinLayout = NO_JOIN_LAYOUT;
 #[no_mangle]
 static RECEIVE_RESET_LAYOUT: JoinLayout = NO_JOIN_LAYOUT;
 
+/// Listener health: where the accept queue lives in `struct sock` (from BTF).
+#[no_mangle]
+static LISTEN_OFFSETS: ListenOffsets = ListenOffsets {
+    ack_backlog: 0,
+    max_ack_backlog: 0,
+    ok: 0,
+    _pad: [0; 3],
+};
+
+/// Layout of `skb:kfree_skb` (the program is attached only when it has `rx_sk`).
+#[no_mangle]
+static DROP_LAYOUT: DropLayout = DropLayout {
+    rx_sk: 0,
+    reason: 0,
+    protocol: 0,
+    record_len: 0,
+};
+
 /// Size set by user space at load (`--buffer-size`).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
@@ -150,6 +169,13 @@ static PREEXISTING: HashMap<TupleKey, Owner> = HashMap::with_max_entries(PREEXIS
 /// connects in progress.
 #[map]
 static PENDING: HashMap<u64, Event> = HashMap::with_max_entries(PENDING_MAX, 0);
+
+/// Listener socket address -> its local end, for the listeners this trace shows (those that
+/// passed the filters at listen()). `skb:kfree_skb` fires for every freed packet of the host;
+/// one lookup here is all a packet of any other socket costs. Entries leave at the listener's
+/// close; when full, a new listener's drops are not seen (its queue readings still are).
+#[map]
+static LISTEN_SOCKS: HashMap<u64, ListenKey> = HashMap::with_max_entries(LISTENERS_MAX, 0);
 
 /// Owner pids (or thread ids) to keep.
 #[map]
@@ -426,6 +452,7 @@ fn handle(ctx: &TracePointContext) {
     }
     let ts = unsafe { bpf_ktime_get_ns() };
     emit(ctx, &s, ts, pid_tgid, &who);
+    listener_health(&s, ts);
 }
 
 /// Whether this socket may have a connect() event held: only the transition that follows it,
@@ -1201,6 +1228,141 @@ fn handle_reset(ctx: &TracePointContext, l: &'static JoinLayout, direction: u8) 
         (*r)._pad2 = 0;
         (*r).saddr = bytes16(j.sock.saddr);
         (*r).daddr = bytes16(j.sock.daddr);
+    }
+    let wake = wake_flag(count(counter::JOINED_SUBMITTED));
+    entry.submit(wake);
+}
+
+// ---- Listener health: accept queue at each child, drops for traced listeners ----
+
+/// At a listener's own transitions, keeps the set of traced listeners up to date; at a child's
+/// birth (LISTEN -> SYN_RECV), reads its listener's accept queue. Runs only for events that
+/// passed the filters, after they were emitted, and stays out of the attribution code.
+#[inline(always)]
+fn listener_health(s: &Sock, ts: u64) {
+    if s.newstate == state::LISTEN {
+        let _ = LISTEN_SOCKS.insert(&s.skaddr, &listen_key(s), BPF_ANY as u64);
+    } else if s.oldstate == state::LISTEN && s.newstate == state::CLOSE {
+        let _ = LISTEN_SOCKS.remove(&s.skaddr);
+    } else if s.oldstate == state::LISTEN && s.newstate == state::SYN_RECV {
+        emit_queue(s, ts);
+    }
+}
+
+/// The child's listener, found like attribution finds it (exact address, then wildcard).
+#[inline(always)]
+fn listener_of(s: &Sock) -> Option<(u64, ListenKey)> {
+    let mut key = listen_key(s);
+    // SAFETY: the value is read at once.
+    if let Some(l) = unsafe { LISTENERS.get(&key) } {
+        return Some((l.skaddr, key));
+    }
+    key.addr = [0; 16];
+    // SAFETY: as above.
+    unsafe { LISTENERS.get(&key) }.map(|l| (l.skaddr, key))
+}
+
+/// One accept-queue reading of the child's listener: two bounded reads of its socket. A
+/// listener found only by the start-up scan has no known address, and no reading.
+#[inline(always)]
+fn emit_queue(s: &Sock, ts: u64) {
+    if konst(&LISTEN_OFFSETS.ok) != 1 {
+        return;
+    }
+    let Some((listener, key)) = listener_of(s) else {
+        return;
+    };
+    if listener == 0 {
+        return;
+    }
+    count(counter::JOINED_SEEN);
+    let depth = kread::<u32>(listener, konst(&LISTEN_OFFSETS.ack_backlog));
+    let limit = kread::<u32>(listener, konst(&LISTEN_OFFSETS.max_ack_backlog));
+    let known = if depth.is_some() && limit.is_some() {
+        listener_known::QUEUE
+    } else {
+        0
+    };
+    let Some(mut entry) = EVENTS.reserve::<ListenerRecord>(0) else {
+        count(counter::JOINED_RINGBUF_FULL);
+        return;
+    };
+    let r = entry.as_mut_ptr();
+    // SAFETY: a reserved slot of size_of::<ListenerRecord>(); every field is written.
+    unsafe {
+        (*r).ts_ns = ts;
+        (*r).skaddr = listener;
+        (*r).kind = listener_kind::QUEUE;
+        (*r).known = known;
+        (*r).family = key.family;
+        (*r).port = key.port;
+        (*r)._pad = 0;
+        (*r).depth = depth.unwrap_or(0);
+        (*r).limit = limit.unwrap_or(0);
+        (*r).reason = 0;
+        (*r)._pad2 = 0;
+        (*r).addr = key.addr;
+    }
+    let wake = wake_flag(count(counter::JOINED_SUBMITTED));
+    entry.submit(wake);
+}
+
+#[tracepoint]
+pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+    handle_drop(&ctx);
+    0
+}
+
+/// A freed packet: kept only when its receiving socket is a traced listener. The common case
+/// (no socket, or another one) costs one small copy of the record and at most one lookup.
+#[inline(always)]
+fn handle_drop(ctx: &TracePointContext) {
+    let mut rec = Record {
+        buf: [0; MAX_RECORD_LEN],
+    };
+    let len = konst(&DROP_LAYOUT.record_len) as usize;
+    let Some(dst) = rec.buf.get_mut(..len) else {
+        return;
+    };
+    // SAFETY: the record is readable kernel memory of at least `record_len` bytes (user space
+    // checked it against the format file).
+    if unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, dst) }.is_err() {
+        return;
+    }
+    let sk = rec.u64_at(konst(&DROP_LAYOUT.rx_sk));
+    if sk == 0 {
+        return;
+    }
+    // ETH_P_IP / ETH_P_IPV6 in the `protocol` field (host order): drops of other protocols
+    // (ARP, ...) never have a TCP listener as their socket, so only these are looked up.
+    let proto = rec.u16_at(konst(&DROP_LAYOUT.protocol));
+    if konst(&DROP_LAYOUT.protocol) != 0 && proto != 0x0800 && proto != 0x86dd {
+        return;
+    }
+    // SAFETY: the value is copied out at once.
+    let Some(key) = (unsafe { LISTEN_SOCKS.get(&sk) }).copied() else {
+        return;
+    };
+    count(counter::JOINED_SEEN);
+    let Some(mut entry) = EVENTS.reserve::<ListenerRecord>(0) else {
+        count(counter::JOINED_RINGBUF_FULL);
+        return;
+    };
+    let r = entry.as_mut_ptr();
+    // SAFETY: a reserved slot of size_of::<ListenerRecord>(); every field is written.
+    unsafe {
+        (*r).ts_ns = bpf_ktime_get_ns();
+        (*r).skaddr = sk;
+        (*r).kind = listener_kind::DROP;
+        (*r).known = 0;
+        (*r).family = key.family;
+        (*r).port = key.port;
+        (*r)._pad = 0;
+        (*r).depth = 0;
+        (*r).limit = 0;
+        (*r).reason = rec.u32_at(konst(&DROP_LAYOUT.reason));
+        (*r)._pad2 = 0;
+        (*r).addr = key.addr;
     }
     let wake = wake_flag(count(counter::JOINED_SUBMITTED));
     entry.submit(wake);

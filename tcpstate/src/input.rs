@@ -5,6 +5,7 @@
 
 use crate::event::Event;
 use crate::facts::{Facts, ResetRecord, RetransmitRecord};
+use crate::listeners::{ListenerRecord, NetstatSample};
 
 /// The kernel program's counters plus the kernel's own count of skipped runs of the program,
 /// each known or unknown; the one type every output and the recording use.
@@ -26,6 +27,10 @@ pub enum Input {
     Tick { now_ns: u64 },
     /// A snapshot of the kernel's counters.
     Counters(KernelCounters),
+    /// A listener's accept-queue reading or a packet dropped for it.
+    Listener(ListenerRecord),
+    /// One network namespace's listen and SYN-cookie counters.
+    Netstat(NetstatSample),
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod filter;
 pub mod input;
 #[cfg(feature = "kernel")]
 pub mod kernel;
+pub mod listeners;
 #[cfg(feature = "kernel")]
 pub mod live;
 // Pure, so its tests (and the dashboard check) run in the core build too; only the exporter

@@ -118,6 +118,7 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
     // The kernel's reset reason names (`enum sk_rst_reason` from BTF, lower case, by value),
     // in the recording too so a replay elsewhere names them the same.
     let reset_reasons: Vec<String> = probe.reset_reasons.clone();
+    let drop_reasons: Vec<String> = probe.drop_reasons.clone();
     let mut recorder = match record_file {
         Some((path, file)) => {
             let mut header = record::Header::new(
@@ -127,6 +128,7 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
                 std::env::args().collect::<Vec<_>>().join(" "),
             );
             header.reset_reasons = reset_reasons.clone();
+            header.drop_reasons = drop_reasons.clone();
             let w = RecordWriter::new(file, &header)
                 .with_context(|| format!("writing {}", path.display()))?;
             Some((path, w))
@@ -139,7 +141,8 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
         clock.into(),
         args.count,
         ResetReasons::leak(reset_reasons),
-    );
+    )
+    .with_drop_reasons(ResetReasons::leak(drop_reasons));
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
 
@@ -158,6 +161,7 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             counters: &mut reader,
             last_record_flush: Instant::now(),
             facts_plan: probe.facts_plan.clone(),
+            netstat: procscan::NetstatSampler::default(),
         };
         let limits = Limits {
             duration: args.duration,
@@ -300,6 +304,7 @@ pub(crate) async fn run_into(
         counters: &mut reader,
         last_record_flush: Instant::now(),
         facts_plan: probe.facts_plan.clone(),
+        netstat: procscan::NetstatSampler::default(),
     };
     event_loop(limits, filtered, probe, &mut session)
         .await
@@ -356,6 +361,8 @@ struct Session<'a, W: Write> {
     last_record_flush: Instant,
     /// How this kernel's facts records decode.
     facts_plan: FactsPlan,
+    /// Listen and SYN-cookie counters per namespace, sampled with the kernel's counters.
+    netstat: procscan::NetstatSampler,
 }
 
 impl<W: Write> Session<'_, W> {
@@ -365,6 +372,14 @@ impl<W: Write> Session<'_, W> {
                 .map_err(|e| LoopError::Record(path.clone(), e))?;
         }
         self.output.push(input, self.out).map_err(LoopError::Output)
+    }
+
+    /// One netstat sample per namespace into the stream (and the recording).
+    fn sample_netstat(&mut self) -> Result<(), LoopError> {
+        for n in self.netstat.sample(clock::monotonic_ns()) {
+            self.feed(&Input::Netstat(n))?;
+        }
+        Ok(())
     }
 
     /// Hands the recording's buffer to the file system when it was last done
@@ -493,11 +508,15 @@ async fn event_loop<W: Write>(
                 session.out.flush().map_err(|e| LoopError::Output(e.into()))?;
             }
             _ = counters_timer.tick() => {
+                // The first tick is at once: the start's sample.
+                session.sample_netstat()?;
                 let c = session.counters.read(probe);
                 session.feed(&Input::Counters(c))?;
             }
         }
     };
+    // The last sample, for the final summary.
+    session.sample_netstat()?;
     // Whatever the kernel delivered before the stop is still shown, and with the program
     // detached first, delivered + lost accounts for every event it ran for.
     probe.detach();

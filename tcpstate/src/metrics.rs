@@ -187,6 +187,53 @@ impl PortLabels {
     }
 }
 
+impl PortLabels {
+    /// The label value of a listener's port: a listener is always a service port.
+    fn of_listener(&mut self, port: u16, dropped: &Counter) -> Port {
+        if port == 0 {
+            return Port(None);
+        }
+        set_bit(&mut self.listening, port);
+        if let Some(set) = &self.named {
+            if !bit(set, port) {
+                return Port(None);
+            }
+        }
+        if bit(&self.labelled, port) {
+            return Port(Some(port));
+        }
+        if self.used < self.max {
+            self.used += 1;
+            set_bit(&mut self.labelled, port);
+            return Port(Some(port));
+        }
+        if !bit(&self.dropped, port) {
+            set_bit(&mut self.dropped, port);
+            dropped.inc();
+        }
+        Port(None)
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortReason {
+    port: Port,
+    reason: &'static str,
+}
+
+/// Most distinct (port, reason) series of `tcpstate_listen_drops_total`; later reasons are
+/// `other`.
+const MAX_DROP_SERIES: usize = 256;
+
+/// What the metrics renderer last saw of the cumulative listener health, so totals become
+/// counter increments.
+#[derive(Debug, Default)]
+struct HealthSeen {
+    drops: std::collections::HashMap<(Port, &'static str), u64>,
+    synack: std::collections::HashMap<Port, u64>,
+    netstat: [u64; 5],
+}
+
 /// What the exporter knows about itself, for `tcpstate_build_info`.
 #[derive(Debug, Clone)]
 pub struct BuildInfo {
@@ -213,6 +260,13 @@ pub struct Metrics {
     lost: Family<ReasonLabel, Counter>,
     rescued: Counter,
     series_dropped: Counter,
+    listen_queue_depth: Family<PortOnly, Gauge>,
+    listen_queue_max: Family<PortOnly, Gauge>,
+    listen_queue_limit: Family<PortOnly, Gauge>,
+    listen_drops: Family<PortReason, Counter>,
+    listen_synack_retransmits: Family<PortOnly, Counter>,
+    /// `tcpstate_netstat_*`, summed over namespaces, in `listeners::NETSTAT_FIELDS` order.
+    netstat: [Counter; 5],
     /// Last kernel totals seen, so cumulative kernel counters become counter increments.
     last_lost: std::sync::Mutex<Vec<(&'static str, u64)>>,
     last_events: AtomicU64,
@@ -290,6 +344,12 @@ impl Metrics {
             lost: Family::default(),
             rescued: Counter::default(),
             series_dropped: Counter::default(),
+            listen_queue_depth: Family::default(),
+            listen_queue_max: Family::default(),
+            listen_queue_limit: Family::default(),
+            listen_drops: Family::default(),
+            listen_synack_retransmits: Family::default(),
+            netstat: Default::default(),
             last_lost: std::sync::Mutex::new(Vec::new()),
             last_events: AtomicU64::new(0),
         };
@@ -366,6 +426,38 @@ impl Metrics {
             "Label values refused for --metrics-max-series (counted in port=\"other\")",
             m.series_dropped.clone(),
         );
+        r.register(
+            "tcpstate_listen_queue_depth",
+            "Accept queue of a listener (completed handshakes not yet accepted) at its latest new child",
+            m.listen_queue_depth.clone(),
+        );
+        r.register(
+            "tcpstate_listen_queue_max",
+            "Deepest accept queue of a listener seen at a new child since tracing started",
+            m.listen_queue_max.clone(),
+        );
+        r.register(
+            "tcpstate_listen_queue_limit",
+            "Accept queue limit of a listener (its listen() backlog as the kernel capped it)",
+            m.listen_queue_limit.clone(),
+        );
+        r.register(
+            "tcpstate_listen_drops",
+            "Packets the kernel dropped for a traced listener (skb:kfree_skb), by drop reason",
+            m.listen_drops.clone(),
+        );
+        r.register(
+            "tcpstate_listen_synack_retransmits",
+            "SYN-ACKs a listener sent again",
+            m.listen_synack_retransmits.clone(),
+        );
+        for (i, (name, field)) in crate::listeners::NETSTAT_FIELDS.iter().enumerate() {
+            r.register(
+                format!("tcpstate_netstat_{name}"),
+                format!("TcpExt {field} of /proc/PID/net/netstat since tracing started, summed over network namespaces (every listener, traced or not)"),
+                m.netstat[i].clone(),
+            );
+        }
         r.register(
             "tcpstate_build",
             "The exporter's version, kernel and attachment",
@@ -596,6 +688,7 @@ pub(crate) struct MetricsRenderer {
     metrics: Arc<Metrics>,
     ports: PortLabels,
     losses: LossLog,
+    health_seen: HealthSeen,
 }
 
 impl MetricsRenderer {
@@ -604,6 +697,76 @@ impl MetricsRenderer {
             metrics,
             ports,
             losses: LossLog::default(),
+            health_seen: HealthSeen::default(),
+        }
+    }
+
+    /// Listener health as metrics: gauges set, cumulative totals turned into increments.
+    fn health(&mut self, h: &crate::listeners::Health, names: &crate::pipeline::ResetReasons) {
+        let m = &self.metrics;
+        let mut gauges: std::collections::HashMap<Port, (i64, i64, i64)> = Default::default();
+        let mut drops: std::collections::HashMap<(Port, &'static str), u64> = Default::default();
+        let mut synack: std::collections::HashMap<Port, u64> = Default::default();
+        for (k, s) in h.listeners() {
+            let port = self.ports.of_listener(k.port, &m.series_dropped);
+            if let (Some(d), Some(mx), Some(l)) = (s.last_depth, s.max_depth, s.limit) {
+                // Several listeners in one value (`other`, or one port on two addresses): the
+                // fullest is what matters.
+                let g = gauges.entry(port).or_insert((0, 0, 0));
+                *g = (
+                    g.0.max(i64::from(d)),
+                    g.1.max(i64::from(mx)),
+                    g.2.max(i64::from(l)),
+                );
+            }
+            *synack.entry(port).or_default() += s.synack_retransmits;
+            for (&r, &n) in &s.drops {
+                let name = u16::try_from(r)
+                    .ok()
+                    .and_then(|r| names.name(r))
+                    .unwrap_or("other");
+                let known = self.health_seen.drops.contains_key(&(port, name))
+                    || drops.contains_key(&(port, name));
+                let name = if known || self.health_seen.drops.len() + drops.len() < MAX_DROP_SERIES
+                {
+                    name
+                } else {
+                    "other"
+                };
+                *drops.entry((port, name)).or_default() += n;
+            }
+        }
+        for (port, (d, mx, l)) in gauges {
+            let label = PortOnly { port };
+            m.listen_queue_depth.get_or_create(&label).set(d);
+            m.listen_queue_max.get_or_create(&label).set(mx);
+            m.listen_queue_limit.get_or_create(&label).set(l);
+        }
+        for (key, total) in drops {
+            let before = self.health_seen.drops.insert(key, total).unwrap_or(0);
+            let (port, reason) = key;
+            let c = m.listen_drops.get_or_create(&PortReason { port, reason });
+            if total > before {
+                c.inc_by(total - before);
+            }
+        }
+        for (port, total) in synack {
+            let before = self.health_seen.synack.insert(port, total).unwrap_or(0);
+            let c = m
+                .listen_synack_retransmits
+                .get_or_create(&PortOnly { port });
+            if total > before {
+                c.inc_by(total - before);
+            }
+        }
+        for (i, v) in h.netstat_increase().into_iter().enumerate() {
+            let Some(total) = v else {
+                continue;
+            };
+            let before = std::mem::replace(&mut self.health_seen.netstat[i], total);
+            if total > before {
+                m.netstat[i].inc_by(total - before);
+            }
         }
     }
 
@@ -637,6 +800,10 @@ impl Renderer for MetricsRenderer {
 
     fn summary(&mut self, _: &Summary<'_>, _: &mut Vec<u8>) -> io::Result<()> {
         Ok(())
+    }
+
+    fn health(&mut self, h: &crate::listeners::Health, names: &crate::pipeline::ResetReasons) {
+        MetricsRenderer::health(self, h, names);
     }
 
     fn counters(&mut self, c: &KernelCounters, engine: &Engine) {

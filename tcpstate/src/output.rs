@@ -87,6 +87,12 @@ impl Output {
         }
     }
 
+    /// With the kernel's packet drop reason names (`enum skb_drop_reason`).
+    pub fn with_drop_reasons(mut self, reasons: ResetReasons) -> Self {
+        self.pipeline.set_drop_reasons(reasons);
+        self
+    }
+
     /// Around a pipeline built elsewhere (the exporter's, with its metrics renderer).
     #[cfg(feature = "kernel")]
     pub(crate) fn from_pipeline(pipeline: Pipeline) -> Self {

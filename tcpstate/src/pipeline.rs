@@ -10,6 +10,7 @@ use std::io::{self, Write};
 
 use crate::facts::ResetRecord;
 use crate::input::{Input, KernelCounters};
+use crate::listeners::Health;
 use crate::report::pairing::{self, Emit, Pairing};
 use crate::report::render::{self, Renderer};
 use crate::report::summary::{PipelineCounts, Summary, SummaryKind};
@@ -90,6 +91,8 @@ pub struct OutputConfig {
     /// Statistics still count everything.
     pub max_records: Option<u64>,
     pub reset_reasons: ResetReasons,
+    /// Names of the kernel's packet drop reasons (`enum skb_drop_reason`), the same way.
+    pub drop_reasons: ResetReasons,
 }
 
 impl OutputConfig {
@@ -121,6 +124,7 @@ impl Default for OutputConfig {
             summary_at_end: true,
             max_records: None,
             reset_reasons: ResetReasons::default(),
+            drop_reasons: ResetReasons::default(),
         }
     }
 }
@@ -138,6 +142,8 @@ pub struct Pipeline {
     total: Stats,
     interval: Stats,
     counters: Option<KernelCounters>,
+    /// Listener health and netstat samples (cumulative).
+    health: Health,
     /// Scratch space reused for every event, so the hot path does not allocate.
     done: Vec<Conn>,
     emits: Vec<Emit>,
@@ -178,6 +184,7 @@ impl Pipeline {
             total: Stats::default(),
             interval: Stats::default(),
             counters: None,
+            health: Health::default(),
             done: Vec::new(),
             emits: Vec::new(),
             buf: Vec::with_capacity(4096),
@@ -203,7 +210,18 @@ impl Pipeline {
                 self.reorder.push(ev);
             }
             Input::Facts(f) => self.reorder.push(f),
-            Input::Retransmit(r) => self.reorder.push(Item::Retransmit(r)),
+            Input::Retransmit(r) => {
+                self.health.retransmit(&r);
+                self.reorder.push(Item::Retransmit(r));
+            }
+            Input::Listener(r) => {
+                self.health.listener(&r);
+                return Ok(());
+            }
+            Input::Netstat(n) => {
+                self.health.netstat(&n);
+                return Ok(());
+            }
             Input::Reset(r) => {
                 self.anchor_ns.get_or_insert(r.ts_ns);
                 self.reorder.push(Item::Reset(r));
@@ -215,6 +233,7 @@ impl Pipeline {
             Input::Counters(c) => {
                 self.counters = Some(c);
                 self.renderer.counters(&c, &self.engine);
+                self.renderer.health(&self.health, &self.cfg.drop_reasons);
                 return Ok(());
             }
         }
@@ -280,6 +299,15 @@ impl Pipeline {
 
     pub fn config(&self) -> &OutputConfig {
         &self.cfg
+    }
+
+    pub fn set_drop_reasons(&mut self, reasons: ResetReasons) {
+        self.cfg.drop_reasons = reasons;
+    }
+
+    /// Listener health so far.
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     fn start(&mut self, out: &mut impl Write) -> io::Result<()> {
@@ -486,6 +514,8 @@ impl Pipeline {
                 paired: self.pairing.paired(),
                 unjoined: self.unjoined,
             },
+            health: &self.health,
+            drop_reasons: self.cfg.drop_reasons,
         };
         self.renderer.summary(&s, &mut self.buf)?;
         render::flush(&mut self.buf, out)

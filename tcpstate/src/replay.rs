@@ -25,7 +25,8 @@ pub fn run(args: &ReplayArgs) -> Result<i32> {
         realtime_minus_mono_ns: header.realtime_minus_mono_ns,
     };
     let reasons = ResetReasons::leak(header.reset_reasons);
-    let mut output = Output::with_reasons(&args.output, clock, None, reasons);
+    let mut output = Output::with_reasons(&args.output, clock, None, reasons)
+        .with_drop_reasons(ResetReasons::leak(header.drop_reasons));
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
 

@@ -3,7 +3,7 @@
 //! Offsets are never hard-coded: `sock:inet_sock_set_state` changed layout in Linux 5.6
 //! (`protocol` grew from one byte to two and every address moved).
 
-use tcpstate_common::{JoinLayout, Layout, MAX_RECORD_LEN};
+use tcpstate_common::{DropLayout, JoinLayout, Layout, MAX_RECORD_LEN};
 
 /// One `field:` line of a format file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,9 +270,47 @@ pub fn join_layout(text: &str, event: JoinEvent) -> Result<JoinLayout, FormatErr
     Ok(out)
 }
 
+/// The layout of `skb:kfree_skb`: `rx_sk` (Linux 6.12+; its absence is `Missing`, and the
+/// caller gives a notice), `reason` and `protocol` (optional).
+pub fn drop_layout(text: &str) -> Result<DropLayout, FormatError> {
+    let fields = parse_fields(text)?;
+    let mut l = Lookup {
+        fields: &fields,
+        end: 0,
+    };
+    let mut out = DropLayout {
+        rx_sk: l.required("rx_sk", &[8])?,
+        ..DropLayout::default()
+    };
+    out.reason = l.required("reason", &[4])?;
+    out.protocol = l.optional("protocol", &[2])?.unwrap_or(0);
+    out.record_len = l.end as u16;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kfree_skb_layout_of_6_18() {
+        let text = "format:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+            \tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;\n\
+            \tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;\n\
+            \tfield:void * rx_sk;\toffset:24;\tsize:8;\tsigned:0;\n\
+            \tfield:unsigned short protocol;\toffset:32;\tsize:2;\tsigned:0;\n\
+            \tfield:enum skb_drop_reason reason;\toffset:36;\tsize:4;\tsigned:0;\n";
+        let l = drop_layout(text).expect("layout");
+        assert_eq!(
+            (l.rx_sk, l.protocol, l.reason, l.record_len),
+            (24, 32, 36, 40)
+        );
+        let old = text.replace("rx_sk", "other");
+        assert!(matches!(
+            drop_layout(&old),
+            Err(FormatError::Missing("rx_sk"))
+        ));
+    }
 
     const MODERN: &str = include_str!("../testdata/format-6.18.txt");
     const PRE_5_6: &str = include_str!("../testdata/format-5.4.txt");

@@ -107,6 +107,8 @@ pub struct KernelBtf {
     /// `enum sk_rst_reason` names by value ("" for a value without a name; empty when the kernel
     /// has no such enum).
     pub reset_reasons: Vec<String>,
+    /// `enum skb_drop_reason` names by value, the same way (`SKB_DROP_REASON_` stripped).
+    pub drop_reasons: Vec<String>,
 }
 
 /// Parses the BTF file at `path` once and resolves every offset and name tcpstate uses.
@@ -125,7 +127,8 @@ pub fn load(path: &Path) -> Result<KernelBtf, BtfError> {
             offsets: FIELDS.iter().map(|f| offset_of(&types, f)).collect(),
         },
         skb: skb_offsets(&types),
-        reset_reasons: reset_reasons(&types),
+        reset_reasons: enum_names(&types, "sk_rst_reason", "SK_RST_REASON_"),
+        drop_reasons: enum_names(&types, "skb_drop_reason", "SKB_DROP_REASON_"),
     })
 }
 
@@ -169,11 +172,12 @@ fn skb_offsets(types: &TypeInformation) -> SkbOffsets {
     }
 }
 
-/// The names of `enum sk_rst_reason` (Linux 6.10+), lower case without the `SK_RST_REASON_`
-/// prefix: `SK_RST_REASON_TCP_ABORT_ON_CLOSE` is `"tcp_abort_on_close"`.
-fn reset_reasons(types: &TypeInformation) -> Vec<String> {
+/// The names of an enum by value, lower case without `prefix`: `SK_RST_REASON_TCP_ABORT_ON_CLOSE`
+/// of `enum sk_rst_reason` (Linux 6.10+) is `"tcp_abort_on_close"`, `SKB_DROP_REASON_
+/// TCP_LISTEN_OVERFLOW` of `enum skb_drop_reason` is `"tcp_listen_overflow"`.
+fn enum_names(types: &TypeInformation, enum_name: &str, prefix: &str) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
-    let Some(tid) = types.id_of("sk_rst_reason") else {
+    let Some(tid) = types.id_of(enum_name) else {
         return names;
     };
     let Some(TypeVariant::Enum(e)) = types.from_id(tid) else {
@@ -188,7 +192,7 @@ fn reset_reasons(types: &TypeInformation) -> Vec<String> {
         let Some(value) = value.filter(|&n| n < 1024) else {
             continue;
         };
-        let name = v.name.strip_prefix("SK_RST_REASON_").unwrap_or(&v.name);
+        let name = v.name.strip_prefix(prefix).unwrap_or(&v.name);
         if names.len() <= value {
             names.resize(value + 1, String::new());
         }

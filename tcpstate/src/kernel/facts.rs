@@ -3,9 +3,9 @@
 //! [`Facts`], and how every ring buffer record becomes an [`Input`].
 
 use tcpstate_common::{
-    FactGroup, FactGroups, FactsRecord, ResetRecord, RetransmitRecord, EVENT_SIZE, FACTS_RAW_LEN,
-    FACTS_RECORD_SIZE, FACT_GROUP_TIERS, MAX_FACT_GROUPS, MAX_FACT_GROUP_LEN, RESET_RECORD_SIZE,
-    RETRANSMIT_RECORD_SIZE,
+    FactGroup, FactGroups, FactsRecord, ListenerRecord, ResetRecord, RetransmitRecord, EVENT_SIZE,
+    FACTS_RAW_LEN, FACTS_RECORD_SIZE, FACT_GROUP_TIERS, LISTENER_RECORD_SIZE, MAX_FACT_GROUPS,
+    MAX_FACT_GROUP_LEN, RESET_RECORD_SIZE, RETRANSMIT_RECORD_SIZE,
 };
 
 use super::btf::{SockOffsets, FIELDS};
@@ -275,6 +275,9 @@ pub fn decode_record(bytes: &[u8], plan: &FactsPlan) -> Result<Input, RecordSize
             .map(Input::Retransmit)
             .ok_or(err),
         RESET_RECORD_SIZE => read_pod::<ResetRecord>(bytes).map(Input::Reset).ok_or(err),
+        LISTENER_RECORD_SIZE => read_pod::<ListenerRecord>(bytes)
+            .map(Input::Listener)
+            .ok_or(err),
         _ => Err(err),
     }
 }

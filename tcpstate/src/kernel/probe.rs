@@ -16,8 +16,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tcpstate_common::{
-    names, Counter, JoinLayout, Layout, ListenKey, ListenOwner, Owner, Settings, SkbOffsets,
-    TupleKey, MODERN_LAYOUT,
+    names, Counter, DropLayout, JoinLayout, Layout, ListenKey, ListenOffsets, ListenOwner, Owner,
+    Settings, SkbOffsets, TupleKey, MODERN_LAYOUT,
 };
 
 use super::{
@@ -103,6 +103,10 @@ pub struct Probe {
     pub facts_plan: FactsPlan,
     /// Names of this kernel's reset reasons.
     pub reset_reasons: Vec<String>,
+    /// Names of this kernel's packet drop reasons (`enum skb_drop_reason`).
+    pub drop_reasons: Vec<String>,
+    /// The `skb:kfree_skb` program is attached (listener drops are seen).
+    pub drops_traced: bool,
     /// What this kernel lacks (facts fields, joined tracepoints), one line each, for the
     /// caller to say once on stderr.
     pub notices: Vec<String>,
@@ -145,9 +149,9 @@ fn what_is_lost(event: JoinEvent) -> &'static str {
 }
 
 /// Offsets from the kernel's BTF; without BTF every fact is unknown (said once).
-fn read_btf(notices: &mut Vec<String>) -> (SockOffsets, SkbOffsets, Vec<String>) {
+fn read_btf(notices: &mut Vec<String>) -> (SockOffsets, SkbOffsets, Vec<String>, Vec<String>) {
     match btf::load(Path::new(btf::VMLINUX_BTF)) {
-        Ok(k) => (k.sock, k.skb, k.reset_reasons),
+        Ok(k) => (k.sock, k.skb, k.reset_reasons, k.drop_reasons),
         Err(e) => {
             notices.push(format!(
                 "{e}; socket facts (errno, RTT, bytes, retransmits) are unknown"
@@ -157,6 +161,7 @@ fn read_btf(notices: &mut Vec<String>) -> (SockOffsets, SkbOffsets, Vec<String>)
                     offsets: vec![None; FIELDS.len()],
                 },
                 SkbOffsets::default(),
+                Vec::new(),
                 Vec::new(),
             )
         }
@@ -195,7 +200,9 @@ impl Probe {
         let log_level: u8 = if opts.debug_log { 0xff } else { 0 };
 
         let mut notices = Vec::new();
-        let (sock_offsets, skb, reset_reasons) = read_btf(&mut notices);
+        let (sock_offsets, skb, reset_reasons, drop_reasons) = read_btf(&mut notices);
+        let listen_offsets = listen_offsets(&sock_offsets, &mut notices);
+        let drop_layout = locate_kfree_skb(&tracefs).map_err(|n| notices.push(n)).ok();
         let facts_plan = FactsPlan::new(&sock_offsets);
         if !facts_plan.missing.is_empty() && sock_offsets.offsets.iter().any(Option::is_some) {
             notices.push(format!(
@@ -242,6 +249,8 @@ impl Probe {
                 true,
             )
             .override_global(names::SKB_OFFSETS, &skb, true)
+            .override_global(names::LISTEN_OFFSETS, &listen_offsets, true)
+            .override_global(names::DROP_LAYOUT, &drop_layout.unwrap_or_default(), true)
             .override_global(names::LAYOUT, &layout, true)
             .override_global(names::FILTER, &opts.filter.filter, true)
             .override_global(names::SETTINGS, &settings, true)
@@ -301,6 +310,17 @@ impl Probe {
             }
         }
 
+        let mut drops_traced = false;
+        if drop_layout.is_some() {
+            match attach_program(&mut ebpf, names::KFREE_SKB, "skb", "kfree_skb") {
+                Ok(link) => {
+                    joined.push((names::KFREE_SKB, link));
+                    drops_traced = true;
+                }
+                Err(e) => notices.push(format!("skb:kfree_skb not traced ({e}); {KFREE_SKB_LOST}")),
+            }
+        }
+
         Ok(Probe {
             ebpf,
             counters,
@@ -311,6 +331,8 @@ impl Probe {
             joined,
             facts_plan,
             reset_reasons,
+            drop_reasons,
+            drops_traced,
             notices,
         })
     }
@@ -429,6 +451,56 @@ impl Probe {
 /// Loads and attaches one joined program (its layout global is already set).
 fn attach_joined(ebpf: &mut Ebpf, event: JoinEvent) -> Result<TracePointLinkId, String> {
     let (prog, _, category, name) = event.names();
+    attach_program(ebpf, prog, category, name)
+}
+
+const KFREE_SKB_LOST: &str = "packets dropped for listeners are not shown";
+
+/// `skb:kfree_skb`'s layout; an `Err` is the notice to give (listener drops are optional).
+fn locate_kfree_skb(tracefs: &Path) -> Result<DropLayout, String> {
+    let path = tracefs.join("events/skb/kfree_skb/format");
+    let text = fs::read_to_string(&path)
+        .map_err(|_| format!("this kernel has no skb:kfree_skb tracepoint; {KFREE_SKB_LOST}"))?;
+    tpformat::drop_layout(&text).map_err(|e| match e {
+        FormatError::Missing("rx_sk") => {
+            format!("this kernel's skb:kfree_skb has no rx_sk (Linux 6.12+); {KFREE_SKB_LOST}")
+        }
+        e => format!(
+            "unexpected layout of {}: {e}; {KFREE_SKB_LOST}",
+            path.display()
+        ),
+    })
+}
+
+/// Where the listener's accept queue is, from BTF; none: no queue readings (said once).
+fn listen_offsets(sock: &SockOffsets, notices: &mut Vec<String>) -> ListenOffsets {
+    match (sock.get("ack_backlog"), sock.get("max_ack_backlog")) {
+        (Some(a), Some(m)) => ListenOffsets {
+            ack_backlog: a,
+            max_ack_backlog: m,
+            ok: 1,
+            _pad: [0; 3],
+        },
+        _ => {
+            if sock.offsets.iter().any(Option::is_some) {
+                notices.push(
+                    "this kernel's socket has no sk_ack_backlog / sk_max_ack_backlog: listeners' \
+                     accept queues are not shown"
+                        .into(),
+                );
+            }
+            ListenOffsets::default()
+        }
+    }
+}
+
+/// Loads and attaches one tracepoint program of the object by name.
+fn attach_program(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    category: &str,
+    name: &str,
+) -> Result<TracePointLinkId, String> {
     let program: &mut TracePoint = ebpf
         .program_mut(prog)
         .ok_or_else(|| format!("program `{prog}` missing from the object"))?

@@ -219,6 +219,68 @@ pub fn scan() -> Preexisting {
     join(&sockets, &socket_owners(proc_root))
 }
 
+/// Reads each network namespace's listen and SYN-cookie counters (`/proc/PID/net/netstat`)
+/// through one of its processes, like [`scan`] reads its sockets. Finding the namespaces walks
+/// every process, so that is redone only every [`NetstatSampler::RESCAN_EVERY`] samples; a
+/// namespace whose process went away is dropped at the next walk.
+#[derive(Debug, Default)]
+pub struct NetstatSampler {
+    members: Vec<(u64, u32)>,
+    samples: u64,
+}
+
+/// `net:[4026531840]` -> 4026531840.
+fn netns_inode(link: &Path) -> Option<u64> {
+    let text = fs::read_link(link).ok()?;
+    let text = text.to_str()?;
+    text.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+impl NetstatSampler {
+    pub const RESCAN_EVERY: u64 = 30;
+
+    fn rescan(&mut self) {
+        let proc_root = Path::new("/proc");
+        self.members = namespace_representatives(proc_root)
+            .into_iter()
+            .filter_map(|p| {
+                let ns = netns_inode(&p.join("ns/net"))?;
+                let pid = if p.ends_with("self") {
+                    std::process::id()
+                } else {
+                    p.file_name()?.to_str()?.parse().ok()?
+                };
+                Some((ns, pid))
+            })
+            .collect();
+    }
+
+    /// One sample per namespace, stamped `ts_ns`.
+    pub fn sample(&mut self, ts_ns: u64) -> Vec<crate::listeners::NetstatSample> {
+        if self.samples.is_multiple_of(Self::RESCAN_EVERY) {
+            self.rescan();
+        }
+        self.samples += 1;
+        let mut out = Vec::with_capacity(self.members.len());
+        for &(netns, pid) in &self.members {
+            let path = PathBuf::from(format!("/proc/{pid}/net/netstat"));
+            // The process may be gone, or in another namespace now: checked again.
+            if netns_inode(&PathBuf::from(format!("/proc/{pid}/ns/net"))) != Some(netns) {
+                continue;
+            }
+            if let Ok(text) = fs::read_to_string(&path) {
+                out.push(crate::listeners::NetstatSample {
+                    netns,
+                    pid,
+                    ts_ns,
+                    values: crate::listeners::parse_netstat(&text),
+                });
+            }
+        }
+        out
+    }
+}
+
 /// For messages: a listening key as text.
 pub fn describe(key: &ListenKey) -> String {
     if key.family == AF_INET as u16 {

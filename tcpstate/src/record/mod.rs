@@ -23,6 +23,7 @@ use crate::{
     event::Event,
     facts::{Facts, PackedFacts, ResetRecord, RetransmitRecord, PACKED_FACTS_LEN},
     input::KernelCounters,
+    listeners::{ListenerRecord, NetstatSample},
 };
 
 pub use file::{create_record_file, CreateError};
@@ -43,8 +44,10 @@ pub const CLOCK: &str = "CLOCK_MONOTONIC";
 /// Magic, version, event size, header body length.
 const FIXED_HEADER_LEN: usize = 16;
 /// Two timestamps and four strings of at most `u16::MAX` bytes, each with its length; since
-/// version 2 also a count and up to `MAX_REASONS` reason names of at most 255 bytes.
-const MAX_HEADER_BODY: u32 = 16 + 4 * (2 + u16::MAX as u32) + 2 + MAX_REASONS as u32 * (2 + 255);
+/// version 2 also, twice (reset and drop reasons), a count and up to `MAX_REASONS` reason
+/// names of at most 255 bytes.
+const MAX_HEADER_BODY: u32 =
+    16 + 4 * (2 + u16::MAX as u32) + 2 * (2 + MAX_REASONS as u32 * (2 + 255));
 const CRC_LEN: usize = 4;
 /// Kind and payload length.
 const RECORD_HEAD_LEN: usize = 4;
@@ -56,6 +59,9 @@ const TICK_LEN: usize = 8;
 const FACTS_LEN: usize = PACKED_FACTS_LEN;
 const RETRANSMIT_LEN: usize = 64;
 const RESET_LEN: usize = 72;
+const LISTENER_LEN: usize = 56;
+/// Namespace, pid, time, validity mask, five counters.
+const NETSTAT_LEN: usize = 8 + 4 + 8 + 4 + 5 * 8;
 /// Most reset reason names a header holds.
 const MAX_REASONS: usize = 256;
 /// The largest payload of any kind (an event or the counters).
@@ -69,6 +75,8 @@ const _: () = assert!(
     FACTS_LEN <= MAX_PAYLOAD_LEN
         && RETRANSMIT_LEN <= MAX_PAYLOAD_LEN
         && RESET_LEN <= MAX_PAYLOAD_LEN
+        && LISTENER_LEN <= MAX_PAYLOAD_LEN
+        && NETSTAT_LEN <= MAX_PAYLOAD_LEN
         && MAX_PAYLOAD_LEN <= u16::MAX as usize
 );
 
@@ -81,6 +89,9 @@ mod kinds {
     pub const FACTS: u16 = 4;
     pub const RETRANSMIT: u16 = 5;
     pub const RESET: u16 = 6;
+    /// Listener health (issue 13, still version 2).
+    pub const LISTENER: u16 = 7;
+    pub const NETSTAT: u16 = 8;
 }
 
 /// What a recording says about where it came from.
@@ -100,6 +111,9 @@ pub struct Header {
     /// The kernel's reset reason names by value (`enum sk_rst_reason`, lower case; empty where
     /// unnamed). Version 2 on; empty when read from version 1.
     pub reset_reasons: Vec<String>,
+    /// The kernel's packet drop reason names (`enum skb_drop_reason`), the same way. After the
+    /// reset reasons in version 2; empty when a header ends before them.
+    pub drop_reasons: Vec<String>,
 }
 
 impl Header {
@@ -117,6 +131,7 @@ impl Header {
             realtime_minus_mono_ns,
             command,
             reset_reasons: Vec::new(),
+            drop_reasons: Vec::new(),
         }
     }
 }
@@ -253,6 +268,8 @@ fn payload_len(kind: u16, version: u16) -> Option<usize> {
         kinds::FACTS if version >= 2 => Some(FACTS_LEN),
         kinds::RETRANSMIT if version >= 2 => Some(RETRANSMIT_LEN),
         kinds::RESET if version >= 2 => Some(RESET_LEN),
+        kinds::LISTENER if version >= 2 => Some(LISTENER_LEN),
+        kinds::NETSTAT if version >= 2 => Some(NETSTAT_LEN),
         _ => None,
     }
 }
@@ -383,6 +400,76 @@ fn reset_from_bytes(b: &[u8]) -> ResetRecord {
         _pad2: g.u32(),
         saddr: g.take(),
         daddr: g.take(),
+    }
+}
+
+/// Listener (kind 7): `ListenerRecord` field by field, padding included (stored as zero).
+fn listener_to_bytes(r: &ListenerRecord, out: &mut [u8]) {
+    let mut p = Put { buf: out, pos: 0 };
+    p.bytes(&r.ts_ns.to_le_bytes());
+    p.bytes(&r.skaddr.to_le_bytes());
+    p.bytes(&[r.kind, r.known]);
+    for v in [r.family, r.port, r._pad] {
+        p.bytes(&v.to_le_bytes());
+    }
+    for v in [r.depth, r.limit, r.reason, r._pad2] {
+        p.bytes(&v.to_le_bytes());
+    }
+    p.bytes(&r.addr);
+}
+
+fn listener_from_bytes(b: &[u8]) -> ListenerRecord {
+    let mut g = Get { buf: b, pos: 0 };
+    ListenerRecord {
+        ts_ns: g.u64(),
+        skaddr: g.u64(),
+        kind: g.u8(),
+        known: g.u8(),
+        family: g.u16(),
+        port: g.u16(),
+        _pad: g.u16(),
+        depth: g.u32(),
+        limit: g.u32(),
+        reason: g.u32(),
+        _pad2: g.u32(),
+        addr: g.take(),
+    }
+}
+
+/// Netstat (kind 8): namespace, pid, time, validity mask (bit i: value i known), values (0
+/// where unknown).
+fn netstat_to_bytes(n: &NetstatSample, out: &mut [u8]) {
+    let mut p = Put { buf: out, pos: 0 };
+    p.bytes(&n.netns.to_le_bytes());
+    p.bytes(&n.pid.to_le_bytes());
+    p.bytes(&n.ts_ns.to_le_bytes());
+    let mask = n
+        .values
+        .iter()
+        .enumerate()
+        .fold(0u32, |m, (i, v)| m | u32::from(v.is_some()) << i);
+    p.bytes(&mask.to_le_bytes());
+    for v in n.values {
+        p.bytes(&v.unwrap_or(0).to_le_bytes());
+    }
+}
+
+fn netstat_from_bytes(b: &[u8]) -> NetstatSample {
+    let mut g = Get { buf: b, pos: 0 };
+    let netns = g.u64();
+    let pid = g.u32();
+    let ts_ns = g.u64();
+    let mask = g.u32();
+    let mut values = [None; 5];
+    for (i, v) in values.iter_mut().enumerate() {
+        let x = g.u64();
+        *v = (mask & 1 << i != 0).then_some(x);
+    }
+    NetstatSample {
+        netns,
+        pid,
+        ts_ns,
+        values,
     }
 }
 

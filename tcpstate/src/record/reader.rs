@@ -6,10 +6,10 @@ use tcpstate_common::EVENT_SIZE;
 
 use super::{
     counters_from_bytes, counters_from_v1_bytes, event_le, facts_from_bytes, facts_to_bytes, kinds,
-    payload_len, reset_from_bytes, retransmit_from_bytes, Header, RecordError,
-    RecordErrorKind as K, CLOCK, COUNTERS_LEN, COUNTERS_V1_LEN, CRC_LEN, FACTS_LEN,
-    FIXED_HEADER_LEN, FORMAT_VERSION, MAGIC, MAX_HEADER_BODY, MAX_REASONS, MAX_RECORD_LEN,
-    OLDEST_FORMAT_VERSION, RECORD_HEAD_LEN,
+    listener_from_bytes, netstat_from_bytes, payload_len, reset_from_bytes, retransmit_from_bytes,
+    Header, RecordError, RecordErrorKind as K, CLOCK, COUNTERS_LEN, COUNTERS_V1_LEN, CRC_LEN,
+    FACTS_LEN, FIXED_HEADER_LEN, FORMAT_VERSION, MAGIC, MAX_HEADER_BODY, MAX_REASONS,
+    MAX_RECORD_LEN, OLDEST_FORMAT_VERSION, RECORD_HEAD_LEN,
 };
 use crate::{event, input::Input};
 
@@ -119,6 +119,8 @@ impl<R: Read> RecordReader<R> {
             }
             kinds::RETRANSMIT => Input::Retransmit(retransmit_from_bytes(payload)),
             kinds::RESET => Input::Reset(reset_from_bytes(payload)),
+            kinds::LISTENER => Input::Listener(listener_from_bytes(payload)),
+            kinds::NETSTAT => Input::Netstat(netstat_from_bytes(payload)),
             _ if self.version == 1 => {
                 Input::Counters(counters_from_v1_bytes(&array::<COUNTERS_V1_LEN>(payload)))
             }
@@ -286,26 +288,12 @@ fn parse_body(bytes: &[u8], version: u16) -> Result<Header, RecordError> {
     }
     let command = b.string()?;
     let mut reset_reasons = Vec::new();
+    let mut drop_reasons = Vec::new();
     if version >= 2 {
-        let count_at = b.offset();
-        let n = u16::from_le_bytes(array(b.take(2, "header ends inside the reason count")?));
-        if usize::from(n) > MAX_REASONS {
-            return Err(RecordError::new(
-                count_at,
-                K::BadHeader("too many reset reason names"),
-            ));
-        }
-        for _ in 0..n {
-            let at = b.offset();
-            let name = b.string()?;
-            // The writer clips names to 255 bytes: a longer one is no writer's.
-            if name.len() > 255 {
-                return Err(RecordError::new(
-                    at,
-                    K::BadHeader("reset reason name longer than 255 bytes"),
-                ));
-            }
-            reset_reasons.push(name);
+        reset_reasons = reason_names(&mut b)?;
+        // Drop reasons came later in version 2's life: a header may end before them.
+        if b.pos != bytes.len() {
+            drop_reasons = reason_names(&mut b)?;
         }
     }
     if b.pos != bytes.len() {
@@ -321,5 +309,32 @@ fn parse_body(bytes: &[u8], version: u16) -> Result<Header, RecordError> {
         realtime_minus_mono_ns,
         command,
         reset_reasons,
+        drop_reasons,
     })
+}
+
+/// A count and that many names of at most 255 bytes.
+fn reason_names(b: &mut Body<'_>) -> Result<Vec<String>, RecordError> {
+    let count_at = b.offset();
+    let n = u16::from_le_bytes(array(b.take(2, "header ends inside the reason count")?));
+    if usize::from(n) > MAX_REASONS {
+        return Err(RecordError::new(
+            count_at,
+            K::BadHeader("too many reason names"),
+        ));
+    }
+    let mut names = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        let at = b.offset();
+        let name = b.string()?;
+        // The writer clips names to 255 bytes: a longer one is no writer's.
+        if name.len() > 255 {
+            return Err(RecordError::new(
+                at,
+                K::BadHeader("reason name longer than 255 bytes"),
+            ));
+        }
+        names.push(name);
+    }
+    Ok(names)
 }

@@ -5,9 +5,10 @@ use std::io::{self, BufWriter, Write};
 use tcpstate_common::EVENT_SIZE;
 
 use super::{
-    counters_to_bytes, event_le, facts_to_bytes, kinds, reset_to_bytes, retransmit_to_bytes,
-    Header, CLOCK, CRC_LEN, FACTS_LEN, FIXED_HEADER_LEN, FORMAT_VERSION, MAGIC, MAX_REASONS,
-    MAX_RECORD_LEN, RECORD_HEAD_LEN, RESET_LEN, RETRANSMIT_LEN,
+    counters_to_bytes, event_le, facts_to_bytes, kinds, listener_to_bytes, netstat_to_bytes,
+    reset_to_bytes, retransmit_to_bytes, Header, CLOCK, CRC_LEN, FACTS_LEN, FIXED_HEADER_LEN,
+    FORMAT_VERSION, LISTENER_LEN, MAGIC, MAX_REASONS, MAX_RECORD_LEN, NETSTAT_LEN, RECORD_HEAD_LEN,
+    RESET_LEN, RETRANSMIT_LEN,
 };
 use crate::{event, input::Input};
 
@@ -81,6 +82,14 @@ fn encode_record(input: &Input, buf: &mut [u8; MAX_RECORD_LEN]) -> usize {
             reset_to_bytes(r, &mut payload[..RESET_LEN]);
             (kinds::RESET, RESET_LEN)
         }
+        Input::Listener(r) => {
+            listener_to_bytes(r, &mut payload[..LISTENER_LEN]);
+            (kinds::LISTENER, LISTENER_LEN)
+        }
+        Input::Netstat(n) => {
+            netstat_to_bytes(n, &mut payload[..NETSTAT_LEN]);
+            (kinds::NETSTAT, NETSTAT_LEN)
+        }
     };
     buf[0..2].copy_from_slice(&kind.to_le_bytes());
     // Every payload is at most MAX_PAYLOAD_LEN bytes, which fits a u16.
@@ -122,15 +131,18 @@ pub(super) fn encode_header(h: &Header) -> Vec<u8> {
     push_str(&mut out, &h.kernel_release);
     push_str(&mut out, CLOCK);
     push_str(&mut out, &h.command);
-    // Reset reason names: at most MAX_REASONS, each at most 255 bytes (enum names are short).
-    let reasons = &h.reset_reasons[..h.reset_reasons.len().min(MAX_REASONS)];
-    out.extend_from_slice(&(reasons.len() as u16).to_le_bytes());
-    for name in reasons {
-        let mut end = name.len().min(255);
-        while !name.is_char_boundary(end) {
-            end -= 1;
+    // Reset, then drop reason names: at most MAX_REASONS each, each at most 255 bytes (enum
+    // names are short).
+    for names in [&h.reset_reasons, &h.drop_reasons] {
+        let reasons = &names[..names.len().min(MAX_REASONS)];
+        out.extend_from_slice(&(reasons.len() as u16).to_le_bytes());
+        for name in reasons {
+            let mut end = name.len().min(255);
+            while !name.is_char_boundary(end) {
+                end -= 1;
+            }
+            push_clipped(&mut out, &name[..end]);
         }
-        push_clipped(&mut out, &name[..end]);
     }
     // At most MAX_HEADER_BODY bytes: the strings are clipped.
     let body_len = (out.len() - FIXED_HEADER_LEN) as u32;

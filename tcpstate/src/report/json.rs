@@ -445,6 +445,13 @@ struct SummaryJson<'a> {
     kernel: Option<KernelJson>,
     pipeline: PipelineJson,
     why: WhyJson<'a>,
+    /// Listener health (issue 13); absent when no listener record arrived.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listeners: Option<Vec<crate::listeners::ListenerJson>>,
+    /// Per-namespace listen and SYN-cookie counters; absent without samples (a replay of an
+    /// older recording).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netstat: Option<crate::listeners::NetstatJson>,
 }
 
 /// The summary's part from socket facts, retransmits and resets (issue 10).
@@ -537,6 +544,8 @@ pub fn summary(s: &Summary<'_>, out: &mut impl io::Write) -> io::Result<()> {
                 .collect(),
             unjoined: s.pipeline.unjoined,
         },
+        listeners: Some(s.health.listeners_json(&s.drop_reasons)).filter(|l| !l.is_empty()),
+        netstat: s.health.netstat_json(),
     };
     write_line(&obj, out)
 }

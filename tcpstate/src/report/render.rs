@@ -35,6 +35,8 @@ pub(crate) trait Renderer {
     /// at hand for sinks that report open connections (the exporter). Printing modes show
     /// counters only in summaries.
     fn counters(&mut self, _counters: &KernelCounters, _engine: &Engine) {}
+    /// Listener health, when the counters were sampled (the exporter's metrics).
+    fn health(&mut self, _health: &crate::listeners::Health, _drop_reasons: &ResetReasons) {}
 }
 
 /// Which renderer.

@@ -4,6 +4,8 @@ use std::fmt::{self, Write};
 
 use super::Ms;
 use crate::input::{Counter, KernelCounters};
+use crate::listeners::Health;
+use crate::pipeline::ResetReasons;
 use crate::stats::Stats;
 use crate::timeline::{errno_name, Outcome, RetxKind, Role};
 
@@ -49,6 +51,9 @@ pub struct Summary<'a> {
     /// The kernel's latest counters, cumulative since tracing started.
     pub counters: Option<KernelCounters>,
     pub pipeline: PipelineCounts,
+    /// Listener health and netstat counters, cumulative since tracing started.
+    pub health: &'a Health,
+    pub drop_reasons: ResetReasons,
 }
 
 /// The human-readable summary block.
@@ -115,6 +120,7 @@ pub fn text(s: &Summary<'_>, out: &mut impl Write) -> fmt::Result {
         p.events, p.late, p.forced, p.superseded, p.paired
     )?;
     why_text(s, out)?;
+    s.health.text(&s.drop_reasons, out)?;
     match &s.counters {
         Some(k) => kernel_text(k, out)?,
         None => writeln!(out, "kernel: no counters received")?,
