@@ -13,6 +13,7 @@ fn header() -> Header {
         realtime_minus_mono_ns: 1_763_700_000_000_000_000,
         command: "tcpstate trace --record x.tsr".into(),
         reset_reasons: vec!["not_specified".into(), "no_socket".into(), String::new()],
+        drop_reasons: vec![String::new(), "tcp_listen_overflow".into()],
     }
 }
 
@@ -107,6 +108,26 @@ fn inputs() -> Vec<Input> {
             saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             daddr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         }),
+        Input::Listener(crate::listeners::ListenerRecord {
+            ts_ns: 3_300,
+            skaddr: 0xffff_8880_0000_0002,
+            kind: 1,
+            known: 1,
+            family: 10,
+            port: 8080,
+            _pad: 0,
+            depth: 3,
+            limit: 4096,
+            reason: 40,
+            _pad2: 0,
+            addr: [3; 16],
+        }),
+        Input::Netstat(crate::listeners::NetstatSample {
+            netns: 4_026_531_840,
+            pid: 1,
+            ts_ns: 3_400,
+            values: [Some(7), None, Some(0), Some(u64::MAX), None],
+        }),
         Input::Tick { now_ns: u64::MAX },
     ]
 }
@@ -137,6 +158,8 @@ fn record_len(i: &Input) -> usize {
         Input::Facts(_) => 84,
         Input::Retransmit(_) => 64,
         Input::Reset(_) => 72,
+        Input::Listener(_) => 56,
+        Input::Netstat(_) => 64,
     }
 }
 
@@ -176,6 +199,7 @@ fn header_fields_roundtrip() {
             realtime_minus_mono_ns: i64::MIN,
             command: String::new(),
             reset_reasons: Vec::new(),
+            drop_reasons: Vec::new(),
         },
         Header {
             tool_version: "9.9.9-rc1".into(),
@@ -184,6 +208,7 @@ fn header_fields_roundtrip() {
             realtime_minus_mono_ns: -1,
             command: "tcpstate trace --comm 'nginx ü' -p 80".into(),
             reset_reasons: vec!["tcp_abort_on_close".into(); 3],
+            drop_reasons: vec!["socket_backlog".into(); 2],
         },
         Header::new("6.1.0".into(), 5, 6, "cmd".into()),
     ] {
@@ -217,8 +242,12 @@ fn documented_bytes(version: u8, counters_payload: &[u8]) -> Vec<u8> {
     let mut want: Vec<u8> = vec![0x89, b'T', b'S', b'R', b'\r', b'\n', 0x1a, b'\n'];
     want.extend([version, 0]); // format version
     want.extend([112, 0]); // event size
-                           // Version 2 adds the reset reason names.
-    let reasons_len = if version >= 2 { 2 + 2 + (2 + 9) } else { 0 };
+                           // Version 2 adds the reset and the drop reason names.
+    let reasons_len = if version >= 2 {
+        2 + 2 + (2 + 9) + 2 + (2 + 19)
+    } else {
+        0
+    };
     let body_len = 8 + 8 + (2 + 3) + (2 + 4) + (2 + 15) + (2 + 1) + reasons_len;
     want.extend([body_len as u8, 0, 0, 0]);
     want.extend([8, 7, 6, 5, 4, 3, 2, 1]);
@@ -231,6 +260,8 @@ fn documented_bytes(version: u8, counters_payload: &[u8]) -> Vec<u8> {
         want.extend([2, 0]); // two reset reason names
         want.extend(b"\x00\x00");
         want.extend(b"\x09\x00no_socket");
+        want.extend([1, 0]); // one drop reason name
+        want.extend(b"\x13\x00tcp_listen_overflow");
     }
     let crc = crc32fast::hash(&want);
     want.extend(crc.to_le_bytes());
@@ -279,6 +310,11 @@ fn documented_header(version: u8) -> Header {
         command: "x".into(),
         reset_reasons: if version >= 2 {
             vec![String::new(), "no_socket".into()]
+        } else {
+            Vec::new()
+        },
+        drop_reasons: if version >= 2 {
+            vec!["tcp_listen_overflow".into()]
         } else {
             Vec::new()
         },
@@ -687,27 +723,53 @@ fn offset_advances_record_by_record() {
     assert!(reader.next().is_none());
 }
 
+/// Removes the last `n` bytes of the header body (fix the CRC afterwards).
+fn strip_header_tail(bytes: &mut Vec<u8>, n: usize) {
+    let body_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+    let body_end = 16 + body_len;
+    bytes.drain(body_end - n..body_end);
+    bytes[12..16].copy_from_slice(&((body_len - n) as u32).to_le_bytes());
+}
+
+fn fix_header_crc(bytes: &mut [u8]) {
+    let body_end = 16 + u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+    let crc = crc32fast::hash(&bytes[..body_end]);
+    bytes[body_end..body_end + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A version-2 header written before the drop reason names existed (it ends after the reset
+/// reasons) still reads, with no drop reason names.
+#[test]
+fn version_2_without_drop_reasons_reads() {
+    let mut h = header();
+    h.drop_reasons.clear();
+    let (mut bytes, _) = record(&h, &inputs());
+    strip_header_tail(&mut bytes, 2);
+    fix_header_crc(&mut bytes);
+    let (h2, got, err) = read(&bytes).unwrap();
+    assert_eq!(h2, h);
+    assert_eq!(got, inputs());
+    assert!(err.is_none());
+}
+
 /// A version-1 file (no reason names, no facts kinds) still reads; the new kinds in it are
 /// damage, as they were for a version-1 reader.
 #[test]
 fn version_1_still_reads() {
     let mut h = header();
     h.reset_reasons.clear();
+    h.drop_reasons.clear();
     let old: Vec<Input> = inputs()
         .into_iter()
         // Version 1's counters record is another layout (`version_1_recordings_are_read`).
         .filter(|i| matches!(i, Input::Event(_) | Input::Tick { .. }))
         .collect();
     let (mut bytes, _) = record(&h, &old);
-    // Rewrite the header as version 1: drop the reason count (2 zero bytes at the body's end).
-    let body_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
-    let body_end = 16 + body_len;
-    assert_eq!(&bytes[body_end - 2..body_end], &[0, 0]);
-    bytes.drain(body_end - 2..body_end);
+    // Rewrite the header as version 1: drop the two reason counts (4 zero bytes at the body's
+    // end).
+    strip_header_tail(&mut bytes, 4);
     bytes[8] = 1;
-    bytes[12..16].copy_from_slice(&((body_len - 2) as u32).to_le_bytes());
-    let crc = crc32fast::hash(&bytes[..body_end - 2]);
-    bytes[body_end - 2..body_end + 2].copy_from_slice(&crc.to_le_bytes());
+    fix_header_crc(&mut bytes);
     let (reader, got_h) = RecordReader::open(&bytes[..]).unwrap();
     assert_eq!(reader.format_version(), 1);
     assert_eq!(got_h, h);

@@ -762,7 +762,7 @@ pub(crate) fn why_inputs(t0: u64) -> Vec<Input> {
         Input::Retransmit(r) => r.ts_ns,
         Input::Reset(r) => r.ts_ns,
         Input::Tick { now_ns } => *now_ns,
-        Input::Counters(_) => 0,
+        Input::Counters(_) | Input::Listener(_) | Input::Netstat(_) => 0,
     });
     v
 }
