@@ -71,6 +71,8 @@ pub fn run(args: &ExporterArgs) -> Result<i32> {
     let cfg = OutputConfig {
         max_tracked: args.max_tracked as usize,
         summary_at_end: false,
+        // `tcpstate_listen_drops_total`'s reason label.
+        drop_reasons: crate::pipeline::ResetReasons::leak(probe.drop_reasons.clone()),
         ..OutputConfig::default()
     };
     let renderer = MetricsRenderer::new(

@@ -949,6 +949,66 @@ mod tests {
         }
     }
 
+    /// Listener health as metrics: gauges per listener port, drops by reason, netstat summed
+    /// over namespaces; totals fed twice count once.
+    #[test]
+    fn listener_health_metrics() {
+        use crate::listeners::{listener_kind, listener_known, ListenerRecord, NetstatSample};
+        let q = ListenerRecord {
+            ts_ns: 1,
+            skaddr: 0x7000,
+            kind: listener_kind::QUEUE,
+            known: listener_known::QUEUE,
+            family: 2,
+            port: 8080,
+            _pad: 0,
+            depth: 2,
+            limit: 2,
+            reason: 0,
+            _pad2: 0,
+            addr: [0; 16],
+        };
+        let d = ListenerRecord {
+            kind: listener_kind::DROP,
+            reason: 40,
+            ..q
+        };
+        let n = |ns, v| NetstatSample {
+            netns: ns,
+            pid: 1,
+            ts_ns: 1,
+            values: [Some(v), Some(v), Some(0), Some(0), Some(0)],
+        };
+        let c = Input::Counters(KernelCounters::zero());
+        let m = run(
+            &[
+                Input::Netstat(n(1, 10)),
+                Input::Netstat(n(2, 0)),
+                Input::Listener(q),
+                Input::Listener(d),
+                c,
+                Input::Listener(d),
+                Input::Netstat(n(1, 13)),
+                Input::Netstat(n(2, 1)),
+                c,
+                c,
+            ],
+            PortLabels::new(None, 32),
+        );
+        let text = m.encode();
+        for want in [
+            "tcpstate_listen_queue_depth{port=\"8080\"} 2",
+            "tcpstate_listen_queue_max{port=\"8080\"} 2",
+            "tcpstate_listen_queue_limit{port=\"8080\"} 2",
+            // No names table here: the reason is `other`.
+            "tcpstate_listen_drops_total{port=\"8080\",reason=\"other\"} 2",
+            "tcpstate_netstat_listen_overflows_total 4",
+            "tcpstate_netstat_syncookies_sent_total 0",
+        ] {
+            assert!(text.contains(want), "{want} not in {text}");
+        }
+    }
+
     /// A registry where every family has a series, as a long-running exporter's would (empty
     /// families are not encoded at all).
     pub(crate) fn populated() -> Arc<Metrics> {
