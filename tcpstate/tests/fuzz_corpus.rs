@@ -156,6 +156,7 @@ fn recording(inputs: &[Input]) -> Vec<u8> {
         realtime_minus_mono_ns: 1_763_700_000_000_000_000,
         command: "tcpstate trace --record seed.tsr".into(),
         reset_reasons: vec![String::new(), "no_socket".into()],
+        drop_reasons: Vec::new(),
     };
     let mut w = RecordWriter::new(Vec::new(), &header).unwrap();
     for i in inputs {

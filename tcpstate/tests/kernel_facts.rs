@@ -79,6 +79,12 @@ fn assert_all_joined(probe: &Probe) {
             probe.notices
         );
     }
+    // Listener drops: this kernel's skb:kfree_skb has rx_sk (Linux 6.12+).
+    assert!(
+        attached.contains(&names::KFREE_SKB) && probe.drops_traced,
+        "kfree_skb not attached; notices: {:?}",
+        probe.notices
+    );
     assert!(probe.notices.is_empty(), "notices: {:?}", probe.notices);
 }
 

@@ -172,7 +172,7 @@ fn netns_inode(path: &str) -> u64 {
         .expect("namespace inode")
 }
 
-fn listener<'a>(summary: &'a Value, port: u16) -> &'a Value {
+fn listener(summary: &Value, port: u16) -> &Value {
     summary["listeners"]
         .as_array()
         .and_then(|a| a.iter().find(|l| l["port"] == port))
