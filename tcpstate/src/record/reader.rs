@@ -291,9 +291,17 @@ fn parse_body(bytes: &[u8], version: u16) -> Result<Header, RecordError> {
     let mut drop_reasons = Vec::new();
     if version >= 2 {
         reset_reasons = reason_names(&mut b)?;
-        // Drop reasons came later in version 2's life: a header may end before them.
+        // Drop reasons came later in version 2's life, and are written only when there are
+        // some: a header may end before them, but an empty list is no writer's.
         if b.pos != bytes.len() {
+            let at = b.offset();
             drop_reasons = reason_names(&mut b)?;
+            if drop_reasons.is_empty() {
+                return Err(RecordError::new(
+                    at,
+                    K::BadHeader("an empty list of drop reason names"),
+                ));
+            }
         }
     }
     if b.pos != bytes.len() {

@@ -737,19 +737,26 @@ fn fix_header_crc(bytes: &mut [u8]) {
     bytes[body_end..body_end + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// A version-2 header written before the drop reason names existed (it ends after the reset
-/// reasons) still reads, with no drop reason names.
+/// A version-2 header without drop reason names (as written before they existed, and now
+/// whenever there are none) reads; an explicit empty list is no writer's.
 #[test]
 fn version_2_without_drop_reasons_reads() {
     let mut h = header();
     h.drop_reasons.clear();
     let (mut bytes, _) = record(&h, &inputs());
-    strip_header_tail(&mut bytes, 2);
-    fix_header_crc(&mut bytes);
     let (h2, got, err) = read(&bytes).unwrap();
     assert_eq!(h2, h);
     assert_eq!(got, inputs());
     assert!(err.is_none());
+    // Append a zero count to the header body.
+    let body_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+    bytes.splice(16 + body_len..16 + body_len, [0u8, 0]);
+    bytes[12..16].copy_from_slice(&((body_len + 2) as u32).to_le_bytes());
+    fix_header_crc(&mut bytes);
+    assert!(matches!(
+        read(&bytes).map(|_| ()).map_err(|e| e.kind),
+        Err(RecordErrorKind::BadHeader(_))
+    ));
 }
 
 /// A version-1 file (no reason names, no facts kinds) still reads; the new kinds in it are
@@ -765,9 +772,9 @@ fn version_1_still_reads() {
         .filter(|i| matches!(i, Input::Event(_) | Input::Tick { .. }))
         .collect();
     let (mut bytes, _) = record(&h, &old);
-    // Rewrite the header as version 1: drop the two reason counts (4 zero bytes at the body's
-    // end).
-    strip_header_tail(&mut bytes, 4);
+    // Rewrite the header as version 1: drop the reason count (2 zero bytes at the body's end;
+    // no drop reasons, so no second count).
+    strip_header_tail(&mut bytes, 2);
     bytes[8] = 1;
     fix_header_crc(&mut bytes);
     let (reader, got_h) = RecordReader::open(&bytes[..]).unwrap();

@@ -132,8 +132,15 @@ pub(super) fn encode_header(h: &Header) -> Vec<u8> {
     push_str(&mut out, CLOCK);
     push_str(&mut out, &h.command);
     // Reset, then drop reason names: at most MAX_REASONS each, each at most 255 bytes (enum
-    // names are short).
-    for names in [&h.reset_reasons, &h.drop_reasons] {
+    // names are short). The drop reasons only when there are some: a header without them is
+    // the version-2 header as it was before they existed, byte for byte.
+    let drop: &[String] = &h.drop_reasons;
+    let lists: &[&[String]] = if drop.is_empty() {
+        &[&h.reset_reasons]
+    } else {
+        &[&h.reset_reasons, drop]
+    };
+    for names in lists {
         let reasons = &names[..names.len().min(MAX_REASONS)];
         out.extend_from_slice(&(reasons.len() as u16).to_le_bytes());
         for name in reasons {
