@@ -339,6 +339,16 @@ pub struct DropLayout {
     pub record_len: u16,
 }
 
+/// `skb:kfree_skb`'s layout since Linux 6.12 (`rx_sk` added). When the format file describes
+/// exactly this, the program loads the fields straight from the record (constant offsets, no
+/// copy): the event fires for every freed packet of the host, so its common case must be cheap.
+pub const MODERN_DROP_LAYOUT: DropLayout = DropLayout {
+    rx_sk: 24,
+    reason: 36,
+    protocol: 32,
+    record_len: 40,
+};
+
 /// Bounds of one [`FactGroup`] copy the program accepts: a group of at most `L` bytes (one of
 /// these) starts at most at `FACTS_RAW_LEN - L` in `raw`. The verifier can then prove every copy
 /// stays inside the record from the two bounds of each case alone (it tracks no relation

@@ -31,8 +31,8 @@ use tcpstate_common::{
     FactGroups, FactsRecord, Filter, JoinLayout, Layout, ListenKey, ListenOffsets, ListenOwner,
     ListenerRecord, Owner, ResetRecord, RetransmitRecord, Settings, SkbOffsets, TupleKey,
     ADDRS_MAX, AF_INET, AF_INET6, FACTS_RAW_LEN, FACT_GROUP_TIERS, IPPROTO_TCP, LISTENERS_MAX,
-    MAX_FACT_GROUPS, MAX_RECORD_LEN, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX, PIDS_MAX,
-    PREEXISTING_MAX, TASK_COMM_LEN,
+    MAX_FACT_GROUPS, MAX_RECORD_LEN, MODERN_DROP_LAYOUT, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX,
+    PIDS_MAX, PREEXISTING_MAX, TASK_COMM_LEN,
 };
 
 #[no_mangle]
@@ -1314,29 +1314,47 @@ pub fn kfree_skb(ctx: TracePointContext) -> u32 {
 }
 
 /// A freed packet: kept only when its receiving socket is a traced listener. The common case
-/// (no socket, or another one) costs one small copy of the record and at most one lookup.
+/// (no socket, or another one) costs two loads from the record and at most one lookup.
 #[inline(always)]
 fn handle_drop(ctx: &TracePointContext) {
-    let mut rec = Record {
-        buf: [0; MAX_RECORD_LEN],
+    // `direct_read` off (tests of the generic path) forces the copy here too.
+    let modern = konst(&SETTINGS.direct_read) == 1
+        && konst(&DROP_LAYOUT.rx_sk) == MODERN_DROP_LAYOUT.rx_sk
+        && konst(&DROP_LAYOUT.reason) == MODERN_DROP_LAYOUT.reason
+        && konst(&DROP_LAYOUT.protocol) == MODERN_DROP_LAYOUT.protocol;
+    let (sk, proto, reason) = if modern {
+        const M: DropLayout = MODERN_DROP_LAYOUT;
+        (
+            ctx_field::<u64>(ctx, M.rx_sk),
+            ctx_field::<u16>(ctx, M.protocol),
+            ctx_field::<u32>(ctx, M.reason),
+        )
+    } else {
+        let mut rec = Record {
+            buf: [0; MAX_RECORD_LEN],
+        };
+        let len = konst(&DROP_LAYOUT.record_len) as usize;
+        let Some(dst) = rec.buf.get_mut(..len) else {
+            return;
+        };
+        // SAFETY: the record is readable kernel memory of at least `record_len` bytes (user
+        // space checked it against the format file).
+        if unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, dst) }.is_err() {
+            return;
+        }
+        let p = konst(&DROP_LAYOUT.protocol);
+        (
+            rec.u64_at(konst(&DROP_LAYOUT.rx_sk)),
+            if p == 0 { 0 } else { rec.u16_at(p) },
+            rec.u32_at(konst(&DROP_LAYOUT.reason)),
+        )
     };
-    let len = konst(&DROP_LAYOUT.record_len) as usize;
-    let Some(dst) = rec.buf.get_mut(..len) else {
-        return;
-    };
-    // SAFETY: the record is readable kernel memory of at least `record_len` bytes (user space
-    // checked it against the format file).
-    if unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, dst) }.is_err() {
-        return;
-    }
-    let sk = rec.u64_at(konst(&DROP_LAYOUT.rx_sk));
     if sk == 0 {
         return;
     }
-    // ETH_P_IP / ETH_P_IPV6 in the `protocol` field (host order): drops of other protocols
-    // (ARP, ...) never have a TCP listener as their socket, so only these are looked up.
-    let proto = rec.u16_at(konst(&DROP_LAYOUT.protocol));
-    if konst(&DROP_LAYOUT.protocol) != 0 && proto != 0x0800 && proto != 0x86dd {
+    // ETH_P_IP / ETH_P_IPV6 in the `protocol` field (host order; 0 when the event lacks it):
+    // packets of other protocols (ARP, ...) never have a TCP listener as their socket.
+    if proto != 0 && proto != 0x0800 && proto != 0x86dd {
         return;
     }
     // SAFETY: the value is copied out at once.
@@ -1360,7 +1378,7 @@ fn handle_drop(ctx: &TracePointContext) {
         (*r)._pad = 0;
         (*r).depth = 0;
         (*r).limit = 0;
-        (*r).reason = rec.u32_at(konst(&DROP_LAYOUT.reason));
+        (*r).reason = reason;
         (*r)._pad2 = 0;
         (*r).addr = key.addr;
     }

@@ -173,24 +173,33 @@ impl Health {
         }
     }
 
-    /// A SYN-ACK retransmit: counted on its listener when that listener is known here (it is
-    /// once the listener created a child or dropped a packet, both of which name it). Others
-    /// stay with their connections only.
+    /// A listener's listen() (its CLOSE -> LISTEN event): its socket address names it, for the
+    /// SYN-ACK retransmits that follow. No entry yet: a listener shows once something happened
+    /// to it.
+    pub fn learn(&mut self, ev: &crate::event::Event) {
+        if ev.newstate != tcpstate_common::state::LISTEN
+            || self.by_skaddr.len() >= MAX_LISTENERS * 4
+        {
+            return;
+        }
+        let key = ListenerKey {
+            port: ev.sport,
+            family: u16::from(ev.family),
+            addr: ev.saddr,
+        };
+        self.by_skaddr.insert(ev.skaddr, key);
+    }
+
+    /// A SYN-ACK retransmit: counted on its listener when the listener's address is known here
+    /// (from its listen(), a queue reading or a drop). Others stay with their connections only.
     pub fn retransmit(&mut self, r: &RetransmitRecord) {
         if r.kind != tcpstate_common::retransmit_kind::SYNACK {
             return;
         }
-        let key = self
-            .by_skaddr
-            .get(&r.skaddr)
-            .copied()
-            .unwrap_or(ListenerKey {
-                port: r.sport,
-                family: r.family,
-                addr: [0; 16],
-            });
-        // Only listeners already known: a retransmit alone does not say the listener's address.
-        if let Some(s) = self.listeners.get_mut(&key) {
+        let Some(&key) = self.by_skaddr.get(&r.skaddr) else {
+            return;
+        };
+        if let Some(s) = self.entry(key, r.skaddr) {
             s.synack_retransmits += 1;
         }
     }
@@ -460,6 +469,38 @@ IpExt: 0\n";
         let mut text = String::new();
         h.text(&names, &mut text).expect("text");
         assert!(text.contains("listener *:80: 3 accepted, accept queue 2/2 (max 2, full 1 times), 0 SYN-ACK retransmits, 2 drops (tcp_listen_overflow 2)"), "{text}");
+    }
+
+    #[test]
+    fn synack_retransmits_go_to_the_listener_named_by_its_listen() {
+        use tcpstate_common::state::{CLOSE, LISTEN};
+        let mut h = Health::default();
+        let mut r = RetransmitRecord {
+            ts_ns: 5,
+            skaddr: 0x9000,
+            kind: tcpstate_common::retransmit_kind::SYNACK,
+            state: 0,
+            tcp_flags: 0,
+            known: 0,
+            segs: 1,
+            family: 2,
+            sport: 443,
+            dport: 50_000,
+            err: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+        };
+        // Unknown listener: not counted (the retransmit alone does not say its address).
+        h.retransmit(&r);
+        assert_eq!(h.listeners().count(), 0);
+        let listen = crate::event::tests::ev(1, 0x9000, CLOSE, LISTEN, 443, 0);
+        h.learn(&listen);
+        h.retransmit(&r);
+        h.retransmit(&r);
+        r.kind = tcpstate_common::retransmit_kind::SKB;
+        h.retransmit(&r);
+        let (k, s) = h.listeners().next().expect("the listener");
+        assert_eq!((k.port, s.synack_retransmits, s.accepted), (443, 2, 0));
     }
 
     #[test]

@@ -206,6 +206,7 @@ impl Pipeline {
         self.start(out)?;
         match *input {
             Input::Event(ev) => {
+                self.health.learn(&ev);
                 self.anchor_ns.get_or_insert(ev.ts_ns);
                 self.reorder.push(ev);
             }
