@@ -132,6 +132,23 @@ pub struct FilterArgs {
     /// IPv6 only (not IPv6 sockets with a v4-mapped remote address; listeners on `::` too).
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
+    /// Only sockets whose owner is in this cgroup v2 group or below it (a path relative to
+    /// the cgroup v2 root, or under its mount point), as of the owner's system call.
+    #[arg(long = "cgroup", value_name = "PATH", value_parser = parse_cgroup)]
+    pub cgroup: Option<filter::CgroupTarget>,
+    /// Only sockets in this network namespace: an inode, a `/proc/PID/ns/net` or
+    /// `/var/run/netns/NAME` path, or a NAME of `ip netns`.
+    #[arg(long = "netns", value_name = "NS", value_parser = crate::cgroup::netns_inode)]
+    pub netns: Option<u32>,
+}
+
+fn parse_cgroup(s: &str) -> Result<filter::CgroupTarget, String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+    let root = crate::cgroup::cgroup2_mount(&mountinfo)
+        .ok_or("no cgroup v2 hierarchy is mounted on this host")?;
+    let (id, level, path) = crate::cgroup::locate(&root, s)
+        .ok_or_else(|| format!("no cgroup v2 group {s:?} under {}", root.display()))?;
+    Ok(filter::CgroupTarget { id, level, path })
 }
 
 #[derive(Debug, Clone, Args)]
@@ -245,6 +262,8 @@ impl FilterArgs {
             } else {
                 Family::Any
             },
+            cgroup: self.cgroup.clone(),
+            netns: self.netns,
         }
     }
 }

@@ -255,7 +255,8 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
 
 /// Loads and attaches the program, with the sockets that already exist.
 pub(crate) fn attach(opts: &ProbeOptions) -> Result<Probe> {
-    let before = procscan::scan();
+    let cgroups = procscan::CgroupScan::new(&opts.filter.filter);
+    let before = procscan::scan(&cgroups);
     let mut probe = Probe::attach(opts, &before).map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(dir) = &probe.mounted_tracefs {
         eprintln!(
@@ -268,7 +269,7 @@ pub(crate) fn attach(opts: &ProbeOptions) -> Result<Probe> {
     }
     // Sockets created between the first scan and the attach.
     probe
-        .add_preexisting(&procscan::scan())
+        .add_preexisting(&procscan::scan(&cgroups))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(probe)
 }

@@ -17,7 +17,7 @@ mod tests;
 
 use std::{fmt, io};
 
-use tcpstate_common::{Counter, EVENT_SIZE};
+use tcpstate_common::{Counter, EVENT_SIZE, EVENT_V1_SIZE};
 
 use crate::{
     event::Event,
@@ -246,6 +246,7 @@ impl std::error::Error for RecordError {
 /// The payload length of a record kind in a format version, `None` for kinds it does not know.
 fn payload_len(kind: u16, version: u16) -> Option<usize> {
     match kind {
+        kinds::EVENT if version == 1 => Some(EVENT_V1_SIZE),
         kinds::EVENT => Some(EVENT_SIZE),
         kinds::TICK => Some(TICK_LEN),
         kinds::COUNTERS if version == 1 => Some(COUNTERS_V1_LEN),
@@ -386,6 +387,15 @@ fn reset_from_bytes(b: &[u8]) -> ResetRecord {
     }
 }
 
+/// The event size of a format version.
+fn event_size(version: u16) -> usize {
+    if version == 1 {
+        EVENT_V1_SIZE
+    } else {
+        EVENT_SIZE
+    }
+}
+
 /// Converts an event between this host's layout and the file's little-endian one (the same
 /// swap both ways; nothing to do on little-endian hosts).
 fn event_le(ev: &Event) -> Event {
@@ -398,6 +408,8 @@ fn event_le(ev: &Event) -> Event {
     e.owner_tid = e.owner_tid.to_le();
     e.sport = e.sport.to_le();
     e.dport = e.dport.to_le();
+    e.netns = e.netns.to_le();
+    e.cgroup_id = e.cgroup_id.to_le();
     e
 }
 

@@ -2,7 +2,6 @@
 
 use std::io::{self, BufReader, ErrorKind, Read};
 
-use tcpstate_common::EVENT_SIZE;
 
 use super::{
     counters_from_bytes, counters_from_v1_bytes, event_le, facts_from_bytes, facts_to_bytes, kinds,
@@ -99,7 +98,7 @@ impl<R: Read> RecordReader<R> {
         let payload = &buf[RECORD_HEAD_LEN..end];
         let input = match kind {
             // The length was checked against the kind above, so decoding cannot fail.
-            kinds::EVENT => match event::decode(payload) {
+            kinds::EVENT => match event::decode_version(payload, self.version) {
                 Ok(ev) => Input::Event(event_le(&ev)),
                 Err(_) => return Err(RecordError::new(at, K::UnknownKind(kind))),
             },
@@ -198,7 +197,7 @@ fn read_header(r: &mut impl Read) -> Result<(Header, u64, u16), RecordError> {
         ));
     }
     let event_size = u16::from_le_bytes([fixed[10], fixed[11]]);
-    if usize::from(event_size) != EVENT_SIZE {
+    if usize::from(event_size) != super::event_size(version) {
         return Err(RecordError::new(10, K::EventSize(event_size)));
     }
     let body_len = u32::from_le_bytes(array(&fixed[12..16]));
