@@ -16,8 +16,8 @@
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_buf, generated,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated,
     },
     macros::{map, tracepoint},
     maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray, RingBuf},
@@ -26,12 +26,12 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tcpstate_common::{
-    counter, event_flags, filter_flags, owner_flags, owner_source, port_bits, reset_direction, retransmit_kind,
-    retransmit_known, state, Event, FactGroup, FactGroups, FactsRecord, Filter, JoinLayout, Layout,
-    ListenKey, ListenOwner, NetnsOffsets, Owner, ResetRecord, RetransmitRecord, Settings, SkbOffsets, TupleKey,
-    ADDRS_MAX, AF_INET, AF_INET6, FACTS_RAW_LEN, FACT_GROUP_TIERS, IPPROTO_TCP, LISTENERS_MAX,
-    MAX_FACT_GROUPS, MAX_RECORD_LEN, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX, PIDS_MAX,
-    PREEXISTING_MAX, TASK_COMM_LEN,
+    counter, event_flags, filter_flags, owner_flags, owner_source, port_bits, reset_direction,
+    retransmit_kind, retransmit_known, state, Event, FactGroup, FactGroups, FactsRecord, Filter,
+    JoinLayout, Layout, ListenKey, ListenOwner, NetnsOffsets, Owner, ResetRecord, RetransmitRecord,
+    Settings, SkbOffsets, TupleKey, ADDRS_MAX, AF_INET, AF_INET6, FACTS_RAW_LEN, FACT_GROUP_TIERS,
+    IPPROTO_TCP, LISTENERS_MAX, MAX_FACT_GROUPS, MAX_RECORD_LEN, MODERN_LAYOUT, OWNERS_MAX,
+    PENDING_MAX, PIDS_MAX, PREEXISTING_MAX, TASK_COMM_LEN,
 };
 
 #[no_mangle]

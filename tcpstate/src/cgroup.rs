@@ -123,16 +123,29 @@ pub fn v1_controllers_mounted(mountinfo: &str) -> bool {
         line.split_once(" - ").is_some_and(|(_, right)| {
             let mut cols = right.split_whitespace();
             cols.next() == Some("cgroup")
-                && cols
-                    .nth(1)
-                    .is_some_and(|opts| opts.split(',').any(|o| !o.starts_with("name=") && CONTROLLERS.contains(&o)))
+                && cols.nth(1).is_some_and(|opts| {
+                    opts.split(',')
+                        .any(|o| !o.starts_with("name=") && CONTROLLERS.contains(&o))
+                })
         })
     })
 }
 
 const CONTROLLERS: &[&str] = &[
-    "cpu", "cpuacct", "cpuset", "memory", "blkio", "pids", "devices", "freezer", "net_cls",
-    "net_prio", "perf_event", "hugetlb", "rdma", "misc",
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "blkio",
+    "pids",
+    "devices",
+    "freezer",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+    "hugetlb",
+    "rdma",
+    "misc",
 ];
 
 /// The path (relative to the cgroup v2 root, `/` for the root) of a process from the text of
@@ -161,6 +174,81 @@ pub fn locate(root: &Path, path: &str) -> Option<(u64, u32, String)> {
     Some((id, level, format!("/{}", rel.trim_matches('/'))))
 }
 
+/// Longest cgroup path a recording carries (bytes); a longer one stays unknown.
+pub const MAX_PATH_LEN: usize = 1024;
+/// Most cgroup names the output keeps; beyond, new ones stay unknown (rare: that many groups
+/// owning connections in one trace).
+const MAX_NAMES: usize = 65_536;
+
+/// A cgroup's path and what it says about a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    pub path: String,
+    pub kube: Kubernetes,
+}
+
+/// Cgroup id -> path, as the `Input::Cgroup` records named them (live or from a recording).
+#[derive(Debug, Default, Clone)]
+pub struct Names {
+    map: HashMap<u64, Info>,
+}
+
+impl Names {
+    pub fn insert(&mut self, id: u64, path: &str) {
+        if self.map.len() >= MAX_NAMES && !self.map.contains_key(&id) {
+            return;
+        }
+        self.map.insert(
+            id,
+            Info {
+                path: path.to_string(),
+                kube: kubernetes(path),
+            },
+        );
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Info> {
+        if id == 0 {
+            return None;
+        }
+        self.map.get(&id)
+    }
+}
+
+/// Live side: names each cgroup id once, before the first event that carries it, so the
+/// stream (and a recording of it) says what the id means.
+#[derive(Debug)]
+pub struct Announcer {
+    resolver: Resolver,
+    announced: std::collections::HashSet<u64>,
+}
+
+impl Announcer {
+    pub fn new(resolver: Resolver) -> Announcer {
+        Announcer {
+            resolver,
+            announced: std::collections::HashSet::new(),
+        }
+    }
+
+    /// The path to announce for `id`, if it was not announced yet and is known.
+    pub fn announce(&mut self, id: u64) -> Option<String> {
+        if id == 0 || self.announced.contains(&id) {
+            return None;
+        }
+        let path = self.resolver.path(id)?;
+        if path.len() > MAX_PATH_LEN {
+            return None;
+        }
+        if self.announced.len() >= MAX_NAMES {
+            // Announcing again after this costs a record each, never a wrong name.
+            self.announced.clear();
+        }
+        self.announced.insert(id);
+        Some(path)
+    }
+}
+
 /// Most groups a walk visits (a bound on the time one refresh takes).
 const MAX_WALK: usize = 200_000;
 /// Most ids kept.
@@ -185,7 +273,10 @@ impl Resolver {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let root = cgroup2_mount(&mountinfo);
         if root.is_none() {
-            notices.push("no cgroup v2 hierarchy is mounted: cgroup, pod_uid and container_id are null".into());
+            notices.push(
+                "no cgroup v2 hierarchy is mounted: cgroup, pod_uid and container_id are null"
+                    .into(),
+            );
         }
         let root_id = root.as_deref().and_then(|r| id_of(r, ""));
         // On a hybrid host processes sit in the v2 root while v1 controllers place them: the
@@ -314,7 +405,8 @@ mod tests {
         let path = format!("/kubepods.slice/kubepods-pod{u}.slice/cri-containerd-{ID}.scope");
         assert_eq!(k(&path), (Some(UID.into()), Some(ID.into())));
         // The pod's own group: a pod, no container.
-        let path = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice");
+        let path =
+            format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice");
         assert_eq!(k(&path), (Some(UID.into()), None));
         // CRI-O's monitor is no container.
         let path = format!("/kubepods.slice/kubepods-pod{u}.slice/crio-conmon-{ID}.scope");
@@ -328,7 +420,10 @@ mod tests {
             assert_eq!(k(&path), (Some(UID.into()), Some(ID.into())), "{path}");
         }
         assert_eq!(
-            k(&format!("/kubepods/besteffort/pod{}/{ID}", UID.to_uppercase())),
+            k(&format!(
+                "/kubepods/besteffort/pod{}/{ID}",
+                UID.to_uppercase()
+            )),
             (Some(UID.into()), Some(ID.into()))
         );
     }
@@ -354,11 +449,17 @@ mod tests {
 32 30 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
 33 30 0:29 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd
 ";
-        assert_eq!(cgroup2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            cgroup2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
         assert!(v1_controllers_mounted(hybrid));
         let unified = "31 30 0:27 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n\
                        40 30 0:27 /kubepods /mnt/x rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(cgroup2_mount(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            cgroup2_mount(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
         assert!(!v1_controllers_mounted(unified));
         let named_only = "33 30 0:29 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd\n";
         assert!(!v1_controllers_mounted(named_only));

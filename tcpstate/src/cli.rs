@@ -86,6 +86,10 @@ pub struct OutputArgs {
     /// Wide address columns (for IPv6).
     #[arg(short = 'w', long)]
     pub wide: bool,
+    /// Table columns for containers: the socket's network namespace, the owner's pod UID,
+    /// container id (its first 12 digits) and cgroup v2 path.
+    #[arg(long)]
+    pub containers: bool,
     /// Print a summary every SECS seconds as well as at the end.
     #[arg(short = 'i', long, value_name = "SECS", value_parser = positive_f64)]
     pub interval: Option<f64>,

@@ -14,6 +14,7 @@ use tokio::{
     time::{interval, sleep, MissedTickBehavior},
 };
 
+use crate::cgroup;
 use crate::{
     cli::TraceArgs,
     clock,
@@ -158,6 +159,7 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             counters: &mut reader,
             last_record_flush: Instant::now(),
             facts_plan: probe.facts_plan.clone(),
+            cgroups: announcer(),
         };
         let limits = Limits {
             duration: args.duration,
@@ -301,6 +303,7 @@ pub(crate) async fn run_into(
         counters: &mut reader,
         last_record_flush: Instant::now(),
         facts_plan: probe.facts_plan.clone(),
+        cgroups: announcer(),
     };
     event_loop(limits, filtered, probe, &mut session)
         .await
@@ -357,6 +360,18 @@ struct Session<'a, W: Write> {
     last_record_flush: Instant,
     /// How this kernel's facts records decode.
     facts_plan: FactsPlan,
+    /// Names each cgroup id in the stream before its first event.
+    cgroups: cgroup::Announcer,
+}
+
+/// The host's cgroup names; what cannot be known is said once on stderr.
+fn announcer() -> cgroup::Announcer {
+    let mut notices = Vec::new();
+    let resolver = cgroup::Resolver::host(&mut notices);
+    for n in notices {
+        eprintln!("tcpstate: note: {n}");
+    }
+    cgroup::Announcer::new(resolver)
 }
 
 impl<W: Write> Session<'_, W> {
@@ -395,8 +410,14 @@ impl<W: Write> Session<'_, W> {
                 self.totals.undecodable += 1;
                 continue;
             };
-            if matches!(input, Input::Event(_)) {
+            if let Input::Event(ev) = &input {
                 self.totals.delivered += 1;
+                if let Some(path) = self.cgroups.announce(ev.cgroup_id) {
+                    self.feed(&Input::Cgroup {
+                        id: ev.cgroup_id,
+                        path,
+                    })?;
+                }
             }
             any = true;
             self.feed(&input)?;

@@ -17,8 +17,7 @@ use aya::{
 };
 use tcpstate_common::{
     names, Counter, JoinLayout, Layout, ListenKey, ListenOwner, NetnsOffsets, Owner, Settings,
-    SkbOffsets,
-    TupleKey, MODERN_LAYOUT,
+    SkbOffsets, TupleKey, MODERN_LAYOUT,
 };
 
 use super::{

@@ -58,12 +58,13 @@ const RETRANSMIT_LEN: usize = 64;
 const RESET_LEN: usize = 72;
 /// Most reset reason names a header holds.
 const MAX_REASONS: usize = 256;
-/// The largest payload of any kind (an event or the counters).
-const MAX_PAYLOAD_LEN: usize = if COUNTERS_LEN > EVENT_SIZE {
-    COUNTERS_LEN
-} else {
-    EVENT_SIZE
-};
+/// A cgroup record: the id, the path's length, the path, zero padding. Fixed like every kind,
+/// so the length stays redundant with the kind (a flipped length bit is damage, not a
+/// different record).
+const CGROUP_LEN: usize = 8 + 2 + crate::cgroup::MAX_PATH_LEN;
+/// The largest payload of any kind (a cgroup record).
+const MAX_PAYLOAD_LEN: usize = CGROUP_LEN;
+const _: () = assert!(COUNTERS_LEN <= MAX_PAYLOAD_LEN && EVENT_SIZE <= MAX_PAYLOAD_LEN);
 const MAX_RECORD_LEN: usize = RECORD_HEAD_LEN + MAX_PAYLOAD_LEN + CRC_LEN;
 const _: () = assert!(
     FACTS_LEN <= MAX_PAYLOAD_LEN
@@ -81,6 +82,8 @@ mod kinds {
     pub const FACTS: u16 = 4;
     pub const RETRANSMIT: u16 = 5;
     pub const RESET: u16 = 6;
+    /// Version 2 on.
+    pub const CGROUP: u16 = 7;
 }
 
 /// What a recording says about where it came from.
@@ -254,6 +257,7 @@ fn payload_len(kind: u16, version: u16) -> Option<usize> {
         kinds::FACTS if version >= 2 => Some(FACTS_LEN),
         kinds::RETRANSMIT if version >= 2 => Some(RETRANSMIT_LEN),
         kinds::RESET if version >= 2 => Some(RESET_LEN),
+        kinds::CGROUP if version >= 2 => Some(CGROUP_LEN),
         _ => None,
     }
 }

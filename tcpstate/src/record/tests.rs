@@ -109,6 +109,10 @@ fn inputs() -> Vec<Input> {
             saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             daddr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         }),
+        Input::Cgroup {
+            id: 0x1_0000_0042,
+            path: "/kubepods.slice/kubepods-pod0b6c3a4e_6f8d_4c1a_9e2b_7d5f1a2b3c4d.slice".into(),
+        },
         Input::Tick { now_ns: u64::MAX },
     ]
 }
@@ -139,6 +143,7 @@ fn record_len(i: &Input) -> usize {
         Input::Facts(_) => 84,
         Input::Retransmit(_) => 64,
         Input::Reset(_) => 72,
+        Input::Cgroup { .. } => 1034,
     }
 }
 
@@ -220,7 +225,7 @@ fn documented_bytes(version: u8, counters_payload: &[u8]) -> Vec<u8> {
     want.extend([version, 0]); // format version
     let event_len: u8 = if version >= 2 { 120 } else { 112 };
     want.extend([event_len, 0]); // event size
-                           // Version 2 adds the reset reason names.
+                                 // Version 2 adds the reset reason names.
     let reasons_len = if version >= 2 { 2 + 2 + (2 + 9) } else { 0 };
     let body_len = 8 + 8 + (2 + 3) + (2 + 4) + (2 + 15) + (2 + 1) + reasons_len;
     want.extend([body_len as u8, 0, 0, 0]);
@@ -663,7 +668,7 @@ fn a_full_disk_is_an_error_and_leaves_a_readable_prefix() {
     }
     assert_eq!(sink.data.len(), 300_001);
     let (_, got, err) = read(&sink.data).unwrap();
-    assert!(got.len() > 2000);
+    assert!(got.len() > 1000);
     assert_eq!(got, all[..got.len()]);
     let err = err.unwrap();
     assert!(err.is_truncation(), "{err}");

@@ -253,7 +253,9 @@ fn json_connection_line() {
         r#""laddr":"127.0.0.1","lport":40000,"raddr":"192.0.2.9","rport":5432,"role":"client","#,
         r#""outcome":"refused","closer":null,"time_wait":false,"syn_retransmitted":false,"partial":false,"incomplete":false,"#,
         r#""first_state":"CLOSE","last_state":"CLOSE","pid":42,"comm":"curl","owner_source":"syscall","#,
-        r#""ctx_pid":42,"ctx_comm":"curl","start_ns":100000000000,"end_ns":100000150000,"#,
+        r#""ctx_pid":42,"ctx_comm":"curl","#,
+        r#""cgroup":null,"cgroup_id":null,"netns":null,"pod_uid":null,"container_id":null,"#,
+        r#""start_ns":100000000000,"end_ns":100000150000,"#,
         r#""start_unix_ns":1700000100000000000,"end_unix_ns":1700000100000150000,"#,
         r#""life_ns":150000,"life_ms":0.15,"handshake_ns":null,"handshake_ms":null,"#,
         r#""established_ns":null,"established_ms":null,"fin_wait1_ns":null,"fin_wait1_ms":null,"#,
@@ -548,7 +550,7 @@ fn max_records_limits_what_is_printed_not_what_is_counted() {
     let limited = render(cfg, &inputs);
     let records = limited
         .lines()
-        .filter(|l| l.contains("tcpstate.transition.v1"))
+        .filter(|l| l.contains("tcpstate.transition.v2"))
         .count();
     assert_eq!(records, 3);
     let summary = limited
@@ -762,7 +764,7 @@ pub(crate) fn why_inputs(t0: u64) -> Vec<Input> {
         Input::Retransmit(r) => r.ts_ns,
         Input::Reset(r) => r.ts_ns,
         Input::Tick { now_ns } => *now_ns,
-        Input::Counters(_) => 0,
+        Input::Counters(_) | Input::Cgroup { .. } => 0,
     });
     v
 }

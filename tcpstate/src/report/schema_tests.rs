@@ -13,7 +13,7 @@ use tcpstate_common::state::*;
 
 const CONNECTION: &str = include_str!("../../../docs/schema/connection.v2.json");
 const REFUSED: &str = include_str!("../../../docs/schema/refused.v1.json");
-const TRANSITION: &str = include_str!("../../../docs/schema/transition.v1.json");
+const TRANSITION: &str = include_str!("../../../docs/schema/transition.v2.json");
 const SUMMARY: &str = include_str!("../../../docs/schema/summary.v2.json");
 
 const KNOWN: [&str; 15] = [

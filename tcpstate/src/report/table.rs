@@ -17,6 +17,7 @@ use tcpstate_common::{reset_direction, AF_INET};
 
 use super::time::TimeFormatter;
 use super::{comm_or_dash, left, right, role_column, Small};
+use crate::cgroup::Names;
 use crate::event::state_name;
 use crate::facts::ResetRecord;
 use crate::timeline::{errno_name, Conn, RetxKind, Timeout};
@@ -30,11 +31,24 @@ pub(crate) fn addr_width(wide: bool) -> usize {
     }
 }
 
-pub fn header(time: &TimeFormatter, wide: bool, out: &mut impl Write) -> fmt::Result {
+pub fn header(
+    time: &TimeFormatter,
+    wide: bool,
+    containers: bool,
+    out: &mut impl Write,
+) -> fmt::Result {
     let a = addr_width(wide);
+    let extra = if containers {
+        format!(
+            " {:<10} {:<36} {:<12} {:<CGROUP_WIDTH$}",
+            "NETNS", "POD_UID", "CONTAINER", "CGROUP"
+        )
+    } else {
+        String::new()
+    };
     writeln!(
         out,
-        "{}{:<7} {:<16} {:<a$} {:<5} {:<a$} {:<5} {:<8} {:<10} {:>8} {:>8} {:>4} {:>10} {:<6} {:>8} NOTE",
+        "{}{:<7} {:<16} {:<a$} {:<5} {:<a$} {:<5} {:<8} {:<10} {:>8} {:>8} {:>4} {:>10} {:<6} {:>8}{extra} NOTE",
         time.header(),
         "PID",
         "COMM",
@@ -54,11 +68,42 @@ pub fn header(time: &TimeFormatter, wide: bool, out: &mut impl Write) -> fmt::Re
 }
 
 /// One connection. `peer_above`: this is the other end of the connection on the line above.
+/// Width the CGROUP column is padded to (longer paths push NOTE right).
+const CGROUP_WIDTH: usize = 40;
+
+/// The `--containers` columns: NETNS, POD_UID, CONTAINER (12 digits, as `docker ps` shows
+/// it), CGROUP; `-` where unknown.
+fn container_columns(c: &Conn, cgroups: &Names, out: &mut impl Write) -> fmt::Result {
+    let info = cgroups.get(c.cgroup_id());
+    let mut field = Small::new();
+    if c.netns() != 0 {
+        field.push_u64(u64::from(c.netns()));
+    } else {
+        field.push_str("-");
+    }
+    out.write_char(' ')?;
+    left(out, field.as_str(), 11)?;
+    let kube = info.map(|i| &i.kube);
+    left(
+        out,
+        kube.and_then(|k| k.pod_uid.as_deref()).unwrap_or("-"),
+        37,
+    )?;
+    let id = kube.and_then(|k| k.container_id.as_deref()).unwrap_or("-");
+    left(out, id.get(..12).unwrap_or(id), 13)?;
+    left(
+        out,
+        info.map(|i| i.path.as_str()).unwrap_or("-"),
+        CGROUP_WIDTH,
+    )
+}
+
 pub fn line(
     c: &Conn,
     peer_above: bool,
     time: &mut TimeFormatter,
     wide: bool,
+    containers: Option<&Names>,
     out: &mut impl Write,
 ) -> fmt::Result {
     // Hand-padded columns, like `header`'s: `Formatter` padding is slow on this path.
@@ -114,6 +159,9 @@ pub fn line(
     out.write_char(' ')?;
     left(out, c.closer().short(), 6)?;
     ms(c.close_ns(), 9, out)?;
+    if let Some(names) = containers {
+        container_columns(c, names, out)?;
+    }
     let mut sep = " ";
     why_notes(c, &mut sep, out)?;
     if peer_above {

@@ -598,6 +598,7 @@ fn memory_per_connection() {
         "size_of::<Conn>() = {}, bytes per tracked connection = {bytes}",
         std::mem::size_of::<Conn>()
     );
-    assert!(std::mem::size_of::<Conn>() <= 296);
-    assert!(bytes <= 320, "{bytes} bytes per connection");
+    // 16 of these bytes are the owner's cgroup id and the socket's namespace (issue 12).
+    assert!(std::mem::size_of::<Conn>() <= 312);
+    assert!(bytes <= 336, "{bytes} bytes per connection");
 }
