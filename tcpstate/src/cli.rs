@@ -211,6 +211,12 @@ pub struct ExporterArgs {
     #[arg(long, value_name = "N", default_value_t = crate::metrics::DEFAULT_MAX_PORT_SERIES,
           value_parser = clap::value_parser!(u32).range(0..=4096))]
     pub metrics_max_series: u32,
+    /// Extra labels on tcpstate_connections_total: `container` adds `pod_uid` and
+    /// `container_id` (from the owner's cgroup path; "" when it names none), at most
+    /// --metrics-max-series pairs, beyond that "other" (counted in
+    /// tcpstate_metrics_series_dropped_total).
+    #[arg(long, value_name = "LABELS", value_delimiter = ',')]
+    pub metrics_labels: Vec<MetricsLabels>,
     /// Most sockets followed at once; the oldest is dropped (and counted) beyond that.
     #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     pub max_tracked: u32,
@@ -226,6 +232,13 @@ pub struct ExporterArgs {
     /// Show the kernel program's diagnostics (aya-log) on stderr.
     #[arg(long)]
     pub debug: bool,
+}
+
+/// `--metrics-labels` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricsLabels {
+    /// `pod_uid` and `container_id`.
+    Container,
 }
 
 impl ExporterArgs {
