@@ -346,3 +346,115 @@ fn cgroup_and_netns_filters_are_complete_and_exclusive() {
     }
     assert!(lifetimes(&kept, "accepted").is_empty(), "{kept:#?}");
 }
+
+/// GET /metrics over plain HTTP/1.0; the body, or "" when the exporter is not there yet.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// Kills and reaps the exporter whatever happened.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_exporter_labels_a_pods_connections() {
+    if !support::need_root("the_exporter_labels_a_pods_connections") {
+        return;
+    }
+    let groups = PodGroups::new();
+    let link = link();
+    let n = 2;
+    let port = free_port("127.0.0.1".parse().expect("ip"));
+    let listen = free_port("127.0.0.1".parse().expect("ip"));
+    let port_s = port.to_string();
+    let mut exporter = Reaped(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tcpstate"))
+            .args([
+                "exporter",
+                "--listen",
+                &format!("127.0.0.1:{listen}"),
+                "--port",
+                &port_s,
+                "--metrics-ports",
+                &port_s,
+                "--metrics-labels",
+                "container",
+                "--duration",
+                "60",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the exporter"),
+    );
+    let stderr = exporter.0.stderr.take().expect("stderr");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("tcpstate: tracing") => break,
+            Some(Ok(_)) => continue,
+            _ => panic!("the exporter exited before tracing"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let addr = format!("{}:{port}", link.addr_b_v4());
+    let (srv, _) = PeerProcess::server_in_cgroup(
+        groups.container(),
+        [
+            "--listen",
+            &addr,
+            "--netns",
+            link.ns_b(),
+            "--accept",
+            &n.to_string(),
+        ],
+    )
+    .expect("server");
+    run_client(
+        [
+            "--connect",
+            &addr,
+            "--netns",
+            link.ns_a(),
+            "--count",
+            &n.to_string(),
+        ],
+        LIMIT,
+    )
+    .expect("client")
+    .assert_success();
+    srv.finish(LIMIT).expect("server").assert_success();
+    let want = format!(
+        "tcpstate_connections_total{{role=\"server\",outcome=\"closed\",port=\"{port}\",pod_uid=\"{POD_UID}\",container_id=\"{CONTAINER}\"}} {n}"
+    );
+    let client = format!(
+        "tcpstate_connections_total{{role=\"client\",outcome=\"time_wait\",port=\"{port}\",pod_uid=\"\",container_id=\"\"}} {n}"
+    );
+    let deadline = std::time::Instant::now() + LIMIT;
+    let mut body = String::new();
+    while std::time::Instant::now() < deadline {
+        body = scrape(listen);
+        if body.contains(&want) && body.contains(&client) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("no {want} and {client} in\n{body}");
+}
