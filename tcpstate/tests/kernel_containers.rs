@@ -257,8 +257,8 @@ fn a_pod_like_server_shows_its_cgroup_pod_container_and_namespaces() {
     assert_eq!(client_lines, n, "{text}");
 }
 
-/// Events of sockets whose every event passed: one lifetime each, by socket.
-fn lifetimes<'a>(events: &'a [Event], role: &str) -> Vec<Vec<Event>> {
+/// The lifetimes of one role among the events, by socket.
+fn lifetimes(events: &[Event], role: &str) -> Vec<Vec<Event>> {
     roles(events).get(role).cloned().unwrap_or_default()
 }
 
