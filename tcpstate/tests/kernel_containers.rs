@@ -180,6 +180,7 @@ fn a_pod_like_server_shows_its_cgroup_pod_container_and_namespaces() {
     let n = 3;
     let json = Trace::start(port, &[]);
     let table = Trace::start(port, &["-o", "table", "--containers"]);
+    let steps = Trace::start(port, &["--transitions"]);
     let addr = format!("{}:{port}", link.addr_b_v4());
     let (srv, _) = PeerProcess::server_in_cgroup(
         groups.container(),
@@ -210,6 +211,11 @@ fn a_pod_like_server_shows_its_cgroup_pod_container_and_namespaces() {
 
     let conns = json.stop();
     let text = table.stop_text();
+    let transitions: Vec<_> = steps
+        .stop_objects()
+        .into_iter()
+        .filter(|v| v["schema"] == "tcpstate.transition.v2")
+        .collect();
     let container_path = groups.rel(groups.container());
     let container_id = fs::metadata(groups.container()).expect("group").ino();
     let (ns_a, ns_b) = (ns_inode(link.ns_a()), ns_inode(link.ns_b()));
@@ -237,6 +243,22 @@ fn a_pod_like_server_shows_its_cgroup_pod_container_and_namespaces() {
         }
     }
     assert_eq!((servers, clients), (n, n), "{conns:#?}");
+    // Listener and accepted sockets: the server's local port; clients: its remote port.
+    let (mut mine, mut theirs) = (0, 0);
+    for t in &transitions {
+        if t["lport"] == port {
+            mine += 1;
+            assert_eq!(t["pod_uid"], POD_UID, "{t}");
+            assert_eq!(t["container_id"], CONTAINER, "{t}");
+            assert_eq!(t["cgroup"], container_path.as_str(), "{t}");
+            assert_eq!(t["netns"], ns_b, "{t}");
+        } else if t["rport"] == port {
+            theirs += 1;
+            assert_eq!(t["netns"], ns_a, "{t}");
+            assert!(t["pod_uid"].is_null(), "{t}");
+        }
+    }
+    assert!(mine >= 2 + n * 4 && theirs >= n * 4, "{transitions:#?}");
     let header = text.lines().next().expect("header");
     for col in ["NETNS", "POD_UID", "CONTAINER", "CGROUP"] {
         assert!(header.contains(col), "{header}");
@@ -282,8 +304,14 @@ fn cgroup_and_netns_filters_are_complete_and_exclusive() {
         netns: Some(ns_a),
         ..Default::default()
     });
-    let noise = other_traffic(6);
     let port = free_port("127.0.0.1".parse().expect("ip"));
+    // Combined with a socket filter: the server's namespace and its port.
+    let mut by_netns_port = attach(FilterSpec {
+        netns: Some(ns_inode(link.ns_b()) as u32),
+        lports: vec![port],
+        ..Default::default()
+    });
+    let noise = other_traffic(6);
     let addr = format!("{}:{port}", link.addr_b_v4());
     let (srv, _) = PeerProcess::server_in_cgroup(
         groups.container(),
@@ -345,6 +373,12 @@ fn cgroup_and_netns_filters_are_complete_and_exclusive() {
         );
     }
     assert!(lifetimes(&kept, "accepted").is_empty(), "{kept:#?}");
+
+    let kept = collect_for(&mut by_netns_port, 2 + n * 4, Duration::from_secs(5));
+    assert!(kept.iter().all(|e| e.sport == port), "{kept:#?}");
+    assert_eq!(lifetimes(&kept, "accepted").len(), n, "{kept:#?}");
+    assert_eq!(lifetimes(&kept, "listener").len(), 1, "{kept:#?}");
+    assert!(lifetimes(&kept, "client").is_empty(), "{kept:#?}");
 }
 
 /// GET /metrics over plain HTTP/1.0; the body, or "" when the exporter is not there yet.
