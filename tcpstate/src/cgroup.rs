@@ -473,6 +473,31 @@ mod tests {
     }
 
     #[test]
+    fn locate_gives_id_level_and_path_in_either_form() {
+        let root =
+            std::env::temp_dir().join(format!("tcpstate-cgroup-unit-{}", std::process::id()));
+        let deep = root.join("a.slice/b.scope");
+        fs::create_dir_all(&deep).unwrap();
+        let ino = fs::metadata(&deep).unwrap().ino();
+        let want = Some((ino, 2, "/a.slice/b.scope".to_string()));
+        assert_eq!(locate(&root, "/a.slice/b.scope"), want);
+        assert_eq!(locate(&root, "a.slice/b.scope/"), want);
+        assert_eq!(locate(&root, &deep.to_string_lossy()), want);
+        assert_eq!(locate(&root, "/missing"), None);
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn names_carry_the_pod_and_skip_unknown_ids() {
+        let mut n = Names::default();
+        n.insert(7, &format!("/kubepods/besteffort/pod{UID}/{ID}"));
+        let info = n.get(7).unwrap();
+        assert_eq!(info.kube.pod_uid.as_deref(), Some(UID));
+        assert_eq!(info.kube.container_id.as_deref(), Some(ID));
+        assert!(n.get(0).is_none() && n.get(8).is_none());
+    }
+
+    #[test]
     fn netns_numbers() {
         assert_eq!(netns_inode("4026531840"), Ok(4026531840));
         assert!(netns_inode("0").is_err());
