@@ -153,12 +153,18 @@ struct TransitionTable(Text);
 
 impl Renderer for TransitionTable {
     fn start(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
-        transitions::header(&self.0.time, self.0.wide, &mut Utf8(out)).map_err(fmt_error)
+        transitions::header(&self.0.time, self.0.wide, self.0.containers, &mut Utf8(out))
+            .map_err(fmt_error)
+    }
+
+    fn cgroup(&mut self, id: u64, path: &str) {
+        self.0.cgroups.insert(id, path);
     }
 
     fn transition(&mut self, ev: &Event, step: &Step, out: &mut Vec<u8>) -> io::Result<()> {
         let t = &mut self.0;
-        transitions::line(ev, step, &mut t.time, t.wide, &mut Utf8(out)).map_err(fmt_error)
+        let cg = t.containers.then_some(&t.cgroups);
+        transitions::line(ev, step, &mut t.time, t.wide, cg, &mut Utf8(out)).map_err(fmt_error)
     }
 
     fn single(&mut self, _: &Conn, _: &mut Vec<u8>) -> io::Result<()> {

@@ -1305,3 +1305,87 @@ fn a_retransmit_storm_keeps_the_states_on_the_ladder() {
     );
     assert!(ladder.contains("FIN_WAIT2 -> CLOSE"), "{ladder}");
 }
+
+/// The conversation with the server in a pod's container and both ends in a namespace.
+fn in_a_pod() -> Vec<Input> {
+    const POD: &str = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0b6c3a4e_6f8d_4c1a_9e2b_7d5f1a2b3c4d.slice/cri-containerd-4f2d7a9c1b3e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8.scope";
+    let mut v = vec![Input::Cgroup {
+        id: 77,
+        path: POD.into(),
+    }];
+    for mut e in conversation() {
+        e.netns = 4026532000;
+        if e.owner_pid == 7 {
+            e.cgroup_id = 77;
+        }
+        v.push(Input::Event(e));
+    }
+    v
+}
+
+#[test]
+fn container_columns_in_both_tables_and_fields_in_json() {
+    let mut cfg = config(Mode::Connections, Format::Table);
+    cfg.containers = true;
+    let out = render(cfg, &in_a_pod());
+    let mut lines = out.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.contains(
+            "CLOSE_MS NETNS      POD_UID                              CONTAINER    CGROUP "
+        ),
+        "{header}"
+    );
+    let server = out.lines().find(|l| l.contains(" server ")).unwrap();
+    assert!(
+        server.contains(
+            " 4026532000 0b6c3a4e-6f8d-4c1a-9e2b-7d5f1a2b3c4d 4f2d7a9c1b3e /kubepods.slice/"
+        ),
+        "{server}"
+    );
+    let client = out.lines().find(|l| l.contains(" client ")).unwrap();
+    assert!(
+        client.contains(" 4026532000 -                                    -            -"),
+        "{client}"
+    );
+    // Without --containers the table is as before.
+    let plain = render(config(Mode::Connections, Format::Table), &in_a_pod());
+    assert!(
+        !plain.contains("POD_UID") && !plain.contains("4026532000"),
+        "{plain}"
+    );
+
+    let mut cfg = config(Mode::Transitions, Format::Table);
+    cfg.containers = true;
+    let out = render(cfg, &in_a_pod());
+    assert!(
+        out.lines()
+            .next()
+            .unwrap()
+            .ends_with("CGROUP                                  "),
+        "{out}"
+    );
+    let listen = out.lines().find(|l| l.contains("-> LISTEN")).unwrap();
+    assert!(
+        listen.contains("0b6c3a4e-6f8d-4c1a-9e2b-7d5f1a2b3c4d 4f2d7a9c1b3e"),
+        "{listen}"
+    );
+
+    let out = render(config(Mode::Connections, Format::Json), &in_a_pod());
+    let server: serde_json::Value = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["role"] == "server")
+        .unwrap();
+    assert_eq!(server["pod_uid"], "0b6c3a4e-6f8d-4c1a-9e2b-7d5f1a2b3c4d");
+    assert_eq!(
+        server["container_id"],
+        "4f2d7a9c1b3e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8"
+    );
+    assert_eq!(server["cgroup_id"], 77);
+    assert_eq!(server["netns"], 4026532000u32);
+    assert!(server["cgroup"]
+        .as_str()
+        .unwrap()
+        .starts_with("/kubepods.slice/"));
+}

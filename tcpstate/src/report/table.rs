@@ -39,10 +39,7 @@ pub fn header(
 ) -> fmt::Result {
     let a = addr_width(wide);
     let extra = if containers {
-        format!(
-            " {:<10} {:<36} {:<12} {:<CGROUP_WIDTH$}",
-            "NETNS", "POD_UID", "CONTAINER", "CGROUP"
-        )
+        container_header()
     } else {
         String::new()
     };
@@ -71,13 +68,26 @@ pub fn header(
 /// Width the CGROUP column is padded to (longer paths push NOTE right).
 const CGROUP_WIDTH: usize = 40;
 
+/// The `--containers` column heads, each after a space.
+pub(crate) fn container_header() -> String {
+    format!(
+        " {:<10} {:<36} {:<12} {:<CGROUP_WIDTH$}",
+        "NETNS", "POD_UID", "CONTAINER", "CGROUP"
+    )
+}
+
 /// The `--containers` columns: NETNS, POD_UID, CONTAINER (12 digits, as `docker ps` shows
 /// it), CGROUP; `-` where unknown.
-fn container_columns(c: &Conn, cgroups: &Names, out: &mut impl Write) -> fmt::Result {
-    let info = cgroups.get(c.cgroup_id());
+pub(crate) fn container_columns(
+    cgroup_id: u64,
+    netns: u32,
+    cgroups: &Names,
+    out: &mut impl Write,
+) -> fmt::Result {
+    let info = cgroups.get(cgroup_id);
     let mut field = Small::new();
-    if c.netns() != 0 {
-        field.push_u64(u64::from(c.netns()));
+    if netns != 0 {
+        field.push_u64(u64::from(netns));
     } else {
         field.push_str("-");
     }
@@ -160,7 +170,7 @@ pub fn line(
     left(out, c.closer().short(), 6)?;
     ms(c.close_ns(), 9, out)?;
     if let Some(names) = containers {
-        container_columns(c, names, out)?;
+        container_columns(c.cgroup_id(), c.netns(), names, out)?;
     }
     let mut sep = " ";
     why_notes(c, &mut sep, out)?;

@@ -10,6 +10,7 @@ use std::fmt::{self, Write};
 
 use super::time::TimeFormatter;
 use super::{comm_or_dash, left, right, Small};
+use crate::cgroup::Names;
 use crate::event::{local_addr, remote_addr, state_name, Event};
 use crate::timeline::Step;
 
@@ -21,11 +22,21 @@ fn endpoint_width(wide: bool) -> usize {
     }
 }
 
-pub fn header(time: &TimeFormatter, wide: bool, out: &mut impl Write) -> fmt::Result {
+pub fn header(
+    time: &TimeFormatter,
+    wide: bool,
+    containers: bool,
+    out: &mut impl Write,
+) -> fmt::Result {
     let e = endpoint_width(wide);
+    let extra = if containers {
+        super::table::container_header()
+    } else {
+        String::new()
+    };
     writeln!(
         out,
-        "{}{:<7} {:<16} {:<e$} {:<e$} {:<11} -> {:<12} {:>10}",
+        "{}{:<7} {:<16} {:<e$} {:<e$} {:<11} -> {:<12} {:>10}{extra}",
         time.header(),
         "PID",
         "COMM",
@@ -42,6 +53,7 @@ pub fn line(
     step: &Step,
     time: &mut TimeFormatter,
     wide: bool,
+    containers: Option<&Names>,
     out: &mut impl Write,
 ) -> fmt::Result {
     // Hand-padded columns: this runs once per event, and `Formatter` padding is slow.
@@ -68,5 +80,8 @@ pub fn line(
     field.clear();
     field.push_ms(step.since_ns.map_or(0, |s| ev.ts_ns.saturating_sub(s)));
     right(out, field.as_str(), 10)?;
+    if let Some(names) = containers {
+        super::table::container_columns(step.cgroup_id, step.netns, names, out)?;
+    }
     out.write_char('\n')
 }
