@@ -492,3 +492,54 @@ fn the_exporter_labels_a_pods_connections() {
     }
     panic!("no {want} and {client} in\n{body}");
 }
+
+#[test]
+fn a_listener_older_than_the_trace_gets_its_cgroup_from_proc() {
+    if !support::need_root("a_listener_older_than_the_trace_gets_its_cgroup_from_proc") {
+        return;
+    }
+    let groups = PodGroups::new();
+    let link = link();
+    let n = 2;
+    let port = free_port("127.0.0.1".parse().expect("ip"));
+    let addr = format!("{}:{port}", link.addr_b_v4());
+    // Listening before tracing starts: only the start-up scan of /proc knows its owner.
+    let (srv, _) = PeerProcess::server_in_cgroup(
+        groups.container(),
+        [
+            "--listen",
+            &addr,
+            "--netns",
+            link.ns_b(),
+            "--accept",
+            &n.to_string(),
+        ],
+    )
+    .expect("server");
+    let pod = groups.rel(groups.pod());
+    let json = Trace::start_filtered(port, &["--cgroup", &pod], &[]);
+    run_client(
+        [
+            "--connect",
+            &addr,
+            "--netns",
+            link.ns_a(),
+            "--count",
+            &n.to_string(),
+        ],
+        LIMIT,
+    )
+    .expect("client")
+    .assert_success();
+    srv.finish(LIMIT).expect("server").assert_success();
+    let conns = json.stop();
+    let servers: Vec<_> = conns.iter().filter(|c| c["role"] == "server").collect();
+    assert_eq!(servers.len(), n, "{conns:#?}");
+    for c in servers {
+        assert_eq!(c["pod_uid"], POD_UID, "{c}");
+        assert_eq!(c["container_id"], CONTAINER, "{c}");
+        assert_eq!(c["netns"], ns_inode(link.ns_b()), "{c}");
+    }
+    // The --cgroup filter keeps the pod's sockets only: no client.
+    assert!(conns.iter().all(|c| c["role"] != "client"), "{conns:#?}");
+}

@@ -110,7 +110,8 @@ pub fn socket_owners(proc_root: &Path, cgroups: &CgroupScan) -> HashMap<u64, Own
             continue;
         };
         let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        let (cgroup_id, flags) = cgroups.of(&entry.path());
+        // Read only for processes that hold a socket.
+        let mut cgroup: Option<(u64, u32)> = None;
         for fd in fds.flatten() {
             let Ok(target) = fs::read_link(fd.path()) else {
                 continue;
@@ -123,6 +124,7 @@ pub fn socket_owners(proc_root: &Path, cgroups: &CgroupScan) -> HashMap<u64, Own
             else {
                 continue;
             };
+            let (cgroup_id, flags) = *cgroup.get_or_insert_with(|| cgroups.of(&entry.path()));
             let owner = Owner {
                 pid,
                 tid: pid,
