@@ -146,7 +146,35 @@ fn what_is_lost(event: JoinEvent) -> &'static str {
 
 /// Offsets from the kernel's BTF; without BTF every fact is unknown (said once).
 fn read_btf(notices: &mut Vec<String>) -> (SockOffsets, SkbOffsets, Vec<String>) {
-    match btf::load(Path::new(btf::VMLINUX_BTF)) {
+    // Parsing the kernel's BTF makes tens of MiB of small allocations, all freed again. Parsed on
+    // a thread of its own they live in that thread's malloc arena, the results are copied out
+    // here, and the arena is handed back whole: otherwise a tracer meant to run for months
+    // keeps ~20 MiB of freed, fragmented heap resident.
+    let parsed = std::thread::Builder::new()
+        .name("btf".into())
+        .spawn(|| btf::load(Path::new(btf::VMLINUX_BTF)))
+        .map_err(|e| btf::BtfError::Read {
+            path: btf::VMLINUX_BTF.into(),
+            source: e,
+        })
+        .and_then(|t| {
+            t.join().unwrap_or_else(|_| {
+                Err(btf::BtfError::Parse {
+                    path: btf::VMLINUX_BTF.into(),
+                    message: "the parser panicked".into(),
+                })
+            })
+        });
+    let loaded = parsed.map(|k| btf::KernelBtf {
+        sock: SockOffsets {
+            offsets: k.sock.offsets.to_vec(),
+        },
+        skb: k.skb,
+        reset_reasons: k.reset_reasons.iter().map(|n| n.as_str().to_owned()).collect(),
+    });
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
+    match loaded {
         Ok(k) => (k.sock, k.skb, k.reset_reasons),
         Err(e) => {
             notices.push(format!(
