@@ -208,6 +208,7 @@ pub struct Metrics {
     resets: Family<DirectionLabel, Counter>,
     connect_failures: Family<ErrnoLabel, Counter>,
     refused_inbound: Counter,
+    stuck: Family<StateLabel, Counter>,
     open: Family<StateLabel, Gauge>,
     events: Counter,
     lost: Family<ReasonLabel, Counter>,
@@ -285,6 +286,7 @@ impl Metrics {
             resets: Family::default(),
             connect_failures: Family::default(),
             refused_inbound: Counter::default(),
+            stuck: Family::default(),
             open: Family::default(),
             events: Counter::default(),
             lost: Family::default(),
@@ -340,6 +342,12 @@ impl Metrics {
             "tcpstate_refused_inbound",
             "Inbound SYNs answered with a reset (no listener)",
             m.refused_inbound.clone(),
+        );
+        r.register(
+            "tcpstate_stuck_sockets",
+            "Sockets reported stuck (--stuck thresholds, the defaults in the exporter), by the \
+             state they stayed in",
+            m.stuck.clone(),
         );
         r.register(
             "tcpstate_open_connections",
@@ -469,6 +477,15 @@ impl Metrics {
     /// One `tcpstate.refused.v1` record (an inbound SYN refused for want of a listener).
     pub(crate) fn observe_refused_inbound(&self) {
         self.refused_inbound.inc();
+    }
+
+    /// One `tcpstate.stuck.v1` record: a socket crossed its stuck threshold in `state`.
+    pub(crate) fn observe_stuck(&self, state: u8) {
+        self.stuck
+            .get_or_create(&StateLabel {
+                state: state_name(state),
+            })
+            .inc();
     }
 
     /// The kernel's cumulative counters and the engine's table, once a second.
@@ -620,6 +637,11 @@ impl Renderer for MetricsRenderer {
 
     fn refused(&mut self, _: &ResetRecord, _: &mut Vec<u8>) -> io::Result<()> {
         self.metrics.observe_refused_inbound();
+        Ok(())
+    }
+
+    fn stuck(&mut self, c: &Conn, _: u64, _: &mut Vec<u8>) -> io::Result<()> {
+        self.metrics.observe_stuck(c.state());
         Ok(())
     }
 

@@ -572,8 +572,10 @@ fn close_to_close_is_ignored() {
 }
 
 /// The table's real cost per tracked connection when full at the default bound: slab entry
-/// (connection + list links) plus both index buckets. Target: at most 320 bytes (256 before
-/// the socket facts, retransmits and resets of issue 10).
+/// (connection + list links + stuck-deadline position) plus both index buckets and the stuck
+/// deadline heap. Target: at most 352 bytes (256 before the socket facts, retransmits and
+/// resets of issue 10; 320 before the stuck sockets of issue 13: 8 in the slot, 16 per heap
+/// entry).
 #[test]
 fn memory_per_connection() {
     let mut engine = Engine::new(DEFAULT_MAX_TRACKED);
@@ -599,5 +601,5 @@ fn memory_per_connection() {
         std::mem::size_of::<Conn>()
     );
     assert!(std::mem::size_of::<Conn>() <= 296);
-    assert!(bytes <= 320, "{bytes} bytes per connection");
+    assert!(bytes <= 352, "{bytes} bytes per connection");
 }
