@@ -97,9 +97,13 @@ fn a_close_wait_leak_is_reported_while_it_leaks() {
 
     let listen = format!("127.0.0.1:{port}");
     let leak = LEAK_MS.to_string();
-    let (server, _) =
-        PeerProcess::server(["--listen", listen.as_str(), "--close-wait-ms", leak.as_str()])
-            .expect("server");
+    let (server, _) = PeerProcess::server([
+        "--listen",
+        listen.as_str(),
+        "--close-wait-ms",
+        leak.as_str(),
+    ])
+    .expect("server");
     let server_pid = server.pid();
     let client_started = mono_ns();
     run_client(["--connect", listen.as_str()], LIMIT)
@@ -123,8 +127,14 @@ fn a_close_wait_leak_is_reported_while_it_leaks() {
     assert_eq!(stuck["state"], "CLOSE_WAIT");
     assert_eq!(stuck["age_ns"], 1_000_000_000u64);
     assert_eq!(crossing, since + 1_000_000_000);
-    assert!(since > client_started, "entered CLOSE_WAIT during the test: {stuck}");
-    assert_eq!(stuck["pid"], server_pid, "owner is the leaking server: {stuck}");
+    assert!(
+        since > client_started,
+        "entered CLOSE_WAIT during the test: {stuck}"
+    );
+    assert_eq!(
+        stuck["pid"], server_pid,
+        "owner is the leaking server: {stuck}"
+    );
     assert_eq!(stuck["comm"], "tcppeer");
     assert_eq!(stuck["lport"], u64::from(port));
     assert_eq!(stuck["partial"], false);

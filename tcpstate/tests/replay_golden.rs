@@ -227,7 +227,12 @@ fn a_stuck_threshold_adds_only_the_stuck_lines() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|c| c["schema"] == "tcpstate.connection.v2" && c["id"] == v["id"])
         .expect("the stuck socket's connection object");
-    assert!(conn["close_wait_ns"].as_u64().is_some_and(|n| n > 100_000_000), "{conn}");
+    assert!(
+        conn["close_wait_ns"]
+            .as_u64()
+            .is_some_and(|n| n > 100_000_000),
+        "{conn}"
+    );
 
     let (_, table, _) = replay(&testdata("scenarios.tsr"), &["--stuck", "CLOSE_WAIT=100"]);
     let (stuck, rest): (Vec<&str>, Vec<&str>) = table

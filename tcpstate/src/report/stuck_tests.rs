@@ -153,14 +153,7 @@ fn not_for_sockets_that_leave_in_time_or_close() {
 #[test]
 fn per_state_thresholds_and_off() {
     // A client stuck in SYN_SENT from T + 10 ms, and the leaking server socket.
-    let mut inputs = vec![Input::Event(ev(
-        T + 10 * MS,
-        CLIENT,
-        CLOSE,
-        SYN_SENT,
-        0,
-        9,
-    ))];
+    let mut inputs = vec![Input::Event(ev(T + 10 * MS, CLIENT, CLOSE, SYN_SENT, 0, 9))];
     inputs.extend(leak());
     let at = |specs: &[&str]| -> Vec<(String, u64)> {
         stuck_objects(&run(
@@ -261,10 +254,17 @@ fn table_line_and_interval_summary() {
         .collect();
     assert_eq!(stuck.len(), 1, "{text:#?}");
     assert!(stuck[0].contains(" stuck "), "{}", stuck[0]);
-    assert!(stuck[0].ends_with("stuck in CLOSE_WAIT 2.0 s"), "{}", stuck[0]);
+    assert!(
+        stuck[0].ends_with("stuck in CLOSE_WAIT 2.0 s"),
+        "{}",
+        stuck[0]
+    );
     assert!(stuck[0].starts_with("42 "), "{}", stuck[0]);
     // The interval ending at T + 5 s lists it (stuck for 4 s then), the one at T + 10 s too.
-    let now: Vec<&&str> = text.iter().filter(|l| l.starts_with("stuck now:")).collect();
+    let now: Vec<&&str> = text
+        .iter()
+        .filter(|l| l.starts_with("stuck now:"))
+        .collect();
     assert_eq!(
         now,
         [

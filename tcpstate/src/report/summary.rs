@@ -3,9 +3,9 @@
 use std::fmt::{self, Write};
 
 use super::Ms;
+use crate::event::state_name;
 use crate::input::{Counter, KernelCounters};
 use crate::stats::Stats;
-use crate::event::state_name;
 use crate::timeline::stuck::{self, StuckGroup};
 use crate::timeline::{errno_name, Outcome, RetxKind, Role};
 

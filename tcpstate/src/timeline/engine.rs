@@ -258,7 +258,14 @@ impl Engine {
                 _ => out.push(g),
             }
         }
-        out.sort_by_key(|g| (std::cmp::Reverse(g.count), g.oldest_since_ns, g.state, g.pid));
+        out.sort_by_key(|g| {
+            (
+                std::cmp::Reverse(g.count),
+                g.oldest_since_ns,
+                g.state,
+                g.pid,
+            )
+        });
         out.truncate(SUMMARY_GROUPS);
     }
 

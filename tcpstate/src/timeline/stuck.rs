@@ -149,7 +149,8 @@ impl Deadlines {
     }
 
     pub fn reserve(&mut self, n: usize) {
-        self.heap.reserve_exact(n.saturating_sub(self.heap.capacity()));
+        self.heap
+            .reserve_exact(n.saturating_sub(self.heap.capacity()));
     }
 
     pub fn peek(&self) -> Option<(u64, u32)> {
@@ -320,7 +321,16 @@ mod tests {
             parse_spec("FIN-WAIT2=off"),
             Ok(Spec::One(state::FIN_WAIT2, None))
         );
-        for bad in ["", "0", "-1", "x", "ESTABLISHED=10", "SYN_RECV=10", "CLOSE_WAIT=", "nan"] {
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "x",
+            "ESTABLISHED=10",
+            "SYN_RECV=10",
+            "CLOSE_WAIT=",
+            "nan",
+        ] {
             assert!(parse_spec(bad).is_err(), "{bad}");
         }
         let t = Thresholds::from_specs(&[Spec::All(SEC), Spec::One(state::LAST_ACK, None)]);
