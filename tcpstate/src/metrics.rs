@@ -796,6 +796,7 @@ mod tests {
             "tcpstate_resets_total",
             "tcpstate_connect_failures_total",
             "tcpstate_refused_inbound_total",
+            "tcpstate_stuck_sockets_total",
             "tcpstate_open_connections",
             "tcpstate_events_total",
             "tcpstate_metrics_series_dropped_total",
@@ -824,8 +825,30 @@ mod tests {
             Port(Some(8080)),
         );
         m.observe_refused_inbound();
+        m.observe_stuck(tcpstate_common::state::CLOSE_WAIT);
         m.sample(&KernelCounters::zero(), &Engine::new(16));
         m
+    }
+
+    /// A socket left in CLOSE_WAIT past the default 30 s (the exporter runs with the default
+    /// thresholds) is counted once, by state.
+    #[test]
+    fn stuck_sockets_are_counted_by_state() {
+        let t = 1_000_000_000;
+        let inputs = [
+            Input::Event(ev(t, 0x2000, ESTABLISHED, CLOSE_WAIT, 8080, 40001)),
+            Input::Tick {
+                now_ns: t + 31_000_000_000,
+            },
+            Input::Tick {
+                now_ns: t + 62_000_000_000,
+            },
+        ];
+        let text = run(&inputs, PortLabels::new(None, 32)).encode();
+        assert!(
+            text.contains("tcpstate_stuck_sockets_total{state=\"CLOSE_WAIT\"} 1\n"),
+            "{text}"
+        );
     }
 
     /// Every metric a dashboard query names is one the exporter serves.

@@ -220,6 +220,11 @@ impl Engine {
         self.stuck_now
     }
 
+    /// Stuck deadlines queued (at most one per open socket).
+    pub fn stuck_queued(&self) -> usize {
+        self.deadlines.len()
+    }
+
     /// Stuck reports since tracing started.
     pub fn stuck_reported(&self) -> u64 {
         self.stuck_reported

@@ -143,6 +143,10 @@ pub(crate) struct Deadlines {
 }
 
 impl Deadlines {
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
     /// Bytes held for entries.
     pub fn bytes(&self) -> usize {
         self.heap.capacity() * std::mem::size_of::<(u64, u32)>()
