@@ -164,7 +164,6 @@ pub struct Engine {
     deadlines: Deadlines,
     /// Sockets reported stuck that are still in that state.
     stuck_now: usize,
-    stuck_reported: u64,
 }
 
 impl Engine {
@@ -189,7 +188,6 @@ impl Engine {
             stuck: Thresholds::default(),
             deadlines: Deadlines::default(),
             stuck_now: 0,
-            stuck_reported: 0,
         }
     }
 
@@ -206,7 +204,6 @@ impl Engine {
         let slot = &mut self.slots[s as usize];
         slot.stuck = slot.conn.state();
         self.stuck_now += 1;
-        self.stuck_reported += 1;
         Some((s, deadline))
     }
 
@@ -223,11 +220,6 @@ impl Engine {
     /// Stuck deadlines queued (at most one per open socket).
     pub fn stuck_queued(&self) -> usize {
         self.deadlines.len()
-    }
-
-    /// Stuck reports since tracing started.
-    pub fn stuck_reported(&self) -> u64 {
-        self.stuck_reported
     }
 
     /// The sockets stuck now, grouped by state and owner, the largest groups first (at most
@@ -247,7 +239,8 @@ impl Engine {
             }
             let (pid, comm) = slot.conn.owner().unwrap_or((0, &[]));
             let mut c = [0u8; TASK_COMM_LEN];
-            c[..comm.len()].copy_from_slice(comm);
+            let n = comm.len().min(TASK_COMM_LEN);
+            c[..n].copy_from_slice(&comm[..n]);
             all.push(StuckGroup {
                 state: slot.stuck,
                 pid,
