@@ -86,6 +86,10 @@ pub struct OutputArgs {
     /// Wide address columns (for IPv6).
     #[arg(short = 'w', long)]
     pub wide: bool,
+    /// Table columns for containers: the socket's network namespace, the owner's pod UID,
+    /// container id (its first 12 digits) and cgroup v2 path.
+    #[arg(long)]
+    pub containers: bool,
     /// Print a summary every SECS seconds as well as at the end.
     #[arg(short = 'i', long, value_name = "SECS", value_parser = positive_f64)]
     pub interval: Option<f64>,
@@ -96,6 +100,13 @@ pub struct OutputArgs {
     /// Only print connections that stayed in CLOSE_WAIT at least MS milliseconds.
     #[arg(long, value_name = "MS", value_parser = non_negative_f64)]
     pub min_close_wait_ms: Option<f64>,
+    /// Report a socket stuck in a state, once, when it has stayed there longer than MS
+    /// milliseconds, while it is still open: `--stuck MS` for every watched state,
+    /// `--stuck STATE=MS` (or `STATE=off`) for one, repeatable, applied in order; `--stuck off`
+    /// for none. Watched: SYN_SENT (default 5000), CLOSE_WAIT (30000), FIN_WAIT1 (10000),
+    /// FIN_WAIT2 (60000), CLOSING (10000), LAST_ACK (10000).
+    #[arg(long, value_name = "[STATE=]MS|off", value_parser = crate::timeline::stuck::parse_spec)]
+    pub stuck: Vec<crate::timeline::stuck::Spec>,
     /// Do not print the summary at the end.
     #[arg(long)]
     pub no_summary: bool,
@@ -132,6 +143,23 @@ pub struct FilterArgs {
     /// IPv6 only (not IPv6 sockets with a v4-mapped remote address; listeners on `::` too).
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
+    /// Only sockets whose owner is in this cgroup v2 group or below it (a path relative to
+    /// the cgroup v2 root, or under its mount point), as of the owner's system call.
+    #[arg(long = "cgroup", value_name = "PATH", value_parser = parse_cgroup)]
+    pub cgroup: Option<filter::CgroupTarget>,
+    /// Only sockets in this network namespace: an inode, a `/proc/PID/ns/net` or
+    /// `/var/run/netns/NAME` path, or a NAME of `ip netns`.
+    #[arg(long = "netns", value_name = "NS", value_parser = crate::cgroup::netns_inode)]
+    pub netns: Option<u32>,
+}
+
+fn parse_cgroup(s: &str) -> Result<filter::CgroupTarget, String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+    let root = crate::cgroup::cgroup2_mount(&mountinfo)
+        .ok_or("no cgroup v2 hierarchy is mounted on this host")?;
+    let (id, level, path) = crate::cgroup::locate(&root, s)
+        .ok_or_else(|| format!("no cgroup v2 group {s:?} under {}", root.display()))?;
+    Ok(filter::CgroupTarget { id, level, path })
 }
 
 #[derive(Debug, Clone, Args)]
@@ -190,6 +218,12 @@ pub struct ExporterArgs {
     #[arg(long, value_name = "N", default_value_t = crate::metrics::DEFAULT_MAX_PORT_SERIES,
           value_parser = clap::value_parser!(u32).range(0..=4096))]
     pub metrics_max_series: u32,
+    /// Extra labels on tcpstate_connections_total: `container` adds `pod_uid` and
+    /// `container_id` (from the owner's cgroup path; "" when it names none), at most
+    /// --metrics-max-series pairs, beyond that "other" (counted in
+    /// tcpstate_metrics_series_dropped_total).
+    #[arg(long, value_name = "LABELS", value_delimiter = ',')]
+    pub metrics_labels: Vec<MetricsLabels>,
     /// Most sockets followed at once; the oldest is dropped (and counted) beyond that.
     #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     pub max_tracked: u32,
@@ -205,6 +239,13 @@ pub struct ExporterArgs {
     /// Show the kernel program's diagnostics (aya-log) on stderr.
     #[arg(long)]
     pub debug: bool,
+}
+
+/// `--metrics-labels` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricsLabels {
+    /// `pod_uid` and `container_id`.
+    Container,
 }
 
 impl ExporterArgs {
@@ -245,6 +286,8 @@ impl FilterArgs {
             } else {
                 Family::Any
             },
+            cgroup: self.cgroup.clone(),
+            netns: self.netns,
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::listeners::{ListenerRecord, NetstatSample};
 /// each known or unknown; the one type every output and the recording use.
 pub use tcpstate_common::{Counter, KernelCounters};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     /// One state change.
     Event(Event),
@@ -31,6 +31,9 @@ pub enum Input {
     Listener(ListenerRecord),
     /// One network namespace's listen and SYN-cookie counters.
     Netstat(NetstatSample),
+    /// What a cgroup v2 id means: its path relative to the cgroup v2 root. Comes before the
+    /// first event that carries the id, once per id (live, from the host's hierarchy).
+    Cgroup { id: u64, path: String },
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! modules that need neither aya nor root and builds with `--no-default-features`; `kernel` is
 //! the thin kernel boundary and `live` the trace that drives it.
 
+pub mod cgroup;
 pub mod cli;
 pub(crate) mod clock;
 pub mod event;
@@ -19,6 +20,7 @@ pub mod listeners;
 pub mod live;
 // Pure, so its tests (and the dashboard check) run in the core build too; only the exporter
 // (kernel feature) feeds it.
+pub(crate) mod le;
 #[cfg_attr(not(feature = "kernel"), allow(dead_code))]
 pub mod metrics;
 pub(crate) mod output;

@@ -14,6 +14,7 @@ use tokio::{
     time::{interval, sleep, MissedTickBehavior},
 };
 
+use crate::cgroup;
 use crate::{
     cli::TraceArgs,
     clock,
@@ -162,6 +163,7 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             last_record_flush: Instant::now(),
             facts_plan: probe.facts_plan.clone(),
             netstat: procscan::NetstatSampler::default(),
+            cgroups: announcer(),
         };
         let limits = Limits {
             duration: args.duration,
@@ -259,7 +261,8 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
 
 /// Loads and attaches the program, with the sockets that already exist.
 pub(crate) fn attach(opts: &ProbeOptions) -> Result<Probe> {
-    let before = procscan::scan();
+    let cgroups = procscan::CgroupScan::new(&opts.filter.filter);
+    let before = procscan::scan(&cgroups);
     let mut probe = Probe::attach(opts, &before).map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(dir) = &probe.mounted_tracefs {
         eprintln!(
@@ -272,7 +275,7 @@ pub(crate) fn attach(opts: &ProbeOptions) -> Result<Probe> {
     }
     // Sockets created between the first scan and the attach.
     probe
-        .add_preexisting(&procscan::scan())
+        .add_preexisting(&procscan::scan(&cgroups))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(probe)
 }
@@ -305,6 +308,7 @@ pub(crate) async fn run_into(
         last_record_flush: Instant::now(),
         facts_plan: probe.facts_plan.clone(),
         netstat: procscan::NetstatSampler::default(),
+        cgroups: announcer(),
     };
     event_loop(limits, filtered, probe, &mut session)
         .await
@@ -363,6 +367,18 @@ struct Session<'a, W: Write> {
     facts_plan: FactsPlan,
     /// Listen and SYN-cookie counters per namespace, sampled with the kernel's counters.
     netstat: procscan::NetstatSampler,
+    /// Names each cgroup id in the stream before its first event.
+    cgroups: cgroup::Announcer,
+}
+
+/// The host's cgroup names; what cannot be known is said once on stderr.
+fn announcer() -> cgroup::Announcer {
+    let mut notices = Vec::new();
+    let resolver = cgroup::Resolver::host(&mut notices);
+    for n in notices {
+        eprintln!("tcpstate: note: {n}");
+    }
+    cgroup::Announcer::new(resolver)
 }
 
 impl<W: Write> Session<'_, W> {
@@ -409,8 +425,14 @@ impl<W: Write> Session<'_, W> {
                 self.totals.undecodable += 1;
                 continue;
             };
-            if matches!(input, Input::Event(_)) {
+            if let Input::Event(ev) = &input {
                 self.totals.delivered += 1;
+                if let Some(path) = self.cgroups.announce(ev.cgroup_id) {
+                    self.feed(&Input::Cgroup {
+                        id: ev.cgroup_id,
+                        path,
+                    })?;
+                }
             }
             any = true;
             self.feed(&input)?;

@@ -15,6 +15,7 @@ use crate::report::pairing::{self, Emit, Pairing};
 use crate::report::render::{self, Renderer};
 use crate::report::summary::{PipelineCounts, Summary, SummaryKind};
 use crate::stats::Stats;
+use crate::timeline::stuck::{StuckGroup, Thresholds};
 use crate::timeline::{self, Conn, Engine, Item, Linger, Phase, Reorder};
 
 pub use crate::report::time::{ClockBase, TimeColumn};
@@ -75,6 +76,8 @@ pub struct OutputConfig {
     pub time: TimeColumn,
     /// Wide address columns (IPv6).
     pub wide: bool,
+    /// The table's container columns (`--containers`).
+    pub containers: bool,
     /// Print only connections whose HS_MS (`Conn::hs_shown_ns`: an accepted socket's SYN-ACK
     /// round trip when known, the handshake otherwise) is at least this long (connections and
     /// timeline modes; the summary still counts every connection).
@@ -93,6 +96,8 @@ pub struct OutputConfig {
     pub reset_reasons: ResetReasons,
     /// Names of the kernel's packet drop reasons (`enum skb_drop_reason`), the same way.
     pub drop_reasons: ResetReasons,
+    /// Stuck-socket thresholds (`--stuck`); on by default.
+    pub stuck: Thresholds,
 }
 
 impl OutputConfig {
@@ -115,6 +120,7 @@ impl Default for OutputConfig {
             format: Format::Table,
             time: TimeColumn::None,
             wide: false,
+            containers: false,
             min_handshake_ns: None,
             min_close_wait_ns: None,
             interval_ns: None,
@@ -125,6 +131,7 @@ impl Default for OutputConfig {
             max_records: None,
             reset_reasons: ResetReasons::default(),
             drop_reasons: ResetReasons::default(),
+            stuck: Thresholds::default(),
         }
     }
 }
@@ -157,6 +164,9 @@ pub struct Pipeline {
     interval_start_ns: u64,
     next_summary_ns: Option<u64>,
     records: u64,
+    /// The stuck sockets for the summary at hand, by state and owner.
+    stuck_groups: Vec<StuckGroup>,
+    stuck_now: u64,
 }
 
 impl Pipeline {
@@ -166,6 +176,7 @@ impl Pipeline {
             cfg.time,
             cfg.clock,
             cfg.wide,
+            cfg.containers,
             cfg.reset_reasons,
         );
         Pipeline::with_renderer(cfg, renderer)
@@ -176,7 +187,11 @@ impl Pipeline {
     pub(crate) fn with_renderer(cfg: OutputConfig, renderer: Box<dyn Renderer>) -> Pipeline {
         Pipeline {
             reorder: Reorder::new(cfg.reorder_window_ns, timeline::DEFAULT_CAPACITY),
-            engine: Engine::new(cfg.max_tracked),
+            engine: {
+                let mut e = Engine::new(cfg.max_tracked);
+                e.set_stuck(cfg.stuck);
+                e
+            },
             linger: Linger::default(),
             unjoined: 0,
             pairing: Pairing::new(pairing::DEFAULT_WAIT_NS, pairing::DEFAULT_MAX_HELD),
@@ -194,6 +209,8 @@ impl Pipeline {
             interval_start_ns: 0,
             next_summary_ns: None,
             records: 0,
+            stuck_groups: Vec::new(),
+            stuck_now: 0,
             cfg,
         }
     }
@@ -204,37 +221,43 @@ impl Pipeline {
             return Ok(());
         }
         self.start(out)?;
-        match *input {
+        match input {
             Input::Event(ev) => {
-                self.health.learn(&ev);
+                self.health.learn(ev);
                 self.anchor_ns.get_or_insert(ev.ts_ns);
-                self.reorder.push(ev);
+                self.reorder.push(*ev);
             }
-            Input::Facts(f) => self.reorder.push(f),
+            Input::Facts(f) => self.reorder.push(*f),
             Input::Retransmit(r) => {
-                self.health.retransmit(&r);
-                self.reorder.push(Item::Retransmit(r));
+                self.health.retransmit(r);
+                self.reorder.push(Item::Retransmit(*r));
             }
             Input::Listener(r) => {
-                self.health.listener(&r);
+                self.health.listener(r);
                 return Ok(());
             }
             Input::Netstat(n) => {
-                self.health.netstat(&n);
+                self.health.netstat(n);
                 return Ok(());
             }
             Input::Reset(r) => {
                 self.anchor_ns.get_or_insert(r.ts_ns);
-                self.reorder.push(Item::Reset(r));
+                self.reorder.push(Item::Reset(*r));
             }
             Input::Tick { now_ns } => {
-                self.anchor_ns.get_or_insert(now_ns);
-                self.reorder.advance(now_ns);
+                self.anchor_ns.get_or_insert(*now_ns);
+                self.reorder.advance(*now_ns);
             }
             Input::Counters(c) => {
-                self.counters = Some(c);
-                self.renderer.counters(&c, &self.engine);
+                self.counters = Some(*c);
+                self.renderer.counters(c, &self.engine);
                 self.renderer.health(&self.health, &self.cfg.drop_reasons);
+                return Ok(());
+            }
+            Input::Cgroup { id, path } => {
+                // Names are kept for the whole trace: they come before the events that need
+                // them, which may be rendered much later.
+                self.renderer.cgroup(*id, path);
                 return Ok(());
             }
         }
@@ -256,6 +279,8 @@ impl Pipeline {
         }
         let end = self.reorder.clock_ns().max(self.engine.now_ns());
         self.advance(end, out)?;
+        // What is stuck at the end, before the table is emptied.
+        self.take_stuck_groups();
         self.release_lingering(None, out)?;
         let mut done = std::mem::take(&mut self.done);
         self.engine.finish(end, &mut done);
@@ -407,7 +432,7 @@ impl Pipeline {
         self.pairing.expire(now_ns, &mut self.emits);
         self.print_emits(out)?;
         let Some(iv) = self.cfg.interval_ns.filter(|&iv| iv > 0) else {
-            return Ok(());
+            return self.report_stuck(now_ns, out);
         };
         let next = match self.next_summary_ns {
             Some(n) => n,
@@ -420,17 +445,39 @@ impl Pipeline {
             }
         };
         if now_ns < next {
-            return Ok(());
+            return self.report_stuck(now_ns, out);
         }
+        // Sockets stuck before the boundary are reported before the summary that lists them.
+        self.report_stuck(next, out)?;
         // What finished in this interval is counted in it, late joins or not.
         self.release_lingering(None, out)?;
+        self.take_stuck_groups();
         self.print_summary(SummaryKind::Interval, self.interval_start_ns, next, out)?;
         self.interval.clear();
         // Quiet intervals in between had nothing to report: skip to the one holding `now_ns`.
         let skipped = (now_ns - next) / iv;
         self.interval_start_ns = next.saturating_add(skipped.saturating_mul(iv));
         self.next_summary_ns = Some(self.interval_start_ns.saturating_add(iv));
+        self.report_stuck(now_ns, out)
+    }
+
+    /// Reports the sockets that crossed their stuck threshold before `now_ns`, once each, in
+    /// the order they crossed it. Only due deadlines are visited.
+    fn report_stuck(&mut self, now_ns: u64, out: &mut impl Write) -> io::Result<()> {
+        while let Some((slot, at_ns)) = self.engine.pop_stuck(now_ns) {
+            if self.limit_reached() {
+                continue;
+            }
+            self.renderer
+                .stuck(self.engine.conn(slot), at_ns, &mut self.buf)?;
+            render::flush(&mut self.buf, out)?;
+        }
         Ok(())
+    }
+
+    fn take_stuck_groups(&mut self) {
+        self.engine.stuck_groups(&mut self.stuck_groups);
+        self.stuck_now = self.engine.stuck_now() as u64;
     }
 
     fn record(&mut self, c: &Conn) {
@@ -517,6 +564,8 @@ impl Pipeline {
             },
             health: &self.health,
             drop_reasons: self.cfg.drop_reasons,
+            stuck_now: self.stuck_now,
+            stuck: &self.stuck_groups,
         };
         self.renderer.summary(&s, &mut self.buf)?;
         render::flush(&mut self.buf, out)
@@ -565,8 +614,12 @@ mod tests {
     pub(crate) fn synthetic_with_facts(n: u64) -> Vec<Input> {
         let mut out = Vec::with_capacity(n as usize * 14);
         for i in synthetic(n) {
+            let ev = match &i {
+                Input::Event(e) => Some(*e),
+                _ => None,
+            };
             out.push(i);
-            if let Input::Event(e) = i {
+            if let Some(e) = ev {
                 let wanted = e.newstate == CLOSE
                     || (e.newstate == ESTABLISHED && matches!(e.oldstate, SYN_SENT | SYN_RECV));
                 if wanted {

@@ -16,8 +16,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tcpstate_common::{
-    names, Counter, DropLayout, JoinLayout, Layout, ListenKey, ListenOffsets, ListenOwner, Owner,
-    Settings, SkbOffsets, TupleKey, MODERN_LAYOUT,
+    names, Counter, DropLayout, JoinLayout, Layout, ListenKey, ListenOffsets, ListenOwner,
+    NetnsOffsets, Owner, Settings, SkbOffsets, TupleKey, MODERN_LAYOUT,
 };
 
 use super::{
@@ -99,6 +99,8 @@ pub struct Probe {
     link: Option<TracePointLinkId>,
     /// The joined programs attached (program name, link).
     joined: Vec<(&'static str, TracePointLinkId)>,
+    /// Their file descriptors, for their `recursion_misses` (owned by `ebpf`).
+    joined_fds: Vec<RawFd>,
     /// How the program's facts records decode on this kernel.
     pub facts_plan: FactsPlan,
     /// Names of this kernel's reset reasons.
@@ -149,9 +151,63 @@ fn what_is_lost(event: JoinEvent) -> &'static str {
 }
 
 /// Offsets from the kernel's BTF; without BTF every fact is unknown (said once).
-fn read_btf(notices: &mut Vec<String>) -> (SockOffsets, SkbOffsets, Vec<String>, Vec<String>) {
-    match btf::load(Path::new(btf::VMLINUX_BTF)) {
-        Ok(k) => (k.sock, k.skb, k.reset_reasons, k.drop_reasons),
+/// Offsets, reset reason names and drop reason names.
+type Btf = (
+    SockOffsets,
+    SkbOffsets,
+    NetnsOffsets,
+    Vec<String>,
+    Vec<String>,
+);
+
+fn read_btf(notices: &mut Vec<String>) -> Btf {
+    // Parsing the kernel's BTF makes tens of MiB of small allocations, all freed again. Parsed on
+    // a thread of its own they live in that thread's malloc arena, the results are copied out
+    // here, and the arena is handed back whole: otherwise a tracer meant to run for months
+    // keeps ~20 MiB of freed, fragmented heap resident.
+    let parsed = std::thread::Builder::new()
+        .name("btf".into())
+        .spawn(|| btf::load(Path::new(btf::VMLINUX_BTF)))
+        .map_err(|e| btf::BtfError::Read {
+            path: btf::VMLINUX_BTF.into(),
+            source: e,
+        })
+        .and_then(|t| {
+            t.join().unwrap_or_else(|_| {
+                Err(btf::BtfError::Parse {
+                    path: btf::VMLINUX_BTF.into(),
+                    message: "the parser panicked".into(),
+                })
+            })
+        });
+    let loaded = parsed.map(|k| btf::KernelBtf {
+        sock: SockOffsets {
+            offsets: k.sock.offsets.to_vec(),
+        },
+        skb: k.skb,
+        netns: k.netns,
+        reset_reasons: k
+            .reset_reasons
+            .iter()
+            .map(|n| n.as_str().to_owned())
+            .collect(),
+        drop_reasons: k
+            .drop_reasons
+            .iter()
+            .map(|n| n.as_str().to_owned())
+            .collect(),
+    });
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
+    match loaded {
+        Ok(k) => {
+            if k.netns.ok == 0 {
+                notices.push(
+                    "this kernel's BTF has no sock.skc_net or net.ns.inum: netns is null".into(),
+                );
+            }
+            (k.sock, k.skb, k.netns, k.reset_reasons, k.drop_reasons)
+        }
         Err(e) => {
             notices.push(format!(
                 "{e}; socket facts (errno, RTT, bytes, retransmits) are unknown"
@@ -161,6 +217,7 @@ fn read_btf(notices: &mut Vec<String>) -> (SockOffsets, SkbOffsets, Vec<String>,
                     offsets: vec![None; FIELDS.len()],
                 },
                 SkbOffsets::default(),
+                NetnsOffsets::default(),
                 Vec::new(),
                 Vec::new(),
             )
@@ -200,9 +257,17 @@ impl Probe {
         let log_level: u8 = if opts.debug_log { 0xff } else { 0 };
 
         let mut notices = Vec::new();
-        let (sock_offsets, skb, reset_reasons, drop_reasons) = read_btf(&mut notices);
+        let (sock_offsets, skb, netns_offsets, reset_reasons, drop_reasons) =
+            read_btf(&mut notices);
         let listen_offsets = listen_offsets(&sock_offsets, &mut notices);
         let drop_layout = locate_kfree_skb(&tracefs).map_err(|n| notices.push(n)).ok();
+        if opts.filter.filter.flags & tcpstate_common::filter_flags::NETNS != 0
+            && netns_offsets.ok == 0
+        {
+            return Err(ProbeError::Load(
+                "--netns needs the socket's namespace from BTF, which this kernel lacks".into(),
+            ));
+        }
         let facts_plan = FactsPlan::new(&sock_offsets);
         if !facts_plan.missing.is_empty() && sock_offsets.offsets.iter().any(Option::is_some) {
             notices.push(format!(
@@ -251,6 +316,7 @@ impl Probe {
             .override_global(names::SKB_OFFSETS, &skb, true)
             .override_global(names::LISTEN_OFFSETS, &listen_offsets, true)
             .override_global(names::DROP_LAYOUT, &drop_layout.unwrap_or_default(), true)
+            .override_global(names::NETNS_OFFSETS, &netns_offsets, true)
             .override_global(names::LAYOUT, &layout, true)
             .override_global(names::FILTER, &opts.filter.filter, true)
             .override_global(names::SETTINGS, &settings, true)
@@ -299,9 +365,13 @@ impl Probe {
             .map_err(|e| ProbeError::Attach(format!("{e:#}")))?;
 
         let mut joined = Vec::new();
+        let mut joined_fds = Vec::new();
         for (event, _) in &joined_layouts {
             match attach_joined(&mut ebpf, *event) {
-                Ok(link) => joined.push((event.names().0, link)),
+                Ok((link, fd)) => {
+                    joined.push((event.names().0, link));
+                    joined_fds.push(fd);
+                }
                 Err(e) => notices.push(format!(
                     "{} not traced ({e}); {}",
                     event.tracepoint(),
@@ -313,7 +383,9 @@ impl Probe {
         let mut drops_traced = false;
         if drop_layout.is_some() {
             match attach_program(&mut ebpf, names::KFREE_SKB, "skb", "kfree_skb") {
-                Ok(link) => {
+                // Its recursion misses are not state changes lost: its fd stays out of
+                // `joined_fds`.
+                Ok((link, _fd)) => {
                     joined.push((names::KFREE_SKB, link));
                     drops_traced = true;
                 }
@@ -329,6 +401,7 @@ impl Probe {
             logger,
             link: Some(link),
             joined,
+            joined_fds,
             facts_plan,
             reset_reasons,
             drop_reasons,
@@ -400,9 +473,16 @@ impl Probe {
                     .get(&idx, 0)
                     .map(|values| values.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
                     .map_err(|e| format!("eBPF map {}: {e}", names::COUNTERS)),
-                None => prog_recursion_misses(self.prog_fd).map_err(|e| {
-                    format!("reading the program's info (BPF_OBJ_GET_INFO_BY_FD): {e}")
-                }),
+                // Every program's skipped runs: a skipped joined program is a lost retransmit
+                // or reset, as much a loss as a skipped state change.
+                None => std::iter::once(self.prog_fd)
+                    .chain(self.joined_fds.iter().copied())
+                    .try_fold(0u64, |sum, fd| {
+                        prog_recursion_misses(fd).map(|n| sum.wrapping_add(n))
+                    })
+                    .map_err(|e| {
+                        format!("reading the programs' info (BPF_OBJ_GET_INFO_BY_FD): {e}")
+                    }),
             };
             match value {
                 Ok(v) => out.set(c, Some(v)),
@@ -449,7 +529,7 @@ impl Probe {
 }
 
 /// Loads and attaches one joined program (its layout global is already set).
-fn attach_joined(ebpf: &mut Ebpf, event: JoinEvent) -> Result<TracePointLinkId, String> {
+fn attach_joined(ebpf: &mut Ebpf, event: JoinEvent) -> Result<(TracePointLinkId, RawFd), String> {
     let (prog, _, category, name) = event.names();
     attach_program(ebpf, prog, category, name)
 }
@@ -500,14 +580,22 @@ fn attach_program(
     prog: &str,
     category: &str,
     name: &str,
-) -> Result<TracePointLinkId, String> {
+) -> Result<(TracePointLinkId, RawFd), String> {
     let program: &mut TracePoint = ebpf
         .program_mut(prog)
         .ok_or_else(|| format!("program `{prog}` missing from the object"))?
         .try_into()
         .map_err(|e| format!("{e}"))?;
     program.load().map_err(|e| format!("{e:#}"))?;
-    program.attach(category, name).map_err(|e| format!("{e:#}"))
+    let fd = program
+        .fd()
+        .map_err(|e| format!("{e:#}"))?
+        .as_fd()
+        .as_raw_fd();
+    let link = program
+        .attach(category, name)
+        .map_err(|e| format!("{e:#}"))?;
+    Ok((link, fd))
 }
 
 fn fill_filter_maps(ebpf: &mut Ebpf, k: &KernelFilter) -> Result<(), ProbeError> {

@@ -17,7 +17,8 @@ mod tests;
 
 use std::{fmt, io};
 
-use tcpstate_common::{Counter, EVENT_SIZE};
+use crate::le::{Get, Put};
+use tcpstate_common::{Counter, EVENT_SIZE, EVENT_V1_SIZE};
 
 use crate::{
     event::Event,
@@ -64,12 +65,13 @@ const LISTENER_LEN: usize = 56;
 const NETSTAT_LEN: usize = 8 + 4 + 8 + 4 + 5 * 8;
 /// Most reset reason names a header holds.
 const MAX_REASONS: usize = 256;
-/// The largest payload of any kind (an event or the counters).
-const MAX_PAYLOAD_LEN: usize = if COUNTERS_LEN > EVENT_SIZE {
-    COUNTERS_LEN
-} else {
-    EVENT_SIZE
-};
+/// A cgroup record: the id, the path's length, the path, zero padding. Fixed like every kind,
+/// so the length stays redundant with the kind (a flipped length bit is damage, not a
+/// different record).
+const CGROUP_LEN: usize = 8 + 2 + crate::cgroup::MAX_PATH_LEN;
+/// The largest payload of any kind (a cgroup record).
+const MAX_PAYLOAD_LEN: usize = CGROUP_LEN;
+const _: () = assert!(COUNTERS_LEN <= MAX_PAYLOAD_LEN && EVENT_SIZE <= MAX_PAYLOAD_LEN);
 const MAX_RECORD_LEN: usize = RECORD_HEAD_LEN + MAX_PAYLOAD_LEN + CRC_LEN;
 const _: () = assert!(
     FACTS_LEN <= MAX_PAYLOAD_LEN
@@ -89,9 +91,11 @@ mod kinds {
     pub const FACTS: u16 = 4;
     pub const RETRANSMIT: u16 = 5;
     pub const RESET: u16 = 6;
+    /// Version 2 on.
+    pub const CGROUP: u16 = 7;
     /// Listener health (issue 13, still version 2).
-    pub const LISTENER: u16 = 7;
-    pub const NETSTAT: u16 = 8;
+    pub const LISTENER: u16 = 8;
+    pub const NETSTAT: u16 = 9;
 }
 
 /// What a recording says about where it came from.
@@ -261,6 +265,7 @@ impl std::error::Error for RecordError {
 /// The payload length of a record kind in a format version, `None` for kinds it does not know.
 fn payload_len(kind: u16, version: u16) -> Option<usize> {
     match kind {
+        kinds::EVENT if version == 1 => Some(EVENT_V1_SIZE),
         kinds::EVENT => Some(EVENT_SIZE),
         kinds::TICK => Some(TICK_LEN),
         kinds::COUNTERS if version == 1 => Some(COUNTERS_V1_LEN),
@@ -270,50 +275,8 @@ fn payload_len(kind: u16, version: u16) -> Option<usize> {
         kinds::RESET if version >= 2 => Some(RESET_LEN),
         kinds::LISTENER if version >= 2 => Some(LISTENER_LEN),
         kinds::NETSTAT if version >= 2 => Some(NETSTAT_LEN),
+        kinds::CGROUP if version >= 2 => Some(CGROUP_LEN),
         _ => None,
-    }
-}
-
-/// Little-endian writes at a moving position of a fixed buffer.
-struct Put<'a> {
-    buf: &'a mut [u8],
-    pos: usize,
-}
-
-impl Put<'_> {
-    fn bytes(&mut self, b: &[u8]) {
-        self.buf[self.pos..self.pos + b.len()].copy_from_slice(b);
-        self.pos += b.len();
-    }
-}
-
-/// Little-endian reads at a moving position of a payload whose length was checked.
-struct Get<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl Get<'_> {
-    fn take<const N: usize>(&mut self) -> [u8; N] {
-        let mut out = [0u8; N];
-        out.copy_from_slice(&self.buf[self.pos..self.pos + N]);
-        self.pos += N;
-        out
-    }
-    fn u8(&mut self) -> u8 {
-        self.take::<1>()[0]
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes(self.take())
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes(self.take())
-    }
-    fn i32(&mut self) -> i32 {
-        i32::from_le_bytes(self.take())
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from_le_bytes(self.take())
     }
 }
 
@@ -403,7 +366,7 @@ fn reset_from_bytes(b: &[u8]) -> ResetRecord {
     }
 }
 
-/// Listener (kind 7): `ListenerRecord` field by field, padding included (stored as zero).
+/// Listener (kind 8): `ListenerRecord` field by field, padding included (stored as zero).
 fn listener_to_bytes(r: &ListenerRecord, out: &mut [u8]) {
     let mut p = Put { buf: out, pos: 0 };
     p.bytes(&r.ts_ns.to_le_bytes());
@@ -436,7 +399,7 @@ fn listener_from_bytes(b: &[u8]) -> ListenerRecord {
     }
 }
 
-/// Netstat (kind 8): namespace, pid, time, validity mask (bit i: value i known), values (0
+/// Netstat (kind 9): namespace, pid, time, validity mask (bit i: value i known), values (0
 /// where unknown).
 fn netstat_to_bytes(n: &NetstatSample, out: &mut [u8]) {
     let mut p = Put { buf: out, pos: 0 };
@@ -473,6 +436,15 @@ fn netstat_from_bytes(b: &[u8]) -> NetstatSample {
     }
 }
 
+/// The event size of a format version.
+fn event_size(version: u16) -> usize {
+    if version == 1 {
+        EVENT_V1_SIZE
+    } else {
+        EVENT_SIZE
+    }
+}
+
 /// Converts an event between this host's layout and the file's little-endian one (the same
 /// swap both ways; nothing to do on little-endian hosts).
 fn event_le(ev: &Event) -> Event {
@@ -485,6 +457,8 @@ fn event_le(ev: &Event) -> Event {
     e.owner_tid = e.owner_tid.to_le();
     e.sport = e.sport.to_le();
     e.dport = e.dport.to_le();
+    e.netns = e.netns.to_le();
+    e.cgroup_id = e.cgroup_id.to_le();
     e
 }
 

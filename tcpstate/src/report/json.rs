@@ -3,6 +3,7 @@
 //! times are integer nanoseconds (monotonic `*_ns`, wall clock `*_unix_ns`) with rounded
 //! millisecond companions (`*_ms`); unknown values are `null`.
 
+use crate::cgroup::Names;
 use std::{borrow::Cow, io, net::IpAddr};
 
 use serde::{ser::SerializeSeq, Serialize, Serializer};
@@ -19,8 +20,9 @@ use crate::timeline::{errno_name, Conn, Outcome, Phase, RetxKind, Role, Step};
 
 pub const CONNECTION_SCHEMA: &str = "tcpstate.connection.v2";
 pub const REFUSED_SCHEMA: &str = "tcpstate.refused.v1";
-pub const TRANSITION_SCHEMA: &str = "tcpstate.transition.v1";
+pub const TRANSITION_SCHEMA: &str = "tcpstate.transition.v2";
 pub const SUMMARY_SCHEMA: &str = "tcpstate.summary.v2";
+pub const STUCK_SCHEMA: &str = "tcpstate.stuck.v1";
 
 /// A u64 as a hex string (kernel addresses exceed what JSON numbers hold exactly everywhere).
 struct Hex(u64);
@@ -102,6 +104,8 @@ struct ConnectionJson<'a> {
     owner_source: &'static str,
     ctx_pid: u32,
     ctx_comm: Cow<'a, str>,
+    #[serde(flatten)]
+    container: ContainerJson<'a>,
     start_ns: u64,
     end_ns: u64,
     start_unix_ns: i64,
@@ -141,6 +145,32 @@ struct ConnectionJson<'a> {
     outcome_basis: Option<&'static str>,
 }
 
+/// Where a connection lives: the owner's cgroup v2 group (and the pod and container its path
+/// names) and the socket's network namespace; each `null` when unknown.
+#[derive(Serialize)]
+struct ContainerJson<'a> {
+    cgroup: Option<&'a str>,
+    cgroup_id: Option<u64>,
+    netns: Option<u32>,
+    pod_uid: Option<&'a str>,
+    container_id: Option<&'a str>,
+}
+
+impl<'a> ContainerJson<'a> {
+    fn of(cgroup_id: u64, netns: u32, names: &'a Names) -> ContainerJson<'a> {
+        let info = names.get(cgroup_id);
+        ContainerJson {
+            cgroup: info.map(|i| i.path.as_str()),
+            // An id without a path is the v2 root on a cgroup v1 host (or a group gone before
+            // it was named): not an answer either.
+            cgroup_id: info.map(|_| cgroup_id),
+            netns: (netns != 0).then_some(netns),
+            pod_uid: info.and_then(|i| i.kube.pod_uid.as_deref()),
+            container_id: info.and_then(|i| i.kube.container_id.as_deref()),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct RetransmitsJson {
     syn: u16,
@@ -170,6 +200,7 @@ pub fn connection(
     peer: Option<&Conn>,
     clock: &super::time::ClockBase,
     reasons: &ResetReasons,
+    cgroups: &Names,
     out: &mut impl io::Write,
 ) -> io::Result<()> {
     let phase = |p| c.phase_ns(p);
@@ -197,6 +228,7 @@ pub fn connection(
         owner_source: owner_source_name(c.owner_source()),
         ctx_pid: c.ctx().0,
         ctx_comm: comm(c.ctx().1),
+        container: ContainerJson::of(c.cgroup_id(), c.netns(), cgroups),
         start_ns: c.first_ts(),
         end_ns: c.last_ts(),
         start_unix_ns: clock.unix_ns(c.first_ts()),
@@ -293,6 +325,61 @@ pub fn refused(
 }
 
 #[derive(Serialize)]
+struct StuckJson<'a> {
+    schema: &'static str,
+    ts_ns: u64,
+    unix_ns: i64,
+    state: &'static str,
+    age_ns: u64,
+    since_ns: u64,
+    pid: Option<u32>,
+    comm: Option<Cow<'a, str>>,
+    family: &'static str,
+    laddr: IpAddr,
+    lport: u16,
+    raddr: IpAddr,
+    rport: u16,
+    skaddr: Hex,
+    id: u32,
+    role: &'static str,
+    partial: bool,
+    #[serde(flatten)]
+    container: ContainerJson<'a>,
+}
+
+/// An open socket that crossed its stuck threshold at `at_ns` (`tcpstate.stuck.v1`).
+pub fn stuck(
+    c: &Conn,
+    at_ns: u64,
+    clock: &super::time::ClockBase,
+    cgroups: &Names,
+    out: &mut impl io::Write,
+) -> io::Result<()> {
+    let owner = c.owner();
+    let obj = StuckJson {
+        schema: STUCK_SCHEMA,
+        ts_ns: at_ns,
+        unix_ns: clock.unix_ns(at_ns),
+        state: state_name(c.state()),
+        age_ns: at_ns.saturating_sub(c.state_ts()),
+        since_ns: c.state_ts(),
+        pid: owner.map(|(p, _)| p),
+        comm: owner.map(|(_, raw)| comm(raw)),
+        family: family(c.family()),
+        laddr: c.laddr(),
+        lport: c.lport(),
+        raddr: c.raddr(),
+        rport: c.rport(),
+        skaddr: Hex(c.skaddr()),
+        id: c.id(),
+        role: c.role().name(),
+        partial: c.partial(),
+        container: ContainerJson::of(c.cgroup_id(), c.netns(), cgroups),
+    };
+    write_line(&obj, out)
+}
+
+#[derive(Serialize)]
 struct TransitionJson<'a> {
     schema: &'static str,
     ts_ns: u64,
@@ -312,13 +399,16 @@ struct TransitionJson<'a> {
     owner_source: &'static str,
     ctx_pid: u32,
     ctx_comm: Cow<'a, str>,
+    #[serde(flatten)]
+    container: ContainerJson<'a>,
 }
 
-/// One transition object (`tcpstate.transition.v1`) and its newline.
+/// One transition object (`tcpstate.transition.v2`) and its newline.
 pub fn transition(
     ev: &Event,
     step: &Step,
     clock: &super::time::ClockBase,
+    cgroups: &Names,
     out: &mut impl io::Write,
 ) -> io::Result<()> {
     let in_old = step.since_ns.map(|s| ev.ts_ns.saturating_sub(s));
@@ -342,6 +432,7 @@ pub fn transition(
         owner_source: owner_source_name(step.owner_source),
         ctx_pid: ev.ctx_pid,
         ctx_comm: comm(&ev.ctx_comm),
+        container: ContainerJson::of(step.cgroup_id, step.netns, cgroups),
     };
     write_line(&obj, out)
 }
@@ -452,6 +543,25 @@ struct SummaryJson<'a> {
     /// older recording).
     #[serde(skip_serializing_if = "Option::is_none")]
     netstat: Option<crate::listeners::NetstatJson>,
+    /// Absent when no socket is stuck (older readers and golden files see no change).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stuck: Option<StuckNowJson<'a>>,
+}
+
+/// The sockets stuck at the end of a summary's period.
+#[derive(Serialize)]
+struct StuckNowJson<'a> {
+    total: u64,
+    groups: Vec<StuckGroupJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct StuckGroupJson<'a> {
+    state: &'static str,
+    pid: Option<u32>,
+    comm: Option<Cow<'a, str>>,
+    count: u64,
+    oldest_age_ns: u64,
 }
 
 /// The summary's part from socket facts, retransmits and resets (issue 10).
@@ -546,6 +656,20 @@ pub fn summary(s: &Summary<'_>, out: &mut impl io::Write) -> io::Result<()> {
         },
         listeners: Some(s.health.listeners_json(&s.drop_reasons)).filter(|l| !l.is_empty()),
         netstat: s.health.netstat_json(),
+        stuck: (s.stuck_now > 0).then(|| StuckNowJson {
+            total: s.stuck_now,
+            groups: s
+                .stuck
+                .iter()
+                .map(|g| StuckGroupJson {
+                    state: state_name(g.state),
+                    pid: (g.pid != 0).then_some(g.pid),
+                    comm: (g.pid != 0).then(|| comm(&g.comm)),
+                    count: g.count,
+                    oldest_age_ns: s.end_ns.saturating_sub(g.oldest_since_ns),
+                })
+                .collect(),
+        }),
     };
     write_line(&obj, out)
 }

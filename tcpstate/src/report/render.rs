@@ -10,6 +10,7 @@ use std::io;
 use super::summary::{self, Summary};
 use super::time::{ClockBase, TimeColumn, TimeFormatter};
 use super::{json, ladder, table, transitions};
+use crate::cgroup::Names;
 use crate::event::Event;
 use crate::facts::ResetRecord;
 use crate::input::KernelCounters;
@@ -31,12 +32,19 @@ pub(crate) trait Renderer {
     fn summary(&mut self, s: &Summary<'_>, out: &mut Vec<u8>) -> io::Result<()>;
     /// An inbound connection attempt this host refused (no socket: not a connection).
     fn refused(&mut self, r: &ResetRecord, out: &mut Vec<u8>) -> io::Result<()>;
+    /// An open socket crossed its stuck threshold at `at_ns` (`Conn::state` is the state it is
+    /// stuck in, `Conn::state_ts` when it entered it). Called once per socket and state.
+    fn stuck(&mut self, _c: &Conn, _at_ns: u64, _out: &mut Vec<u8>) -> io::Result<()> {
+        Ok(())
+    }
     /// A snapshot of the kernel's counters arrived (once a second live); the engine's table is
     /// at hand for sinks that report open connections (the exporter). Printing modes show
     /// counters only in summaries.
     fn counters(&mut self, _counters: &KernelCounters, _engine: &Engine) {}
     /// Listener health, when the counters were sampled (the exporter's metrics).
     fn health(&mut self, _health: &crate::listeners::Health, _drop_reasons: &ResetReasons) {}
+    /// What a cgroup id means (an `Input::Cgroup`), for renderers that show cgroups.
+    fn cgroup(&mut self, _id: u64, _path: &str) {}
 }
 
 /// Which renderer.
@@ -55,17 +63,24 @@ pub(crate) fn new(
     time: TimeColumn,
     clock: ClockBase,
     wide: bool,
+    containers: bool,
     reasons: ResetReasons,
 ) -> Box<dyn Renderer> {
     let text = |wide| Text {
         time: TimeFormatter::new(time, clock),
         wide,
+        containers,
+        cgroups: Names::default(),
     };
     match kind {
         Kind::ConnectionTable => Box::new(ConnectionTable(text(wide))),
         Kind::TransitionTable => Box::new(TransitionTable(text(wide))),
         Kind::Ladder => Box::new(Ladder(text(wide))),
-        Kind::ConnectionJson | Kind::TransitionJson => Box::new(Json { clock, reasons }),
+        Kind::ConnectionJson | Kind::TransitionJson => Box::new(Json {
+            clock,
+            reasons,
+            cgroups: Names::default(),
+        }),
     }
 }
 
@@ -87,6 +102,9 @@ fn fmt_error(_: fmt::Error) -> io::Error {
 struct Text {
     time: TimeFormatter,
     wide: bool,
+    /// `--containers`: the container columns.
+    containers: bool,
+    cgroups: Names,
 }
 
 impl Text {
@@ -103,7 +121,12 @@ struct ConnectionTable(Text);
 
 impl Renderer for ConnectionTable {
     fn start(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
-        table::header(&self.0.time, self.0.wide, &mut Utf8(out)).map_err(fmt_error)
+        table::header(&self.0.time, self.0.wide, self.0.containers, &mut Utf8(out))
+            .map_err(fmt_error)
+    }
+
+    fn cgroup(&mut self, id: u64, path: &str) {
+        self.0.cgroups.insert(id, path);
     }
 
     fn transition(&mut self, _: &Event, _: &Step, _: &mut Vec<u8>) -> io::Result<()> {
@@ -112,13 +135,15 @@ impl Renderer for ConnectionTable {
 
     fn single(&mut self, c: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
         let t = &mut self.0;
-        table::line(c, false, &mut t.time, t.wide, &mut Utf8(out)).map_err(fmt_error)
+        let cg = t.containers.then_some(&t.cgroups);
+        table::line(c, false, &mut t.time, t.wide, cg, &mut Utf8(out)).map_err(fmt_error)
     }
 
     fn pair(&mut self, a: &Conn, b: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
         let t = &mut self.0;
-        table::line(a, false, &mut t.time, t.wide, &mut Utf8(out)).map_err(fmt_error)?;
-        table::line(b, true, &mut t.time, t.wide, &mut Utf8(out)).map_err(fmt_error)
+        let cg = t.containers.then_some(&t.cgroups);
+        table::line(a, false, &mut t.time, t.wide, cg, &mut Utf8(out)).map_err(fmt_error)?;
+        table::line(b, true, &mut t.time, t.wide, cg, &mut Utf8(out)).map_err(fmt_error)
     }
 
     fn summary(&mut self, s: &Summary<'_>, out: &mut Vec<u8>) -> io::Result<()> {
@@ -129,18 +154,30 @@ impl Renderer for ConnectionTable {
         let t = &mut self.0;
         table::refused(r, &mut t.time, t.wide, &mut Utf8(out)).map_err(fmt_error)
     }
+
+    fn stuck(&mut self, c: &Conn, at_ns: u64, out: &mut Vec<u8>) -> io::Result<()> {
+        let t = &mut self.0;
+        let cg = t.containers.then_some(&t.cgroups);
+        table::stuck(c, at_ns, &mut t.time, t.wide, cg, &mut Utf8(out)).map_err(fmt_error)
+    }
 }
 
 struct TransitionTable(Text);
 
 impl Renderer for TransitionTable {
     fn start(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
-        transitions::header(&self.0.time, self.0.wide, &mut Utf8(out)).map_err(fmt_error)
+        transitions::header(&self.0.time, self.0.wide, self.0.containers, &mut Utf8(out))
+            .map_err(fmt_error)
+    }
+
+    fn cgroup(&mut self, id: u64, path: &str) {
+        self.0.cgroups.insert(id, path);
     }
 
     fn transition(&mut self, ev: &Event, step: &Step, out: &mut Vec<u8>) -> io::Result<()> {
         let t = &mut self.0;
-        transitions::line(ev, step, &mut t.time, t.wide, &mut Utf8(out)).map_err(fmt_error)
+        let cg = t.containers.then_some(&t.cgroups);
+        transitions::line(ev, step, &mut t.time, t.wide, cg, &mut Utf8(out)).map_err(fmt_error)
     }
 
     fn single(&mut self, _: &Conn, _: &mut Vec<u8>) -> io::Result<()> {
@@ -157,6 +194,12 @@ impl Renderer for TransitionTable {
 
     fn refused(&mut self, _: &ResetRecord, _: &mut Vec<u8>) -> io::Result<()> {
         Ok(())
+    }
+
+    fn stuck(&mut self, c: &Conn, at_ns: u64, out: &mut Vec<u8>) -> io::Result<()> {
+        let t = &mut self.0;
+        let cg = t.containers.then_some(&t.cgroups);
+        transitions::stuck(c, at_ns, &mut t.time, t.wide, cg, &mut Utf8(out)).map_err(fmt_error)
     }
 }
 
@@ -183,26 +226,35 @@ impl Renderer for Ladder {
     fn refused(&mut self, r: &ResetRecord, out: &mut Vec<u8>) -> io::Result<()> {
         ladder::refused(r, &mut self.0.time, &mut Utf8(out)).map_err(fmt_error)
     }
+
+    fn stuck(&mut self, c: &Conn, at_ns: u64, out: &mut Vec<u8>) -> io::Result<()> {
+        ladder::stuck(c, at_ns, &mut self.0.time, &mut Utf8(out)).map_err(fmt_error)
+    }
 }
 
 /// JSON Lines: one object per record.
 struct Json {
     clock: ClockBase,
     reasons: ResetReasons,
+    cgroups: Names,
 }
 
 impl Renderer for Json {
+    fn cgroup(&mut self, id: u64, path: &str) {
+        self.cgroups.insert(id, path);
+    }
+
     fn transition(&mut self, ev: &Event, step: &Step, out: &mut Vec<u8>) -> io::Result<()> {
-        json::transition(ev, step, &self.clock, out)
+        json::transition(ev, step, &self.clock, &self.cgroups, out)
     }
 
     fn single(&mut self, c: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
-        json::connection(c, None, &self.clock, &self.reasons, out)
+        json::connection(c, None, &self.clock, &self.reasons, &self.cgroups, out)
     }
 
     fn pair(&mut self, a: &Conn, b: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
-        json::connection(a, Some(b), &self.clock, &self.reasons, out)?;
-        json::connection(b, Some(a), &self.clock, &self.reasons, out)
+        json::connection(a, Some(b), &self.clock, &self.reasons, &self.cgroups, out)?;
+        json::connection(b, Some(a), &self.clock, &self.reasons, &self.cgroups, out)
     }
 
     fn summary(&mut self, s: &Summary<'_>, out: &mut Vec<u8>) -> io::Result<()> {
@@ -211,6 +263,10 @@ impl Renderer for Json {
 
     fn refused(&mut self, r: &ResetRecord, out: &mut Vec<u8>) -> io::Result<()> {
         json::refused(r, &self.clock, out)
+    }
+
+    fn stuck(&mut self, c: &Conn, at_ns: u64, out: &mut Vec<u8>) -> io::Result<()> {
+        json::stuck(c, at_ns, &self.clock, &self.cgroups, out)
     }
 }
 

@@ -13,8 +13,14 @@ use tcpstate_common::state::*;
 
 const CONNECTION: &str = include_str!("../../../docs/schema/connection.v2.json");
 const REFUSED: &str = include_str!("../../../docs/schema/refused.v1.json");
-const TRANSITION: &str = include_str!("../../../docs/schema/transition.v1.json");
+const TRANSITION: &str = include_str!("../../../docs/schema/transition.v2.json");
 const SUMMARY: &str = include_str!("../../../docs/schema/summary.v2.json");
+const STUCK: &str = include_str!("../../../docs/schema/stuck.v1.json");
+
+/// The documented fields an object may lack: the summary's `stuck`, present only when a
+/// socket is stuck, and its listener health (`listeners`, `netstat`), present only when there
+/// is some (so that summaries without them stay as they were).
+const OPTIONAL: [&str; 3] = ["stuck", "listeners", "netstat"];
 
 const KNOWN: [&str; 15] = [
     "$schema",
@@ -47,9 +53,22 @@ fn type_matches(t: &str, v: &Value) -> bool {
     }
 }
 
-/// The only pattern the schemas use: a lowercase hex number with `0x`.
+/// The patterns the schemas use: a lowercase hex number with `0x`, a pod UID, a container id.
 fn pattern_matches(pattern: &str, s: &str) -> Result<bool, String> {
+    let hex = |t: &str| {
+        t.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
     match pattern {
+        "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$" => {
+            let groups: Vec<&str> = s.split('-').collect();
+            Ok(groups.len() == 5
+                && groups
+                    .iter()
+                    .zip([8, 4, 4, 4, 12])
+                    .all(|(g, n)| g.len() == n && hex(g)))
+        }
+        "^[0-9a-f]{12,}$" => Ok(s.len() >= 12 && hex(s)),
         "^0x[0-9a-f]+$" => Ok(s.len() > 2
             && s.starts_with("0x")
             && s[2..]
@@ -137,10 +156,6 @@ fn check(schema: &Value, v: &Value, at: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Fields of the summary that are absent when there is nothing to say (issue 13's listener
-/// health): listed here, and documented as optional, rather than required.
-const OPTIONAL: [&str; 2] = ["listeners", "netstat"];
-
 /// Every documented field, required (but the [`OPTIONAL`] ones): what the docs list is what
 /// every object carries.
 fn all_fields_required(schema: &Value) -> bool {
@@ -200,7 +215,18 @@ fn listener_inputs(t: u64) -> Vec<Input> {
 fn inputs() -> Vec<Input> {
     let mut evs = conversation();
     evs.extend(odd_ones());
-    let mut inputs: Vec<Input> = evs.iter().map(|&e| Input::Event(e)).collect();
+    // The server is in a pod's container; every socket in one namespace.
+    for e in &mut evs {
+        e.netns = 4026532000;
+        if e.owner_pid == 7 {
+            e.cgroup_id = 77;
+        }
+    }
+    let mut inputs = vec![Input::Cgroup {
+        id: 77,
+        path: "/kubepods/besteffort/pod0b6c3a4e-6f8d-4c1a-9e2b-7d5f1a2b3c4d/4f2d7a9c1b3e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8".into(),
+    }];
+    inputs.extend(evs.iter().map(|&e| Input::Event(e)));
     // Handshake aborted, an owner-less partial end, an overflowing ladder.
     let t = evs[evs.len() - 1].ts_ns;
     inputs.push(Input::Event(ev(t + 1, 0xd0, LISTEN, SYN_RECV, 80, 6000)));
@@ -234,7 +260,12 @@ fn inputs() -> Vec<Input> {
 }
 
 fn validate(mode: Mode, counters: bool) -> usize {
-    let schemas: Vec<(String, Value)> = [CONNECTION, TRANSITION, SUMMARY, REFUSED]
+    validate_kinds(mode, counters).len()
+}
+
+/// The schema names of the lines written, in order, each checked against its schema.
+fn validate_kinds(mode: Mode, counters: bool) -> Vec<String> {
+    let schemas: Vec<(String, Value)> = [CONNECTION, TRANSITION, SUMMARY, REFUSED, STUCK]
         .iter()
         .map(|text| {
             let v: Value = serde_json::from_str(text).expect("schema file is JSON");
@@ -258,7 +289,7 @@ fn validate(mode: Mode, counters: bool) -> usize {
         ins.retain(|i| !matches!(i, Input::Counters(_)));
     }
     let out = render(cfg, &ins);
-    let mut n = 0;
+    let mut n = Vec::new();
     for line in out.lines() {
         let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         let name = v["schema"].as_str().unwrap_or("");
@@ -268,9 +299,27 @@ fn validate(mode: Mode, counters: bool) -> usize {
         if let Err(e) = check(schema, &v, name) {
             panic!("{e}\n{line}");
         }
-        n += 1;
+        if v["stuck"].is_object() {
+            n.push(format!("{name}+stuck"));
+        } else {
+            n.push(name.to_string());
+        }
     }
     n
+}
+
+/// The inputs leave a socket in CLOSING long enough to be stuck: its object and the summaries
+/// listing it are checked like the rest.
+#[test]
+fn stuck_objects_and_summaries_match_their_schemas() {
+    for mode in [Mode::Connections, Mode::Transitions, Mode::Timeline] {
+        let kinds = validate_kinds(mode, true);
+        assert!(kinds.iter().any(|k| k == "tcpstate.stuck.v1"), "{kinds:?}");
+        assert!(
+            kinds.iter().any(|k| k == "tcpstate.summary.v2+stuck"),
+            "{kinds:?}"
+        );
+    }
 }
 
 #[test]

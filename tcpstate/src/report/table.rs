@@ -10,6 +10,11 @@
 //! the kind of timeout, handshake and FIN retransmits), then when the line is the peer of the line above (both ends of one
 //! connection on this host), when the socket was first seen mid-life, and when transitions
 //! were missing. `-` marks an unknown value.
+//!
+//! A socket stuck in a state (`--stuck`) gets a line of its own while it is still open, when it
+//! crosses the threshold: OUTCOME `stuck`, TIME the crossing, LIFE_MS its life so far, CLOSE_MS
+//! `-`, NOTE `stuck in CLOSE_WAIT 30.0 s` (its time in that state: for a socket first seen
+//! mid-life, since it was first seen). Its connection line still follows when it ends.
 
 use std::fmt::{self, Write};
 
@@ -17,9 +22,10 @@ use tcpstate_common::{reset_direction, AF_INET};
 
 use super::time::TimeFormatter;
 use super::{comm_or_dash, left, right, role_column, Small};
+use crate::cgroup::Names;
 use crate::event::state_name;
 use crate::facts::ResetRecord;
-use crate::timeline::{errno_name, Conn, RetxKind, Timeout};
+use crate::timeline::{errno_name, stuck, Conn, RetxKind, Timeout};
 
 /// Address column width: dotted IPv4, or any IPv6 with `-w`.
 pub(crate) fn addr_width(wide: bool) -> usize {
@@ -30,11 +36,21 @@ pub(crate) fn addr_width(wide: bool) -> usize {
     }
 }
 
-pub fn header(time: &TimeFormatter, wide: bool, out: &mut impl Write) -> fmt::Result {
+pub fn header(
+    time: &TimeFormatter,
+    wide: bool,
+    containers: bool,
+    out: &mut impl Write,
+) -> fmt::Result {
     let a = addr_width(wide);
+    let extra = if containers {
+        container_header()
+    } else {
+        String::new()
+    };
     writeln!(
         out,
-        "{}{:<7} {:<16} {:<a$} {:<5} {:<a$} {:<5} {:<8} {:<10} {:>8} {:>8} {:>4} {:>10} {:<6} {:>8} NOTE",
+        "{}{:<7} {:<16} {:<a$} {:<5} {:<a$} {:<5} {:<8} {:<10} {:>8} {:>8} {:>4} {:>10} {:<6} {:>8}{extra} NOTE",
         time.header(),
         "PID",
         "COMM",
@@ -53,18 +69,119 @@ pub fn header(time: &TimeFormatter, wide: bool, out: &mut impl Write) -> fmt::Re
     )
 }
 
+/// Width the CGROUP column is padded to (longer paths push NOTE right).
+const CGROUP_WIDTH: usize = 40;
+
+/// The `--containers` column heads, each after a space.
+pub(crate) fn container_header() -> String {
+    format!(
+        " {:<10} {:<36} {:<12} {:<CGROUP_WIDTH$}",
+        "NETNS", "POD_UID", "CONTAINER", "CGROUP"
+    )
+}
+
+/// The `--containers` columns: NETNS, POD_UID, CONTAINER (12 digits, as `docker ps` shows
+/// it), CGROUP; `-` where unknown.
+pub(crate) fn container_columns(
+    cgroup_id: u64,
+    netns: u32,
+    cgroups: &Names,
+    out: &mut impl Write,
+) -> fmt::Result {
+    let info = cgroups.get(cgroup_id);
+    let mut field = Small::new();
+    if netns != 0 {
+        field.push_u64(u64::from(netns));
+    } else {
+        field.push_str("-");
+    }
+    out.write_char(' ')?;
+    left(out, field.as_str(), 11)?;
+    let kube = info.map(|i| &i.kube);
+    left(
+        out,
+        kube.and_then(|k| k.pod_uid.as_deref()).unwrap_or("-"),
+        37,
+    )?;
+    let id = kube.and_then(|k| k.container_id.as_deref()).unwrap_or("-");
+    left(out, id.get(..12).unwrap_or(id), 13)?;
+    left(
+        out,
+        info.map(|i| i.path.as_str()).unwrap_or("-"),
+        CGROUP_WIDTH,
+    )
+}
+
 /// One connection. `peer_above`: this is the other end of the connection on the line above.
+/// `containers`: the `--containers` columns, with the cgroup names known so far.
 pub fn line(
     c: &Conn,
     peer_above: bool,
     time: &mut TimeFormatter,
     wide: bool,
+    containers: Option<&Names>,
     out: &mut impl Write,
 ) -> fmt::Result {
     // Hand-padded columns, like `header`'s: `Formatter` padding is slow on this path.
-    let a = addr_width(wide);
     time.write(c.last_ts(), out)?;
     let mut field = Small::new();
+    owner_and_ends(c, wide, &mut field, out)?;
+    left(out, role_column(c.role()), 9)?;
+    left(out, c.outcome().name(), 10)?;
+    numbers(c, Some(c.life_ns()), c.close_ns(), &mut field, out)?;
+    if let Some(names) = containers {
+        container_columns(c.cgroup_id(), c.netns(), names, out)?;
+    }
+    let mut sep = " ";
+    why_notes(c, &mut sep, out)?;
+    if peer_above {
+        write!(out, "{sep}peer of line above")?;
+        sep = "; ";
+    }
+    if c.syn_retransmitted() && c.retransmits().is_none() {
+        write!(out, "{sep}SYN retransmitted")?;
+        sep = "; ";
+    }
+    if c.partial() {
+        write!(out, "{sep}first seen {}", state_name(c.first_state()))?;
+        sep = "; ";
+    }
+    if c.incomplete() {
+        write!(out, "{sep}missing transitions")?;
+    }
+    out.write_char('\n')
+}
+
+/// An open socket that just crossed its stuck threshold at `at_ns`.
+pub fn stuck(
+    c: &Conn,
+    at_ns: u64,
+    time: &mut TimeFormatter,
+    wide: bool,
+    containers: Option<&Names>,
+    out: &mut impl Write,
+) -> fmt::Result {
+    time.write(at_ns, out)?;
+    let mut field = Small::new();
+    owner_and_ends(c, wide, &mut field, out)?;
+    left(out, role_column(c.role()), 9)?;
+    left(out, "stuck", 10)?;
+    let life = at_ns.saturating_sub(c.first_ts());
+    numbers(c, Some(life), None, &mut field, out)?;
+    if let Some(names) = containers {
+        container_columns(c.cgroup_id(), c.netns(), names, out)?;
+    }
+    let (s, t) = stuck::tenths(at_ns.saturating_sub(c.state_ts()));
+    write!(out, " stuck in {} {s}.{t} s", state_name(c.state()))?;
+    if c.partial() {
+        write!(out, "; first seen {}", state_name(c.first_state()))?;
+    }
+    out.write_char('\n')
+}
+
+/// PID COMM LADDR LPORT RADDR RPORT.
+fn owner_and_ends(c: &Conn, wide: bool, field: &mut Small, out: &mut impl Write) -> fmt::Result {
+    let a = addr_width(wide);
     match c.owner() {
         Some((pid, comm)) => {
             field.push_u64(u64::from(pid));
@@ -84,8 +201,17 @@ pub fn line(
         field.push_u64(u64::from(port));
         left(out, field.as_str(), 6)?;
     }
-    left(out, role_column(c.role()), 9)?;
-    left(out, c.outcome().name(), 10)?;
+    Ok(())
+}
+
+/// HS_MS RTT_MS RETX LIFE_MS CLOSER CLOSE_MS.
+fn numbers(
+    c: &Conn,
+    life_ns: Option<u64>,
+    close_ns: Option<u64>,
+    field: &mut Small,
+    out: &mut impl Write,
+) -> fmt::Result {
     let mut ms = |v: Option<u64>, width: usize, out: &mut _| {
         field.clear();
         match v {
@@ -110,28 +236,10 @@ pub fn line(
         }
         right(out, field.as_str(), width)
     };
-    ms(Some(c.life_ns()), 11, out)?;
+    ms(life_ns, 11, out)?;
     out.write_char(' ')?;
     left(out, c.closer().short(), 6)?;
-    ms(c.close_ns(), 9, out)?;
-    let mut sep = " ";
-    why_notes(c, &mut sep, out)?;
-    if peer_above {
-        write!(out, "{sep}peer of line above")?;
-        sep = "; ";
-    }
-    if c.syn_retransmitted() && c.retransmits().is_none() {
-        write!(out, "{sep}SYN retransmitted")?;
-        sep = "; ";
-    }
-    if c.partial() {
-        write!(out, "{sep}first seen {}", state_name(c.first_state()))?;
-        sep = "; ";
-    }
-    if c.incomplete() {
-        write!(out, "{sep}missing transitions")?;
-    }
-    out.write_char('\n')
+    ms(close_ns, 9, out)
 }
 
 /// What matters most about how a connection went, first in NOTE.
