@@ -391,7 +391,18 @@ impl Health {
                 self.untracked
             )?;
         }
+        // Only the namespaces where something rose: a container host has hundreds.
+        let mut quiet = 0usize;
         for (first, last) in self.netstat.values() {
+            let rose = first
+                .values
+                .iter()
+                .zip(&last.values)
+                .any(|(a, b)| matches!((a, b), (Some(a), Some(b)) if b > a));
+            if !rose {
+                quiet += 1;
+                continue;
+            }
             write!(out, "netstat netns {} (pid {}):", last.netns, last.pid)?;
             for (i, (name, _)) in NETSTAT_FIELDS.iter().enumerate() {
                 let sep = if i > 0 { "," } else { "" };
@@ -401,6 +412,12 @@ impl Health {
                 }
             }
             out.write_char('\n')?;
+        }
+        if quiet > 0 {
+            writeln!(
+                out,
+                "netstat: no listen overflow, listen drop or SYN cookie in {quiet} network namespaces"
+            )?;
         }
         Ok(())
     }
@@ -518,6 +535,13 @@ IpExt: 0\n";
         assert_eq!(
             h.netstat_increase(),
             [Some(5), Some(5), None, Some(0), Some(0)]
+        );
+        let mut text = String::new();
+        h.text(&ResetReasons::default(), &mut text).expect("text");
+        assert_eq!(
+            text,
+            "netstat netns 1 (pid 1): listen_overflows +5, listen_drops +5, syncookies_sent unknown, syncookies_recv +0, syncookies_failed +0\n\
+             netstat: no listen overflow, listen drop or SYN cookie in 1 network namespaces\n"
         );
         let j = h.netstat_json().expect("some");
         assert_eq!(j.namespaces[0].increase["listen_overflows"], Some(5));
