@@ -32,8 +32,9 @@
 //! record, written (`facts_submitted`) or lost (`facts_ringbuf_full`).
 //!
 //! `owner_update_failed` is not part of it: a failed owner-table insert loses no event, only the
-//! owner of a socket (reported as unknown). `recursion_misses` are runs of the program the kernel
-//! skipped, so they are not in `seen` either; they are lost events.
+//! owner of a socket (reported as unknown). `recursion_misses` are runs of tcpstate's programs
+//! (the state-change one and the joined ones) the kernel skipped, so they are not in `seen` (nor
+//! `joined_seen`); they are lost events.
 
 /// Indexes of the kernel program's per-CPU `COUNTERS` array.
 pub mod index {

@@ -99,6 +99,13 @@ pub struct OutputArgs {
     /// Only print connections that stayed in CLOSE_WAIT at least MS milliseconds.
     #[arg(long, value_name = "MS", value_parser = non_negative_f64)]
     pub min_close_wait_ms: Option<f64>,
+    /// Report a socket stuck in a state, once, when it has stayed there longer than MS
+    /// milliseconds, while it is still open: `--stuck MS` for every watched state,
+    /// `--stuck STATE=MS` (or `STATE=off`) for one, repeatable, applied in order; `--stuck off`
+    /// for none. Watched: SYN_SENT (default 5000), CLOSE_WAIT (30000), FIN_WAIT1 (10000),
+    /// FIN_WAIT2 (60000), CLOSING (10000), LAST_ACK (10000).
+    #[arg(long, value_name = "[STATE=]MS|off", value_parser = crate::timeline::stuck::parse_spec)]
+    pub stuck: Vec<crate::timeline::stuck::Spec>,
     /// Do not print the summary at the end.
     #[arg(long)]
     pub no_summary: bool,

@@ -208,6 +208,7 @@ pub struct Metrics {
     resets: Family<DirectionLabel, Counter>,
     connect_failures: Family<ErrnoLabel, Counter>,
     refused_inbound: Counter,
+    stuck: Family<StateLabel, Counter>,
     open: Family<StateLabel, Gauge>,
     events: Counter,
     lost: Family<ReasonLabel, Counter>,
@@ -285,6 +286,7 @@ impl Metrics {
             resets: Family::default(),
             connect_failures: Family::default(),
             refused_inbound: Counter::default(),
+            stuck: Family::default(),
             open: Family::default(),
             events: Counter::default(),
             lost: Family::default(),
@@ -340,6 +342,12 @@ impl Metrics {
             "tcpstate_refused_inbound",
             "Inbound SYNs answered with a reset (no listener)",
             m.refused_inbound.clone(),
+        );
+        r.register(
+            "tcpstate_stuck_sockets",
+            "Sockets reported stuck (--stuck thresholds, the defaults in the exporter), by the \
+             state they stayed in",
+            m.stuck.clone(),
         );
         r.register(
             "tcpstate_open_connections",
@@ -469,6 +477,15 @@ impl Metrics {
     /// One `tcpstate.refused.v1` record (an inbound SYN refused for want of a listener).
     pub(crate) fn observe_refused_inbound(&self) {
         self.refused_inbound.inc();
+    }
+
+    /// One `tcpstate.stuck.v1` record: a socket crossed its stuck threshold in `state`.
+    pub(crate) fn observe_stuck(&self, state: u8) {
+        self.stuck
+            .get_or_create(&StateLabel {
+                state: state_name(state),
+            })
+            .inc();
     }
 
     /// The kernel's cumulative counters and the engine's table, once a second.
@@ -623,6 +640,11 @@ impl Renderer for MetricsRenderer {
         Ok(())
     }
 
+    fn stuck(&mut self, c: &Conn, _: u64, _: &mut Vec<u8>) -> io::Result<()> {
+        self.metrics.observe_stuck(c.state());
+        Ok(())
+    }
+
     fn single(&mut self, c: &Conn, _: &mut Vec<u8>) -> io::Result<()> {
         self.conn(c);
         Ok(())
@@ -774,6 +796,7 @@ mod tests {
             "tcpstate_resets_total",
             "tcpstate_connect_failures_total",
             "tcpstate_refused_inbound_total",
+            "tcpstate_stuck_sockets_total",
             "tcpstate_open_connections",
             "tcpstate_events_total",
             "tcpstate_metrics_series_dropped_total",
@@ -802,8 +825,30 @@ mod tests {
             Port(Some(8080)),
         );
         m.observe_refused_inbound();
+        m.observe_stuck(tcpstate_common::state::CLOSE_WAIT);
         m.sample(&KernelCounters::zero(), &Engine::new(16));
         m
+    }
+
+    /// A socket left in CLOSE_WAIT past the default 30 s (the exporter runs with the default
+    /// thresholds) is counted once, by state.
+    #[test]
+    fn stuck_sockets_are_counted_by_state() {
+        let t = 1_000_000_000;
+        let inputs = [
+            Input::Event(ev(t, 0x2000, ESTABLISHED, CLOSE_WAIT, 8080, 40001)),
+            Input::Tick {
+                now_ns: t + 31_000_000_000,
+            },
+            Input::Tick {
+                now_ns: t + 62_000_000_000,
+            },
+        ];
+        let text = run(&inputs, PortLabels::new(None, 32)).encode();
+        assert!(
+            text.contains("tcpstate_stuck_sockets_total{state=\"CLOSE_WAIT\"} 1\n"),
+            "{text}"
+        );
     }
 
     /// Every metric a dashboard query names is one the exporter serves.

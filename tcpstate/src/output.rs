@@ -62,6 +62,7 @@ pub fn config(args: &OutputArgs, clock: ClockBase, max_records: Option<u64>) -> 
         clock,
         summary_at_end: !args.no_summary,
         max_records,
+        stuck: crate::timeline::stuck::Thresholds::from_specs(&args.stuck),
         ..OutputConfig::default()
     }
 }

@@ -14,6 +14,7 @@ use crate::report::pairing::{self, Emit, Pairing};
 use crate::report::render::{self, Renderer};
 use crate::report::summary::{PipelineCounts, Summary, SummaryKind};
 use crate::stats::Stats;
+use crate::timeline::stuck::{StuckGroup, Thresholds};
 use crate::timeline::{self, Conn, Engine, Item, Linger, Phase, Reorder};
 
 pub use crate::report::time::{ClockBase, TimeColumn};
@@ -90,6 +91,8 @@ pub struct OutputConfig {
     /// Statistics still count everything.
     pub max_records: Option<u64>,
     pub reset_reasons: ResetReasons,
+    /// Stuck-socket thresholds (`--stuck`); on by default.
+    pub stuck: Thresholds,
 }
 
 impl OutputConfig {
@@ -121,6 +124,7 @@ impl Default for OutputConfig {
             summary_at_end: true,
             max_records: None,
             reset_reasons: ResetReasons::default(),
+            stuck: Thresholds::default(),
         }
     }
 }
@@ -151,6 +155,9 @@ pub struct Pipeline {
     interval_start_ns: u64,
     next_summary_ns: Option<u64>,
     records: u64,
+    /// The stuck sockets for the summary at hand, by state and owner.
+    stuck_groups: Vec<StuckGroup>,
+    stuck_now: u64,
 }
 
 impl Pipeline {
@@ -170,7 +177,11 @@ impl Pipeline {
     pub(crate) fn with_renderer(cfg: OutputConfig, renderer: Box<dyn Renderer>) -> Pipeline {
         Pipeline {
             reorder: Reorder::new(cfg.reorder_window_ns, timeline::DEFAULT_CAPACITY),
-            engine: Engine::new(cfg.max_tracked),
+            engine: {
+                let mut e = Engine::new(cfg.max_tracked);
+                e.set_stuck(cfg.stuck);
+                e
+            },
             linger: Linger::default(),
             unjoined: 0,
             pairing: Pairing::new(pairing::DEFAULT_WAIT_NS, pairing::DEFAULT_MAX_HELD),
@@ -187,6 +198,8 @@ impl Pipeline {
             interval_start_ns: 0,
             next_summary_ns: None,
             records: 0,
+            stuck_groups: Vec::new(),
+            stuck_now: 0,
             cfg,
         }
     }
@@ -236,6 +249,8 @@ impl Pipeline {
         }
         let end = self.reorder.clock_ns().max(self.engine.now_ns());
         self.advance(end, out)?;
+        // What is stuck at the end, before the table is emptied.
+        self.take_stuck_groups();
         self.release_lingering(None, out)?;
         let mut done = std::mem::take(&mut self.done);
         self.engine.finish(end, &mut done);
@@ -378,7 +393,7 @@ impl Pipeline {
         self.pairing.expire(now_ns, &mut self.emits);
         self.print_emits(out)?;
         let Some(iv) = self.cfg.interval_ns.filter(|&iv| iv > 0) else {
-            return Ok(());
+            return self.report_stuck(now_ns, out);
         };
         let next = match self.next_summary_ns {
             Some(n) => n,
@@ -391,17 +406,39 @@ impl Pipeline {
             }
         };
         if now_ns < next {
-            return Ok(());
+            return self.report_stuck(now_ns, out);
         }
+        // Sockets stuck before the boundary are reported before the summary that lists them.
+        self.report_stuck(next, out)?;
         // What finished in this interval is counted in it, late joins or not.
         self.release_lingering(None, out)?;
+        self.take_stuck_groups();
         self.print_summary(SummaryKind::Interval, self.interval_start_ns, next, out)?;
         self.interval.clear();
         // Quiet intervals in between had nothing to report: skip to the one holding `now_ns`.
         let skipped = (now_ns - next) / iv;
         self.interval_start_ns = next.saturating_add(skipped.saturating_mul(iv));
         self.next_summary_ns = Some(self.interval_start_ns.saturating_add(iv));
+        self.report_stuck(now_ns, out)
+    }
+
+    /// Reports the sockets that crossed their stuck threshold before `now_ns`, once each, in
+    /// the order they crossed it. Only due deadlines are visited.
+    fn report_stuck(&mut self, now_ns: u64, out: &mut impl Write) -> io::Result<()> {
+        while let Some((slot, at_ns)) = self.engine.pop_stuck(now_ns) {
+            if self.limit_reached() {
+                continue;
+            }
+            self.renderer
+                .stuck(self.engine.conn(slot), at_ns, &mut self.buf)?;
+            render::flush(&mut self.buf, out)?;
+        }
         Ok(())
+    }
+
+    fn take_stuck_groups(&mut self) {
+        self.engine.stuck_groups(&mut self.stuck_groups);
+        self.stuck_now = self.engine.stuck_now() as u64;
     }
 
     fn record(&mut self, c: &Conn) {
@@ -486,6 +523,8 @@ impl Pipeline {
                 paired: self.pairing.paired(),
                 unjoined: self.unjoined,
             },
+            stuck_now: self.stuck_now,
+            stuck: &self.stuck_groups,
         };
         self.renderer.summary(&s, &mut self.buf)?;
         render::flush(&mut self.buf, out)

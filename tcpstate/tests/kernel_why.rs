@@ -53,6 +53,23 @@ fn can_run(test: &str) -> bool {
 }
 
 /// Whether to go on to tcpstate's issue-10 fields after the ground truth (see the module doc).
+/// Whether tcpstate itself reported lost events (the kernel skipped one of its programs because
+/// another BPF program ran on that CPU, or a full ring buffer): then exact per-connection counts
+/// cannot be expected, and tcpstate said so, which is the contract. On a quiet machine (CI) this
+/// does not happen; under a heavy load of other BPF tracing it can.
+fn events_were_lost(test: &str, objs: &[Value]) -> bool {
+    let lost: u64 = objs
+        .iter()
+        .filter(|v| v["schema"] == "tcpstate.summary.v2")
+        .filter_map(|v| v["kernel"]["lost"].as_u64())
+        .max()
+        .unwrap_or(0);
+    if lost > 0 {
+        println!("{test}: tcpstate reported {lost} lost events; its exact counts are not checked");
+    }
+    lost > 0
+}
+
 fn check_tcpstate_fields(test: &str) -> bool {
     let only = std::env::var("TCPSTATE_WHY_GROUND_TRUTH_ONLY").is_ok_and(|v| v == "1");
     if only && !ci() {
@@ -390,7 +407,7 @@ fn why_synack_rtt_on_the_server_matches_the_link() {
     assert_eq!(measured.len(), 5);
     let (late_mean, late_max) = link.lateness();
     println!("relay lateness: mean {late_mean:?}, max {late_max:?}");
-    if !check_tcpstate_fields(NAME) {
+    if !check_tcpstate_fields(NAME) || events_were_lost(NAME, &objs) {
         return;
     }
     for (cport, m) in measured {
@@ -471,7 +488,7 @@ fn why_first_syn_dropped() {
     assert_eq!((a.syn, a.dropped_syn, a.retransmits), (2, 1, 1));
     assert_eq!(link.counts(Dir::BToA).synack, 1);
     assert!(connect_ms(rec) >= 1000.0 + RTT_MS - 3.0);
-    if !check_tcpstate_fields(NAME) {
+    if !check_tcpstate_fields(NAME) || events_were_lost(NAME, &objs) {
         return;
     }
     expect_tcpstate_syn_retransmits(conn(&objs, "client", port_of(rec)), 1);
@@ -517,7 +534,7 @@ fn why_one_data_segment_dropped() {
         "FIN segments A->B: {}, resent alone: {bare_fins_resent}",
         a.fin
     );
-    if !check_tcpstate_fields(NAME) {
+    if !check_tcpstate_fields(NAME) || events_were_lost(NAME, &objs) {
         return;
     }
     expect_tcpstate_data_retransmits(
@@ -549,7 +566,7 @@ fn why_first_fin_dropped() {
     assert!(srv["error"].is_null() && srv["eof_ns"].is_u64(), "{srv}");
     assert_eq!((a.fin, a.dropped_fin, a.retransmits), (2, 1, 1));
     assert_eq!(a.data, 0);
-    if !check_tcpstate_fields(NAME) {
+    if !check_tcpstate_fields(NAME) || events_were_lost(NAME, &objs) {
         return;
     }
     expect_tcpstate_fin_retransmits(conn(&objs, "client", port_of(rec)));
@@ -583,7 +600,7 @@ fn why_linger0_close_reset_directions() {
     assert_eq!((a.rst, a.fin), (1, 0), "the close sent one RST and no FIN");
     assert_eq!((b.rst, b.fin), (0, 0));
     assert_eq!(srv["io_errno_name"], "ECONNRESET", "{srv}");
-    if !check_tcpstate_fields(NAME) {
+    if !check_tcpstate_fields(NAME) || events_were_lost(NAME, &objs) {
         return;
     }
     let (c, s) = pair(&objs, port_of(rec), port);
@@ -608,7 +625,7 @@ fn why_refused_connect_has_its_errno() {
     assert_eq!(rec["result"], "refused");
     assert_eq!(rec["errno_name"], "ECONNREFUSED");
     assert_eq!(link.counts(Dir::BToA).rst, 1);
-    if !check_tcpstate_fields(NAME) {
+    if !check_tcpstate_fields(NAME) || events_were_lost(NAME, &objs) {
         return;
     }
     expect_tcpstate_errno(conn(&objs, "client", port_of(rec)), "ECONNREFUSED", None);
@@ -633,7 +650,7 @@ fn why_refused_inbound_attempt_is_reported() {
     // B's kernel answered the SYN with a RST (the refusal to report), nothing else.
     let b = link.counts(Dir::BToA);
     assert_eq!((b.rst, b.segments), (1, 1), "{b:?}");
-    if !check_tcpstate_fields(NAME) {
+    if !check_tcpstate_fields(NAME) || events_were_lost(NAME, &objs) {
         return;
     }
     expect_tcpstate_refused_inbound(&objs, &link, port, port_of(rec));
@@ -685,7 +702,7 @@ fn why_timed_out_connect_has_its_errno() {
     assert!(a.syn >= 2, "{a:?}");
     assert_eq!((a.blackholed, a.retransmits), (u64::from(a.syn), a.syn - 1));
     assert!((2900.0..3400.0).contains(&took), "{took}");
-    if !check_tcpstate_fields(NAME) {
+    if !check_tcpstate_fields(NAME) || events_were_lost(NAME, &objs) {
         return;
     }
     let c = conn(&objs, "client", port_of(rec));
@@ -932,7 +949,7 @@ fn why_bytes_each_way_are_exact() {
     assert_eq!((a.new_payload_bytes, b.new_payload_bytes), (N, M));
     assert_eq!(b.dropped_data, 1);
     assert!(b.data_retransmits >= 1);
-    if !check_tcpstate_fields(NAME) {
+    if !check_tcpstate_fields(NAME) || events_were_lost(NAME, &objs) {
         return;
     }
     let (c, s) = pair(&objs, port_of(rec), port);
@@ -985,7 +1002,7 @@ fn why_fields_survive_record_and_replay() {
         conns.len() >= 3,
         "client, server, refused client: {objs:#?}"
     );
-    if !check_tcpstate_fields(NAME) {
+    if !check_tcpstate_fields(NAME) || events_were_lost(NAME, &objs) {
         return;
     }
     for c in &conns {

@@ -199,3 +199,52 @@ fn the_same_inputs_as_the_current_version_replay_the_same() {
     }
     let _ = fs::remove_file(&path);
 }
+
+/// The recording's 150 ms CLOSE_WAIT, watched at 100 ms: the only change to the golden outputs
+/// is the one stuck line or object, at the crossing; with `--stuck off` nothing changes.
+#[test]
+fn a_stuck_threshold_adds_only_the_stuck_lines() {
+    let golden = |name: &str| fs::read_to_string(testdata(name)).expect("expected output");
+    let (code, stdout, stderr) = replay(
+        &testdata("scenarios.tsr"),
+        &["-o", "json", "--stuck", "CLOSE_WAIT=100"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let (stuck, rest): (Vec<&str>, Vec<&str>) = stdout
+        .lines()
+        .partition(|l| l.contains("\"tcpstate.stuck.v1\""));
+    let want = golden("scenarios.json");
+    assert_eq!(rest, want.lines().collect::<Vec<_>>());
+    assert_eq!(stuck.len(), 1, "{stuck:?}");
+    let v: serde_json::Value = serde_json::from_str(stuck[0]).expect("a JSON object");
+    assert_eq!(v["state"], "CLOSE_WAIT");
+    assert_eq!(v["age_ns"], 100_000_000);
+    assert_eq!(v["partial"], false);
+    assert!(v["pid"].as_u64().is_some_and(|p| p > 0), "{v}");
+    // The connection object of the same lifetime says it stayed in CLOSE_WAIT longer.
+    let conn = rest
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|c| c["schema"] == "tcpstate.connection.v2" && c["id"] == v["id"])
+        .expect("the stuck socket's connection object");
+    assert!(
+        conn["close_wait_ns"]
+            .as_u64()
+            .is_some_and(|n| n > 100_000_000),
+        "{conn}"
+    );
+
+    let (_, table, _) = replay(&testdata("scenarios.tsr"), &["--stuck", "CLOSE_WAIT=100"]);
+    let (stuck, rest): (Vec<&str>, Vec<&str>) = table
+        .lines()
+        .partition(|l| l.contains(" stuck in CLOSE_WAIT 0.1 s"));
+    assert_eq!(stuck.len(), 1, "{table}");
+    assert!(stuck[0].contains(" stuck "), "{}", stuck[0]);
+    assert_eq!(
+        rest,
+        golden("scenarios.table.txt").lines().collect::<Vec<_>>()
+    );
+
+    let (_, off, _) = replay(&testdata("scenarios.tsr"), &["--stuck", "off"]);
+    assert_eq!(off, golden("scenarios.table.txt"));
+}

@@ -21,6 +21,7 @@ pub const CONNECTION_SCHEMA: &str = "tcpstate.connection.v2";
 pub const REFUSED_SCHEMA: &str = "tcpstate.refused.v1";
 pub const TRANSITION_SCHEMA: &str = "tcpstate.transition.v1";
 pub const SUMMARY_SCHEMA: &str = "tcpstate.summary.v2";
+pub const STUCK_SCHEMA: &str = "tcpstate.stuck.v1";
 
 /// A u64 as a hex string (kernel addresses exceed what JSON numbers hold exactly everywhere).
 struct Hex(u64);
@@ -293,6 +294,57 @@ pub fn refused(
 }
 
 #[derive(Serialize)]
+struct StuckJson<'a> {
+    schema: &'static str,
+    ts_ns: u64,
+    unix_ns: i64,
+    state: &'static str,
+    age_ns: u64,
+    since_ns: u64,
+    pid: Option<u32>,
+    comm: Option<Cow<'a, str>>,
+    family: &'static str,
+    laddr: IpAddr,
+    lport: u16,
+    raddr: IpAddr,
+    rport: u16,
+    skaddr: Hex,
+    id: u32,
+    role: &'static str,
+    partial: bool,
+}
+
+/// An open socket that crossed its stuck threshold at `at_ns` (`tcpstate.stuck.v1`).
+pub fn stuck(
+    c: &Conn,
+    at_ns: u64,
+    clock: &super::time::ClockBase,
+    out: &mut impl io::Write,
+) -> io::Result<()> {
+    let owner = c.owner();
+    let obj = StuckJson {
+        schema: STUCK_SCHEMA,
+        ts_ns: at_ns,
+        unix_ns: clock.unix_ns(at_ns),
+        state: state_name(c.state()),
+        age_ns: at_ns.saturating_sub(c.state_ts()),
+        since_ns: c.state_ts(),
+        pid: owner.map(|(p, _)| p),
+        comm: owner.map(|(_, raw)| comm(raw)),
+        family: family(c.family()),
+        laddr: c.laddr(),
+        lport: c.lport(),
+        raddr: c.raddr(),
+        rport: c.rport(),
+        skaddr: Hex(c.skaddr()),
+        id: c.id(),
+        role: c.role().name(),
+        partial: c.partial(),
+    };
+    write_line(&obj, out)
+}
+
+#[derive(Serialize)]
 struct TransitionJson<'a> {
     schema: &'static str,
     ts_ns: u64,
@@ -445,6 +497,25 @@ struct SummaryJson<'a> {
     kernel: Option<KernelJson>,
     pipeline: PipelineJson,
     why: WhyJson<'a>,
+    /// Absent when no socket is stuck (older readers and golden files see no change).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stuck: Option<StuckNowJson<'a>>,
+}
+
+/// The sockets stuck at the end of a summary's period.
+#[derive(Serialize)]
+struct StuckNowJson<'a> {
+    total: u64,
+    groups: Vec<StuckGroupJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct StuckGroupJson<'a> {
+    state: &'static str,
+    pid: Option<u32>,
+    comm: Option<Cow<'a, str>>,
+    count: u64,
+    oldest_age_ns: u64,
 }
 
 /// The summary's part from socket facts, retransmits and resets (issue 10).
@@ -537,6 +608,20 @@ pub fn summary(s: &Summary<'_>, out: &mut impl io::Write) -> io::Result<()> {
                 .collect(),
             unjoined: s.pipeline.unjoined,
         },
+        stuck: (s.stuck_now > 0).then(|| StuckNowJson {
+            total: s.stuck_now,
+            groups: s
+                .stuck
+                .iter()
+                .map(|g| StuckGroupJson {
+                    state: state_name(g.state),
+                    pid: (g.pid != 0).then_some(g.pid),
+                    comm: (g.pid != 0).then(|| comm(&g.comm)),
+                    count: g.count,
+                    oldest_age_ns: s.end_ns.saturating_sub(g.oldest_since_ns),
+                })
+                .collect(),
+        }),
     };
     write_line(&obj, out)
 }

@@ -6,6 +6,9 @@
 //! state reached through transitions that were never seen. When both ends of a connection are
 //! on this host the two ladders are drawn side by side on one time axis. A blank line ends each
 //! block.
+//!
+//! A socket stuck in a state (`--stuck`) gets one line (and a blank one) when it crosses the
+//! threshold, while it is still open: `stuck in CLOSE_WAIT 30.0 s: PID COMM LOCAL <-> REMOTE`.
 
 use std::fmt::{self, Write};
 
@@ -13,7 +16,7 @@ use super::time::TimeFormatter;
 use super::{comm_or_dash, right, spaces, Endpoint, Ms, Small};
 use crate::event::state_name;
 use crate::facts::ResetRecord;
-use crate::timeline::{errno_name, Conn, Entry, Mark, Outcome, Phase, RetxKind, LADDER};
+use crate::timeline::{errno_name, stuck, Conn, Entry, Mark, Outcome, Phase, RetxKind, LADDER};
 
 /// Width of the left ladder when two are side by side.
 const LEFT: usize = 36;
@@ -287,4 +290,25 @@ pub fn refused(r: &ResetRecord, time: &mut TimeFormatter, out: &mut impl Write) 
         Endpoint(ip(&r.saddr), r.sport),
         Endpoint(ip(&r.daddr), r.dport)
     )
+}
+
+/// An open socket that just crossed its stuck threshold at `at_ns`.
+pub fn stuck(c: &Conn, at_ns: u64, time: &mut TimeFormatter, out: &mut impl Write) -> fmt::Result {
+    time.write(at_ns, out)?;
+    let (s, t) = stuck::tenths(at_ns.saturating_sub(c.state_ts()));
+    write!(out, "stuck in {} {s}.{t} s: ", state_name(c.state()))?;
+    match c.owner() {
+        Some((pid, comm)) => write!(out, "{pid} {}", comm_or_dash(comm))?,
+        None => out.write_str("- -")?,
+    }
+    write!(
+        out,
+        " {} <-> {}",
+        Endpoint(c.laddr(), c.lport()),
+        Endpoint(c.raddr(), c.rport())
+    )?;
+    if c.partial() {
+        write!(out, " (first seen {})", state_name(c.first_state()))?;
+    }
+    out.write_str("\n\n")
 }

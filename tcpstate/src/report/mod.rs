@@ -10,6 +10,8 @@ pub(crate) mod render;
 mod rendering_tests;
 #[cfg(test)]
 mod schema_tests;
+#[cfg(test)]
+mod stuck_tests;
 pub mod summary;
 pub mod table;
 pub mod time;

@@ -31,6 +31,11 @@ pub(crate) trait Renderer {
     fn summary(&mut self, s: &Summary<'_>, out: &mut Vec<u8>) -> io::Result<()>;
     /// An inbound connection attempt this host refused (no socket: not a connection).
     fn refused(&mut self, r: &ResetRecord, out: &mut Vec<u8>) -> io::Result<()>;
+    /// An open socket crossed its stuck threshold at `at_ns` (`Conn::state` is the state it is
+    /// stuck in, `Conn::state_ts` when it entered it). Called once per socket and state.
+    fn stuck(&mut self, _c: &Conn, _at_ns: u64, _out: &mut Vec<u8>) -> io::Result<()> {
+        Ok(())
+    }
     /// A snapshot of the kernel's counters arrived (once a second live); the engine's table is
     /// at hand for sinks that report open connections (the exporter). Printing modes show
     /// counters only in summaries.
@@ -127,6 +132,11 @@ impl Renderer for ConnectionTable {
         let t = &mut self.0;
         table::refused(r, &mut t.time, t.wide, &mut Utf8(out)).map_err(fmt_error)
     }
+
+    fn stuck(&mut self, c: &Conn, at_ns: u64, out: &mut Vec<u8>) -> io::Result<()> {
+        let t = &mut self.0;
+        table::stuck(c, at_ns, &mut t.time, t.wide, &mut Utf8(out)).map_err(fmt_error)
+    }
 }
 
 struct TransitionTable(Text);
@@ -156,6 +166,11 @@ impl Renderer for TransitionTable {
     fn refused(&mut self, _: &ResetRecord, _: &mut Vec<u8>) -> io::Result<()> {
         Ok(())
     }
+
+    fn stuck(&mut self, c: &Conn, at_ns: u64, out: &mut Vec<u8>) -> io::Result<()> {
+        let t = &mut self.0;
+        transitions::stuck(c, at_ns, &mut t.time, t.wide, &mut Utf8(out)).map_err(fmt_error)
+    }
 }
 
 struct Ladder(Text);
@@ -180,6 +195,10 @@ impl Renderer for Ladder {
 
     fn refused(&mut self, r: &ResetRecord, out: &mut Vec<u8>) -> io::Result<()> {
         ladder::refused(r, &mut self.0.time, &mut Utf8(out)).map_err(fmt_error)
+    }
+
+    fn stuck(&mut self, c: &Conn, at_ns: u64, out: &mut Vec<u8>) -> io::Result<()> {
+        ladder::stuck(c, at_ns, &mut self.0.time, &mut Utf8(out)).map_err(fmt_error)
     }
 }
 
@@ -209,6 +228,10 @@ impl Renderer for Json {
 
     fn refused(&mut self, r: &ResetRecord, out: &mut Vec<u8>) -> io::Result<()> {
         json::refused(r, &self.clock, out)
+    }
+
+    fn stuck(&mut self, c: &Conn, at_ns: u64, out: &mut Vec<u8>) -> io::Result<()> {
+        json::stuck(c, at_ns, &self.clock, out)
     }
 }
 

@@ -15,6 +15,11 @@ const CONNECTION: &str = include_str!("../../../docs/schema/connection.v2.json")
 const REFUSED: &str = include_str!("../../../docs/schema/refused.v1.json");
 const TRANSITION: &str = include_str!("../../../docs/schema/transition.v1.json");
 const SUMMARY: &str = include_str!("../../../docs/schema/summary.v2.json");
+const STUCK: &str = include_str!("../../../docs/schema/stuck.v1.json");
+
+/// The one documented field an object may lack: the summary's `stuck`, present only when a
+/// socket is stuck (so that summaries without any stay as they were).
+const OPTIONAL: [&str; 1] = ["stuck"];
 
 const KNOWN: [&str; 15] = [
     "$schema",
@@ -147,7 +152,10 @@ fn all_fields_required(schema: &Value) -> bool {
         .as_array()
         .map(|r| r.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    !props.is_empty() && props.iter().all(|p| required.contains(&p.as_str()))
+    !props.is_empty()
+        && props
+            .iter()
+            .all(|p| required.contains(&p.as_str()) || OPTIONAL.contains(&p.as_str()))
 }
 
 fn inputs() -> Vec<Input> {
@@ -186,7 +194,12 @@ fn inputs() -> Vec<Input> {
 }
 
 fn validate(mode: Mode, counters: bool) -> usize {
-    let schemas: Vec<(String, Value)> = [CONNECTION, TRANSITION, SUMMARY, REFUSED]
+    validate_kinds(mode, counters).len()
+}
+
+/// The schema names of the lines written, in order, each checked against its schema.
+fn validate_kinds(mode: Mode, counters: bool) -> Vec<String> {
+    let schemas: Vec<(String, Value)> = [CONNECTION, TRANSITION, SUMMARY, REFUSED, STUCK]
         .iter()
         .map(|text| {
             let v: Value = serde_json::from_str(text).expect("schema file is JSON");
@@ -210,7 +223,7 @@ fn validate(mode: Mode, counters: bool) -> usize {
         ins.retain(|i| !matches!(i, Input::Counters(_)));
     }
     let out = render(cfg, &ins);
-    let mut n = 0;
+    let mut n = Vec::new();
     for line in out.lines() {
         let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         let name = v["schema"].as_str().unwrap_or("");
@@ -220,9 +233,27 @@ fn validate(mode: Mode, counters: bool) -> usize {
         if let Err(e) = check(schema, &v, name) {
             panic!("{e}\n{line}");
         }
-        n += 1;
+        if v["stuck"].is_object() {
+            n.push(format!("{name}+stuck"));
+        } else {
+            n.push(name.to_string());
+        }
     }
     n
+}
+
+/// The inputs leave a socket in CLOSING long enough to be stuck: its object and the summaries
+/// listing it are checked like the rest.
+#[test]
+fn stuck_objects_and_summaries_match_their_schemas() {
+    for mode in [Mode::Connections, Mode::Transitions, Mode::Timeline] {
+        let kinds = validate_kinds(mode, true);
+        assert!(kinds.iter().any(|k| k == "tcpstate.stuck.v1"), "{kinds:?}");
+        assert!(
+            kinds.iter().any(|k| k == "tcpstate.summary.v2+stuck"),
+            "{kinds:?}"
+        );
+    }
 }
 
 #[test]

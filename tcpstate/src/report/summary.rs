@@ -3,8 +3,10 @@
 use std::fmt::{self, Write};
 
 use super::Ms;
+use crate::event::state_name;
 use crate::input::{Counter, KernelCounters};
 use crate::stats::Stats;
+use crate::timeline::stuck::{self, StuckGroup};
 use crate::timeline::{errno_name, Outcome, RetxKind, Role};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +51,10 @@ pub struct Summary<'a> {
     /// The kernel's latest counters, cumulative since tracing started.
     pub counters: Option<KernelCounters>,
     pub pipeline: PipelineCounts,
+    /// Sockets reported stuck that are still in that state at `end_ns`.
+    pub stuck_now: u64,
+    /// Those sockets by state and owner, the largest groups first (bounded).
+    pub stuck: &'a [StuckGroup],
 }
 
 /// The human-readable summary block.
@@ -108,6 +114,7 @@ pub fn text(s: &Summary<'_>, out: &mut impl Write) -> fmt::Result {
         "tracking: {} still open, {} evicted, {} first seen mid-life, {} with missing transitions",
         s.still_open, s.evictions, st.partial, st.incomplete
     )?;
+    stuck_text(s, out)?;
     let p = &s.pipeline;
     writeln!(
         out,
@@ -120,6 +127,30 @@ pub fn text(s: &Summary<'_>, out: &mut impl Write) -> fmt::Result {
         None => writeln!(out, "kernel: no counters received")?,
     }
     Ok(())
+}
+
+/// `stuck now: N (CLOSE_WAIT 3 pid 1234 server oldest 45.0 s; ...)`, when any are.
+fn stuck_text(s: &Summary<'_>, out: &mut impl Write) -> fmt::Result {
+    if s.stuck_now == 0 {
+        return Ok(());
+    }
+    write!(out, "stuck now: {} (", s.stuck_now)?;
+    for (i, g) in s.stuck.iter().enumerate() {
+        let sep = if i > 0 { "; " } else { "" };
+        let (sec, t) = stuck::tenths(s.end_ns.saturating_sub(g.oldest_since_ns));
+        write!(out, "{sep}{} {} ", state_name(g.state), g.count)?;
+        if g.pid == 0 {
+            out.write_str("owner unknown")?;
+        } else {
+            write!(out, "pid {} {}", g.pid, super::comm_or_dash(&g.comm))?;
+        }
+        write!(out, " oldest {sec}.{t} s")?;
+    }
+    let listed: u64 = s.stuck.iter().map(|g| g.count).sum();
+    if listed < s.stuck_now {
+        write!(out, "; {} more", s.stuck_now - listed)?;
+    }
+    writeln!(out, ")")
 }
 
 /// A counter's value, or `unknown` when it could not be read (or the recording predates it).

@@ -10,6 +10,11 @@
 //! the kind of timeout, handshake and FIN retransmits), then when the line is the peer of the line above (both ends of one
 //! connection on this host), when the socket was first seen mid-life, and when transitions
 //! were missing. `-` marks an unknown value.
+//!
+//! A socket stuck in a state (`--stuck`) gets a line of its own while it is still open, when it
+//! crosses the threshold: OUTCOME `stuck`, TIME the crossing, LIFE_MS its life so far, CLOSE_MS
+//! `-`, NOTE `stuck in CLOSE_WAIT 30.0 s` (its time in that state: for a socket first seen
+//! mid-life, since it was first seen). Its connection line still follows when it ends.
 
 use std::fmt::{self, Write};
 
@@ -19,7 +24,7 @@ use super::time::TimeFormatter;
 use super::{comm_or_dash, left, right, role_column, Small};
 use crate::event::state_name;
 use crate::facts::ResetRecord;
-use crate::timeline::{errno_name, Conn, RetxKind, Timeout};
+use crate::timeline::{errno_name, stuck, Conn, RetxKind, Timeout};
 
 /// Address column width: dotted IPv4, or any IPv6 with `-w`.
 pub(crate) fn addr_width(wide: bool) -> usize {
@@ -62,9 +67,58 @@ pub fn line(
     out: &mut impl Write,
 ) -> fmt::Result {
     // Hand-padded columns, like `header`'s: `Formatter` padding is slow on this path.
-    let a = addr_width(wide);
     time.write(c.last_ts(), out)?;
     let mut field = Small::new();
+    owner_and_ends(c, wide, &mut field, out)?;
+    left(out, role_column(c.role()), 9)?;
+    left(out, c.outcome().name(), 10)?;
+    numbers(c, Some(c.life_ns()), c.close_ns(), &mut field, out)?;
+    let mut sep = " ";
+    why_notes(c, &mut sep, out)?;
+    if peer_above {
+        write!(out, "{sep}peer of line above")?;
+        sep = "; ";
+    }
+    if c.syn_retransmitted() && c.retransmits().is_none() {
+        write!(out, "{sep}SYN retransmitted")?;
+        sep = "; ";
+    }
+    if c.partial() {
+        write!(out, "{sep}first seen {}", state_name(c.first_state()))?;
+        sep = "; ";
+    }
+    if c.incomplete() {
+        write!(out, "{sep}missing transitions")?;
+    }
+    out.write_char('\n')
+}
+
+/// An open socket that just crossed its stuck threshold at `at_ns`.
+pub fn stuck(
+    c: &Conn,
+    at_ns: u64,
+    time: &mut TimeFormatter,
+    wide: bool,
+    out: &mut impl Write,
+) -> fmt::Result {
+    time.write(at_ns, out)?;
+    let mut field = Small::new();
+    owner_and_ends(c, wide, &mut field, out)?;
+    left(out, role_column(c.role()), 9)?;
+    left(out, "stuck", 10)?;
+    let life = at_ns.saturating_sub(c.first_ts());
+    numbers(c, Some(life), None, &mut field, out)?;
+    let (s, t) = stuck::tenths(at_ns.saturating_sub(c.state_ts()));
+    write!(out, " stuck in {} {s}.{t} s", state_name(c.state()))?;
+    if c.partial() {
+        write!(out, "; first seen {}", state_name(c.first_state()))?;
+    }
+    out.write_char('\n')
+}
+
+/// PID COMM LADDR LPORT RADDR RPORT.
+fn owner_and_ends(c: &Conn, wide: bool, field: &mut Small, out: &mut impl Write) -> fmt::Result {
+    let a = addr_width(wide);
     match c.owner() {
         Some((pid, comm)) => {
             field.push_u64(u64::from(pid));
@@ -84,8 +138,17 @@ pub fn line(
         field.push_u64(u64::from(port));
         left(out, field.as_str(), 6)?;
     }
-    left(out, role_column(c.role()), 9)?;
-    left(out, c.outcome().name(), 10)?;
+    Ok(())
+}
+
+/// HS_MS RTT_MS RETX LIFE_MS CLOSER CLOSE_MS.
+fn numbers(
+    c: &Conn,
+    life_ns: Option<u64>,
+    close_ns: Option<u64>,
+    field: &mut Small,
+    out: &mut impl Write,
+) -> fmt::Result {
     let mut ms = |v: Option<u64>, width: usize, out: &mut _| {
         field.clear();
         match v {
@@ -110,28 +173,10 @@ pub fn line(
         }
         right(out, field.as_str(), width)
     };
-    ms(Some(c.life_ns()), 11, out)?;
+    ms(life_ns, 11, out)?;
     out.write_char(' ')?;
     left(out, c.closer().short(), 6)?;
-    ms(c.close_ns(), 9, out)?;
-    let mut sep = " ";
-    why_notes(c, &mut sep, out)?;
-    if peer_above {
-        write!(out, "{sep}peer of line above")?;
-        sep = "; ";
-    }
-    if c.syn_retransmitted() && c.retransmits().is_none() {
-        write!(out, "{sep}SYN retransmitted")?;
-        sep = "; ";
-    }
-    if c.partial() {
-        write!(out, "{sep}first seen {}", state_name(c.first_state()))?;
-        sep = "; ";
-    }
-    if c.incomplete() {
-        write!(out, "{sep}missing transitions")?;
-    }
-    out.write_char('\n')
+    ms(close_ns, 9, out)
 }
 
 /// What matters most about how a connection went, first in NOTE.

@@ -5,13 +5,16 @@
 //! spent in OLDSTATE, 0.000 for the first event of a lifetime, a socket first seen mid-life, or
 //! after missed transitions (the engine's bounded table of open sockets is what remembers when
 //! each state was entered).
+//!
+//! A socket stuck in a state (`--stuck`) gets a line when it crosses the threshold, though no
+//! transition happened: `STATE -> (stuck)` with MS its time in that state so far.
 
 use std::fmt::{self, Write};
 
 use super::time::TimeFormatter;
 use super::{comm_or_dash, left, right, Small};
 use crate::event::{local_addr, remote_addr, state_name, Event};
-use crate::timeline::Step;
+use crate::timeline::{Conn, Step};
 
 fn endpoint_width(wide: bool) -> usize {
     if wide {
@@ -67,6 +70,43 @@ pub fn line(
     left(out, state_name(ev.newstate), 13)?;
     field.clear();
     field.push_ms(step.since_ns.map_or(0, |s| ev.ts_ns.saturating_sub(s)));
+    right(out, field.as_str(), 10)?;
+    out.write_char('\n')
+}
+
+/// An open socket that just crossed its stuck threshold at `at_ns`.
+pub fn stuck(
+    c: &Conn,
+    at_ns: u64,
+    time: &mut TimeFormatter,
+    wide: bool,
+    out: &mut impl Write,
+) -> fmt::Result {
+    let e = endpoint_width(wide);
+    time.write(at_ns, out)?;
+    let mut field = Small::new();
+    match c.owner() {
+        Some((pid, comm)) => {
+            field.push_u64(u64::from(pid));
+            left(out, field.as_str(), 8)?;
+            left(out, &comm_or_dash(comm), 17)?;
+        }
+        None => {
+            left(out, "-", 8)?;
+            left(out, "-", 17)?;
+        }
+    }
+    field.clear();
+    field.push_endpoint(c.laddr(), c.lport());
+    left(out, field.as_str(), e + 1)?;
+    field.clear();
+    field.push_endpoint(c.raddr(), c.rport());
+    left(out, field.as_str(), e + 1)?;
+    left(out, state_name(c.state()), 11)?;
+    out.write_str(" -> ")?;
+    left(out, "(stuck)", 13)?;
+    field.clear();
+    field.push_ms(at_ns.saturating_sub(c.state_ts()));
     right(out, field.as_str(), 10)?;
     out.write_char('\n')
 }

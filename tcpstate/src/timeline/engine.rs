@@ -4,6 +4,7 @@ use tcpstate_common::{state, Event, TASK_COMM_LEN};
 
 use super::conn::{tuple_hash, Conn, Outcome, Role};
 use super::index::Index;
+use super::stuck::{Deadlines, PosMap, StuckGroup, Thresholds, NOT_QUEUED, SUMMARY_GROUPS};
 use crate::event::{ends_lifetime, starts_lifetime};
 use crate::facts::{Facts, ResetRecord, RetransmitRecord};
 use tcpstate_common::retransmit_kind;
@@ -94,6 +95,22 @@ struct Slot {
     conn: Conn,
     prev: u32,
     next: u32,
+    /// Index of this slot's stuck deadline in `Engine::deadlines`, or NOT_QUEUED.
+    heap_pos: u32,
+    /// The state this socket was reported stuck in and is still in (0: not stuck).
+    stuck: u8,
+}
+
+/// The slots as the deadline heap's position map.
+struct SlotPos<'a>(&'a mut [Slot]);
+
+impl PosMap for SlotPos<'_> {
+    fn get(&self, slot: u32) -> u32 {
+        self.0[slot as usize].heap_pos
+    }
+    fn put(&mut self, slot: u32, pos: u32) {
+        self.0[slot as usize].heap_pos = pos;
+    }
 }
 
 /// What the engine learnt from one event, for per-transition output.
@@ -142,6 +159,11 @@ pub struct Engine {
     superseded: u64,
     ignored: u64,
     synacks: SynAcks,
+    stuck: Thresholds,
+    /// When each open socket in a watched state crosses its threshold: one entry per slot.
+    deadlines: Deadlines,
+    /// Sockets reported stuck that are still in that state.
+    stuck_now: usize,
 }
 
 impl Engine {
@@ -163,6 +185,108 @@ impl Engine {
             superseded: 0,
             ignored: 0,
             synacks: SynAcks::default(),
+            stuck: Thresholds::default(),
+            deadlines: Deadlines::default(),
+            stuck_now: 0,
+        }
+    }
+
+    /// Which states are watched for stuck sockets, and for how long (before the first event).
+    pub fn set_stuck(&mut self, t: Thresholds) {
+        self.stuck = t;
+    }
+
+    /// The next socket that crossed its stuck threshold before `now_ns`, as (slot, crossing
+    /// time); it is reported once (until it enters another watched state). Pop until None.
+    pub fn pop_stuck(&mut self, now_ns: u64) -> Option<(u32, u64)> {
+        let (deadline, s) = self.deadlines.peek().filter(|&(d, _)| d < now_ns)?;
+        self.deadlines.remove(s, &mut SlotPos(&mut self.slots));
+        let slot = &mut self.slots[s as usize];
+        slot.stuck = slot.conn.state();
+        self.stuck_now += 1;
+        Some((s, deadline))
+    }
+
+    /// The open lifetime in `slot` (from [`Engine::pop_stuck`]).
+    pub fn conn(&self, slot: u32) -> &Conn {
+        &self.slots[slot as usize].conn
+    }
+
+    /// Sockets reported stuck that are still in that state.
+    pub fn stuck_now(&self) -> usize {
+        self.stuck_now
+    }
+
+    /// Stuck deadlines queued (at most one per open socket).
+    pub fn stuck_queued(&self) -> usize {
+        self.deadlines.len()
+    }
+
+    /// The sockets stuck now, grouped by state and owner, the largest groups first (at most
+    /// SUMMARY_GROUPS) into `out`. Walks the table only when something is stuck (summaries,
+    /// not ticks, call it).
+    pub fn stuck_groups(&self, out: &mut Vec<StuckGroup>) {
+        out.clear();
+        if self.stuck_now == 0 {
+            return;
+        }
+        let mut all: Vec<StuckGroup> = Vec::with_capacity(self.stuck_now);
+        let mut at = self.head;
+        while let Some(slot) = self.slots.get(at as usize) {
+            at = slot.next;
+            if slot.stuck == 0 {
+                continue;
+            }
+            let (pid, comm) = slot.conn.owner().unwrap_or((0, &[]));
+            let mut c = [0u8; TASK_COMM_LEN];
+            let n = comm.len().min(TASK_COMM_LEN);
+            c[..n].copy_from_slice(&comm[..n]);
+            all.push(StuckGroup {
+                state: slot.stuck,
+                pid,
+                comm: c,
+                count: 1,
+                oldest_since_ns: slot.conn.state_ts(),
+            });
+        }
+        all.sort_unstable_by_key(|g| (g.state, g.pid, g.comm, g.oldest_since_ns));
+        for g in all {
+            match out.last_mut() {
+                Some(l) if (l.state, l.pid, l.comm) == (g.state, g.pid, g.comm) => l.count += 1,
+                _ => out.push(g),
+            }
+        }
+        out.sort_by_key(|g| {
+            (
+                std::cmp::Reverse(g.count),
+                g.oldest_since_ns,
+                g.state,
+                g.pid,
+            )
+        });
+        out.truncate(SUMMARY_GROUPS);
+    }
+
+    /// Queues, moves or drops `s`'s stuck deadline after an event changed it.
+    fn arm(&mut self, s: u32) {
+        let slot = &mut self.slots[s as usize];
+        let st = slot.conn.state();
+        if slot.stuck != 0 {
+            if slot.stuck == st {
+                // Still in the state it was reported in: once is enough.
+                return;
+            }
+            slot.stuck = 0;
+            self.stuck_now -= 1;
+        }
+        let deadline = self
+            .stuck
+            .get(st)
+            .map(|t| slot.conn.state_ts().saturating_add(t));
+        let pos = &mut SlotPos(&mut self.slots);
+        match deadline {
+            Some(d) => self.deadlines.set(s, d, pos),
+            None => self.deadlines.remove(s, pos),
         }
     }
 
@@ -182,7 +306,13 @@ impl Engine {
         let starts = starts_lifetime(ev);
         let ends = ends_lifetime(ev);
         let (slot, since) = match self.find(ev.skaddr) {
-            Some(s) if !starts => (s, self.update(s, ev)),
+            Some(s) if !starts => {
+                let since = self.update(s, ev);
+                if !ends {
+                    self.arm(s);
+                }
+                (s, since)
+            }
             found => {
                 if let Some(s) = found {
                     self.superseded += 1;
@@ -205,7 +335,9 @@ impl Engine {
                     done.push(conn);
                     return step_of(&conn, None);
                 }
-                (self.insert(conn, done), None)
+                let s = self.insert(conn, done);
+                self.arm(s);
+                (s, None)
             }
         };
         let step = step_of(&self.slots[slot as usize].conn, since);
@@ -351,6 +483,8 @@ impl Engine {
             conn,
             prev: self.tail,
             next: NIL,
+            heap_pos: NOT_QUEUED,
+            stuck: 0,
         };
         let s = if self.free != NIL {
             let s = self.free;
@@ -363,6 +497,8 @@ impl Engine {
                 let want = (self.slots.len() * 2).max(16).min(self.max_tracked);
                 self.slots
                     .reserve_exact(want.saturating_sub(self.slots.len()).max(1));
+                // At most one deadline per slot: the heap never grows on the event path.
+                self.deadlines.reserve(self.slots.capacity());
             }
             self.slots.push(slot);
             (self.slots.len() - 1) as u32
@@ -390,6 +526,11 @@ impl Engine {
         match next {
             NIL => self.tail = prev,
             n => self.slots[n as usize].prev = prev,
+        }
+        self.deadlines.remove(s, &mut SlotPos(&mut self.slots));
+        if self.slots[i].stuck != 0 {
+            self.slots[i].stuck = 0;
+            self.stuck_now -= 1;
         }
         let conn = self.slots[i].conn;
         let slots = &self.slots;
@@ -424,11 +565,11 @@ impl Engine {
     }
 
     /// Bytes the table holds per tracked connection when full: the slab entry plus both index
-    /// buckets, counted at their real occupancy.
+    /// buckets and the stuck deadline heap, counted at their real occupancy.
     pub fn bytes_per_connection(&self) -> usize {
         let per_slot = std::mem::size_of::<Slot>();
         let index_bytes = (self.by_addr.buckets() + self.by_tuple.buckets()) * 4;
-        per_slot + index_bytes / self.len.max(1)
+        per_slot + (index_bytes + self.deadlines.bytes()) / self.len.max(1)
     }
 }
 

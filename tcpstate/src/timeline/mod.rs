@@ -10,6 +10,7 @@ mod index;
 pub(crate) mod linger;
 mod reorder;
 mod span;
+pub(crate) mod stuck;
 #[cfg(test)]
 pub(crate) mod tests;
 mod why;

@@ -572,8 +572,10 @@ fn close_to_close_is_ignored() {
 }
 
 /// The table's real cost per tracked connection when full at the default bound: slab entry
-/// (connection + list links) plus both index buckets. Target: at most 320 bytes (256 before
-/// the socket facts, retransmits and resets of issue 10).
+/// (connection + list links + stuck-deadline position) plus both index buckets and the stuck
+/// deadline heap. Target: at most 352 bytes (256 before the socket facts, retransmits and
+/// resets of issue 10; 320 before the stuck sockets of issue 13: 8 in the slot, 16 per heap
+/// entry).
 #[test]
 fn memory_per_connection() {
     let mut engine = Engine::new(DEFAULT_MAX_TRACKED);
@@ -599,5 +601,56 @@ fn memory_per_connection() {
         std::mem::size_of::<Conn>()
     );
     assert!(std::mem::size_of::<Conn>() <= 296);
-    assert!(bytes <= 320, "{bytes} bytes per connection");
+    assert!(bytes <= 352, "{bytes} bytes per connection");
+}
+
+/// A full table: every socket gets at most one deadline, sockets that leave the state in time
+/// or close drop theirs, and the rest come out once each, in deadline order, at the crossing.
+#[test]
+fn stuck_deadlines_at_scale() {
+    let n = DEFAULT_MAX_TRACKED as u64;
+    let mut engine = Engine::new(DEFAULT_MAX_TRACKED);
+    let mut done = Vec::new();
+    let addr = |i: u64| 0xffff_8880_0000_0000 + i * 2048;
+    let port = |i: u64| 1 + (i % 60000) as u16;
+    for i in 0..n {
+        engine.push(&ev(T + i, addr(i), CLOSE, SYN_SENT, 0, 80), &mut done);
+    }
+    assert_eq!(engine.stuck_queued(), engine.open_count());
+    // Every third connects in time (ESTABLISHED is not watched), every third fails.
+    for i in (0..n).filter(|i| i % 3 != 2) {
+        let to = if i % 3 == 0 { ESTABLISHED } else { CLOSE };
+        let e = ev(T + SEC + i, addr(i), SYN_SENT, to, port(i), 80);
+        engine.push(&e, &mut done);
+        assert!(engine.stuck_queued() <= engine.open_count());
+    }
+    let left = (0..n).filter(|i| i % 3 == 2).count();
+    assert_eq!(engine.stuck_queued(), left);
+    // Nothing is due before the default 5 s.
+    assert_eq!(engine.pop_stuck(T + 5 * SEC), None);
+    let mut last = 0;
+    let mut popped = 0;
+    while let Some((slot, at)) = engine.pop_stuck(T + 6 * SEC) {
+        let c = engine.conn(slot);
+        assert_eq!(c.state(), SYN_SENT);
+        assert_eq!(at, c.state_ts() + 5 * SEC);
+        assert!(at >= last);
+        last = at;
+        popped += 1;
+    }
+    assert_eq!(popped, left);
+    assert_eq!(engine.stuck_now(), left);
+    assert_eq!(engine.stuck_queued(), 0);
+    let mut groups = Vec::new();
+    engine.stuck_groups(&mut groups);
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].count, left as u64);
+    assert_eq!(groups[0].oldest_since_ns, T + 2);
+    // Closing them clears the stuck count.
+    for i in (0..n).filter(|i| i % 3 == 2) {
+        let e = ev(T + 7 * SEC + i, addr(i), SYN_SENT, CLOSE, port(i), 80);
+        engine.push(&e, &mut done);
+    }
+    assert_eq!(engine.stuck_now(), 0);
+    assert_eq!(engine.open_count(), (0..n).filter(|i| i % 3 == 0).count());
 }
