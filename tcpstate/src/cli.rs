@@ -235,6 +235,10 @@ pub struct TopArgs {
     /// With --replay: this many times faster than the recording's own pace.
     #[arg(long, value_name = "X", default_value_t = 1.0, requires = "replay", value_parser = positive_f64)]
     pub speed: f64,
+    /// When a socket counts as stuck, as in `trace --stuck`: `--stuck MS`, `--stuck STATE=MS`
+    /// (or `STATE=off`), repeatable; the defaults are trace's.
+    #[arg(long, value_name = "[STATE=]MS|off", value_parser = crate::timeline::stuck::parse_spec)]
+    pub stuck: Vec<crate::timeline::stuck::Spec>,
     /// Stop after SECS seconds (live).
     #[arg(short = 'd', long, value_name = "SECS", value_parser = positive_f64, conflicts_with = "replay")]
     pub duration: Option<f64>,

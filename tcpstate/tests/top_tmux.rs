@@ -170,7 +170,10 @@ fn replay_shows_the_recording_and_keys_work() {
     let rec = testdata("top.tsr");
     let t = Tmux::start(
         "replay",
-        &format!("{BIN} top --replay {} --speed 50", rec.display()),
+        &format!(
+            "{BIN} top --replay {} --speed 50 --stuck CLOSE_WAIT=2000",
+            rec.display()
+        ),
     );
     let s = t.wait_for("the replay to finish", |s| s.contains("finished"));
     assert!(t.alternate_on(), "top draws on the alternate screen");
@@ -184,6 +187,8 @@ fn replay_shows_the_recording_and_keys_work() {
     assert_eq!(c[0], "CLOSE_WAIT", "{leak}");
     assert_eq!(c[2], "21175", "the leaking server's pid: {leak}");
     assert_eq!(c[3], "tcppeer", "{leak}");
+    // 2.2 s in CLOSE_WAIT at the end, past the 2 s given.
+    assert_eq!(c.last(), Some(&"stuck"), "{leak}");
     // Per port: 20 accepted on 24713, 3 refused inbound on 24712 (totals columns).
     let burst = line_with(&s, &["│24713 "]).unwrap_or_else(|| panic!("{s}"));
     assert_eq!(cells(burst)[7], "20", "accepted on 24713: {burst}");

@@ -30,6 +30,7 @@ use crate::facts::ResetRecord;
 use crate::input::{Input, KernelCounters};
 use crate::report::render::Renderer;
 use crate::report::summary::Summary;
+use crate::timeline::stuck::Thresholds;
 use crate::timeline::{Conn, Engine, Step};
 use agg::Aggregator;
 use view::ViewState;
@@ -45,12 +46,16 @@ pub(crate) static STOP: AtomicBool = AtomicBool::new(false);
 static SAVED_STDERR: AtomicI32 = AtomicI32::new(-1);
 
 /// Feeds the aggregator from the pipeline.
-pub(crate) struct TopRenderer(pub Arc<Mutex<Aggregator>>);
+pub(crate) struct TopRenderer {
+    agg: Arc<Mutex<Aggregator>>,
+    /// Live, the open sockets are read at each counters reading (once a second), at the
+    /// monotonic clock's now; a replay reads them itself at its interval boundaries.
+    live: bool,
+}
 
 impl TopRenderer {
     fn agg(&self) -> MutexGuard<'_, Aggregator> {
-        // A panic elsewhere while holding the lock leaves counts that are still counts.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.agg)
     }
 }
 
@@ -75,8 +80,16 @@ impl Renderer for TopRenderer {
         self.agg().refused(r);
         Ok(())
     }
+    fn stuck(&mut self, c: &Conn, _at_ns: u64, _: &mut Vec<u8>) -> io::Result<()> {
+        self.agg().stuck(c);
+        Ok(())
+    }
     fn counters(&mut self, c: &KernelCounters, engine: &Engine) {
-        self.agg().sample(Some(c), engine);
+        let mut a = self.agg();
+        a.counters(c);
+        if self.live {
+            a.sample(engine, crate::clock::monotonic_ns());
+        }
     }
 }
 
@@ -332,9 +345,13 @@ fn replay(args: &TopArgs, path: &std::path::Path) -> Result<i32> {
                 realtime_minus_mono_ns: header.realtime_minus_mono_ns,
             },
             reset_reasons: ResetReasons::leak(header.reset_reasons),
+            stuck: Thresholds::from_specs(&args.stuck),
             ..OutputConfig::default()
         },
-        Box::new(TopRenderer(agg.clone())),
+        Box::new(TopRenderer {
+            agg: agg.clone(),
+            live: false,
+        }),
     );
     let speed = args.speed;
     let mut v = ViewState {
@@ -350,6 +367,7 @@ fn replay(args: &TopArgs, path: &std::path::Path) -> Result<i32> {
     let mut start: Option<u64> = None;
     let mut boundary = 0u64;
     let mut now = 0u64;
+    let mut last_ts = 0u64;
     let mut last_wall = Instant::now();
     let mut sink = io::sink();
     let mut finished = false;
@@ -375,8 +393,8 @@ fn replay(args: &TopArgs, path: &std::path::Path) -> Result<i32> {
                     damage = Some(e);
                 }
                 let mut a = lock(&agg);
-                a.sample(None, pipeline.engine());
-                let cur = pipeline.engine().now_ns();
+                let cur = pipeline.engine().now_ns().max(last_ts);
+                a.sample(pipeline.engine(), cur);
                 let secs = cur.saturating_sub(boundary) as f64 / 1e9;
                 if secs > 0.0 {
                     a.rotate(secs);
@@ -395,6 +413,7 @@ fn replay(args: &TopArgs, path: &std::path::Path) -> Result<i32> {
                 if ts > now {
                     break;
                 }
+                last_ts = last_ts.max(ts);
                 // Every interval this input is past is closed first, as live.
                 while ts >= boundary + interval_ns {
                     boundary += interval_ns;
@@ -402,7 +421,7 @@ fn replay(args: &TopArgs, path: &std::path::Path) -> Result<i32> {
                         .push(&Input::Tick { now_ns: boundary }, &mut sink)
                         .context("replaying")?;
                     let mut a = lock(&agg);
-                    a.sample(None, pipeline.engine());
+                    a.sample(pipeline.engine(), boundary);
                     a.rotate(REFRESH.as_secs_f64());
                     dirty = true;
                 }
@@ -455,11 +474,15 @@ fn live(args: &TopArgs) -> Result<i32> {
     let cfg = OutputConfig {
         max_tracked: args.max_tracked as usize,
         summary_at_end: false,
+        stuck: Thresholds::from_specs(&args.stuck),
         ..OutputConfig::default()
     };
     let mut output = Output::from_pipeline(Pipeline::with_renderer(
         cfg,
-        Box::new(TopRenderer(agg.clone())),
+        Box::new(TopRenderer {
+            agg: agg.clone(),
+            live: true,
+        }),
     ));
     let term = Terminal::enter()?;
     let ui = {
