@@ -7,6 +7,7 @@
 //! the tcppeer example and reads them off the live screen. Every wait is bounded; the tmux
 //! server (and with it tcpstate) is killed when the test ends, failed or not.
 
+#[cfg_attr(not(feature = "kernel"), allow(dead_code))]
 mod skip;
 #[cfg(feature = "kernel")]
 mod support;

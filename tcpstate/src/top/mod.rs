@@ -48,9 +48,9 @@ static SAVED_STDERR: AtomicI32 = AtomicI32::new(-1);
 /// Feeds the aggregator from the pipeline.
 pub(crate) struct TopRenderer {
     agg: Arc<Mutex<Aggregator>>,
-    /// Live, the open sockets are read at each counters reading (once a second), at the
-    /// monotonic clock's now; a replay reads them itself at its interval boundaries.
-    live: bool,
+    /// Live, the open sockets are read at each counters reading (once a second), at this
+    /// clock's now (CLOCK_MONOTONIC); a replay reads them itself at its interval boundaries.
+    clock: Option<fn() -> u64>,
 }
 
 impl TopRenderer {
@@ -87,8 +87,8 @@ impl Renderer for TopRenderer {
     fn counters(&mut self, c: &KernelCounters, engine: &Engine) {
         let mut a = self.agg();
         a.counters(c);
-        if self.live {
-            a.sample(engine, crate::clock::monotonic_ns());
+        if let Some(now) = self.clock {
+            a.sample(engine, now());
         }
     }
 }
@@ -350,7 +350,7 @@ fn replay(args: &TopArgs, path: &std::path::Path) -> Result<i32> {
         },
         Box::new(TopRenderer {
             agg: agg.clone(),
-            live: false,
+            clock: None,
         }),
     );
     let speed = args.speed;
@@ -481,7 +481,7 @@ fn live(args: &TopArgs) -> Result<i32> {
         cfg,
         Box::new(TopRenderer {
             agg: agg.clone(),
-            live: true,
+            clock: Some(crate::clock::monotonic_ns),
         }),
     ));
     let term = Terminal::enter()?;
