@@ -101,6 +101,10 @@ pub fn run(args: &TopArgs) -> Result<i32> {
         );
     }
     match &args.replay {
+        Some(_) if !args.filter.spec().is_empty() => anyhow::bail!(
+            "the filters apply in the kernel, so only live: a replay shows what was recorded \
+             (record with them instead: `trace --record FILE --port ...`)"
+        ),
         Some(path) => replay(args, path),
         None => live(args),
     }
