@@ -94,6 +94,22 @@ impl Tmux {
         assert!(out.status.success(), "tmux send-keys -l {text:?}");
     }
 
+    /// The pid of tcpstate: the pane's shell's child.
+    fn top_pid(&self) -> i32 {
+        let out = self.tmux(&["display-message", "-p", "#{pane_pid}"]);
+        let shell: u32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("pane pid");
+        let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+            .expect("the shell's children");
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("tcpstate's pid")
+    }
+
     fn alternate_on(&self) -> bool {
         let out = self.tmux(&["display-message", "-p", "#{alternate_on}"]);
         String::from_utf8_lossy(&out.stdout).trim() == "1"
@@ -276,24 +292,43 @@ fn sigterm_restores_the_terminal() {
         &format!("{BIN} top --replay {}", testdata("top.tsr").display()),
     );
     t.wait_for("the view", |s| s.contains("tcpstate top "));
-    let pid = t.tmux(&["display-message", "-p", "#{pane_pid}"]);
-    let shell: u32 = String::from_utf8_lossy(&pid.stdout)
-        .trim()
-        .parse()
-        .expect("pane pid");
-    // The shell's child is tcpstate.
-    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
-        .expect("the shell's children");
-    let top: i32 = children
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("tcpstate's pid");
+    let top = t.top_pid();
     // SAFETY: a signal to the test's own child process.
     assert_eq!(unsafe { libc::kill(top, libc::SIGTERM) }, 0);
     let s = t.wait_for("tcpstate to exit", |s| s.contains(EXITED));
     assert!(s.contains(&format!("{EXITED}0")), "{s}");
     assert!(!t.alternate_on(), "still on the alternate screen:\n{s}");
+}
+
+/// A terminal that goes away (the emulator closed: here the tmux server killed) ends `top`
+/// instead of leaving it spinning on a dead terminal.
+#[test]
+fn a_closed_terminal_ends_top() {
+    if !tmux_or_skip("a_closed_terminal_ends_top") {
+        return;
+    }
+    let t = Tmux::start(
+        "hangup",
+        &format!("{BIN} top --replay {}", testdata("top.tsr").display()),
+    );
+    t.wait_for("the view", |s| s.contains("tcpstate top "));
+    let top = t.top_pid();
+    drop(t);
+    let start = Instant::now();
+    // SAFETY: signal 0 only checks that the process exists.
+    while unsafe { libc::kill(top, 0) } == 0 {
+        let state = std::fs::read_to_string(format!("/proc/{top}/stat")).unwrap_or_default();
+        // Exited, not yet reaped by whoever inherited it.
+        if state.split_whitespace().nth(2) == Some("Z") {
+            break;
+        }
+        if start.elapsed() > LIMIT {
+            // SAFETY: our own child's child; it must not outlive the test.
+            unsafe { libc::kill(top, libc::SIGKILL) };
+            panic!("tcpstate top still running {LIMIT:?} after its terminal closed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Live, as root: known connections, read off the screen.

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use crossterm::event::{self, Event as TermEvent, KeyCode, KeyEventKind, KeyModifiers};
+use crossterm::event::{KeyCode, KeyModifiers};
 use crossterm::{cursor, execute, terminal};
 use ratatui::backend::CrosstermBackend;
 
@@ -258,48 +258,102 @@ fn key(v: &mut ViewState, code: KeyCode, mods: KeyModifiers) -> Action {
 }
 
 /// Waits up to `timeout` for terminal input and handles it.
+///
+/// Read from fd 0 here rather than through crossterm's event reader: on a terminal that went
+/// away (its emulator closed) that reader spins on end-of-file inside one call and never comes
+/// back, so neither a key nor a signal could end `top`. Here end-of-file, POLLHUP and read
+/// errors are a quit.
 fn poll_keys(v: &mut ViewState, timeout: Duration) -> Result<Action> {
-    let mut action = Action::None;
-    // A terminal that went away (its emulator closed) reads as endless EOF, which crossterm
-    // would spin on: that is a quit.
-    if terminal_hung_up() {
-        return Ok(Action::Quit);
-    }
-    if !event::poll(timeout).context("reading the terminal")? {
-        return Ok(action);
-    }
-    // Everything already typed, without waiting again.
-    loop {
-        match event::read().context("reading the terminal")? {
-            TermEvent::Key(k) if k.kind != KeyEventKind::Release => {
-                match key(v, k.code, k.modifiers) {
-                    Action::Quit => return Ok(Action::Quit),
-                    Action::Redraw => action = Action::Redraw,
-                    Action::None => {}
-                }
-            }
-            TermEvent::Resize(..) => action = Action::Redraw,
-            _ => {}
-        }
-        if !event::poll(Duration::ZERO).context("reading the terminal")? {
-            return Ok(action);
-        }
-    }
-}
-
-/// Whether the terminal behind stdin or stdout hung up.
-fn terminal_hung_up() -> bool {
-    let mut fds = [libc::STDIN_FILENO, libc::STDOUT_FILENO].map(|fd| libc::pollfd {
-        fd,
+    let mut pfd = libc::pollfd {
+        fd: libc::STDIN_FILENO,
         events: libc::POLLIN,
         revents: 0,
-    });
-    // SAFETY: two valid pollfds, zero timeout.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 0) };
-    n > 0
-        && fds
-            .iter()
-            .any(|p| p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0)
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if n < 0 {
+        // EINTR: a signal (SIGWINCH, SIGTERM); the caller looks at STOP and redraws.
+        return Ok(Action::Redraw);
+    }
+    if n == 0 {
+        return Ok(Action::None);
+    }
+    if pfd.revents & libc::POLLIN == 0 {
+        return Ok(Action::Quit);
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: reads into a buffer of the given size.
+    let got = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+    let Ok(got) = usize::try_from(got) else {
+        return Ok(Action::Quit);
+    };
+    if got == 0 {
+        return Ok(Action::Quit);
+    }
+    let mut action = Action::None;
+    for (k, mods) in parse_keys(&buf[..got]) {
+        match key(v, k, mods) {
+            Action::Quit => return Ok(Action::Quit),
+            Action::Redraw => action = Action::Redraw,
+            Action::None => {}
+        }
+    }
+    Ok(action)
+}
+
+/// The keys in what the terminal sent (raw mode): the few `top` knows; escape sequences
+/// (arrows, function keys) are skipped whole.
+fn parse_keys(bytes: &[u8]) -> Vec<(KeyCode, KeyModifiers)> {
+    let plain = |k| (k, KeyModifiers::NONE);
+    let mut keys = Vec::new();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        i += 1;
+        match b {
+            // Ctrl-C: raw mode delivers it as a byte, not SIGINT.
+            0x03 => keys.push((KeyCode::Char('c'), KeyModifiers::CONTROL)),
+            0x1b => match bytes.get(i) {
+                Some(b'[') | Some(b'O') => {
+                    i += 1;
+                    // CSI/SS3: parameters, then one final byte in 0x40..=0x7e.
+                    while let Some(&c) = bytes.get(i) {
+                        i += 1;
+                        if (0x40..=0x7e).contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                _ => keys.push(plain(KeyCode::Esc)),
+            },
+            b'\r' | b'\n' => keys.push(plain(KeyCode::Enter)),
+            0x7f | 0x08 => keys.push(plain(KeyCode::Backspace)),
+            _ => {
+                let rest = &bytes[i - 1..];
+                let len = utf8_len(b).min(rest.len());
+                if let Some(c) = std::str::from_utf8(&rest[..len])
+                    .ok()
+                    .and_then(|s| s.chars().next())
+                {
+                    if !c.is_control() {
+                        keys.push(plain(KeyCode::Char(c)));
+                    }
+                }
+                i += len - 1;
+            }
+        }
+    }
+    keys
+}
+
+/// How many bytes the UTF-8 sequence starting with `b` has.
+fn utf8_len(b: u8) -> usize {
+    match b {
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf7 => 4,
+        _ => 1,
+    }
 }
 
 fn lock(a: &Mutex<Aggregator>) -> MutexGuard<'_, Aggregator> {
@@ -376,6 +430,7 @@ fn replay(args: &TopArgs, path: &std::path::Path) -> Result<i32> {
     let mut sink = io::sink();
     let mut finished = false;
     let mut dirty = true;
+    let mut last_draw = Instant::now();
     loop {
         if STOP.load(Ordering::SeqCst) {
             break;
@@ -434,10 +489,12 @@ fn replay(args: &TopArgs, path: &std::path::Path) -> Result<i32> {
                 pipeline.push(&input, &mut sink).context("replaying")?;
             }
         }
-        if dirty {
+        // Redrawn at least every second as well, so a resized terminal is drawn anew.
+        if dirty || last_draw.elapsed() >= REFRESH {
             let snap = lock(&agg).snapshot().clone();
             term.draw(&snap, &v)?;
             dirty = false;
+            last_draw = Instant::now();
         }
         match poll_keys(&mut v, KEY_POLL)? {
             Action::Quit => break,
@@ -582,6 +639,26 @@ mod tests {
         assert_eq!(
             key(&mut v, KeyCode::Char('c'), KeyModifiers::CONTROL),
             Action::Quit
+        );
+    }
+
+    #[test]
+    fn terminal_bytes_become_keys() {
+        let none = KeyModifiers::NONE;
+        assert_eq!(
+            parse_keys(b"s/80\x7f\r\x1b[A\x1bq\x03\xc3\xa9"),
+            vec![
+                (KeyCode::Char('s'), none),
+                (KeyCode::Char('/'), none),
+                (KeyCode::Char('8'), none),
+                (KeyCode::Char('0'), none),
+                (KeyCode::Backspace, none),
+                (KeyCode::Enter, none),
+                (KeyCode::Esc, none),
+                (KeyCode::Char('q'), none),
+                (KeyCode::Char('c'), KeyModifiers::CONTROL),
+                (KeyCode::Char('\u{e9}'), none),
+            ]
         );
     }
 
