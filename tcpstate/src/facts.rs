@@ -8,6 +8,8 @@
 
 pub use tcpstate_common::{ResetRecord, RetransmitRecord};
 
+use crate::le::{Get, Put};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Facts {
     /// The transition these were read at: same `ts_ns` and `skaddr` as its event.
@@ -68,49 +70,6 @@ impl PackedFacts {
         let mut w = [0u8; 8];
         w.copy_from_slice(&self.0[..8]);
         u64::from_le_bytes(w)
-    }
-}
-
-/// Little-endian writes at a moving position of a fixed buffer.
-struct Put<'a> {
-    buf: &'a mut [u8],
-    pos: usize,
-}
-
-impl Put<'_> {
-    fn bytes(&mut self, b: &[u8]) {
-        self.buf[self.pos..self.pos + b.len()].copy_from_slice(b);
-        self.pos += b.len();
-    }
-}
-
-/// Little-endian reads at a moving position of a buffer of the packed length.
-struct Get<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl Get<'_> {
-    fn take<const N: usize>(&mut self) -> [u8; N] {
-        let mut out = [0u8; N];
-        out.copy_from_slice(&self.buf[self.pos..self.pos + N]);
-        self.pos += N;
-        out
-    }
-    fn u8(&mut self) -> u8 {
-        self.take::<1>()[0]
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes(self.take())
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes(self.take())
-    }
-    fn i32(&mut self) -> i32 {
-        i32::from_le_bytes(self.take())
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from_le_bytes(self.take())
     }
 }
 

@@ -18,6 +18,7 @@ pub mod kernel;
 pub mod live;
 // Pure, so its tests (and the dashboard check) run in the core build too; only the exporter
 // (kernel feature) feeds it.
+pub(crate) mod le;
 #[cfg_attr(not(feature = "kernel"), allow(dead_code))]
 pub mod metrics;
 pub(crate) mod output;

@@ -17,6 +17,7 @@ mod tests;
 
 use std::{fmt, io};
 
+use crate::le::{Get, Put};
 use tcpstate_common::{Counter, EVENT_SIZE};
 
 use crate::{
@@ -254,49 +255,6 @@ fn payload_len(kind: u16, version: u16) -> Option<usize> {
         kinds::RETRANSMIT if version >= 2 => Some(RETRANSMIT_LEN),
         kinds::RESET if version >= 2 => Some(RESET_LEN),
         _ => None,
-    }
-}
-
-/// Little-endian writes at a moving position of a fixed buffer.
-struct Put<'a> {
-    buf: &'a mut [u8],
-    pos: usize,
-}
-
-impl Put<'_> {
-    fn bytes(&mut self, b: &[u8]) {
-        self.buf[self.pos..self.pos + b.len()].copy_from_slice(b);
-        self.pos += b.len();
-    }
-}
-
-/// Little-endian reads at a moving position of a payload whose length was checked.
-struct Get<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl Get<'_> {
-    fn take<const N: usize>(&mut self) -> [u8; N] {
-        let mut out = [0u8; N];
-        out.copy_from_slice(&self.buf[self.pos..self.pos + N]);
-        self.pos += N;
-        out
-    }
-    fn u8(&mut self) -> u8 {
-        self.take::<1>()[0]
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes(self.take())
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes(self.take())
-    }
-    fn i32(&mut self) -> i32 {
-        i32::from_le_bytes(self.take())
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from_le_bytes(self.take())
     }
 }
 
