@@ -439,3 +439,26 @@ fn live_shows_a_leak_refusals_and_a_burst() {
     t.quit_and_check_restored();
     drop(leaker);
 }
+
+/// Live, as root: SIGTERM stops the trace loop and the terminal is given back.
+#[cfg(feature = "kernel")]
+#[test]
+fn live_sigterm_restores_the_terminal() {
+    if !support::need_root("live_sigterm_restores_the_terminal")
+        || !tmux_or_skip("live_sigterm_restores_the_terminal")
+    {
+        return;
+    }
+    let t = Tmux::start("liveterm", &format!("{BIN} top --port 9"));
+    t.wait_for("the view", |s| {
+        s.contains("tcpstate top ") && s.contains("live")
+    });
+    let top = t.top_pid();
+    // SAFETY: a signal to the test's own child process.
+    assert_eq!(unsafe { libc::kill(top, libc::SIGTERM) }, 0);
+    let s = t.wait_for("tcpstate to exit", |s| s.contains(EXITED));
+    assert!(s.contains(&format!("{EXITED}0")), "{s}");
+    assert!(!t.alternate_on(), "still on the alternate screen:\n{s}");
+    // What the tracer said on stderr while the screen was taken is shown after it.
+    assert!(s.contains("tcpstate: tracing TCP state changes"), "{s}");
+}
