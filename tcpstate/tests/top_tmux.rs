@@ -272,6 +272,18 @@ fn a_small_terminal_and_a_pipe_are_told_so() {
         "small",
         &format!("{BIN} top --replay {}", testdata("top.tsr").display()),
     );
+    // On a terminal, but with stdin elsewhere: keys could not be read, so it says so.
+    let no_keys = Tmux::start(
+        "nokeys",
+        &format!(
+            "{BIN} top --replay {} < /dev/null",
+            testdata("top.tsr").display()
+        ),
+    );
+    let s = no_keys.wait_for("the error", |s| s.contains(EXITED));
+    assert!(s.contains(&format!("{EXITED}1")), "{s}");
+    assert!(s.contains("stdin is not one"), "{s}");
+    drop(no_keys);
     t.tmux(&["resize-window", "-x", "70", "-y", "20"]);
     let s = t.wait_for("the too-small message", |s| {
         s.contains("terminal too small")

@@ -100,6 +100,9 @@ pub fn run(args: &TopArgs) -> Result<i32> {
              `trace -o json`)"
         );
     }
+    if !io::stdin().is_terminal() {
+        anyhow::bail!("top reads its keys from the terminal and stdin is not one");
+    }
     match &args.replay {
         Some(_) if !args.filter.spec().is_empty() => anyhow::bail!(
             "the filters apply in the kernel, so only live: a replay shows what was recorded \
