@@ -80,13 +80,20 @@ pub struct Event {
     pub owner_comm: [u8; TASK_COMM_LEN],
     /// `owner_source` value.
     pub owner_source: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// Inode of the socket's own network namespace (`skc_net->ns.inum`), 0 when unknown.
+    pub netns: u32,
+    /// The owner's cgroup v2 id (`bpf_get_current_cgroup_id()` at its system call, or the
+    /// inode of its cgroup directory from the /proc scan), 0 when unknown.
+    pub cgroup_id: u64,
 }
 
-pub const EVENT_SIZE: usize = 112;
+pub const EVENT_SIZE: usize = 120;
+/// The event of recording format 1 (no `netns`, no `cgroup_id`).
+pub const EVENT_V1_SIZE: usize = 112;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
-const _: () = assert!(core::mem::size_of::<Owner>() == 24);
-const _: () = assert!(core::mem::size_of::<ListenOwner>() == 32);
+const _: () = assert!(core::mem::size_of::<Owner>() == 40);
+const _: () = assert!(core::mem::size_of::<ListenOwner>() == 48);
 
 impl Event {
     pub const fn zeroed() -> Self {
@@ -108,7 +115,9 @@ impl Event {
             ctx_comm: [0; TASK_COMM_LEN],
             owner_comm: [0; TASK_COMM_LEN],
             owner_source: 0,
-            _pad: [0; 7],
+            _pad: [0; 3],
+            netns: 0,
+            cgroup_id: 0,
         }
     }
 }
@@ -385,6 +394,17 @@ pub mod filter_flags {
     pub const ADDR: u32 = 1 << 5;
     pub const IPV4_ONLY: u32 = 1 << 6;
     pub const IPV6_ONLY: u32 = 1 << 7;
+    /// The owner is in `Filter::cgroup_id` or below it (`owner_flags::IN_CGROUP`).
+    pub const CGROUP: u32 = 1 << 8;
+    /// The socket's network namespace is `Filter::netns`.
+    pub const NETNS: u32 = 1 << 9;
+}
+
+/// `Owner::flags` bits.
+pub mod owner_flags {
+    /// With `filter_flags::CGROUP`: the owner was in the filter's cgroup or a descendant of it
+    /// at its system call (or, from the /proc scan, by its cgroup path).
+    pub const IN_CGROUP: u32 = 1;
 }
 
 /// `PORTS` map value bits: which port filters a port belongs to.
@@ -403,6 +423,22 @@ pub struct Filter {
     pub _pad: u32,
     /// With `filter_flags::COMM`: the owner's comm must equal this (NUL padded).
     pub comm: [u8; TASK_COMM_LEN],
+    /// With `filter_flags::CGROUP`: the cgroup v2 id to keep, with its descendants, and its
+    /// level (the root is 0): the owner's ancestor at that level must be it.
+    pub cgroup_id: u64,
+    pub cgroup_level: u32,
+    /// With `filter_flags::NETNS`: the network namespace inode to keep.
+    pub netns: u32,
+}
+
+/// Where a socket's network namespace inode is: `sock.__sk_common.skc_net` (a pointer to
+/// `struct net`), then `net.ns.inum` (from BTF). `ok` 0: unknown on this kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetnsOffsets {
+    pub skc_net: u16,
+    pub ns_inum: u16,
+    pub ok: u32,
 }
 
 /// Settings of the kernel program other than the filter.
@@ -417,7 +453,7 @@ pub struct Settings {
     pub _pad: u32,
 }
 
-/// The process that owns a socket. 8-byte aligned so the kernel program copies it as three
+/// The process that owns a socket. 8-byte aligned so the kernel program copies it as five
 /// words (a less aligned copy becomes a call to a memmove subprogram in BPF code).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -425,6 +461,13 @@ pub struct Owner {
     pub pid: u32,
     pub tid: u32,
     pub comm: [u8; TASK_COMM_LEN],
+    /// The owner's cgroup v2 id, 0 when unknown.
+    pub cgroup_id: u64,
+    /// The socket's network namespace inode (not the owner's: it travels with the owner
+    /// entry because both are per socket), 0 when unknown.
+    pub netns: u32,
+    /// `owner_flags` bits.
+    pub flags: u32,
 }
 
 /// A listening socket's local end, to attribute the sockets it accepts.
@@ -486,6 +529,8 @@ pub mod names {
     pub const FACTS_HANDSHAKE_GROUPS: &str = "FACTS_HANDSHAKE_GROUPS";
     /// `SkbOffsets`: where the joined programs find a segment's flags and segment count.
     pub const SKB_OFFSETS: &str = "SKB_OFFSETS";
+    /// `NetnsOffsets`: where a socket's network namespace inode is.
+    pub const NETNS_OFFSETS: &str = "NETNS_OFFSETS";
     /// The joined programs and their `JoinLayout` globals, in [`JOINED`] order.
     pub const RETRANSMIT_SKB: &str = "retransmit_skb";
     pub const RETRANSMIT_SYNACK: &str = "retransmit_synack";
@@ -545,4 +590,5 @@ mod pod {
     unsafe impl aya::Pod for ResetRecord {}
     unsafe impl aya::Pod for JoinLayout {}
     unsafe impl aya::Pod for SkbOffsets {}
+    unsafe impl aya::Pod for NetnsOffsets {}
 }

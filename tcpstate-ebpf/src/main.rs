@@ -16,8 +16,8 @@
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_buf, generated,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated,
     },
     macros::{map, tracepoint},
     maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray, RingBuf},
@@ -26,12 +26,12 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tcpstate_common::{
-    counter, event_flags, filter_flags, owner_source, port_bits, reset_direction, retransmit_kind,
-    retransmit_known, state, Event, FactGroup, FactGroups, FactsRecord, Filter, JoinLayout, Layout,
-    ListenKey, ListenOwner, Owner, ResetRecord, RetransmitRecord, Settings, SkbOffsets, TupleKey,
-    ADDRS_MAX, AF_INET, AF_INET6, FACTS_RAW_LEN, FACT_GROUP_TIERS, IPPROTO_TCP, LISTENERS_MAX,
-    MAX_FACT_GROUPS, MAX_RECORD_LEN, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX, PIDS_MAX,
-    PREEXISTING_MAX, TASK_COMM_LEN,
+    counter, event_flags, filter_flags, owner_flags, owner_source, port_bits, reset_direction,
+    retransmit_kind, retransmit_known, state, Event, FactGroup, FactGroups, FactsRecord, Filter,
+    JoinLayout, Layout, ListenKey, ListenOwner, NetnsOffsets, Owner, ResetRecord, RetransmitRecord,
+    Settings, SkbOffsets, TupleKey, ADDRS_MAX, AF_INET, AF_INET6, FACTS_RAW_LEN, FACT_GROUP_TIERS,
+    IPPROTO_TCP, LISTENERS_MAX, MAX_FACT_GROUPS, MAX_RECORD_LEN, MODERN_LAYOUT, OWNERS_MAX,
+    PENDING_MAX, PIDS_MAX, PREEXISTING_MAX, TASK_COMM_LEN,
 };
 
 #[no_mangle]
@@ -57,6 +57,17 @@ static FILTER: Filter = Filter {
     flags: 0,
     _pad: 0,
     comm: [0; TASK_COMM_LEN],
+    cgroup_id: 0,
+    cgroup_level: 0,
+    netns: 0,
+};
+
+/// Where a socket's network namespace inode is (from BTF; `ok` 0: unknown, never read).
+#[no_mangle]
+static NETNS_OFFSETS: NetnsOffsets = NetnsOffsets {
+    skc_net: 0,
+    ns_inum: 0,
+    ok: 0,
 };
 
 #[no_mangle]
@@ -332,20 +343,39 @@ fn read_copied(ctx: &TracePointContext) -> Option<Sock> {
     })
 }
 
-/// Copies an owner out of a map value as three words (Owner is 8-byte aligned): a plain struct
+/// Copies an owner out of a map value as five words (Owner is 8-byte aligned): a plain struct
 /// copy becomes a call to a memmove subprogram.
 #[inline(always)]
 fn copy_owner(src: &Owner) -> Owner {
     let p = src as *const Owner as *const u64;
-    // SAFETY: Owner is 24 bytes, 8-byte aligned, plain data.
+    // SAFETY: Owner is 40 bytes, 8-byte aligned, plain data.
     unsafe {
         let words = [
             core::ptr::read(p),
             core::ptr::read(p.add(1)),
             core::ptr::read(p.add(2)),
+            core::ptr::read(p.add(3)),
+            core::ptr::read(p.add(4)),
         ];
-        core::mem::transmute::<[u64; 3], Owner>(words)
+        core::mem::transmute::<[u64; 5], Owner>(words)
     }
+}
+
+/// The inode of the socket's own network namespace (`skc_net->ns.inum`), 0 when unknown. Two
+/// reads; called only where a socket's life starts, at its owner's system calls, and for
+/// sockets whose owner entry is not there to carry it (see `attribute`).
+#[inline(always)]
+fn sock_netns(skaddr: u64) -> u32 {
+    if konst(&NETNS_OFFSETS.ok) == 0 {
+        return 0;
+    }
+    let Some(net) = kread::<u64>(skaddr, konst(&NETNS_OFFSETS.skc_net)) else {
+        return 0;
+    };
+    if net == 0 {
+        return 0;
+    }
+    kread::<u32>(net, konst(&NETNS_OFFSETS.ns_inum)).unwrap_or(0)
 }
 
 /// The current task's name, written by the helper without zeroing the buffer first (the
@@ -368,7 +398,8 @@ const SOCKET_FILTERS: u32 = filter_flags::IPV4_ONLY
     | filter_flags::LPORT
     | filter_flags::PORT;
 /// The filters on the owner, checked once it is known.
-const OWNER_FILTERS: u32 = filter_flags::PID | filter_flags::COMM;
+const OWNER_FILTERS: u32 =
+    filter_flags::PID | filter_flags::COMM | filter_flags::CGROUP | filter_flags::NETNS;
 const PORT_FILTERS: u32 = filter_flags::LPORT | filter_flags::PORT;
 
 #[inline(always)]
@@ -406,7 +437,7 @@ fn handle(ctx: &TracePointContext) {
         // A connect() whose local port is not chosen yet. Its owner travels with the held
         // event and enters the owner table only if the socket turns out to match: most held
         // connects are dropped, and then cost no table insert and delete.
-        let who = Attribution::current_task(pid_tgid);
+        let who = Attribution::current_task(pid_tgid, s.skaddr);
         if flags & OWNER_FILTERS != 0 && !owner_passes(&who.owner, flags) {
             reject(&s, flags);
             return;
@@ -461,19 +492,40 @@ impl Attribution {
             pid: 0,
             tid: 0,
             comm: [0; TASK_COMM_LEN],
+            cgroup_id: 0,
+            netns: 0,
+            flags: 0,
         },
         source: owner_source::UNKNOWN,
         ctx_comm_known: false,
     };
 
-    /// The event is the owner's own system call: the current task owns the socket.
+    /// The event is the owner's own system call: the current task owns the socket, and its
+    /// cgroup is the owner's (the one place the kernel can tell it: later events run in
+    /// whatever task the CPU ran).
     #[inline(always)]
-    fn current_task(pid_tgid: u64) -> Attribution {
+    fn current_task(pid_tgid: u64, skaddr: u64) -> Attribution {
+        let mut flags = 0;
+        if konst(&FILTER.flags) & filter_flags::CGROUP != 0 {
+            // The owner's ancestor at the filter cgroup's level is that cgroup: it is in it or
+            // below, including groups created after tracing started.
+            // SAFETY: a helper without pointer arguments.
+            let at_level = unsafe {
+                generated::bpf_get_current_ancestor_cgroup_id(konst(&FILTER.cgroup_level) as i32)
+            };
+            if at_level == konst(&FILTER.cgroup_id) {
+                flags |= owner_flags::IN_CGROUP;
+            }
+        }
         Attribution {
             owner: Owner {
                 pid: (pid_tgid >> 32) as u32,
                 tid: pid_tgid as u32,
                 comm: current_comm(),
+                // SAFETY: a helper without arguments.
+                cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+                netns: sock_netns(skaddr),
+                flags,
             },
             source: owner_source::SYSCALL,
             ctx_comm_known: true,
@@ -538,12 +590,13 @@ fn emit(ctx: &TracePointContext, s: &Sock, ts: u64, pid_tgid: u64, who: &Attribu
             let comm = (*e).ctx_comm.as_mut_ptr() as *mut core::ffi::c_void;
             generated::bpf_get_current_comm(comm, TASK_COMM_LEN as u32);
         }
-        // owner_source and its 7 padding bytes as one little-endian word (offset 104, aligned):
-        // a 7-byte fill would be a memset call.
+        // owner_source, its 3 padding bytes and netns as one little-endian word (offset 104,
+        // aligned): a 3-byte fill would be a memset call.
         core::ptr::write(
             core::ptr::addr_of_mut!((*e).owner_source) as *mut u64,
-            u64::from(who.source),
+            u64::from(who.source) | u64::from(who.owner.netns) << 32,
         );
+        (*e).cgroup_id = who.owner.cgroup_id;
     }
     let wake = wake_flag(count(counter::SUBMITTED));
     entry.submit(wake);
@@ -643,7 +696,9 @@ fn hold(s: &Sock, ts: u64, pid_tgid: u64, who: &Attribution) {
         ctx_comm: who.owner.comm,
         owner_comm: who.owner.comm,
         owner_source: who.source,
-        _pad: [0; 7],
+        _pad: [0; 3],
+        netns: who.owner.netns,
+        cgroup_id: who.owner.cgroup_id,
     };
     // NOEXIST: an entry still there for this address would be replaced without a trace; it
     // cannot be (each leaves at the socket's exit from SYN_SENT), and if it were, this event
@@ -670,6 +725,11 @@ fn release_held(ctx: &TracePointContext, s: &Sock) {
             pid: held.owner_pid,
             tid: held.owner_tid,
             comm: held.owner_comm,
+            cgroup_id: held.cgroup_id,
+            netns: held.netns,
+            // A connect() is held only after its owner passed the owner filters (`handle`), so
+            // with a cgroup filter its owner is in the cgroup.
+            flags: owner_flags::IN_CGROUP,
         };
         remember_owner(s, &owner);
     }
@@ -716,7 +776,7 @@ fn listen_key(s: &Sock) -> ListenKey {
 fn attribute(ctx: &TracePointContext, s: &Sock, pid_tgid: u64) -> Attribution {
     let (old, new) = (s.oldstate, s.newstate);
     let who = if is_owner_syscall(old, new) {
-        let who = Attribution::current_task(pid_tgid);
+        let who = Attribution::current_task(pid_tgid, s.skaddr);
         remember_owner(s, &who.owner);
         if new == state::LISTEN {
             note_listener(s, &who.owner);
@@ -734,7 +794,10 @@ fn attribute(ctx: &TracePointContext, s: &Sock, pid_tgid: u64) -> Attribution {
             found = unsafe { LISTENERS.get(&key) }.map(|l| copy_owner(&l.owner));
         }
         match found {
-            Some(owner) if owner.pid != 0 => {
+            Some(mut owner) if owner.pid != 0 => {
+                // The child's own namespace: listeners of one port in two namespaces share a
+                // LISTENERS key.
+                owner.netns = sock_netns(s.skaddr);
                 remember_owner(s, &owner);
                 Attribution::known(owner, owner_source::LISTENER)
             }
@@ -742,7 +805,9 @@ fn attribute(ctx: &TracePointContext, s: &Sock, pid_tgid: u64) -> Attribution {
                 // A new socket at this address: whatever an earlier one left there is not its
                 // owner.
                 let _ = OWNERS.remove(&s.skaddr);
-                Attribution::UNKNOWN
+                let mut who = Attribution::UNKNOWN;
+                who.owner.netns = sock_netns(s.skaddr);
+                who
             }
         }
     } else if let Some(owner) = unsafe { OWNERS.get(&s.skaddr) } {
@@ -758,11 +823,19 @@ fn attribute(ctx: &TracePointContext, s: &Sock, pid_tgid: u64) -> Attribution {
         };
         match unsafe { PREEXISTING.get(&key) } {
             Some(owner) => {
-                let owner = copy_owner(owner);
+                let mut owner = copy_owner(owner);
+                // Once per socket older than tracing: its entry in OWNERS then carries it.
+                owner.netns = sock_netns(s.skaddr);
                 remember_owner(s, &owner);
                 Attribution::known(owner, owner_source::PROC_SCAN)
             }
-            None => Attribution::UNKNOWN,
+            None => {
+                // Nobody to carry the namespace: read it for each such event (sockets older
+                // than tracing that the scan missed, and full owner tables).
+                let mut who = Attribution::UNKNOWN;
+                who.owner.netns = sock_netns(s.skaddr);
+                who
+            }
         }
     };
     if new == state::CLOSE {
@@ -842,6 +915,12 @@ fn owner_passes(owner: &Owner, flags: u32) -> bool {
         if !known {
             return false;
         }
+    }
+    if flags & filter_flags::CGROUP != 0 && owner.flags & owner_flags::IN_CGROUP == 0 {
+        return false;
+    }
+    if flags & filter_flags::NETNS != 0 && owner.netns != konst(&FILTER.netns) {
+        return false;
     }
     !(flags & filter_flags::COMM != 0 && owner.comm != konst(&FILTER.comm))
 }
@@ -1070,7 +1149,7 @@ fn joined_passes(j: &Joined, sent_reset: bool) -> bool {
         let owner = match unsafe { OWNERS.get(&j.sock.skaddr) } {
             Some(o) => copy_owner(o),
             None if sent_reset && j.sock.newstate == state::CLOSE => {
-                Attribution::current_task(bpf_get_current_pid_tgid()).owner
+                Attribution::current_task(bpf_get_current_pid_tgid(), j.sock.skaddr).owner
             }
             None => return false,
         };

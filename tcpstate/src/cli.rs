@@ -89,6 +89,10 @@ pub struct OutputArgs {
     /// Wide address columns (for IPv6).
     #[arg(short = 'w', long)]
     pub wide: bool,
+    /// Table columns for containers: the socket's network namespace, the owner's pod UID,
+    /// container id (its first 12 digits) and cgroup v2 path.
+    #[arg(long)]
+    pub containers: bool,
     /// Print a summary every SECS seconds as well as at the end.
     #[arg(short = 'i', long, value_name = "SECS", value_parser = positive_f64)]
     pub interval: Option<f64>,
@@ -142,6 +146,23 @@ pub struct FilterArgs {
     /// IPv6 only (not IPv6 sockets with a v4-mapped remote address; listeners on `::` too).
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
+    /// Only sockets whose owner is in this cgroup v2 group or below it (a path relative to
+    /// the cgroup v2 root, or under its mount point), as of the owner's system call.
+    #[arg(long = "cgroup", value_name = "PATH", value_parser = parse_cgroup)]
+    pub cgroup: Option<filter::CgroupTarget>,
+    /// Only sockets in this network namespace: an inode, a `/proc/PID/ns/net` or
+    /// `/var/run/netns/NAME` path, or a NAME of `ip netns`.
+    #[arg(long = "netns", value_name = "NS", value_parser = crate::cgroup::netns_inode)]
+    pub netns: Option<u32>,
+}
+
+fn parse_cgroup(s: &str) -> Result<filter::CgroupTarget, String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+    let root = crate::cgroup::cgroup2_mount(&mountinfo)
+        .ok_or("no cgroup v2 hierarchy is mounted on this host")?;
+    let (id, level, path) = crate::cgroup::locate(&root, s)
+        .ok_or_else(|| format!("no cgroup v2 group {s:?} under {}", root.display()))?;
+    Ok(filter::CgroupTarget { id, level, path })
 }
 
 #[derive(Debug, Clone, Args)]
@@ -200,6 +221,12 @@ pub struct ExporterArgs {
     #[arg(long, value_name = "N", default_value_t = crate::metrics::DEFAULT_MAX_PORT_SERIES,
           value_parser = clap::value_parser!(u32).range(0..=4096))]
     pub metrics_max_series: u32,
+    /// Extra labels on tcpstate_connections_total: `container` adds `pod_uid` and
+    /// `container_id` (from the owner's cgroup path; "" when it names none), at most
+    /// --metrics-max-series pairs, beyond that "other" (counted in
+    /// tcpstate_metrics_series_dropped_total).
+    #[arg(long, value_name = "LABELS", value_delimiter = ',')]
+    pub metrics_labels: Vec<MetricsLabels>,
     /// Most sockets followed at once; the oldest is dropped (and counted) beyond that.
     #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     pub max_tracked: u32,
@@ -215,6 +242,13 @@ pub struct ExporterArgs {
     /// Show the kernel program's diagnostics (aya-log) on stderr.
     #[arg(long)]
     pub debug: bool,
+}
+
+/// `--metrics-labels` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricsLabels {
+    /// `pod_uid` and `container_id`.
+    Container,
 }
 
 impl ExporterArgs {
@@ -280,6 +314,8 @@ impl FilterArgs {
             } else {
                 Family::Any
             },
+            cgroup: self.cgroup.clone(),
+            netns: self.netns,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::{
 };
 
 pub use tcpstate_common::Event;
-use tcpstate_common::{state, AF_INET, EVENT_SIZE};
+use tcpstate_common::{state, AF_INET, EVENT_SIZE, EVENT_V1_SIZE};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -23,6 +23,17 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     // SAFETY: the length is checked, Event is repr(C) plain data valid for any bytes, and
     // read_unaligned has no alignment requirement.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+/// Reads one event of a recording's format version: version 1's events lack the last two
+/// fields (`netns`, `cgroup_id`), which stay 0 (unknown).
+pub fn decode_version(bytes: &[u8], version: u16) -> Result<Event, DecodeError> {
+    if version == 1 && bytes.len() == EVENT_V1_SIZE {
+        let mut full = [0u8; EVENT_SIZE];
+        full[..EVENT_V1_SIZE].copy_from_slice(bytes);
+        return decode(&full);
+    }
+    decode(bytes)
 }
 
 /// The raw bytes of an event, as `decode` reads them.

@@ -14,11 +14,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::cli::ExporterArgs;
+use crate::cli::{ExporterArgs, MetricsLabels};
 use crate::input::Counter;
 use crate::kernel::{environment, probe::ProbeOptions};
 use crate::live::{self, Limits};
-use crate::metrics::{BuildInfo, Metrics, MetricsRenderer, PortLabels};
+use crate::metrics::{BuildInfo, ContainerLabels, Metrics, MetricsRenderer, PortLabels};
 use crate::output::Output;
 use crate::pipeline::{OutputConfig, Pipeline};
 
@@ -76,6 +76,9 @@ pub fn run(args: &ExporterArgs) -> Result<i32> {
     let renderer = MetricsRenderer::new(
         metrics.clone(),
         PortLabels::new(args.metrics_ports(), args.metrics_max_series),
+        args.metrics_labels
+            .contains(&MetricsLabels::Container)
+            .then(|| ContainerLabels::new(args.metrics_max_series)),
     );
     let mut output = Output::from_pipeline(Pipeline::with_renderer(cfg, Box::new(renderer)));
 

@@ -161,6 +161,18 @@ pub struct FilterSpec {
     /// Remote address in any of these.
     pub addrs: Vec<Cidr>,
     pub family: Family,
+    /// Only owners in this cgroup v2 group or below it.
+    pub cgroup: Option<CgroupTarget>,
+    /// Only sockets in this network namespace (inode).
+    pub netns: Option<u32>,
+}
+
+/// A cgroup v2 group to filter on: its id, its level (the root is 0) and its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupTarget {
+    pub id: u64,
+    pub level: u32,
+    pub path: String,
 }
 
 /// What the kernel needs: the global filter and the contents of its lookup maps.
@@ -219,6 +231,15 @@ impl FilterSpec {
             }
             k.filter.flags |= filter_flags::ADDR;
             k.addrs = self.addrs.clone();
+        }
+        if let Some(c) = &self.cgroup {
+            k.filter.flags |= filter_flags::CGROUP;
+            k.filter.cgroup_id = c.id;
+            k.filter.cgroup_level = c.level;
+        }
+        if let Some(n) = self.netns {
+            k.filter.flags |= filter_flags::NETNS;
+            k.filter.netns = n;
         }
         match self.family {
             Family::Any => {}

@@ -10,7 +10,7 @@ use crate::facts::{Facts, ResetRecord, RetransmitRecord};
 /// each known or unknown; the one type every output and the recording use.
 pub use tcpstate_common::{Counter, KernelCounters};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     /// One state change.
     Event(Event),
@@ -26,6 +26,9 @@ pub enum Input {
     Tick { now_ns: u64 },
     /// A snapshot of the kernel's counters.
     Counters(KernelCounters),
+    /// What a cgroup v2 id means: its path relative to the cgroup v2 root. Comes before the
+    /// first event that carries the id, once per id (live, from the host's hierarchy).
+    Cgroup { id: u64, path: String },
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use tokio::{
     time::{interval, sleep, MissedTickBehavior},
 };
 
+use crate::cgroup;
 use crate::{
     cli::TraceArgs,
     clock,
@@ -158,6 +159,7 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             counters: &mut reader,
             last_record_flush: Instant::now(),
             facts_plan: probe.facts_plan.clone(),
+            cgroups: announcer(),
         };
         let limits = Limits {
             duration: args.duration,
@@ -256,7 +258,8 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
 
 /// Loads and attaches the program, with the sockets that already exist.
 pub(crate) fn attach(opts: &ProbeOptions) -> Result<Probe> {
-    let before = procscan::scan();
+    let cgroups = procscan::CgroupScan::new(&opts.filter.filter);
+    let before = procscan::scan(&cgroups);
     let mut probe = Probe::attach(opts, &before).map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(dir) = &probe.mounted_tracefs {
         eprintln!(
@@ -269,7 +272,7 @@ pub(crate) fn attach(opts: &ProbeOptions) -> Result<Probe> {
     }
     // Sockets created between the first scan and the attach.
     probe
-        .add_preexisting(&procscan::scan())
+        .add_preexisting(&procscan::scan(&cgroups))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(probe)
 }
@@ -303,6 +306,7 @@ pub(crate) async fn run_into(
         counters: &mut reader,
         last_record_flush: Instant::now(),
         facts_plan: probe.facts_plan.clone(),
+        cgroups: announcer(),
     };
     event_loop(limits, filtered, probe, &mut session)
         .await
@@ -359,6 +363,18 @@ struct Session<'a, W: Write> {
     last_record_flush: Instant,
     /// How this kernel's facts records decode.
     facts_plan: FactsPlan,
+    /// Names each cgroup id in the stream before its first event.
+    cgroups: cgroup::Announcer,
+}
+
+/// The host's cgroup names; what cannot be known is said once on stderr.
+fn announcer() -> cgroup::Announcer {
+    let mut notices = Vec::new();
+    let resolver = cgroup::Resolver::host(&mut notices);
+    for n in notices {
+        eprintln!("tcpstate: note: {n}");
+    }
+    cgroup::Announcer::new(resolver)
 }
 
 impl<W: Write> Session<'_, W> {
@@ -397,8 +413,14 @@ impl<W: Write> Session<'_, W> {
                 self.totals.undecodable += 1;
                 continue;
             };
-            if matches!(input, Input::Event(_)) {
+            if let Input::Event(ev) = &input {
                 self.totals.delivered += 1;
+                if let Some(path) = self.cgroups.announce(ev.cgroup_id) {
+                    self.feed(&Input::Cgroup {
+                        id: ev.cgroup_id,
+                        path,
+                    })?;
+                }
             }
             any = true;
             self.feed(&input)?;

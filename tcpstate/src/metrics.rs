@@ -6,6 +6,7 @@
 //! runs. Every label is bounded: role, outcome, state and reason are closed sets, and the one
 //! open-ended label, `port`, is capped (see [`PortLabels`]).
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +20,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+use crate::cgroup::Names;
 use crate::event::{state_name, Event};
 use crate::facts::ResetRecord;
 use crate::input::{Counter as KernelCounter, KernelCounters};
@@ -65,6 +67,77 @@ struct ConnLabels {
     role: &'static str,
     outcome: &'static str,
     port: Port,
+    #[prometheus(flatten)]
+    kube: KubeLabels,
+}
+
+/// `pod_uid` and `container_id` labels (`--metrics-labels container`): absent without the
+/// option, "" where a connection's cgroup names no pod or container, `other` beyond the cap.
+#[derive(Debug, Clone, Default, Hash, PartialEq, Eq)]
+pub(crate) struct KubeLabels(Option<(String, String)>);
+
+impl EncodeLabelSet for KubeLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        match &self.0 {
+            None => Ok(()),
+            Some((pod, container)) => [
+                ("pod_uid", pod.as_str()),
+                ("container_id", container.as_str()),
+            ]
+            .encode(encoder),
+        }
+    }
+}
+
+/// Which (pod, container) pairs get label values of their own: at most `max` (the
+/// `--metrics-max-series` cap); a new pair beyond it is `other` for both, counted once in
+/// `tcpstate_metrics_series_dropped_total`.
+#[derive(Debug)]
+pub(crate) struct ContainerLabels {
+    max: usize,
+    labelled: HashSet<(String, String)>,
+    /// Pairs refused for the cap, counted once each (bounded: after that many, every
+    /// refusal is counted again rather than remembered).
+    dropped: HashSet<(String, String)>,
+}
+
+/// Most refused pairs remembered.
+const MAX_DROPPED_REMEMBERED: usize = 65_536;
+
+impl ContainerLabels {
+    pub(crate) fn new(max: u32) -> ContainerLabels {
+        ContainerLabels {
+            max: max as usize,
+            labelled: HashSet::new(),
+            dropped: HashSet::new(),
+        }
+    }
+
+    fn of(&mut self, c: &Conn, names: &Names, dropped: &Counter) -> KubeLabels {
+        let kube = names.get(c.cgroup_id()).map(|i| &i.kube);
+        let pair = (
+            kube.and_then(|k| k.pod_uid.clone()).unwrap_or_default(),
+            kube.and_then(|k| k.container_id.clone())
+                .unwrap_or_default(),
+        );
+        if pair.0.is_empty() && pair.1.is_empty() {
+            return KubeLabels(Some(pair));
+        }
+        if self.labelled.contains(&pair) {
+            return KubeLabels(Some(pair));
+        }
+        if self.labelled.len() < self.max {
+            self.labelled.insert(pair.clone());
+            return KubeLabels(Some(pair));
+        }
+        if self.dropped.len() >= MAX_DROPPED_REMEMBERED || self.dropped.insert(pair) {
+            dropped.inc();
+        }
+        KubeLabels(Some(("other".into(), "other".into())))
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -400,12 +473,13 @@ impl Metrics {
     }
 
     /// One finished connection.
-    fn observe(&self, c: &Conn, port: Port) {
+    fn observe(&self, c: &Conn, port: Port, kube: KubeLabels) {
         self.connections
             .get_or_create(&ConnLabels {
                 role: c.role().name(),
                 outcome: c.outcome().name(),
                 port,
+                kube,
             })
             .inc();
         let labels = PortOnly { port };
@@ -612,21 +686,34 @@ impl LossLog {
 pub(crate) struct MetricsRenderer {
     metrics: Arc<Metrics>,
     ports: PortLabels,
+    /// `--metrics-labels container`: pod and container labels on tcpstate_connections_total.
+    containers: Option<ContainerLabels>,
+    cgroups: Names,
     losses: LossLog,
 }
 
 impl MetricsRenderer {
-    pub(crate) fn new(metrics: Arc<Metrics>, ports: PortLabels) -> MetricsRenderer {
+    pub(crate) fn new(
+        metrics: Arc<Metrics>,
+        ports: PortLabels,
+        containers: Option<ContainerLabels>,
+    ) -> MetricsRenderer {
         MetricsRenderer {
             metrics,
             ports,
+            containers,
+            cgroups: Names::default(),
             losses: LossLog::default(),
         }
     }
 
     fn conn(&mut self, c: &Conn) {
         let port = self.ports.of(c, &self.metrics.series_dropped);
-        self.metrics.observe(c, port);
+        let kube = match &mut self.containers {
+            Some(l) => l.of(c, &self.cgroups, &self.metrics.series_dropped),
+            None => KubeLabels::default(),
+        };
+        self.metrics.observe(c, port, kube);
     }
 }
 
@@ -659,6 +746,10 @@ impl Renderer for MetricsRenderer {
 
     fn summary(&mut self, _: &Summary<'_>, _: &mut Vec<u8>) -> io::Result<()> {
         Ok(())
+    }
+
+    fn cgroup(&mut self, id: u64, path: &str) {
+        self.cgroups.insert(id, path);
     }
 
     fn counters(&mut self, c: &KernelCounters, engine: &Engine) {
@@ -711,13 +802,21 @@ mod tests {
     }
 
     fn run(inputs: &[Input], ports: PortLabels) -> Arc<Metrics> {
+        run_with(inputs, ports, None)
+    }
+
+    fn run_with(
+        inputs: &[Input],
+        ports: PortLabels,
+        containers: Option<ContainerLabels>,
+    ) -> Arc<Metrics> {
         let m = Arc::new(Metrics::new(&info()));
         let mut p = Pipeline::with_renderer(
             OutputConfig {
                 summary_at_end: false,
                 ..OutputConfig::default()
             },
-            Box::new(MetricsRenderer::new(m.clone(), ports)),
+            Box::new(MetricsRenderer::new(m.clone(), ports, containers)),
         );
         let mut out = Vec::new();
         for i in inputs {
@@ -750,6 +849,54 @@ mod tests {
         .iter()
         .map(|&e| Input::Event(e))
         .collect()
+    }
+
+    /// Two pods' servers (and their clients, in no pod): with `--metrics-labels container`
+    /// and a cap of one pair, the first pod has its labels, the second is `other` and counted.
+    #[test]
+    fn pod_and_container_labels_under_the_cap() {
+        let pod = |n: u8| format!("0b6c3a4e-6f8d-4c1a-9e2b-7d5f1a2b3c4{n}");
+        let ctr = |n: u8| format!("{n}").repeat(64);
+        let mut all = Vec::new();
+        for (n, port) in [(1u8, 8080u16), (2, 8081)] {
+            let id = 100 + u64::from(n);
+            all.push(Input::Cgroup {
+                id,
+                path: format!("/kubepods/burstable/pod{}/{}", pod(n), ctr(n)),
+            });
+            for i in inputs(port) {
+                let Input::Event(mut e) = i else { continue };
+                // Separate sockets per pod; the server side is the pod's.
+                e.skaddr += u64::from(n) << 20;
+                e.ts_ns += u64::from(n) * 10_000_000;
+                if e.sport == port {
+                    e.cgroup_id = id;
+                }
+                all.push(Input::Event(e));
+            }
+        }
+        let text = run_with(
+            &all,
+            PortLabels::new(None, 32),
+            Some(ContainerLabels::new(1)),
+        )
+        .encode();
+        let first = format!(
+            "tcpstate_connections_total{{role=\"server\",outcome=\"closed\",port=\"8080\",pod_uid=\"{}\",container_id=\"{}\"}} 1",
+            pod(1),
+            ctr(1)
+        );
+        for want in [
+            first.as_str(),
+            "tcpstate_connections_total{role=\"server\",outcome=\"closed\",port=\"8081\",pod_uid=\"other\",container_id=\"other\"} 1",
+            "tcpstate_connections_total{role=\"client\",outcome=\"time_wait\",port=\"8080\",pod_uid=\"\",container_id=\"\"} 1",
+            "tcpstate_metrics_series_dropped_total 1",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+        // Without the option the labels are absent.
+        let text = run(&all, PortLabels::new(None, 32)).encode();
+        assert!(!text.contains("pod_uid"), "{text}");
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub fn config(args: &OutputArgs, clock: ClockBase, max_records: Option<u64>) -> 
             TimeColumn::None
         },
         wide: args.wide,
+        containers: args.containers,
         min_handshake_ns: args.min_handshake_ms.map(ms_to_ns),
         min_close_wait_ns: args.min_close_wait_ms.map(ms_to_ns),
         interval_ns: args.interval.map(|s| (s * 1e9).round() as u64),

@@ -75,6 +75,8 @@ pub struct OutputConfig {
     pub time: TimeColumn,
     /// Wide address columns (IPv6).
     pub wide: bool,
+    /// The table's container columns (`--containers`).
+    pub containers: bool,
     /// Print only connections whose HS_MS (`Conn::hs_shown_ns`: an accepted socket's SYN-ACK
     /// round trip when known, the handshake otherwise) is at least this long (connections and
     /// timeline modes; the summary still counts every connection).
@@ -115,6 +117,7 @@ impl Default for OutputConfig {
             format: Format::Table,
             time: TimeColumn::None,
             wide: false,
+            containers: false,
             min_handshake_ns: None,
             min_close_wait_ns: None,
             interval_ns: None,
@@ -167,6 +170,7 @@ impl Pipeline {
             cfg.time,
             cfg.clock,
             cfg.wide,
+            cfg.containers,
             cfg.reset_reasons,
         );
         Pipeline::with_renderer(cfg, renderer)
@@ -210,24 +214,30 @@ impl Pipeline {
             return Ok(());
         }
         self.start(out)?;
-        match *input {
+        match input {
             Input::Event(ev) => {
                 self.anchor_ns.get_or_insert(ev.ts_ns);
-                self.reorder.push(ev);
+                self.reorder.push(*ev);
             }
-            Input::Facts(f) => self.reorder.push(f),
-            Input::Retransmit(r) => self.reorder.push(Item::Retransmit(r)),
+            Input::Facts(f) => self.reorder.push(*f),
+            Input::Retransmit(r) => self.reorder.push(Item::Retransmit(*r)),
             Input::Reset(r) => {
                 self.anchor_ns.get_or_insert(r.ts_ns);
-                self.reorder.push(Item::Reset(r));
+                self.reorder.push(Item::Reset(*r));
             }
             Input::Tick { now_ns } => {
-                self.anchor_ns.get_or_insert(now_ns);
-                self.reorder.advance(now_ns);
+                self.anchor_ns.get_or_insert(*now_ns);
+                self.reorder.advance(*now_ns);
             }
             Input::Counters(c) => {
-                self.counters = Some(c);
-                self.renderer.counters(&c, &self.engine);
+                self.counters = Some(*c);
+                self.renderer.counters(c, &self.engine);
+                return Ok(());
+            }
+            Input::Cgroup { id, path } => {
+                // Names are kept for the whole trace: they come before the events that need
+                // them, which may be rendered much later.
+                self.renderer.cgroup(*id, path);
                 return Ok(());
             }
         }
@@ -573,8 +583,12 @@ mod tests {
     pub(crate) fn synthetic_with_facts(n: u64) -> Vec<Input> {
         let mut out = Vec::with_capacity(n as usize * 14);
         for i in synthetic(n) {
+            let ev = match &i {
+                Input::Event(e) => Some(*e),
+                _ => None,
+            };
             out.push(i);
-            if let Input::Event(e) = i {
+            if let Some(e) = ev {
                 let wanted = e.newstate == CLOSE
                     || (e.newstate == ESTABLISHED && matches!(e.oldstate, SYN_SENT | SYN_RECV));
                 if wanted {

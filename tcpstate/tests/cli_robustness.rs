@@ -232,7 +232,7 @@ fn two_tracers_both_see_every_event() {
         let text = fs::read_to_string(p).expect("read output");
         let n = text
             .lines()
-            .filter(|l| l.contains("\"tcpstate.transition.v1\""))
+            .filter(|l| l.contains("\"tcpstate.transition.v2\""))
             .count();
         assert_eq!(n, 20 * 10 + 2, "{}: {n} transitions", p.display());
     }

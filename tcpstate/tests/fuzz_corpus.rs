@@ -229,8 +229,8 @@ fn record_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let full = recording(&loopback_connection());
     let empty = recording(&[]);
     let one = recording(&loopback_connection()[..1]);
-    // Damage inside the fourth record; the header is `empty.len()` bytes, events 120.
-    let fourth = empty.len() + 120 + 16 + 120 + 10;
+    // Damage inside the fourth record; the header is `empty.len()` bytes, event records 128.
+    let fourth = empty.len() + 128 + 16 + 128 + 10;
     let mut flipped = full.clone();
     flipped[fourth] ^= 0x10;
     let mut version = one.clone();
@@ -246,6 +246,18 @@ fn record_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let end = facts_at + 4 + 84;
     let crc = crc32fast::hash(&absent_but_set[facts_at..end]);
     absent_but_set[end..end + 4].copy_from_slice(&crc.to_le_bytes());
+    // A cgroup record (kind 7: id, path length, path, zero padding to 1034 bytes), then the
+    // same with a nonzero padding byte and a valid checksum.
+    let cgroup = recording(&[Input::Cgroup {
+        id: 4242,
+        path: "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0b6c3a4e_6f8d_4c1a_9e2b_7d5f1a2b3c4d.slice/crio-4f2d7a9c1b3e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8.scope".into(),
+    }]);
+    let mut cgroup_bad_padding = cgroup.clone();
+    let at = empty.len();
+    cgroup_bad_padding[at + 4 + 1000] = 1;
+    let end = at + 4 + 1034;
+    let crc = crc32fast::hash(&cgroup_bad_padding[at..end]);
+    cgroup_bad_padding[end..end + 4].copy_from_slice(&crc.to_le_bytes());
     vec![
         ("ok-header-only.tsr", empty.clone()),
         ("ok-one-event.tsr", one.clone()),
@@ -261,6 +273,8 @@ fn record_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("bad-not-a-recording.tsr", b"tcpstate\n".to_vec()),
         ("ok-why-records.tsr", why),
         ("bad-facts-absent-value-set.tsr", absent_but_set),
+        ("ok-cgroup-record.tsr", cgroup.clone()),
+        ("bad-cgroup-padding-set.tsr", cgroup_bad_padding),
     ]
 }
 

@@ -98,7 +98,7 @@ fn listener_that_existed_before_tracing_gets_its_connections() {
             ports: vec![port],
             ..Default::default()
         },
-        &procscan::scan(),
+        &procscan::scan(&procscan::CgroupScan::default()),
     );
     let (client_pid, _) = client(&format!("127.0.0.1:{port}"));
     srv.finish(LIMIT).expect("server").assert_success();
@@ -128,7 +128,7 @@ fn pid_filter_keeps_exactly_the_servers_sockets() {
             pids: vec![server_pid],
             ..Default::default()
         },
-        &procscan::scan(),
+        &procscan::scan(&procscan::CgroupScan::default()),
     );
     // Other traffic beside it, in this process.
     let other = TcpListener::bind("127.0.0.1:0").expect("listen");

@@ -149,7 +149,7 @@ fn filters_over_a_delayed_link_are_complete_and_exclusive() {
     ])
     .expect("server");
     let server_pid = srv.pid();
-    let scan = procscan::scan();
+    let scan = procscan::scan(&procscan::CgroupScan::default());
     let b: Cidr = format!("{}/32", link.addr_b_v4()).parse().expect("cidr");
     let a: Cidr = format!("{}/32", link.addr_a_v4()).parse().expect("cidr");
     let mut by_pid = attach_with(

@@ -9,7 +9,7 @@
 use std::{fs, io, path::Path};
 
 use btfparse::{Integer32Value, Offset, Readable, TypeInformation, TypeVariant};
-use tcpstate_common::SkbOffsets;
+use tcpstate_common::{NetnsOffsets, SkbOffsets};
 
 /// The kernel's BTF of itself.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -104,6 +104,8 @@ pub fn resolve(path: &Path) -> Result<SockOffsets, BtfError> {
 pub struct KernelBtf {
     pub sock: SockOffsets,
     pub skb: SkbOffsets,
+    /// Where a socket's network namespace inode is.
+    pub netns: NetnsOffsets,
     /// `enum sk_rst_reason` names by value ("" for a value without a name; empty when the kernel
     /// has no such enum).
     pub reset_reasons: Vec<String>,
@@ -125,6 +127,7 @@ pub fn load(path: &Path) -> Result<KernelBtf, BtfError> {
             offsets: FIELDS.iter().map(|f| offset_of(&types, f)).collect(),
         },
         skb: skb_offsets(&types),
+        netns: netns_offsets(&types),
         reset_reasons: reset_reasons(&types),
     })
 }
@@ -166,6 +169,31 @@ fn skb_offsets(types: &TypeInformation) -> SkbOffsets {
         gso_segs_ok: u8::from(gso_segs.is_some()),
         seg_flags_ok: u8::from(head.is_some() && transport_header.is_some()),
         _pad: [0; 5],
+    }
+}
+
+/// `sock.__sk_common.skc_net` (a `possible_net_t` holding one pointer) and `net.ns.inum`.
+fn netns_offsets(types: &TypeInformation) -> NetnsOffsets {
+    let field = |strukt: &'static str, path: &'static str, size: usize| {
+        offset_of(
+            types,
+            &Field {
+                name: path,
+                strukt,
+                path,
+                size,
+            },
+        )
+    };
+    let net = field("sock", "__sk_common.skc_net", 8);
+    let inum = field("net", "ns.inum", 4);
+    match (net, inum) {
+        (Some(skc_net), Some(ns_inum)) => NetnsOffsets {
+            skc_net,
+            ns_inum,
+            ok: 1,
+        },
+        _ => NetnsOffsets::default(),
     }
 }
 

@@ -16,8 +16,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tcpstate_common::{
-    names, Counter, JoinLayout, Layout, ListenKey, ListenOwner, Owner, Settings, SkbOffsets,
-    TupleKey, MODERN_LAYOUT,
+    names, Counter, JoinLayout, Layout, ListenKey, ListenOwner, NetnsOffsets, Owner, Settings,
+    SkbOffsets, TupleKey, MODERN_LAYOUT,
 };
 
 use super::{
@@ -147,7 +147,7 @@ fn what_is_lost(event: JoinEvent) -> &'static str {
 }
 
 /// Offsets from the kernel's BTF; without BTF every fact is unknown (said once).
-fn read_btf(notices: &mut Vec<String>) -> (SockOffsets, SkbOffsets, Vec<String>) {
+fn read_btf(notices: &mut Vec<String>) -> (SockOffsets, SkbOffsets, NetnsOffsets, Vec<String>) {
     // Parsing the kernel's BTF makes tens of MiB of small allocations, all freed again. Parsed on
     // a thread of its own they live in that thread's malloc arena, the results are copied out
     // here, and the arena is handed back whole: otherwise a tracer meant to run for months
@@ -172,6 +172,7 @@ fn read_btf(notices: &mut Vec<String>) -> (SockOffsets, SkbOffsets, Vec<String>)
             offsets: k.sock.offsets.to_vec(),
         },
         skb: k.skb,
+        netns: k.netns,
         reset_reasons: k
             .reset_reasons
             .iter()
@@ -181,7 +182,14 @@ fn read_btf(notices: &mut Vec<String>) -> (SockOffsets, SkbOffsets, Vec<String>)
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
     match loaded {
-        Ok(k) => (k.sock, k.skb, k.reset_reasons),
+        Ok(k) => {
+            if k.netns.ok == 0 {
+                notices.push(
+                    "this kernel's BTF has no sock.skc_net or net.ns.inum: netns is null".into(),
+                );
+            }
+            (k.sock, k.skb, k.netns, k.reset_reasons)
+        }
         Err(e) => {
             notices.push(format!(
                 "{e}; socket facts (errno, RTT, bytes, retransmits) are unknown"
@@ -191,6 +199,7 @@ fn read_btf(notices: &mut Vec<String>) -> (SockOffsets, SkbOffsets, Vec<String>)
                     offsets: vec![None; FIELDS.len()],
                 },
                 SkbOffsets::default(),
+                NetnsOffsets::default(),
                 Vec::new(),
             )
         }
@@ -229,7 +238,14 @@ impl Probe {
         let log_level: u8 = if opts.debug_log { 0xff } else { 0 };
 
         let mut notices = Vec::new();
-        let (sock_offsets, skb, reset_reasons) = read_btf(&mut notices);
+        let (sock_offsets, skb, netns_offsets, reset_reasons) = read_btf(&mut notices);
+        if opts.filter.filter.flags & tcpstate_common::filter_flags::NETNS != 0
+            && netns_offsets.ok == 0
+        {
+            return Err(ProbeError::Load(
+                "--netns needs the socket's namespace from BTF, which this kernel lacks".into(),
+            ));
+        }
         let facts_plan = FactsPlan::new(&sock_offsets);
         if !facts_plan.missing.is_empty() && sock_offsets.offsets.iter().any(Option::is_some) {
             notices.push(format!(
@@ -276,6 +292,7 @@ impl Probe {
                 true,
             )
             .override_global(names::SKB_OFFSETS, &skb, true)
+            .override_global(names::NETNS_OFFSETS, &netns_offsets, true)
             .override_global(names::LAYOUT, &layout, true)
             .override_global(names::FILTER, &opts.filter.filter, true)
             .override_global(names::SETTINGS, &settings, true)

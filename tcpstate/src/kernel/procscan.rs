@@ -11,7 +11,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use tcpstate_common::{ListenKey, Owner, TupleKey, AF_INET, AF_INET6, TASK_COMM_LEN};
+use tcpstate_common::{
+    owner_flags, Filter, ListenKey, Owner, TupleKey, AF_INET, AF_INET6, TASK_COMM_LEN,
+};
+
+use crate::cgroup;
 
 const ST_ESTABLISHED: u8 = 0x01;
 const ST_LISTEN: u8 = 0x0A;
@@ -88,7 +92,7 @@ fn comm_bytes(name: &str) -> [u8; TASK_COMM_LEN] {
 
 /// Socket inode -> the process holding it. A socket held by several processes (a listener
 /// shared by forked workers) gets pid 0: which of them will act on it cannot be known.
-pub fn socket_owners(proc_root: &Path) -> HashMap<u64, Owner> {
+pub fn socket_owners(proc_root: &Path, cgroups: &CgroupScan) -> HashMap<u64, Owner> {
     let mut owners: HashMap<u64, Owner> = HashMap::new();
     let Ok(dir) = fs::read_dir(proc_root) else {
         return owners;
@@ -106,6 +110,8 @@ pub fn socket_owners(proc_root: &Path) -> HashMap<u64, Owner> {
             continue;
         };
         let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        // Read only for processes that hold a socket.
+        let mut cgroup: Option<(u64, u32)> = None;
         for fd in fds.flatten() {
             let Ok(target) = fs::read_link(fd.path()) else {
                 continue;
@@ -118,10 +124,15 @@ pub fn socket_owners(proc_root: &Path) -> HashMap<u64, Owner> {
             else {
                 continue;
             };
+            let (cgroup_id, flags) = *cgroup.get_or_insert_with(|| cgroups.of(&entry.path()));
             let owner = Owner {
                 pid,
                 tid: pid,
                 comm: comm_bytes(&comm),
+                cgroup_id,
+                // The kernel reads the socket's own namespace when it first meets the socket.
+                netns: 0,
+                flags,
             };
             owners
                 .entry(inode)
@@ -135,6 +146,48 @@ pub fn socket_owners(proc_root: &Path) -> HashMap<u64, Owner> {
         }
     }
     owners
+}
+
+/// How the scan learns a process's cgroup v2 id (the inode of its group's directory), and
+/// whether it is in the `--cgroup` group (`owner_flags::IN_CGROUP`).
+#[derive(Debug, Default)]
+pub struct CgroupScan {
+    root: Option<PathBuf>,
+    /// `--cgroup`: the group's id and level.
+    target: Option<(u64, u32)>,
+}
+
+impl CgroupScan {
+    pub fn new(filter: &Filter) -> CgroupScan {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        CgroupScan {
+            root: cgroup::cgroup2_mount(&mountinfo),
+            target: (filter.flags & tcpstate_common::filter_flags::CGROUP != 0)
+                .then_some((filter.cgroup_id, filter.cgroup_level)),
+        }
+    }
+
+    /// The cgroup id and owner flags of the process at `/proc/PID`.
+    fn of(&self, proc_pid: &Path) -> (u64, u32) {
+        let Some(root) = &self.root else {
+            return (0, 0);
+        };
+        let text = fs::read_to_string(proc_pid.join("cgroup")).unwrap_or_default();
+        let Some(path) = cgroup::v2_path_of(&text) else {
+            return (0, 0);
+        };
+        let id = cgroup::id_of(root, path).unwrap_or(0);
+        let mut flags = 0;
+        if let Some((target, level)) = self.target {
+            let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+            if let Some(prefix) = parts.get(..level as usize) {
+                if cgroup::id_of(root, &prefix.join("/")) == Some(target) {
+                    flags |= owner_flags::IN_CGROUP;
+                }
+            }
+        }
+        (id, flags)
+    }
 }
 
 /// What the kernel program's attribution maps get at start-up.
@@ -206,7 +259,7 @@ fn namespace_representatives(proc_root: &Path) -> Vec<PathBuf> {
 }
 
 /// Reads the host's current TCP sockets, in every network namespace, and their owners.
-pub fn scan() -> Preexisting {
+pub fn scan(cgroups: &CgroupScan) -> Preexisting {
     let proc_root = Path::new("/proc");
     let mut sockets = Vec::new();
     for member in namespace_representatives(proc_root) {
@@ -216,7 +269,7 @@ pub fn scan() -> Preexisting {
             }
         }
     }
-    join(&sockets, &socket_owners(proc_root))
+    join(&sockets, &socket_owners(proc_root, cgroups))
 }
 
 /// For messages: a listening key as text.
@@ -271,6 +324,9 @@ mod tests {
             pid: 7,
             tid: 7,
             comm: comm_bytes("srv\n"),
+            cgroup_id: 0,
+            netns: 0,
+            flags: 0,
         };
         owners.insert(1145, o);
         owners.insert(2222, Owner { pid: 0, ..o });
@@ -293,7 +349,7 @@ mod tests {
     fn reads_this_process_sockets() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let p = scan();
+        let p = scan(&CgroupScan::default());
         let me = std::process::id();
         assert!(
             p.listeners

@@ -18,7 +18,7 @@ mod tests;
 use std::{fmt, io};
 
 use crate::le::{Get, Put};
-use tcpstate_common::{Counter, EVENT_SIZE};
+use tcpstate_common::{Counter, EVENT_SIZE, EVENT_V1_SIZE};
 
 use crate::{
     event::Event,
@@ -59,12 +59,13 @@ const RETRANSMIT_LEN: usize = 64;
 const RESET_LEN: usize = 72;
 /// Most reset reason names a header holds.
 const MAX_REASONS: usize = 256;
-/// The largest payload of any kind (an event or the counters).
-const MAX_PAYLOAD_LEN: usize = if COUNTERS_LEN > EVENT_SIZE {
-    COUNTERS_LEN
-} else {
-    EVENT_SIZE
-};
+/// A cgroup record: the id, the path's length, the path, zero padding. Fixed like every kind,
+/// so the length stays redundant with the kind (a flipped length bit is damage, not a
+/// different record).
+const CGROUP_LEN: usize = 8 + 2 + crate::cgroup::MAX_PATH_LEN;
+/// The largest payload of any kind (a cgroup record).
+const MAX_PAYLOAD_LEN: usize = CGROUP_LEN;
+const _: () = assert!(COUNTERS_LEN <= MAX_PAYLOAD_LEN && EVENT_SIZE <= MAX_PAYLOAD_LEN);
 const MAX_RECORD_LEN: usize = RECORD_HEAD_LEN + MAX_PAYLOAD_LEN + CRC_LEN;
 const _: () = assert!(
     FACTS_LEN <= MAX_PAYLOAD_LEN
@@ -82,6 +83,8 @@ mod kinds {
     pub const FACTS: u16 = 4;
     pub const RETRANSMIT: u16 = 5;
     pub const RESET: u16 = 6;
+    /// Version 2 on.
+    pub const CGROUP: u16 = 7;
 }
 
 /// What a recording says about where it came from.
@@ -247,6 +250,7 @@ impl std::error::Error for RecordError {
 /// The payload length of a record kind in a format version, `None` for kinds it does not know.
 fn payload_len(kind: u16, version: u16) -> Option<usize> {
     match kind {
+        kinds::EVENT if version == 1 => Some(EVENT_V1_SIZE),
         kinds::EVENT => Some(EVENT_SIZE),
         kinds::TICK => Some(TICK_LEN),
         kinds::COUNTERS if version == 1 => Some(COUNTERS_V1_LEN),
@@ -254,6 +258,7 @@ fn payload_len(kind: u16, version: u16) -> Option<usize> {
         kinds::FACTS if version >= 2 => Some(FACTS_LEN),
         kinds::RETRANSMIT if version >= 2 => Some(RETRANSMIT_LEN),
         kinds::RESET if version >= 2 => Some(RESET_LEN),
+        kinds::CGROUP if version >= 2 => Some(CGROUP_LEN),
         _ => None,
     }
 }
@@ -344,6 +349,15 @@ fn reset_from_bytes(b: &[u8]) -> ResetRecord {
     }
 }
 
+/// The event size of a format version.
+fn event_size(version: u16) -> usize {
+    if version == 1 {
+        EVENT_V1_SIZE
+    } else {
+        EVENT_SIZE
+    }
+}
+
 /// Converts an event between this host's layout and the file's little-endian one (the same
 /// swap both ways; nothing to do on little-endian hosts).
 fn event_le(ev: &Event) -> Event {
@@ -356,6 +370,8 @@ fn event_le(ev: &Event) -> Event {
     e.owner_tid = e.owner_tid.to_le();
     e.sport = e.sport.to_le();
     e.dport = e.dport.to_le();
+    e.netns = e.netns.to_le();
+    e.cgroup_id = e.cgroup_id.to_le();
     e
 }
 

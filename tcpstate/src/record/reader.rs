@@ -2,8 +2,6 @@
 
 use std::io::{self, BufReader, ErrorKind, Read};
 
-use tcpstate_common::EVENT_SIZE;
-
 use super::{
     counters_from_bytes, counters_from_v1_bytes, event_le, facts_from_bytes, facts_to_bytes, kinds,
     payload_len, reset_from_bytes, retransmit_from_bytes, Header, RecordError,
@@ -99,7 +97,7 @@ impl<R: Read> RecordReader<R> {
         let payload = &buf[RECORD_HEAD_LEN..end];
         let input = match kind {
             // The length was checked against the kind above, so decoding cannot fail.
-            kinds::EVENT => match event::decode(payload) {
+            kinds::EVENT => match event::decode_version(payload, self.version) {
                 Ok(ev) => Input::Event(event_le(&ev)),
                 Err(_) => return Err(RecordError::new(at, K::UnknownKind(kind))),
             },
@@ -119,6 +117,21 @@ impl<R: Read> RecordReader<R> {
             }
             kinds::RETRANSMIT => Input::Retransmit(retransmit_from_bytes(payload)),
             kinds::RESET => Input::Reset(reset_from_bytes(payload)),
+            kinds::CGROUP => {
+                let id = u64::from_le_bytes(array(&payload[..8]));
+                let n = usize::from(u16::from_le_bytes(array(&payload[8..10])));
+                let bad = || RecordError::new(at, K::BadPayload { kind });
+                let (path, padding) = payload[10..].split_at_checked(n).ok_or_else(bad)?;
+                // Id 0 is "unknown", never named; the padding is zero as written.
+                if id == 0 || padding.iter().any(|&b| b != 0) {
+                    return Err(bad());
+                }
+                let path = std::str::from_utf8(path).map_err(|_| bad())?;
+                Input::Cgroup {
+                    id,
+                    path: path.to_string(),
+                }
+            }
             _ if self.version == 1 => {
                 Input::Counters(counters_from_v1_bytes(&array::<COUNTERS_V1_LEN>(payload)))
             }
@@ -198,7 +211,7 @@ fn read_header(r: &mut impl Read) -> Result<(Header, u64, u16), RecordError> {
         ));
     }
     let event_size = u16::from_le_bytes([fixed[10], fixed[11]]);
-    if usize::from(event_size) != EVENT_SIZE {
+    if usize::from(event_size) != super::event_size(version) {
         return Err(RecordError::new(10, K::EventSize(event_size)));
     }
     let body_len = u32::from_le_bytes(array(&fixed[12..16]));

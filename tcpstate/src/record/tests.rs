@@ -34,7 +34,9 @@ fn inputs() -> Vec<Input> {
     v6.ctx_comm[..7].copy_from_slice(b"swapper");
     v6.flags = 1;
     v6.owner_source = 3;
-    v6._pad = [1, 2, 3, 4, 5, 6, 7];
+    v6._pad = [1, 2, 3];
+    v6.netns = 4026532000;
+    v6.cgroup_id = 0x1_0000_0042;
     vec![
         Input::Event(ev(
             1_000,
@@ -107,6 +109,10 @@ fn inputs() -> Vec<Input> {
             saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             daddr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         }),
+        Input::Cgroup {
+            id: 0x1_0000_0042,
+            path: "/kubepods.slice/kubepods-pod0b6c3a4e_6f8d_4c1a_9e2b_7d5f1a2b3c4d.slice".into(),
+        },
         Input::Tick { now_ns: u64::MAX },
     ]
 }
@@ -131,12 +137,13 @@ fn encode_header_len(h: &Header) -> usize {
 
 fn record_len(i: &Input) -> usize {
     8 + match i {
-        Input::Event(_) => 112,
+        Input::Event(_) => 120,
         Input::Tick { .. } => 8,
         Input::Counters(_) => 136,
         Input::Facts(_) => 84,
         Input::Retransmit(_) => 64,
         Input::Reset(_) => 72,
+        Input::Cgroup { .. } => 1034,
     }
 }
 
@@ -216,8 +223,9 @@ fn overlong_strings_are_clipped_at_a_character_boundary() {
 fn documented_bytes(version: u8, counters_payload: &[u8]) -> Vec<u8> {
     let mut want: Vec<u8> = vec![0x89, b'T', b'S', b'R', b'\r', b'\n', 0x1a, b'\n'];
     want.extend([version, 0]); // format version
-    want.extend([112, 0]); // event size
-                           // Version 2 adds the reset reason names.
+    let event_len: u8 = if version >= 2 { 120 } else { 112 };
+    want.extend([event_len, 0]); // event size
+                                 // Version 2 adds the reset reason names.
     let reasons_len = if version >= 2 { 2 + 2 + (2 + 9) } else { 0 };
     let body_len = 8 + 8 + (2 + 3) + (2 + 4) + (2 + 15) + (2 + 1) + reasons_len;
     want.extend([body_len as u8, 0, 0, 0]);
@@ -245,7 +253,7 @@ fn documented_bytes(version: u8, counters_payload: &[u8]) -> Vec<u8> {
     let crc = crc32fast::hash(&want[counters_at..]);
     want.extend(crc.to_le_bytes());
     let event_at = want.len();
-    want.extend([1, 0, 112, 0]);
+    want.extend([1, 0, event_len, 0]);
     let mut payload = Vec::new();
     payload.extend(0x0a0bu64.to_le_bytes()); // ts_ns
     payload.extend(0x0c0du64.to_le_bytes()); // skaddr
@@ -261,8 +269,11 @@ fn documented_bytes(version: u8, counters_payload: &[u8]) -> Vec<u8> {
     payload.extend([0; 16]); // ctx_comm
     payload.extend(b"curl");
     payload.extend([0; 12]);
-    payload.extend([0; 8]); // owner_source, padding
-    assert_eq!(payload.len(), 112);
+    payload.extend([0; 8]); // owner_source, padding (version 2: and netns)
+    if version >= 2 {
+        payload.extend([0; 8]); // cgroup_id
+    }
+    assert_eq!(payload.len(), usize::from(event_len));
     want.extend(payload);
     let crc = crc32fast::hash(&want[event_at..]);
     want.extend(crc.to_le_bytes());
@@ -557,9 +568,9 @@ fn other_versions_are_refused_clearly() {
     ));
 
     let mut wider = bytes;
-    wider[10] = 120;
+    wider[10] = 128;
     let err = read(&wider).unwrap_err();
-    assert!(matches!(err.kind, RecordErrorKind::EventSize(120)));
+    assert!(matches!(err.kind, RecordErrorKind::EventSize(128)));
     assert_eq!(err.offset, 10);
 }
 
@@ -657,7 +668,7 @@ fn a_full_disk_is_an_error_and_leaves_a_readable_prefix() {
     }
     assert_eq!(sink.data.len(), 300_001);
     let (_, got, err) = read(&sink.data).unwrap();
-    assert!(got.len() > 2000);
+    assert!(got.len() > 1000);
     assert_eq!(got, all[..got.len()]);
     let err = err.unwrap();
     assert!(err.is_truncation(), "{err}");
@@ -695,8 +706,8 @@ fn version_1_still_reads() {
     h.reset_reasons.clear();
     let old: Vec<Input> = inputs()
         .into_iter()
-        // Version 1's counters record is another layout (`version_1_recordings_are_read`).
-        .filter(|i| matches!(i, Input::Event(_) | Input::Tick { .. }))
+        // Version 1's counters and events are other layouts (`version_1_recordings_are_read`).
+        .filter(|i| matches!(i, Input::Tick { .. }))
         .collect();
     let (mut bytes, _) = record(&h, &old);
     // Rewrite the header as version 1: drop the reason count (2 zero bytes at the body's end).
@@ -705,6 +716,7 @@ fn version_1_still_reads() {
     assert_eq!(&bytes[body_end - 2..body_end], &[0, 0]);
     bytes.drain(body_end - 2..body_end);
     bytes[8] = 1;
+    bytes[10] = 112;
     bytes[12..16].copy_from_slice(&((body_len - 2) as u32).to_le_bytes());
     let crc = crc32fast::hash(&bytes[..body_end - 2]);
     bytes[body_end - 2..body_end + 2].copy_from_slice(&crc.to_le_bytes());

@@ -6,10 +6,10 @@ use tcpstate_common::EVENT_SIZE;
 
 use super::{
     counters_to_bytes, event_le, facts_to_bytes, kinds, reset_to_bytes, retransmit_to_bytes,
-    Header, CLOCK, CRC_LEN, FACTS_LEN, FIXED_HEADER_LEN, FORMAT_VERSION, MAGIC, MAX_REASONS,
-    MAX_RECORD_LEN, RECORD_HEAD_LEN, RESET_LEN, RETRANSMIT_LEN,
+    Header, CGROUP_LEN, CLOCK, CRC_LEN, FACTS_LEN, FIXED_HEADER_LEN, FORMAT_VERSION, MAGIC,
+    MAX_REASONS, MAX_RECORD_LEN, RECORD_HEAD_LEN, RESET_LEN, RETRANSMIT_LEN,
 };
-use crate::{event, input::Input};
+use crate::{cgroup::MAX_PATH_LEN, event, input::Input};
 
 /// Large enough that a busy trace (400k events/s, about 48 MB/s) makes a few hundred write(2)
 /// calls a second rather than hundreds of thousands.
@@ -80,6 +80,20 @@ fn encode_record(input: &Input, buf: &mut [u8; MAX_RECORD_LEN]) -> usize {
         Input::Reset(r) => {
             reset_to_bytes(r, &mut payload[..RESET_LEN]);
             (kinds::RESET, RESET_LEN)
+        }
+        Input::Cgroup { id, path } => {
+            // Paths longer than a record holds are never announced (`cgroup::Announcer`); one
+            // that got here anyway is cut at a character boundary.
+            let mut end = path.len().min(MAX_PATH_LEN);
+            while !path.is_char_boundary(end) {
+                end -= 1;
+            }
+            payload[..CGROUP_LEN].fill(0);
+            payload[..8].copy_from_slice(&id.to_le_bytes());
+            // At most MAX_PATH_LEN, which fits a u16.
+            payload[8..10].copy_from_slice(&(end as u16).to_le_bytes());
+            payload[10..10 + end].copy_from_slice(&path.as_bytes()[..end]);
+            (kinds::CGROUP, CGROUP_LEN)
         }
     };
     buf[0..2].copy_from_slice(&kind.to_le_bytes());

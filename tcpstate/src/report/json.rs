@@ -3,6 +3,7 @@
 //! times are integer nanoseconds (monotonic `*_ns`, wall clock `*_unix_ns`) with rounded
 //! millisecond companions (`*_ms`); unknown values are `null`.
 
+use crate::cgroup::Names;
 use std::{borrow::Cow, io, net::IpAddr};
 
 use serde::{ser::SerializeSeq, Serialize, Serializer};
@@ -19,7 +20,7 @@ use crate::timeline::{errno_name, Conn, Outcome, Phase, RetxKind, Role, Step};
 
 pub const CONNECTION_SCHEMA: &str = "tcpstate.connection.v2";
 pub const REFUSED_SCHEMA: &str = "tcpstate.refused.v1";
-pub const TRANSITION_SCHEMA: &str = "tcpstate.transition.v1";
+pub const TRANSITION_SCHEMA: &str = "tcpstate.transition.v2";
 pub const SUMMARY_SCHEMA: &str = "tcpstate.summary.v2";
 pub const STUCK_SCHEMA: &str = "tcpstate.stuck.v1";
 
@@ -103,6 +104,8 @@ struct ConnectionJson<'a> {
     owner_source: &'static str,
     ctx_pid: u32,
     ctx_comm: Cow<'a, str>,
+    #[serde(flatten)]
+    container: ContainerJson<'a>,
     start_ns: u64,
     end_ns: u64,
     start_unix_ns: i64,
@@ -142,6 +145,32 @@ struct ConnectionJson<'a> {
     outcome_basis: Option<&'static str>,
 }
 
+/// Where a connection lives: the owner's cgroup v2 group (and the pod and container its path
+/// names) and the socket's network namespace; each `null` when unknown.
+#[derive(Serialize)]
+struct ContainerJson<'a> {
+    cgroup: Option<&'a str>,
+    cgroup_id: Option<u64>,
+    netns: Option<u32>,
+    pod_uid: Option<&'a str>,
+    container_id: Option<&'a str>,
+}
+
+impl<'a> ContainerJson<'a> {
+    fn of(cgroup_id: u64, netns: u32, names: &'a Names) -> ContainerJson<'a> {
+        let info = names.get(cgroup_id);
+        ContainerJson {
+            cgroup: info.map(|i| i.path.as_str()),
+            // An id without a path is the v2 root on a cgroup v1 host (or a group gone before
+            // it was named): not an answer either.
+            cgroup_id: info.map(|_| cgroup_id),
+            netns: (netns != 0).then_some(netns),
+            pod_uid: info.and_then(|i| i.kube.pod_uid.as_deref()),
+            container_id: info.and_then(|i| i.kube.container_id.as_deref()),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct RetransmitsJson {
     syn: u16,
@@ -171,6 +200,7 @@ pub fn connection(
     peer: Option<&Conn>,
     clock: &super::time::ClockBase,
     reasons: &ResetReasons,
+    cgroups: &Names,
     out: &mut impl io::Write,
 ) -> io::Result<()> {
     let phase = |p| c.phase_ns(p);
@@ -198,6 +228,7 @@ pub fn connection(
         owner_source: owner_source_name(c.owner_source()),
         ctx_pid: c.ctx().0,
         ctx_comm: comm(c.ctx().1),
+        container: ContainerJson::of(c.cgroup_id(), c.netns(), cgroups),
         start_ns: c.first_ts(),
         end_ns: c.last_ts(),
         start_unix_ns: clock.unix_ns(c.first_ts()),
@@ -312,6 +343,8 @@ struct StuckJson<'a> {
     id: u32,
     role: &'static str,
     partial: bool,
+    #[serde(flatten)]
+    container: ContainerJson<'a>,
 }
 
 /// An open socket that crossed its stuck threshold at `at_ns` (`tcpstate.stuck.v1`).
@@ -319,6 +352,7 @@ pub fn stuck(
     c: &Conn,
     at_ns: u64,
     clock: &super::time::ClockBase,
+    cgroups: &Names,
     out: &mut impl io::Write,
 ) -> io::Result<()> {
     let owner = c.owner();
@@ -340,6 +374,7 @@ pub fn stuck(
         id: c.id(),
         role: c.role().name(),
         partial: c.partial(),
+        container: ContainerJson::of(c.cgroup_id(), c.netns(), cgroups),
     };
     write_line(&obj, out)
 }
@@ -364,13 +399,16 @@ struct TransitionJson<'a> {
     owner_source: &'static str,
     ctx_pid: u32,
     ctx_comm: Cow<'a, str>,
+    #[serde(flatten)]
+    container: ContainerJson<'a>,
 }
 
-/// One transition object (`tcpstate.transition.v1`) and its newline.
+/// One transition object (`tcpstate.transition.v2`) and its newline.
 pub fn transition(
     ev: &Event,
     step: &Step,
     clock: &super::time::ClockBase,
+    cgroups: &Names,
     out: &mut impl io::Write,
 ) -> io::Result<()> {
     let in_old = step.since_ns.map(|s| ev.ts_ns.saturating_sub(s));
@@ -394,6 +432,7 @@ pub fn transition(
         owner_source: owner_source_name(step.owner_source),
         ctx_pid: ev.ctx_pid,
         ctx_comm: comm(&ev.ctx_comm),
+        container: ContainerJson::of(step.cgroup_id, step.netns, cgroups),
     };
     write_line(&obj, out)
 }

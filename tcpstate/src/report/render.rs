@@ -10,6 +10,7 @@ use std::io;
 use super::summary::{self, Summary};
 use super::time::{ClockBase, TimeColumn, TimeFormatter};
 use super::{json, ladder, table, transitions};
+use crate::cgroup::Names;
 use crate::event::Event;
 use crate::facts::ResetRecord;
 use crate::input::KernelCounters;
@@ -40,6 +41,8 @@ pub(crate) trait Renderer {
     /// at hand for sinks that report open connections (the exporter). Printing modes show
     /// counters only in summaries.
     fn counters(&mut self, _counters: &KernelCounters, _engine: &Engine) {}
+    /// What a cgroup id means (an `Input::Cgroup`), for renderers that show cgroups.
+    fn cgroup(&mut self, _id: u64, _path: &str) {}
 }
 
 /// Which renderer.
@@ -58,17 +61,24 @@ pub(crate) fn new(
     time: TimeColumn,
     clock: ClockBase,
     wide: bool,
+    containers: bool,
     reasons: ResetReasons,
 ) -> Box<dyn Renderer> {
     let text = |wide| Text {
         time: TimeFormatter::new(time, clock),
         wide,
+        containers,
+        cgroups: Names::default(),
     };
     match kind {
         Kind::ConnectionTable => Box::new(ConnectionTable(text(wide))),
         Kind::TransitionTable => Box::new(TransitionTable(text(wide))),
         Kind::Ladder => Box::new(Ladder(text(wide))),
-        Kind::ConnectionJson | Kind::TransitionJson => Box::new(Json { clock, reasons }),
+        Kind::ConnectionJson | Kind::TransitionJson => Box::new(Json {
+            clock,
+            reasons,
+            cgroups: Names::default(),
+        }),
     }
 }
 
@@ -90,6 +100,9 @@ fn fmt_error(_: fmt::Error) -> io::Error {
 struct Text {
     time: TimeFormatter,
     wide: bool,
+    /// `--containers`: the container columns.
+    containers: bool,
+    cgroups: Names,
 }
 
 impl Text {
@@ -106,7 +119,12 @@ struct ConnectionTable(Text);
 
 impl Renderer for ConnectionTable {
     fn start(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
-        table::header(&self.0.time, self.0.wide, &mut Utf8(out)).map_err(fmt_error)
+        table::header(&self.0.time, self.0.wide, self.0.containers, &mut Utf8(out))
+            .map_err(fmt_error)
+    }
+
+    fn cgroup(&mut self, id: u64, path: &str) {
+        self.0.cgroups.insert(id, path);
     }
 
     fn transition(&mut self, _: &Event, _: &Step, _: &mut Vec<u8>) -> io::Result<()> {
@@ -115,13 +133,15 @@ impl Renderer for ConnectionTable {
 
     fn single(&mut self, c: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
         let t = &mut self.0;
-        table::line(c, false, &mut t.time, t.wide, &mut Utf8(out)).map_err(fmt_error)
+        let cg = t.containers.then_some(&t.cgroups);
+        table::line(c, false, &mut t.time, t.wide, cg, &mut Utf8(out)).map_err(fmt_error)
     }
 
     fn pair(&mut self, a: &Conn, b: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
         let t = &mut self.0;
-        table::line(a, false, &mut t.time, t.wide, &mut Utf8(out)).map_err(fmt_error)?;
-        table::line(b, true, &mut t.time, t.wide, &mut Utf8(out)).map_err(fmt_error)
+        let cg = t.containers.then_some(&t.cgroups);
+        table::line(a, false, &mut t.time, t.wide, cg, &mut Utf8(out)).map_err(fmt_error)?;
+        table::line(b, true, &mut t.time, t.wide, cg, &mut Utf8(out)).map_err(fmt_error)
     }
 
     fn summary(&mut self, s: &Summary<'_>, out: &mut Vec<u8>) -> io::Result<()> {
@@ -135,7 +155,8 @@ impl Renderer for ConnectionTable {
 
     fn stuck(&mut self, c: &Conn, at_ns: u64, out: &mut Vec<u8>) -> io::Result<()> {
         let t = &mut self.0;
-        table::stuck(c, at_ns, &mut t.time, t.wide, &mut Utf8(out)).map_err(fmt_error)
+        let cg = t.containers.then_some(&t.cgroups);
+        table::stuck(c, at_ns, &mut t.time, t.wide, cg, &mut Utf8(out)).map_err(fmt_error)
     }
 }
 
@@ -143,12 +164,18 @@ struct TransitionTable(Text);
 
 impl Renderer for TransitionTable {
     fn start(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
-        transitions::header(&self.0.time, self.0.wide, &mut Utf8(out)).map_err(fmt_error)
+        transitions::header(&self.0.time, self.0.wide, self.0.containers, &mut Utf8(out))
+            .map_err(fmt_error)
+    }
+
+    fn cgroup(&mut self, id: u64, path: &str) {
+        self.0.cgroups.insert(id, path);
     }
 
     fn transition(&mut self, ev: &Event, step: &Step, out: &mut Vec<u8>) -> io::Result<()> {
         let t = &mut self.0;
-        transitions::line(ev, step, &mut t.time, t.wide, &mut Utf8(out)).map_err(fmt_error)
+        let cg = t.containers.then_some(&t.cgroups);
+        transitions::line(ev, step, &mut t.time, t.wide, cg, &mut Utf8(out)).map_err(fmt_error)
     }
 
     fn single(&mut self, _: &Conn, _: &mut Vec<u8>) -> io::Result<()> {
@@ -169,7 +196,8 @@ impl Renderer for TransitionTable {
 
     fn stuck(&mut self, c: &Conn, at_ns: u64, out: &mut Vec<u8>) -> io::Result<()> {
         let t = &mut self.0;
-        transitions::stuck(c, at_ns, &mut t.time, t.wide, &mut Utf8(out)).map_err(fmt_error)
+        let cg = t.containers.then_some(&t.cgroups);
+        transitions::stuck(c, at_ns, &mut t.time, t.wide, cg, &mut Utf8(out)).map_err(fmt_error)
     }
 }
 
@@ -206,20 +234,25 @@ impl Renderer for Ladder {
 struct Json {
     clock: ClockBase,
     reasons: ResetReasons,
+    cgroups: Names,
 }
 
 impl Renderer for Json {
+    fn cgroup(&mut self, id: u64, path: &str) {
+        self.cgroups.insert(id, path);
+    }
+
     fn transition(&mut self, ev: &Event, step: &Step, out: &mut Vec<u8>) -> io::Result<()> {
-        json::transition(ev, step, &self.clock, out)
+        json::transition(ev, step, &self.clock, &self.cgroups, out)
     }
 
     fn single(&mut self, c: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
-        json::connection(c, None, &self.clock, &self.reasons, out)
+        json::connection(c, None, &self.clock, &self.reasons, &self.cgroups, out)
     }
 
     fn pair(&mut self, a: &Conn, b: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
-        json::connection(a, Some(b), &self.clock, &self.reasons, out)?;
-        json::connection(b, Some(a), &self.clock, &self.reasons, out)
+        json::connection(a, Some(b), &self.clock, &self.reasons, &self.cgroups, out)?;
+        json::connection(b, Some(a), &self.clock, &self.reasons, &self.cgroups, out)
     }
 
     fn summary(&mut self, s: &Summary<'_>, out: &mut Vec<u8>) -> io::Result<()> {
@@ -231,7 +264,7 @@ impl Renderer for Json {
     }
 
     fn stuck(&mut self, c: &Conn, at_ns: u64, out: &mut Vec<u8>) -> io::Result<()> {
-        json::stuck(c, at_ns, &self.clock, out)
+        json::stuck(c, at_ns, &self.clock, &self.cgroups, out)
     }
 }
 

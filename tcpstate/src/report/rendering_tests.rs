@@ -253,7 +253,9 @@ fn json_connection_line() {
         r#""laddr":"127.0.0.1","lport":40000,"raddr":"192.0.2.9","rport":5432,"role":"client","#,
         r#""outcome":"refused","closer":null,"time_wait":false,"syn_retransmitted":false,"partial":false,"incomplete":false,"#,
         r#""first_state":"CLOSE","last_state":"CLOSE","pid":42,"comm":"curl","owner_source":"syscall","#,
-        r#""ctx_pid":42,"ctx_comm":"curl","start_ns":100000000000,"end_ns":100000150000,"#,
+        r#""ctx_pid":42,"ctx_comm":"curl","#,
+        r#""cgroup":null,"cgroup_id":null,"netns":null,"pod_uid":null,"container_id":null,"#,
+        r#""start_ns":100000000000,"end_ns":100000150000,"#,
         r#""start_unix_ns":1700000100000000000,"end_unix_ns":1700000100000150000,"#,
         r#""life_ns":150000,"life_ms":0.15,"handshake_ns":null,"handshake_ms":null,"#,
         r#""established_ns":null,"established_ms":null,"fin_wait1_ns":null,"fin_wait1_ms":null,"#,
@@ -548,7 +550,7 @@ fn max_records_limits_what_is_printed_not_what_is_counted() {
     let limited = render(cfg, &inputs);
     let records = limited
         .lines()
-        .filter(|l| l.contains("tcpstate.transition.v1"))
+        .filter(|l| l.contains("tcpstate.transition.v2"))
         .count();
     assert_eq!(records, 3);
     let summary = limited
@@ -762,7 +764,7 @@ pub(crate) fn why_inputs(t0: u64) -> Vec<Input> {
         Input::Retransmit(r) => r.ts_ns,
         Input::Reset(r) => r.ts_ns,
         Input::Tick { now_ns } => *now_ns,
-        Input::Counters(_) => 0,
+        Input::Counters(_) | Input::Cgroup { .. } => 0,
     });
     v
 }
@@ -1302,4 +1304,88 @@ fn a_retransmit_storm_keeps_the_states_on_the_ladder() {
         "{ladder}"
     );
     assert!(ladder.contains("FIN_WAIT2 -> CLOSE"), "{ladder}");
+}
+
+/// The conversation with the server in a pod's container and both ends in a namespace.
+fn in_a_pod() -> Vec<Input> {
+    const POD: &str = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0b6c3a4e_6f8d_4c1a_9e2b_7d5f1a2b3c4d.slice/cri-containerd-4f2d7a9c1b3e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8.scope";
+    let mut v = vec![Input::Cgroup {
+        id: 77,
+        path: POD.into(),
+    }];
+    for mut e in conversation() {
+        e.netns = 4026532000;
+        if e.owner_pid == 7 {
+            e.cgroup_id = 77;
+        }
+        v.push(Input::Event(e));
+    }
+    v
+}
+
+#[test]
+fn container_columns_in_both_tables_and_fields_in_json() {
+    let mut cfg = config(Mode::Connections, Format::Table);
+    cfg.containers = true;
+    let out = render(cfg, &in_a_pod());
+    let mut lines = out.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.contains(
+            "CLOSE_MS NETNS      POD_UID                              CONTAINER    CGROUP "
+        ),
+        "{header}"
+    );
+    let server = out.lines().find(|l| l.contains(" server ")).unwrap();
+    assert!(
+        server.contains(
+            " 4026532000 0b6c3a4e-6f8d-4c1a-9e2b-7d5f1a2b3c4d 4f2d7a9c1b3e /kubepods.slice/"
+        ),
+        "{server}"
+    );
+    let client = out.lines().find(|l| l.contains(" client ")).unwrap();
+    assert!(
+        client.contains(" 4026532000 -                                    -            -"),
+        "{client}"
+    );
+    // Without --containers the table is as before.
+    let plain = render(config(Mode::Connections, Format::Table), &in_a_pod());
+    assert!(
+        !plain.contains("POD_UID") && !plain.contains("4026532000"),
+        "{plain}"
+    );
+
+    let mut cfg = config(Mode::Transitions, Format::Table);
+    cfg.containers = true;
+    let out = render(cfg, &in_a_pod());
+    assert!(
+        out.lines()
+            .next()
+            .unwrap()
+            .ends_with("CGROUP                                  "),
+        "{out}"
+    );
+    let listen = out.lines().find(|l| l.contains("-> LISTEN")).unwrap();
+    assert!(
+        listen.contains("0b6c3a4e-6f8d-4c1a-9e2b-7d5f1a2b3c4d 4f2d7a9c1b3e"),
+        "{listen}"
+    );
+
+    let out = render(config(Mode::Connections, Format::Json), &in_a_pod());
+    let server: serde_json::Value = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["role"] == "server")
+        .unwrap();
+    assert_eq!(server["pod_uid"], "0b6c3a4e-6f8d-4c1a-9e2b-7d5f1a2b3c4d");
+    assert_eq!(
+        server["container_id"],
+        "4f2d7a9c1b3e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8"
+    );
+    assert_eq!(server["cgroup_id"], 77);
+    assert_eq!(server["netns"], 4026532000u32);
+    assert!(server["cgroup"]
+        .as_str()
+        .unwrap()
+        .starts_with("/kubepods.slice/"));
 }

@@ -13,7 +13,7 @@ use tcpstate_common::state::*;
 
 const CONNECTION: &str = include_str!("../../../docs/schema/connection.v2.json");
 const REFUSED: &str = include_str!("../../../docs/schema/refused.v1.json");
-const TRANSITION: &str = include_str!("../../../docs/schema/transition.v1.json");
+const TRANSITION: &str = include_str!("../../../docs/schema/transition.v2.json");
 const SUMMARY: &str = include_str!("../../../docs/schema/summary.v2.json");
 const STUCK: &str = include_str!("../../../docs/schema/stuck.v1.json");
 
@@ -52,9 +52,22 @@ fn type_matches(t: &str, v: &Value) -> bool {
     }
 }
 
-/// The only pattern the schemas use: a lowercase hex number with `0x`.
+/// The patterns the schemas use: a lowercase hex number with `0x`, a pod UID, a container id.
 fn pattern_matches(pattern: &str, s: &str) -> Result<bool, String> {
+    let hex = |t: &str| {
+        t.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
     match pattern {
+        "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$" => {
+            let groups: Vec<&str> = s.split('-').collect();
+            Ok(groups.len() == 5
+                && groups
+                    .iter()
+                    .zip([8, 4, 4, 4, 12])
+                    .all(|(g, n)| g.len() == n && hex(g)))
+        }
+        "^[0-9a-f]{12,}$" => Ok(s.len() >= 12 && hex(s)),
         "^0x[0-9a-f]+$" => Ok(s.len() > 2
             && s.starts_with("0x")
             && s[2..]
@@ -161,7 +174,18 @@ fn all_fields_required(schema: &Value) -> bool {
 fn inputs() -> Vec<Input> {
     let mut evs = conversation();
     evs.extend(odd_ones());
-    let mut inputs: Vec<Input> = evs.iter().map(|&e| Input::Event(e)).collect();
+    // The server is in a pod's container; every socket in one namespace.
+    for e in &mut evs {
+        e.netns = 4026532000;
+        if e.owner_pid == 7 {
+            e.cgroup_id = 77;
+        }
+    }
+    let mut inputs = vec![Input::Cgroup {
+        id: 77,
+        path: "/kubepods/besteffort/pod0b6c3a4e-6f8d-4c1a-9e2b-7d5f1a2b3c4d/4f2d7a9c1b3e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8".into(),
+    }];
+    inputs.extend(evs.iter().map(|&e| Input::Event(e)));
     // Handshake aborted, an owner-less partial end, an overflowing ladder.
     let t = evs[evs.len() - 1].ts_ns;
     inputs.push(Input::Event(ev(t + 1, 0xd0, LISTEN, SYN_RECV, 80, 6000)));

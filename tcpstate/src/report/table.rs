@@ -22,6 +22,7 @@ use tcpstate_common::{reset_direction, AF_INET};
 
 use super::time::TimeFormatter;
 use super::{comm_or_dash, left, right, role_column, Small};
+use crate::cgroup::Names;
 use crate::event::state_name;
 use crate::facts::ResetRecord;
 use crate::timeline::{errno_name, stuck, Conn, RetxKind, Timeout};
@@ -35,11 +36,21 @@ pub(crate) fn addr_width(wide: bool) -> usize {
     }
 }
 
-pub fn header(time: &TimeFormatter, wide: bool, out: &mut impl Write) -> fmt::Result {
+pub fn header(
+    time: &TimeFormatter,
+    wide: bool,
+    containers: bool,
+    out: &mut impl Write,
+) -> fmt::Result {
     let a = addr_width(wide);
+    let extra = if containers {
+        container_header()
+    } else {
+        String::new()
+    };
     writeln!(
         out,
-        "{}{:<7} {:<16} {:<a$} {:<5} {:<a$} {:<5} {:<8} {:<10} {:>8} {:>8} {:>4} {:>10} {:<6} {:>8} NOTE",
+        "{}{:<7} {:<16} {:<a$} {:<5} {:<a$} {:<5} {:<8} {:<10} {:>8} {:>8} {:>4} {:>10} {:<6} {:>8}{extra} NOTE",
         time.header(),
         "PID",
         "COMM",
@@ -58,12 +69,57 @@ pub fn header(time: &TimeFormatter, wide: bool, out: &mut impl Write) -> fmt::Re
     )
 }
 
+/// Width the CGROUP column is padded to (longer paths push NOTE right).
+const CGROUP_WIDTH: usize = 40;
+
+/// The `--containers` column heads, each after a space.
+pub(crate) fn container_header() -> String {
+    format!(
+        " {:<10} {:<36} {:<12} {:<CGROUP_WIDTH$}",
+        "NETNS", "POD_UID", "CONTAINER", "CGROUP"
+    )
+}
+
+/// The `--containers` columns: NETNS, POD_UID, CONTAINER (12 digits, as `docker ps` shows
+/// it), CGROUP; `-` where unknown.
+pub(crate) fn container_columns(
+    cgroup_id: u64,
+    netns: u32,
+    cgroups: &Names,
+    out: &mut impl Write,
+) -> fmt::Result {
+    let info = cgroups.get(cgroup_id);
+    let mut field = Small::new();
+    if netns != 0 {
+        field.push_u64(u64::from(netns));
+    } else {
+        field.push_str("-");
+    }
+    out.write_char(' ')?;
+    left(out, field.as_str(), 11)?;
+    let kube = info.map(|i| &i.kube);
+    left(
+        out,
+        kube.and_then(|k| k.pod_uid.as_deref()).unwrap_or("-"),
+        37,
+    )?;
+    let id = kube.and_then(|k| k.container_id.as_deref()).unwrap_or("-");
+    left(out, id.get(..12).unwrap_or(id), 13)?;
+    left(
+        out,
+        info.map(|i| i.path.as_str()).unwrap_or("-"),
+        CGROUP_WIDTH,
+    )
+}
+
 /// One connection. `peer_above`: this is the other end of the connection on the line above.
+/// `containers`: the `--containers` columns, with the cgroup names known so far.
 pub fn line(
     c: &Conn,
     peer_above: bool,
     time: &mut TimeFormatter,
     wide: bool,
+    containers: Option<&Names>,
     out: &mut impl Write,
 ) -> fmt::Result {
     // Hand-padded columns, like `header`'s: `Formatter` padding is slow on this path.
@@ -73,6 +129,9 @@ pub fn line(
     left(out, role_column(c.role()), 9)?;
     left(out, c.outcome().name(), 10)?;
     numbers(c, Some(c.life_ns()), c.close_ns(), &mut field, out)?;
+    if let Some(names) = containers {
+        container_columns(c.cgroup_id(), c.netns(), names, out)?;
+    }
     let mut sep = " ";
     why_notes(c, &mut sep, out)?;
     if peer_above {
@@ -99,6 +158,7 @@ pub fn stuck(
     at_ns: u64,
     time: &mut TimeFormatter,
     wide: bool,
+    containers: Option<&Names>,
     out: &mut impl Write,
 ) -> fmt::Result {
     time.write(at_ns, out)?;
@@ -108,6 +168,9 @@ pub fn stuck(
     left(out, "stuck", 10)?;
     let life = at_ns.saturating_sub(c.first_ts());
     numbers(c, Some(life), None, &mut field, out)?;
+    if let Some(names) = containers {
+        container_columns(c.cgroup_id(), c.netns(), names, out)?;
+    }
     let (s, t) = stuck::tenths(at_ns.saturating_sub(c.state_ts()));
     write!(out, " stuck in {} {s}.{t} s", state_name(c.state()))?;
     if c.partial() {

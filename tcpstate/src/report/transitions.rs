@@ -13,6 +13,7 @@ use std::fmt::{self, Write};
 
 use super::time::TimeFormatter;
 use super::{comm_or_dash, left, right, Small};
+use crate::cgroup::Names;
 use crate::event::{local_addr, remote_addr, state_name, Event};
 use crate::timeline::{Conn, Step};
 
@@ -24,11 +25,21 @@ fn endpoint_width(wide: bool) -> usize {
     }
 }
 
-pub fn header(time: &TimeFormatter, wide: bool, out: &mut impl Write) -> fmt::Result {
+pub fn header(
+    time: &TimeFormatter,
+    wide: bool,
+    containers: bool,
+    out: &mut impl Write,
+) -> fmt::Result {
     let e = endpoint_width(wide);
+    let extra = if containers {
+        super::table::container_header()
+    } else {
+        String::new()
+    };
     writeln!(
         out,
-        "{}{:<7} {:<16} {:<e$} {:<e$} {:<11} -> {:<12} {:>10}",
+        "{}{:<7} {:<16} {:<e$} {:<e$} {:<11} -> {:<12} {:>10}{extra}",
         time.header(),
         "PID",
         "COMM",
@@ -45,6 +56,7 @@ pub fn line(
     step: &Step,
     time: &mut TimeFormatter,
     wide: bool,
+    containers: Option<&Names>,
     out: &mut impl Write,
 ) -> fmt::Result {
     // Hand-padded columns: this runs once per event, and `Formatter` padding is slow.
@@ -71,6 +83,9 @@ pub fn line(
     field.clear();
     field.push_ms(step.since_ns.map_or(0, |s| ev.ts_ns.saturating_sub(s)));
     right(out, field.as_str(), 10)?;
+    if let Some(names) = containers {
+        super::table::container_columns(step.cgroup_id, step.netns, names, out)?;
+    }
     out.write_char('\n')
 }
 
@@ -80,6 +95,7 @@ pub fn stuck(
     at_ns: u64,
     time: &mut TimeFormatter,
     wide: bool,
+    containers: Option<&Names>,
     out: &mut impl Write,
 ) -> fmt::Result {
     let e = endpoint_width(wide);
@@ -108,5 +124,8 @@ pub fn stuck(
     field.clear();
     field.push_ms(at_ns.saturating_sub(c.state_ts()));
     right(out, field.as_str(), 10)?;
+    if let Some(names) = containers {
+        super::table::container_columns(c.cgroup_id(), c.netns(), names, out)?;
+    }
     out.write_char('\n')
 }

@@ -320,6 +320,10 @@ pub struct Conn {
     id: u32,
     owner_pid: u32,
     ctx_pid: u32,
+    /// The owner's cgroup v2 id (0: unknown), taken with the owner.
+    cgroup_id: u64,
+    /// The socket's network namespace inode (0: unknown).
+    netns: u32,
     spans: [Span; Phase::COUNT],
     rung_offsets: [Span; LADDER],
     rung_states: [u8; LADDER],
@@ -369,6 +373,8 @@ impl Conn {
             id,
             owner_pid: 0,
             ctx_pid: ev.ctx_pid,
+            cgroup_id: 0,
+            netns: 0,
             spans: [Span::ZERO; Phase::COUNT],
             rung_offsets: [Span::ZERO; LADDER],
             rung_states: [0; LADDER],
@@ -711,6 +717,10 @@ impl Conn {
     }
 
     fn take_owner(&mut self, ev: &Event) {
+        // A socket's namespace never changes; any event that knows it says it.
+        if ev.netns != 0 {
+            self.netns = ev.netns;
+        }
         if ev.owner_pid == 0 {
             return;
         }
@@ -718,6 +728,9 @@ impl Conn {
             self.owner_pid = ev.owner_pid;
             self.owner_comm = ev.owner_comm;
             self.owner_source = ev.owner_source;
+            if ev.cgroup_id != 0 || self.cgroup_id == 0 {
+                self.cgroup_id = ev.cgroup_id;
+            }
         }
     }
 
@@ -827,6 +840,14 @@ impl Conn {
     }
     pub fn owner_source(&self) -> u8 {
         self.owner_source
+    }
+    /// The owner's cgroup v2 id, 0 when unknown.
+    pub fn cgroup_id(&self) -> u64 {
+        self.cgroup_id
+    }
+    /// The socket's network namespace inode, 0 when unknown.
+    pub fn netns(&self) -> u32 {
+        self.netns
     }
     /// The task that ran when the first event happened (pid 0: the kernel, e.g. softirq).
     pub fn ctx(&self) -> (u32, &[u8]) {

@@ -124,6 +124,9 @@ pub struct Step {
     pub owner_comm: [u8; TASK_COMM_LEN],
     /// How that owner was learnt (`owner_source` value).
     pub owner_source: u8,
+    /// The socket's owner's cgroup v2 id and its network namespace inode (0: unknown).
+    pub cgroup_id: u64,
+    pub netns: u32,
 }
 
 /// Turns events, in timestamp order, into finished [`Conn`]s.
@@ -301,6 +304,8 @@ impl Engine {
                 owner_pid: ev.owner_pid,
                 owner_comm: ev.owner_comm,
                 owner_source: ev.owner_source,
+                cgroup_id: ev.cgroup_id,
+                netns: ev.netns,
             };
         }
         let starts = starts_lifetime(ev);
@@ -587,5 +592,7 @@ fn step_of(conn: &Conn, since: Option<u64>) -> Step {
         owner_pid,
         owner_comm,
         owner_source: conn.owner_source(),
+        cgroup_id: conn.cgroup_id(),
+        netns: conn.netns(),
     }
 }

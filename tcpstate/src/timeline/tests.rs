@@ -600,8 +600,9 @@ fn memory_per_connection() {
         "size_of::<Conn>() = {}, bytes per tracked connection = {bytes}",
         std::mem::size_of::<Conn>()
     );
-    assert!(std::mem::size_of::<Conn>() <= 296);
-    assert!(bytes <= 352, "{bytes} bytes per connection");
+    // 16 of these bytes are the owner's cgroup id and the socket's namespace (issue 12).
+    assert!(std::mem::size_of::<Conn>() <= 312);
+    assert!(bytes <= 368, "{bytes} bytes per connection");
 }
 
 /// A full table: every socket gets at most one deadline, sockets that leave the state in time

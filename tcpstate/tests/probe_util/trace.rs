@@ -86,7 +86,18 @@ impl Trace {
 
     /// Like `stop`, but returns every JSON object printed, whatever its schema (connection
     /// objects of any version, refused attempts, the summary).
-    pub fn stop_objects(mut self) -> Vec<Value> {
+    pub fn stop_objects(self) -> Vec<Value> {
+        let text = self.stop_text();
+        // Table output has no objects to return; the comparison in stop_text is its test.
+        text.lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
+            .collect()
+    }
+
+    /// Stops the tracer and returns what it printed, after checking that replaying the
+    /// recording prints exactly the same bytes.
+    pub fn stop_text(mut self) -> String {
         // Let the last events reach user space before the stop.
         std::thread::sleep(Duration::from_millis(200));
         // SAFETY: kill(2) on our own child.
@@ -113,12 +124,7 @@ impl Trace {
             String::from_utf8_lossy(&live),
             "replay must print what the live trace printed"
         );
-        let text = String::from_utf8_lossy(&live).into_owned();
-        // Table output has no objects to return; the comparison above is its test.
-        text.lines()
-            .filter(|l| l.starts_with('{'))
-            .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
-            .collect()
+        String::from_utf8_lossy(&live).into_owned()
     }
 }
 

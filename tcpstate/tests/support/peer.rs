@@ -4,7 +4,7 @@
 use std::{
     ffi::OsStr,
     io::{self, BufRead, BufReader, Read},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc::{self, Receiver, RecvTimeoutError},
     thread::{self, JoinHandle},
@@ -83,9 +83,32 @@ impl PeerProcess {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut child = Command::new(peer_path())
+        let mut cmd = Command::new(peer_path());
+        cmd.arg(mode).args(args);
+        PeerProcess::spawn_command(cmd)
+    }
+
+    /// Starts `tcppeer <mode> <args...>` as a member of the cgroup v2 group at `cgroup_dir`
+    /// from its first instruction (a shell joins the group, then execs the peer), so every
+    /// system call of it is made from that group.
+    pub fn spawn_in_cgroup<I, S>(mode: &str, cgroup_dir: &Path, args: I) -> io::Result<PeerProcess>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+            .arg("sh")
+            .arg(cgroup_dir)
+            .arg(peer_path())
             .arg(mode)
-            .args(args)
+            .args(args);
+        PeerProcess::spawn_command(cmd)
+    }
+
+    fn spawn_command(mut cmd: Command) -> io::Result<PeerProcess> {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -130,7 +153,19 @@ impl PeerProcess {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut peer = PeerProcess::spawn("server", args)?;
+        PeerProcess::listening(PeerProcess::spawn("server", args)?)
+    }
+
+    /// A server started in a cgroup (`spawn_in_cgroup`), once it listens.
+    pub fn server_in_cgroup<I, S>(cgroup_dir: &Path, args: I) -> io::Result<(PeerProcess, u16)>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        PeerProcess::listening(PeerProcess::spawn_in_cgroup("server", cgroup_dir, args)?)
+    }
+
+    fn listening(mut peer: PeerProcess) -> io::Result<(PeerProcess, u16)> {
         let line = peer.wait_event("listening", Duration::from_secs(10))?;
         let port = line["port"]
             .as_u64()
