@@ -202,7 +202,7 @@ fn replay_shows_the_recording_and_keys_work() {
     let leak = line_with(&s, &["CLOSE_WAIT", "127.0.0.1:24711"]).unwrap_or_else(|| panic!("{s}"));
     let c = cells(leak);
     assert_eq!(c[0], "CLOSE_WAIT", "{leak}");
-    assert_eq!(c[2], "21175", "the leaking server's pid: {leak}");
+    assert_eq!(c[2], "30750", "the leaking server's pid: {leak}");
     assert_eq!(c[3], "tcppeer", "{leak}");
     // 2.2 s in CLOSE_WAIT at the end, past the 2 s given.
     assert_eq!(c.last(), Some(&"stuck"), "{leak}");
@@ -473,4 +473,140 @@ fn live_sigterm_restores_the_terminal() {
     assert!(!t.alternate_on(), "still on the alternate screen:\n{s}");
     // What the tracer said on stderr while the screen was taken is shown after it.
     assert!(s.contains("tcpstate: tracing TCP state changes"), "{s}");
+}
+
+/// Groups named like a Kubernetes pod's container in the cgroup v2 hierarchy (the host's, or
+/// one mounted outside /sys); removed on drop, processes moved out first.
+#[cfg(feature = "kernel")]
+struct PodGroups {
+    root: PathBuf,
+    created: Vec<PathBuf>,
+    mounted: bool,
+}
+
+#[cfg(feature = "kernel")]
+const CONTAINER: &str = "5e1f0c2d3b4a59687a6b5c4d3e2f10a95e1f0c2d3b4a59687a6b5c4d3e2f10a9";
+
+#[cfg(feature = "kernel")]
+impl PodGroups {
+    fn new() -> PodGroups {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let (root, mounted) = match tcpstate::cgroup::cgroup2_mount(&mountinfo) {
+            Some(r) => (r, false),
+            None => {
+                let dir =
+                    std::env::temp_dir().join(format!("tcpstate-top-cg2-{}", std::process::id()));
+                std::fs::create_dir_all(&dir).expect("mount point");
+                let ok = Command::new("mount")
+                    .args(["-t", "cgroup2", "none"])
+                    .arg(&dir)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "mount cgroup2 at {}", dir.display());
+                (dir, true)
+            }
+        };
+        let mut g = PodGroups {
+            root,
+            created: Vec::new(),
+            mounted,
+        };
+        let uid = "7a2b3c4d_5e6f_4a1b_8c9d_0e1f2a3b4c5d";
+        let mut path = g.root.clone();
+        for part in [
+            format!("tcpstate-top-test-{}", std::process::id()),
+            "kubepods.slice".into(),
+            "kubepods-besteffort.slice".into(),
+            format!("kubepods-besteffort-pod{uid}.slice"),
+            format!("cri-containerd-{CONTAINER}.scope"),
+        ] {
+            path.push(part);
+            std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+            g.created.push(path.clone());
+        }
+        g
+    }
+
+    fn container(&self) -> &Path {
+        self.created.last().expect("groups")
+    }
+}
+
+#[cfg(feature = "kernel")]
+impl Drop for PodGroups {
+    fn drop(&mut self) {
+        for dir in self.created.iter().rev() {
+            if let Ok(pids) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                for pid in pids.lines() {
+                    let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+        if self.mounted {
+            let _ = Command::new("umount").arg(&self.root).status();
+            let _ = std::fs::remove_dir(&self.root);
+        }
+    }
+}
+
+/// Live, as root: a leaking server and a client in a pod-like container's cgroup: the leak
+/// and the client's process row carry the container (its id's first 12 digits), and `/`
+/// filters by it.
+#[cfg(feature = "kernel")]
+#[test]
+fn live_shows_the_container() {
+    use support::{need_root, PeerProcess};
+    if !need_root("live_shows_the_container") || !tmux_or_skip("live_shows_the_container") {
+        return;
+    }
+    let groups = PodGroups::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let t = Tmux::start("container", &format!("{BIN} top --port {port}"));
+    t.wait_for("the view", |s| {
+        s.contains("tcpstate top ") && s.contains("live")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let addr = format!("127.0.0.1:{port}");
+    let (mut leaker, _) = PeerProcess::server_in_cgroup(
+        groups.container(),
+        [
+            "--listen",
+            &addr,
+            "--accept",
+            "1",
+            "--close-wait-ms",
+            "30000",
+        ],
+    )
+    .expect("leaking server");
+    PeerProcess::spawn_in_cgroup(
+        "client",
+        groups.container(),
+        ["--connect", &addr, "--count", "1"],
+    )
+    .expect("client")
+    .finish(LIMIT)
+    .expect("client")
+    .assert_success();
+    leaker.wait_event("accepted", LIMIT).expect("accepted");
+    let short = &CONTAINER[..12];
+    let s = t.wait_for("the container on the leak and the process", |s| {
+        line_with(s, &["CLOSE_WAIT", &addr, short]).is_some()
+            && line_with(s, &["│tcppeer ", short]).is_some_and(|l| cells(l).get(7) == Some(&"1"))
+    });
+    let leak = line_with(&s, &["CLOSE_WAIT", &addr]).unwrap_or_default();
+    assert_eq!(cells(leak)[4], short, "{leak}");
+    t.keys(&["/"]);
+    t.type_text(short);
+    t.keys(&["Enter"]);
+    let s = t.wait_for("the container filter", |s| {
+        s.contains(&format!("filter: {short}"))
+    });
+    assert!(line_with(&s, &["│tcppeer ", short]).is_some(), "{s}");
+    t.quit_and_check_restored();
+    drop(leaker);
 }

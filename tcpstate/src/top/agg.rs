@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use tcpstate_common::{reset_direction, state};
 
+use crate::cgroup::Names;
 use crate::event::state_name;
 use crate::facts::ResetRecord;
 use crate::input::{Counter, KernelCounters};
@@ -290,6 +291,8 @@ pub(crate) struct Aggregator {
     last_lost: Option<u64>,
     /// Sockets the engine reported stuck (socket address, state entered at), bounded.
     stuck: Vec<(u64, u64)>,
+    /// What the stream said each cgroup id is (bounded by `Names`).
+    cgroups: Names,
 }
 
 fn comm_str(b: &[u8]) -> String {
@@ -309,9 +312,21 @@ impl Aggregator {
         &self.snap
     }
 
-    /// The container a connection ran in, when the stream says (containers issue).
-    fn container_of(&self, _c: &Conn) -> Option<String> {
-        None
+    /// The container a connection's owner runs in, when its cgroup path says: the first 12
+    /// hex digits of the container id (as `trace --containers` shows it), else the pod.
+    fn container_of(&self, c: &Conn) -> Option<String> {
+        let kube = &self.cgroups.get(c.cgroup_id())?.kube;
+        if let Some(id) = &kube.container_id {
+            return Some(id.get(..12).unwrap_or(id).to_string());
+        }
+        kube.pod_uid
+            .as_ref()
+            .map(|p| format!("pod {}", p.get(..8).unwrap_or(p)))
+    }
+
+    /// An `Input::Cgroup`: what a cgroup id is.
+    pub(crate) fn cgroup(&mut self, id: u64, path: &str) {
+        self.cgroups.insert(id, path);
     }
 
     fn proc_key(&self, c: &Conn) -> ProcKey {

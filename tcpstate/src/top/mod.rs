@@ -80,6 +80,9 @@ impl Renderer for TopRenderer {
         self.agg().refused(r);
         Ok(())
     }
+    fn cgroup(&mut self, id: u64, path: &str) {
+        self.agg().cgroup(id, path);
+    }
     fn stuck(&mut self, c: &Conn, _at_ns: u64, _: &mut Vec<u8>) -> io::Result<()> {
         self.agg().stuck(c);
         Ok(())
@@ -385,7 +388,7 @@ fn input_ts(i: &Input) -> Option<u64> {
         Input::Retransmit(r) => Some(r.ts_ns),
         Input::Reset(r) => Some(r.ts_ns),
         Input::Tick { now_ns } => Some(*now_ns),
-        Input::Counters(_) => None,
+        Input::Counters(_) | Input::Cgroup { .. } => None,
     }
 }
 
