@@ -26,6 +26,9 @@ pub enum Command {
     Exporter(Box<ExporterArgs>),
     /// Rebuild the output of a recording made with `trace --record` (no root needed).
     Replay(ReplayArgs),
+    /// A live terminal view of the host's TCP, refreshed every second (needs root; with
+    /// --replay FILE, a recording shown the same way without root).
+    Top(Box<TopArgs>),
     /// Print a shell completion script: `tcpstate completions bash > /etc/bash_completion.d/tcpstate`.
     Completions(CompletionsArgs),
 }
@@ -254,6 +257,31 @@ impl ExporterArgs {
         let v = self.metrics_ports.concat();
         (!v.is_empty()).then_some(v)
     }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Show a recording made with `trace --record` instead of tracing (no root needed).
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<PathBuf>,
+    /// With --replay: this many times faster than the recording's own pace.
+    #[arg(long, value_name = "X", default_value_t = 1.0, requires = "replay", value_parser = positive_f64)]
+    pub speed: f64,
+    /// When a socket counts as stuck, as in `trace --stuck`: `--stuck MS`, `--stuck STATE=MS`
+    /// (or `STATE=off`), repeatable; the defaults are trace's.
+    #[arg(long, value_name = "[STATE=]MS|off", value_parser = crate::timeline::stuck::parse_spec)]
+    pub stuck: Vec<crate::timeline::stuck::Spec>,
+    /// Stop after SECS seconds (live).
+    #[arg(short = 'd', long, value_name = "SECS", value_parser = positive_f64, conflicts_with = "replay")]
+    pub duration: Option<f64>,
+    /// Most sockets followed at once; the oldest is dropped (and counted) beyond that.
+    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub max_tracked: u32,
+    /// Size of the kernel's ring buffer (power of two; suffixes K, M).
+    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_buffer_size)]
+    pub buffer_size: u32,
 }
 
 #[derive(Debug, Clone, Args)]

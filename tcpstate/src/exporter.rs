@@ -88,6 +88,7 @@ pub fn run(args: &ExporterArgs) -> Result<i32> {
     let limits = Limits {
         duration: args.duration,
         watch_stdout: false,
+        stop: None,
     };
     let result = rt.block_on(async {
         let server = tokio::spawn(serve(listener, metrics.clone()));

@@ -30,4 +30,5 @@ pub mod replay;
 pub(crate) mod report;
 pub(crate) mod stats;
 pub(crate) mod timeline;
+pub mod top;
 pub mod tpformat;

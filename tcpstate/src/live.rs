@@ -168,6 +168,7 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
         let limits = Limits {
             duration: args.duration,
             watch_stdout: true,
+            stop: None,
         };
         rt.block_on(event_loop(limits, filtered, &mut probe, &mut session))
     };
@@ -287,6 +288,8 @@ pub(crate) struct Limits {
     pub duration: Option<f64>,
     /// Stop when the reader of stdout goes away (`trace | head`); not for a daemon.
     pub watch_stdout: bool,
+    /// Set by someone else to stop the loop as a signal does (`top`'s `q`).
+    pub stop: Option<&'static std::sync::atomic::AtomicBool>,
 }
 
 /// The seam for `exporter`: trace loop and all, into `output` (whose renderer is its sink),
@@ -518,6 +521,9 @@ async fn event_loop<W: Write>(
             _ = drain_timer.tick() => {
                 if limits.watch_stdout && stdout_closed() {
                     break Stop::StdoutClosed;
+                }
+                if limits.stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
+                    break Stop::Signal;
                 }
                 if session.drain(ring.get_mut())? {
                     return Ok(Stop::Count);

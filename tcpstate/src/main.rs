@@ -9,6 +9,7 @@ fn main() -> ExitCode {
         Command::Trace(args) => trace(args),
         Command::Exporter(args) => exporter(args),
         Command::Replay(args) => tcpstate::replay::run(args),
+        Command::Top(args) => tcpstate::top::run(args),
         Command::Completions(args) => completions(args),
     };
     match result {

@@ -33,9 +33,10 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Debian packages the test suite uses beyond the build: shells whose completion scripts are
-/// loaded, and man to render the generated pages.
-const TEST_PACKAGES: &[&str] = &["zsh", "fish", "man-db"];
+/// Debian packages the test suite uses beyond the build: bpftrace (the bench storm's self-test),
+/// shells whose completion scripts are loaded, man to render the generated pages, tmux as the
+/// terminal `tcpstate top` is tested in.
+const TEST_PACKAGES: &[&str] = &["zsh", "fish", "man-db", "tmux", "bpftrace"];
 
 /// Debian packages installed without their recommendations: Prometheus, which scrapes the
 /// exporter in a test (its recommends pull in node exporters and a web console nobody uses).
