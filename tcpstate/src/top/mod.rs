@@ -388,6 +388,8 @@ fn input_ts(i: &Input) -> Option<u64> {
         Input::Retransmit(r) => Some(r.ts_ns),
         Input::Reset(r) => Some(r.ts_ns),
         Input::Tick { now_ns } => Some(*now_ns),
+        Input::Listener(r) => Some(r.ts_ns),
+        Input::Netstat(n) => Some(n.ts_ns),
         Input::Counters(_) | Input::Cgroup { .. } => None,
     }
 }
