@@ -424,7 +424,7 @@ impl Health {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const NETSTAT: &str = "TcpExt: SyncookiesSent SyncookiesRecv SyncookiesFailed EmbryonicRsts ListenOverflows ListenDrops\n\
@@ -441,7 +441,7 @@ IpExt: 0\n";
         assert_eq!(parse_netstat("garbage\nTcpExt: A\n"), [None; 5]);
     }
 
-    fn queue(port: u16, depth: u32, limit: u32) -> ListenerRecord {
+    pub(crate) fn queue(port: u16, depth: u32, limit: u32) -> ListenerRecord {
         ListenerRecord {
             ts_ns: 1,
             skaddr: 0x1000 + u64::from(port),

@@ -270,6 +270,9 @@ pub(crate) struct Snapshot {
     pub open_total: u64,
     pub lingering: Vec<Lingering>,
     pub losses: Losses,
+    /// Listening port -> (accept-queue depth at the latest accepted child, the queue's limit):
+    /// the fullest listener on that port; at most `MAX_KEYS` ports.
+    pub queues: HashMap<u16, (u32, u32)>,
 }
 
 /// States where a socket waits on something and can get stuck.
@@ -410,6 +413,25 @@ impl Aggregator {
 
     /// Reads the open sockets at `now_ns` (the event clock: live, CLOCK_MONOTONIC; in a
     /// replay, the recording's time); called once a second or so.
+    /// The listeners' accept queues, from the pipeline's listener health (once a second).
+    pub(crate) fn health(&mut self, h: &crate::listeners::Health) {
+        let queues = &mut self.snap.queues;
+        queues.clear();
+        for (k, s) in h.listeners() {
+            let (Some(depth), Some(limit)) = (s.last_depth, s.limit) else {
+                continue;
+            };
+            if !queues.contains_key(&k.port) && queues.len() >= MAX_KEYS {
+                continue;
+            }
+            let e = queues.entry(k.port).or_insert((depth, limit));
+            // Two listeners on one port (two addresses): the fuller one is what matters.
+            if u64::from(depth) * u64::from(e.1.max(1)) > u64::from(e.0) * u64::from(limit.max(1)) {
+                *e = (depth, limit);
+            }
+        }
+    }
+
     pub(crate) fn sample(&mut self, engine: &Engine, now_ns: u64) {
         let now = now_ns.max(engine.now_ns());
         let mut by_state = [0u64; 16];
@@ -631,5 +653,18 @@ mod tests {
         let s = a.snapshot();
         assert!(s.last.procs.is_empty());
         assert_eq!(s.total.procs.values().next().unwrap().connects, 2);
+    }
+
+    #[test]
+    fn accept_queues_by_port_take_the_fullest_listener() {
+        use crate::listeners::{tests::queue, Health};
+        let mut h = Health::default();
+        h.listener(&queue(8080, 1, 128));
+        h.listener(&queue(9090, 2, 2));
+        let mut a = Aggregator::default();
+        a.health(&h);
+        assert_eq!(a.snapshot().queues.get(&8080), Some(&(1, 128)));
+        assert_eq!(a.snapshot().queues.get(&9090), Some(&(2, 2)));
+        assert_eq!(a.snapshot().queues.len(), 2);
     }
 }

@@ -83,6 +83,9 @@ impl Renderer for TopRenderer {
     fn cgroup(&mut self, id: u64, path: &str) {
         self.agg().cgroup(id, path);
     }
+    fn health(&mut self, h: &crate::listeners::Health, _: &crate::pipeline::ResetReasons) {
+        self.agg().health(h);
+    }
     fn stuck(&mut self, c: &Conn, _at_ns: u64, _: &mut Vec<u8>) -> io::Result<()> {
         self.agg().stuck(c);
         Ok(())

@@ -266,6 +266,9 @@ fn draw_ports(f: &mut Frame, area: Rect, s: &Snapshot, v: &ViewState) {
         .keys()
         .chain(s.last.ports.keys())
         .copied()
+        // A listener whose children are never accepted has no finished connection to show,
+        // but its queue is the point.
+        .chain(s.queues.keys().map(|&p| Some(p)))
         .filter(|p| v.matches(&[&port_name(*p)]))
         .collect();
     keys.sort();
@@ -292,8 +295,8 @@ fn draw_ports(f: &mut Frame, area: Rect, s: &Snapshot, v: &ViewState) {
                 per_s(l.resets, secs),
                 ms(l.synack.quantile_ns(0.5)),
                 ms(l.synack.quantile_ns(0.99)),
-                // The kernel side does not read sk_ack_backlog yet.
-                "-".into(),
+                p.and_then(|p| s.queues.get(&p))
+                    .map_or_else(|| "-".into(), |(d, l)| format!("{d}/{l}")),
                 t.accepted.to_string(),
                 t.refused.to_string(),
                 t.resets.to_string(),
@@ -461,7 +464,9 @@ fn draw_help(f: &mut Frame, area: Rect) {
         Line::raw("q      quit (also Ctrl-C)"),
         Line::raw(""),
         Line::raw("Rates are over the last interval (about a second); totals since the start."),
-        Line::raw("ACCEPTQ: accept-queue depth, not read by this kernel program yet (-)."),
+        Line::raw(
+            "ACCEPTQ: accept-queue depth/limit at the latest accepted connection (- unknown).",
+        ),
     ];
     let w = 80.min(area.width);
     let h = 12.min(area.height);
