@@ -244,6 +244,11 @@ impl PortLabels {
         if !wanted {
             return Port(None);
         }
+        self.label(port, dropped)
+    }
+
+    /// A wanted port's own label value while the cap allows, else `other` (counted once).
+    fn label(&mut self, port: u16, dropped: &Counter) -> Port {
         if bit(&self.labelled, port) {
             return Port(Some(port));
         }
@@ -272,19 +277,7 @@ impl PortLabels {
                 return Port(None);
             }
         }
-        if bit(&self.labelled, port) {
-            return Port(Some(port));
-        }
-        if self.used < self.max {
-            self.used += 1;
-            set_bit(&mut self.labelled, port);
-            return Port(Some(port));
-        }
-        if !bit(&self.dropped, port) {
-            set_bit(&mut self.dropped, port);
-            dropped.inc();
-        }
-        Port(None)
+        self.label(port, dropped)
     }
 }
 
