@@ -85,44 +85,25 @@ fn field_name(decl: &str) -> Option<String> {
 /// Builds the layout of `sock:inet_sock_set_state`, checking every field the program reads.
 pub fn inet_sock_set_state_layout(text: &str) -> Result<Layout, FormatError> {
     let fields = parse_fields(text)?;
-    let mut end = 0usize;
-    let mut get =
-        |name: &'static str, expected: &'static [usize]| -> Result<(u16, usize), FormatError> {
-            let f = fields
-                .iter()
-                .find(|f| f.name == name)
-                .ok_or(FormatError::Missing(name))?;
-            if !expected.contains(&f.size) {
-                return Err(FormatError::BadSize {
-                    field: name,
-                    size: f.size,
-                    expected,
-                });
-            }
-            // A format file is input: an absurd offset must be an error, not an overflow.
-            let field_end = f
-                .offset
-                .checked_add(f.size)
-                .filter(|&e| e <= MAX_RECORD_LEN)
-                .ok_or(FormatError::TooLong {
-                    field: name,
-                    end: f.offset.saturating_add(f.size),
-                })?;
-            end = end.max(field_end);
-            // In range: field_end <= MAX_RECORD_LEN.
-            Ok((f.offset as u16, f.size))
-        };
-    let (skaddr, _) = get("skaddr", &[8])?;
-    let (oldstate, _) = get("oldstate", &[4])?;
-    let (newstate, _) = get("newstate", &[4])?;
-    let (sport, _) = get("sport", &[2])?;
-    let (dport, _) = get("dport", &[2])?;
-    let (family, _) = get("family", &[2])?;
-    let (protocol, protocol_size) = get("protocol", &[1, 2])?;
-    let (saddr, _) = get("saddr", &[4])?;
-    let (daddr, _) = get("daddr", &[4])?;
-    let (saddr_v6, _) = get("saddr_v6", &[16])?;
-    let (daddr_v6, _) = get("daddr_v6", &[16])?;
+    let mut l = Lookup {
+        fields: &fields,
+        end: 0,
+        zero_is_absent: false,
+    };
+    let skaddr = l.required("skaddr", &[8])?;
+    let oldstate = l.required("oldstate", &[4])?;
+    let newstate = l.required("newstate", &[4])?;
+    let sport = l.required("sport", &[2])?;
+    let dport = l.required("dport", &[2])?;
+    let family = l.required("family", &[2])?;
+    let protocol = l.required("protocol", &[1, 2])?;
+    // Checked by `required` just above: 1 or 2.
+    let protocol_size = l.size_of("protocol").unwrap_or(2);
+    let saddr = l.required("saddr", &[4])?;
+    let daddr = l.required("daddr", &[4])?;
+    let saddr_v6 = l.required("saddr_v6", &[16])?;
+    let daddr_v6 = l.required("daddr_v6", &[16])?;
+    let end = l.end;
     Ok(Layout {
         skaddr,
         oldstate,
@@ -174,6 +155,9 @@ impl JoinEvent {
 struct Lookup<'a> {
     fields: &'a [Field],
     end: usize,
+    /// The program reads offset 0 as "the event lacks this field" (joined events): a field
+    /// there (over `common_type`) is then an error rather than silently absent.
+    zero_is_absent: bool,
 }
 
 impl Lookup<'_> {
@@ -202,7 +186,7 @@ impl Lookup<'_> {
                 end: f.offset.saturating_add(f.size),
             })?;
         // Offset 0 is `common_type`: a field there would read as "absent" in the program.
-        if f.offset == 0 {
+        if self.zero_is_absent && f.offset == 0 {
             return Err(FormatError::Malformed {
                 line: 0,
                 text: format!("field `{name}` at offset 0"),
@@ -234,6 +218,7 @@ pub fn join_layout(text: &str, event: JoinEvent) -> Result<JoinLayout, FormatErr
     let mut l = Lookup {
         fields: &fields,
         end: 0,
+        zero_is_absent: true,
     };
     let mut out = JoinLayout {
         skaddr: l.required("skaddr", &[8])?,
@@ -277,6 +262,7 @@ pub fn drop_layout(text: &str) -> Result<DropLayout, FormatError> {
     let mut l = Lookup {
         fields: &fields,
         end: 0,
+        zero_is_absent: true,
     };
     let mut out = DropLayout {
         rx_sk: l.required("rx_sk", &[8])?,
