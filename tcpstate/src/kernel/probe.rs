@@ -150,17 +150,8 @@ fn what_is_lost(event: JoinEvent) -> &'static str {
     }
 }
 
-/// Offsets from the kernel's BTF; without BTF every fact is unknown (said once).
-/// Offsets, reset reason names and drop reason names.
-type Btf = (
-    SockOffsets,
-    SkbOffsets,
-    NetnsOffsets,
-    Vec<String>,
-    Vec<String>,
-);
-
-fn read_btf(notices: &mut Vec<String>) -> Btf {
+/// Offsets and names from the kernel's BTF; without BTF every fact is unknown (said once).
+fn read_btf(notices: &mut Vec<String>) -> btf::KernelBtf {
     // Parsing the kernel's BTF makes tens of MiB of small allocations, all freed again. Parsed on
     // a thread of its own they live in that thread's malloc arena, the results are copied out
     // here, and the arena is handed back whole: otherwise a tracer meant to run for months
@@ -206,21 +197,21 @@ fn read_btf(notices: &mut Vec<String>) -> Btf {
                     "this kernel's BTF has no sock.skc_net or net.ns.inum: netns is null".into(),
                 );
             }
-            (k.sock, k.skb, k.netns, k.reset_reasons, k.drop_reasons)
+            k
         }
         Err(e) => {
             notices.push(format!(
                 "{e}; socket facts (errno, RTT, bytes, retransmits) are unknown"
             ));
-            (
-                SockOffsets {
+            btf::KernelBtf {
+                sock: SockOffsets {
                     offsets: vec![None; FIELDS.len()],
                 },
-                SkbOffsets::default(),
-                NetnsOffsets::default(),
-                Vec::new(),
-                Vec::new(),
-            )
+                skb: SkbOffsets::default(),
+                netns: NetnsOffsets::default(),
+                reset_reasons: Vec::new(),
+                drop_reasons: Vec::new(),
+            }
         }
     }
 }
@@ -257,8 +248,13 @@ impl Probe {
         let log_level: u8 = if opts.debug_log { 0xff } else { 0 };
 
         let mut notices = Vec::new();
-        let (sock_offsets, skb, netns_offsets, reset_reasons, drop_reasons) =
-            read_btf(&mut notices);
+        let btf::KernelBtf {
+            sock: sock_offsets,
+            skb,
+            netns: netns_offsets,
+            reset_reasons,
+            drop_reasons,
+        } = read_btf(&mut notices);
         let listen_offsets = listen_offsets(&sock_offsets, &mut notices);
         let drop_layout = locate_kfree_skb(&tracefs).map_err(|n| notices.push(n)).ok();
         if opts.filter.filter.flags & tcpstate_common::filter_flags::NETNS != 0
