@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::cli::{ExporterArgs, MetricsLabels};
 use crate::input::Counter;
-use crate::kernel::{environment, probe::ProbeOptions};
+use crate::kernel::environment;
 use crate::live::{self, Limits};
 use crate::metrics::{BuildInfo, ContainerLabels, Metrics, MetricsRenderer, PortLabels};
 use crate::output::Output;
@@ -32,20 +32,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 pub fn run(args: &ExporterArgs) -> Result<i32> {
     let spec = args.filter.spec();
     let filtered = !spec.is_empty();
-    let opts = ProbeOptions {
-        buffer_bytes: args.buffer_size,
-        wakeup_bytes: u64::from(args.buffer_size / 4),
-        filter: spec.to_kernel().map_err(|e| anyhow::anyhow!("{e}"))?,
-        debug_log: args.debug,
-        allow_direct_read: true,
-    };
-    if args.debug {
-        env_logger::Builder::new()
-            .filter_level(log::LevelFilter::Warn)
-            .filter_module("tcpstate", log::LevelFilter::Debug)
-            .target(env_logger::Target::Stderr)
-            .init();
-    }
+    let opts = crate::live::probe_options(&spec, args.buffer_size, args.debug)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

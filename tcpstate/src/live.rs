@@ -84,18 +84,15 @@ fn show(v: Option<u64>) -> String {
     v.map_or_else(|| "unknown".to_string(), |v| v.to_string())
 }
 
-pub fn run(args: &TraceArgs) -> Result<i32> {
-    let spec = args.filter_spec();
-    let filtered = !spec.is_empty();
+/// The probe's options for a filter, a ring buffer size and `--debug` (which also sends the
+/// kernel program's diagnostics to stderr): the same for `trace`, `exporter` and `top`.
+pub(crate) fn probe_options(
+    spec: &crate::filter::FilterSpec,
+    buffer_bytes: u32,
+    debug: bool,
+) -> Result<ProbeOptions> {
     let filter = spec.to_kernel().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let opts = ProbeOptions {
-        buffer_bytes: args.buffer_size,
-        wakeup_bytes: u64::from(args.buffer_size / 4),
-        filter,
-        debug_log: args.debug,
-        allow_direct_read: true,
-    };
-    if args.debug {
+    if debug {
         // The kernel program's records carry its crate's target, `tcpstate`; aya's own loader
         // chatter stays at warnings.
         env_logger::Builder::new()
@@ -104,6 +101,19 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             .target(env_logger::Target::Stderr)
             .init();
     }
+    Ok(ProbeOptions {
+        buffer_bytes,
+        wakeup_bytes: u64::from(buffer_bytes / 4),
+        filter,
+        debug_log: debug,
+        allow_direct_read: true,
+    })
+}
+
+pub fn run(args: &TraceArgs) -> Result<i32> {
+    let spec = args.filter_spec();
+    let filtered = !spec.is_empty();
+    let opts = probe_options(&spec, args.buffer_size, args.debug)?;
     // Open the recording before attaching so a bad path fails before anything is loaded.
     let record_file = match &args.record {
         Some(path) => Some((

@@ -523,19 +523,13 @@ fn replay(args: &TopArgs, path: &std::path::Path) -> Result<i32> {
 
 #[cfg(feature = "kernel")]
 fn live(args: &TopArgs) -> Result<i32> {
-    use crate::kernel::probe::ProbeOptions;
     use crate::live::{self, Limits};
     use crate::output::Output;
     use crate::pipeline::{OutputConfig, Pipeline};
 
     let spec = args.filter.spec();
-    let opts = ProbeOptions {
-        buffer_bytes: args.buffer_size,
-        wakeup_bytes: u64::from(args.buffer_size / 4),
-        filter: spec.to_kernel().map_err(|e| anyhow::anyhow!("{e}"))?,
-        debug_log: false,
-        allow_direct_read: true,
-    };
+    // No --debug here: the kernel's diagnostics would scribble over the screen.
+    let opts = live::probe_options(&spec, args.buffer_size, false)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
