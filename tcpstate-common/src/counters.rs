@@ -33,8 +33,12 @@
 //!
 //! `owner_update_failed` is not part of it: a failed owner-table insert loses no event, only the
 //! owner of a socket (reported as unknown). `recursion_misses` are runs of tcpstate's programs
-//! (the state-change one and the joined ones) the kernel skipped, so they are not in `seen` (nor
-//! `joined_seen`); they are lost events.
+//! (the state-change one and the joined ones) the kernel skipped and no program made up for, so
+//! they are not in `seen` (nor `joined_seen`); they are lost events. On the BTF tracepoint, a
+//! state change the kernel skipped the main program for because it happened inside that
+//! program's run on the same CPU is handled by the rescue program instead: it is `rescued`
+//! (and then in `seen` like any other), and not in `recursion_misses`, which is the kernel's
+//! count of skipped runs minus `rescued`.
 
 /// Indexes of the kernel program's per-CPU `COUNTERS` array.
 pub mod index {
@@ -72,8 +76,18 @@ pub mod index {
     pub const JOINED_SUBMITTED: u32 = 13;
     /// Joined events lost because the ring buffer was full.
     pub const JOINED_RINGBUF_FULL: u32 = 14;
-    /// Slots of the array (room to grow without changing the map).
+    /// Runs of the rescue program that handled a state change the BTF-tracepoint program was
+    /// skipped for (the kernel counted them in its recursion misses).
+    pub const RESCUED: u32 = 15;
+    /// Slots of one bank of the array.
     pub const COUNT: u32 = 16;
+    /// The array holds one bank of `COUNT` slots per kind of program, each written only by its
+    /// own programs (user space sums them): the state-change program, the rescue program, and
+    /// the joined programs.
+    pub const BANKS: u32 = 3;
+    pub const BANK_MAIN: u32 = 0;
+    pub const BANK_RESCUE: u32 = COUNT;
+    pub const BANK_JOINED: u32 = 2 * COUNT;
 }
 
 /// One counter user space reports.
@@ -95,10 +109,11 @@ pub enum Counter {
     JoinedFiltered,
     JoinedSubmitted,
     JoinedRingbufFull,
+    Rescued,
 }
 
 /// How many counters [`Counter::ALL`] lists.
-pub const COUNTERS: usize = 16;
+pub const COUNTERS: usize = 17;
 
 impl Counter {
     /// Every counter, in the order every output lists them (and the recording stores them).
@@ -119,6 +134,7 @@ impl Counter {
         Counter::JoinedFiltered,
         Counter::JoinedSubmitted,
         Counter::JoinedRingbufFull,
+        Counter::Rescued,
     ];
 
     /// The counter's name in JSON and in the text summary.
@@ -140,6 +156,7 @@ impl Counter {
             Counter::JoinedFiltered => "joined_filtered",
             Counter::JoinedSubmitted => "joined_submitted",
             Counter::JoinedRingbufFull => "joined_ringbuf_full",
+            Counter::Rescued => "rescued",
         }
     }
 
@@ -163,6 +180,7 @@ impl Counter {
             Counter::JoinedFiltered => Some(index::JOINED_FILTERED),
             Counter::JoinedSubmitted => Some(index::JOINED_SUBMITTED),
             Counter::JoinedRingbufFull => Some(index::JOINED_RINGBUF_FULL),
+            Counter::Rescued => Some(index::RESCUED),
         }
     }
 

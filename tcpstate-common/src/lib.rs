@@ -523,6 +523,24 @@ pub struct NetnsOffsets {
     pub ok: u32,
 }
 
+/// Where the BTF tracepoint program finds, in the socket it is handed, the fields the classic
+/// tracepoint copies into its record (from BTF). `inet_saddr` is the offset of the 8-byte word
+/// of `struct inet_sock` that holds `inet_saddr` (first) and `inet_sport` (at byte
+/// `sport_in_word`); the others are in `struct sock`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockLayout {
+    pub family: u16,
+    pub protocol: u16,
+    pub dport: u16,
+    pub daddr: u16,
+    pub v6_daddr: u16,
+    pub v6_rcv_saddr: u16,
+    pub inet_saddr: u16,
+    pub sport_in_word: u8,
+    pub _pad: u8,
+}
+
 /// Settings of the kernel program other than the filter.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -592,6 +610,11 @@ pub use counters::{Counter, KernelCounters, COUNTERS};
 /// Map and program names, shared so neither side can drift.
 pub mod names {
     pub const PROGRAM: &str = "tcpstate";
+    /// The same on the BTF tracepoint, and the program that rescues its skipped runs.
+    pub const PROGRAM_BTF: &str = "tcpstate_btf";
+    pub const RESCUE: &str = "tcpstate_rescue";
+    /// `SockLayout`: where the BTF tracepoint program reads the socket.
+    pub const SOCK_LAYOUT: &str = "SOCK_LAYOUT";
     pub const EVENTS: &str = "EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const OWNERS: &str = "OWNERS";
@@ -682,4 +705,6 @@ mod pod {
     unsafe impl aya::Pod for ListenOffsets {}
     unsafe impl aya::Pod for DropLayout {}
     unsafe impl aya::Pod for NetnsOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockLayout {}
 }

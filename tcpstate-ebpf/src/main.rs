@@ -19,9 +19,9 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated,
     },
-    macros::{map, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
     EbpfContext,
 };
 use aya_log_ebpf::debug;
@@ -30,9 +30,10 @@ use tcpstate_common::{
     port_bits, reset_direction, retransmit_kind, retransmit_known, state, DropLayout, Event,
     FactGroup, FactGroups, FactsRecord, Filter, JoinLayout, Layout, ListenKey, ListenOffsets,
     ListenOwner, ListenerRecord, NetnsOffsets, Owner, ResetRecord, RetransmitRecord, Settings,
-    SkbOffsets, TupleKey, ADDRS_MAX, AF_INET, AF_INET6, FACTS_RAW_LEN, FACT_GROUP_TIERS,
-    IPPROTO_TCP, LISTENERS_MAX, MAX_FACT_GROUPS, MAX_RECORD_LEN, MODERN_DROP_LAYOUT, MODERN_LAYOUT,
-    OWNERS_MAX, PENDING_MAX, PIDS_MAX, PREEXISTING_MAX, TASK_COMM_LEN,
+    SkbOffsets, SockLayout, TupleKey, ADDRS_MAX, AF_INET, AF_INET6, FACTS_RAW_LEN,
+    FACT_GROUP_TIERS, IPPROTO_TCP, LISTENERS_MAX, MAX_FACT_GROUPS, MAX_RECORD_LEN,
+    MODERN_DROP_LAYOUT, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX, PIDS_MAX, PREEXISTING_MAX,
+    TASK_COMM_LEN,
 };
 
 #[no_mangle]
@@ -69,6 +70,21 @@ static NETNS_OFFSETS: NetnsOffsets = NetnsOffsets {
     skc_net: 0,
     ns_inum: 0,
     ok: 0,
+};
+
+/// Where the BTF tracepoint finds the record's fields in the socket (from BTF; unused, and all
+/// 0, when the classic tracepoint is attached).
+#[no_mangle]
+static SOCK_LAYOUT: SockLayout = SockLayout {
+    family: 0,
+    protocol: 0,
+    dport: 0,
+    daddr: 0,
+    v6_daddr: 0,
+    v6_rcv_saddr: 0,
+    inet_saddr: 0,
+    sport_in_word: 0,
+    _pad: 0,
 };
 
 #[no_mangle]
@@ -157,7 +173,15 @@ static DROP_LAYOUT: DropLayout = DropLayout {
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
 #[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+static COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(counter::COUNT * counter::BANKS, 0);
+
+/// Per CPU: 1 while the BTF-tracepoint program runs there. A state change that happens inside
+/// that run (a softirq on the same CPU) is skipped by the kernel's per-program recursion guard;
+/// the rescue program, attached to the same tracepoint after it, sees the flag and handles
+/// the event instead.
+#[map]
+static RUNNING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Socket address -> owning process, for the life of the socket. A plain (preallocated) hash:
 /// cheaper per update than an LRU map; entries are removed when their socket closes, and when
@@ -202,8 +226,99 @@ static ADDRS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(ADDRS_MAX, 0);
 
 #[tracepoint]
 pub fn tcpstate(ctx: TracePointContext) -> u32 {
-    handle(&ctx);
+    let found = if konst(&SETTINGS.direct_read) == 1 {
+        read_direct(&ctx)
+    } else {
+        read_copied(&ctx)
+    };
+    if let Some(s) = found {
+        handle(&ctx, s, MAIN);
+    }
     0
+}
+
+/// The same on the BTF-enabled tracepoint (`tp_btf`): the kernel calls it with the socket
+/// pointer and the two states, without building a trace record, and guards it per program.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn tcpstate_btf(ctx: BtfTracePointContext) -> u32 {
+    let flag = RUNNING.get_ptr_mut(0);
+    if let Some(f) = flag {
+        // SAFETY: this CPU's slot; nothing else writes it.
+        unsafe { *f = 1 };
+    }
+    if let Some(s) = read_sock(&ctx) {
+        handle(&ctx, s, MAIN);
+    }
+    if let Some(f) = flag {
+        // SAFETY: as above.
+        unsafe { *f = 0 };
+    }
+    0
+}
+
+/// Runs after `tcpstate_btf` for every state change and does nothing, unless `tcpstate_btf` is
+/// running on this CPU: then this state change happened inside it, the kernel skipped
+/// `tcpstate_btf` for it (counted in its recursion misses), and this program handles it.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn tcpstate_rescue(ctx: BtfTracePointContext) -> u32 {
+    // SAFETY: this CPU's slot, read once.
+    let running = RUNNING.get_ptr(0).is_some_and(|f| unsafe { *f } != 0);
+    if running {
+        count(RESCUE, counter::RESCUED);
+        if let Some(s) = read_sock(&ctx) {
+            handle(&ctx, s, RESCUE);
+        }
+    }
+    0
+}
+
+/// Loads a field of the socket the BTF tracepoint hands over, at an offset from BTF.
+#[inline(always)]
+fn sk_field<T: Copy>(sk: *const u8, off: u16) -> T {
+    // SAFETY: `sk` is the tracepoint's `struct sock *` (a BTF-typed pointer: the verifier checks
+    // the access against the struct and makes the load fault-safe); `off` is a load-time
+    // constant user space took from BTF for a field of exactly this size.
+    unsafe { core::ptr::read(sk.add(off as usize) as *const T) }
+}
+
+/// The fields the classic tracepoint's record holds, from the socket itself: the same ones the
+/// kernel copies into that record (`inet_sport`, `inet_saddr`, `skc_*`, `sk_protocol`).
+#[inline(always)]
+fn read_sock(ctx: &BtfTracePointContext) -> Option<Sock> {
+    let sk: *const u8 = ctx.arg(0);
+    let oldstate: i32 = ctx.arg(1);
+    let newstate: i32 = ctx.arg(2);
+    let l = &SOCK_LAYOUT;
+    if sk_field::<u16>(sk, konst(&l.protocol)) != IPPROTO_TCP {
+        return None;
+    }
+    let family = sk_field::<u16>(sk, konst(&l.family)) as u8;
+    // `inet_saddr`, `uc_ttl`, `inet_sport`: one word of `struct inet_sock`, past the end of
+    // `struct sock`, so read with the helper rather than a typed load.
+    let word = kread::<u64>(sk as u64, konst(&l.inet_saddr))?;
+    let sport = u16::from_be((word >> (8 * konst(&l.sport_in_word))) as u16);
+    let (saddr, daddr) = if family == AF_INET {
+        (
+            [word & 0xffff_ffff, 0],
+            [u64::from(sk_field::<u32>(sk, konst(&l.daddr))), 0],
+        )
+    } else {
+        let (s6, d6) = (konst(&l.v6_rcv_saddr), konst(&l.v6_daddr));
+        (
+            [sk_field(sk, s6), sk_field(sk, s6 + 8)],
+            [sk_field(sk, d6), sk_field(sk, d6 + 8)],
+        )
+    };
+    Some(Sock {
+        skaddr: sk as u64,
+        oldstate: oldstate as u8,
+        newstate: newstate as u8,
+        family,
+        sport,
+        dport: u16::from_be(sk_field::<u16>(sk, konst(&l.dport))),
+        saddr,
+        daddr,
+    })
 }
 
 /// Reads a load-time constant without letting the compiler fold the placeholder value in.
@@ -213,10 +328,21 @@ fn konst<T: Copy>(v: &T) -> T {
     unsafe { core::ptr::read_volatile(v) }
 }
 
-/// Adds one to a per-CPU counter; returns the new value (0 if the slot is missing).
+/// Which program's slots of `COUNTERS` a run counts in. Each program writes only its own bank,
+/// so a program that interrupts another on the same CPU (the rescue program inside the main
+/// one, a joined program inside a BTF-tracepoint run) never races it on a read-modify-write
+/// of the same slot; user space sums the banks.
+#[derive(Clone, Copy)]
+struct Bank(u32);
+
+const MAIN: Bank = Bank(counter::BANK_MAIN);
+const RESCUE: Bank = Bank(counter::BANK_RESCUE);
+const JOINED: Bank = Bank(counter::BANK_JOINED);
+
+/// Adds one to a per-CPU counter of a bank; returns the new value (0 if the slot is missing).
 #[inline(always)]
-fn count(index: u32) -> u64 {
-    match COUNTERS.get_ptr_mut(index) {
+fn count(bank: Bank, index: u32) -> u64 {
+    match COUNTERS.get_ptr_mut(bank.0 + index) {
         // SAFETY: a per-CPU slot; only this CPU writes it while the program runs.
         Some(p) => unsafe {
             *p = (*p).wrapping_add(1);
@@ -429,16 +555,8 @@ const OWNER_FILTERS: u32 =
 const PORT_FILTERS: u32 = filter_flags::LPORT | filter_flags::PORT;
 
 #[inline(always)]
-fn handle(ctx: &TracePointContext) {
-    let found = if konst(&SETTINGS.direct_read) == 1 {
-        read_direct(ctx)
-    } else {
-        read_copied(ctx)
-    };
-    let Some(s) = found else {
-        return;
-    };
-    count(counter::SEEN);
+fn handle<C: EbpfContext>(ctx: &C, s: Sock, b: Bank) {
+    count(b, counter::SEEN);
 
     let flags = konst(&FILTER.flags);
     let mut defer = false;
@@ -450,9 +568,9 @@ fn handle(ctx: &TracePointContext) {
                 // Listeners are tracked even when filtered out: the sockets they accept may
                 // match (their remote end is a client, the listener's is 0).
                 if s.newstate == state::LISTEN || s.oldstate == state::LISTEN {
-                    attribute(ctx, &s, bpf_get_current_pid_tgid());
+                    attribute(ctx, &s, bpf_get_current_pid_tgid(), b);
                 }
-                reject(&s, flags);
+                reject(&s, flags, b);
                 return;
             }
         }
@@ -465,25 +583,25 @@ fn handle(ctx: &TracePointContext) {
         // connects are dropped, and then cost no table insert and delete.
         let who = Attribution::current_task(pid_tgid, s.skaddr);
         if flags & OWNER_FILTERS != 0 && !owner_passes(&who.owner, flags) {
-            reject(&s, flags);
+            reject(&s, flags, b);
             return;
         }
-        hold(&s, unsafe { bpf_ktime_get_ns() }, pid_tgid, &who);
+        hold(&s, unsafe { bpf_ktime_get_ns() }, pid_tgid, &who, b);
         return;
     }
     // Before attribution, so that this event finds the owner the held one carried.
     if flags & PORT_FILTERS != 0 && holds_connect(&s) {
-        release_held(ctx, &s);
+        release_held(ctx, &s, b);
     }
-    let who = attribute(ctx, &s, pid_tgid);
+    let who = attribute(ctx, &s, pid_tgid, b);
 
     if flags & OWNER_FILTERS != 0 && !owner_passes(&who.owner, flags) {
-        reject(&s, flags);
+        reject(&s, flags, b);
         return;
     }
     let ts = unsafe { bpf_ktime_get_ns() };
-    emit(ctx, &s, ts, pid_tgid, &who);
-    listener_health(&s, ts);
+    emit(ctx, &s, ts, pid_tgid, &who, b);
+    listener_health(&s, ts, b);
 }
 
 /// Whether this socket may have a connect() event held: only the transition that follows it,
@@ -496,14 +614,14 @@ fn holds_connect(s: &Sock) -> bool {
 
 /// Counts a rejected event, and drops the socket's held connect() event with it.
 #[inline(always)]
-fn reject(s: &Sock, flags: u32) {
+fn reject(s: &Sock, flags: u32, b: Bank) {
     // The held event of a socket that turned out not to match is dropped with it, and counted
     // as filtered like it (and as dropped, which takes it out of the held ones).
     if flags & PORT_FILTERS != 0 && holds_connect(s) && PENDING.remove(&s.skaddr).is_ok() {
-        count(counter::HELD_DROPPED);
-        count(counter::FILTERED);
+        count(b, counter::HELD_DROPPED);
+        count(b, counter::FILTERED);
     }
-    count(counter::FILTERED);
+    count(b, counter::FILTERED);
 }
 
 struct Attribution {
@@ -585,9 +703,9 @@ fn wake_flag(submitted: u64) -> u64 {
 
 /// Writes the event straight into a ring buffer slot: no copy of it on the stack.
 #[inline(always)]
-fn emit(ctx: &TracePointContext, s: &Sock, ts: u64, pid_tgid: u64, who: &Attribution) {
+fn emit<C: EbpfContext>(ctx: &C, s: &Sock, ts: u64, pid_tgid: u64, who: &Attribution, b: Bank) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count(counter::RINGBUF_FULL);
+        count(b, counter::RINGBUF_FULL);
         debug!(ctx, "ring buffer full, event lost");
         return;
     };
@@ -625,10 +743,10 @@ fn emit(ctx: &TracePointContext, s: &Sock, ts: u64, pid_tgid: u64, who: &Attribu
         );
         (*e).cgroup_id = who.owner.cgroup_id;
     }
-    let wake = wake_flag(count(counter::SUBMITTED));
+    let wake = wake_flag(count(b, counter::SUBMITTED));
     entry.submit(wake);
     if needs_facts(s.oldstate, s.newstate) {
-        emit_facts(s, ts);
+        emit_facts(s, ts, b);
     }
 }
 
@@ -643,9 +761,9 @@ fn needs_facts(old: u8, new: u8) -> bool {
 
 /// Copies the socket's fact groups straight into a ring buffer slot, one bounded read each.
 #[inline(always)]
-fn emit_facts(s: &Sock, ts: u64) {
+fn emit_facts(s: &Sock, ts: u64, b: Bank) {
     let Some(mut entry) = EVENTS.reserve::<FactsRecord>(0) else {
-        count(counter::FACTS_RINGBUF_FULL);
+        count(b, counter::FACTS_RINGBUF_FULL);
         return;
     };
     // A handshake needs only its RTT and retransmit count: fewer copies there.
@@ -686,7 +804,7 @@ fn emit_facts(s: &Sock, ts: u64) {
         }
         (*r).valid_groups = valid;
     }
-    let wake = wake_flag(count(counter::FACTS_SUBMITTED));
+    let wake = wake_flag(count(b, counter::FACTS_SUBMITTED));
     entry.submit(wake);
 }
 
@@ -703,7 +821,7 @@ fn fact_group_fits(len: u32, dst: usize) -> bool {
 
 /// Keeps a connect() event whose local port is not chosen yet (port filters only).
 #[inline(always)]
-fn hold(s: &Sock, ts: u64, pid_tgid: u64, who: &Attribution) {
+fn hold(s: &Sock, ts: u64, pid_tgid: u64, who: &Attribution, b: Bank) {
     let ev = Event {
         ts_ns: ts,
         skaddr: s.skaddr,
@@ -731,22 +849,22 @@ fn hold(s: &Sock, ts: u64, pid_tgid: u64, who: &Attribution) {
     // cannot be (each leaves at the socket's exit from SYN_SENT), and if it were, this event
     // is counted lost rather than the other one silently.
     if PENDING.insert(&s.skaddr, &ev, BPF_NOEXIST as u64).is_ok() {
-        count(counter::DEFERRED);
+        count(b, counter::DEFERRED);
     } else {
-        count(counter::HOLD_FAILED);
+        count(b, counter::HOLD_FAILED);
     }
 }
 
 /// Delivers the socket's held connect() event, now that the socket passed the filters.
 #[inline(always)]
-fn release_held(ctx: &TracePointContext, s: &Sock) {
+fn release_held<C: EbpfContext>(ctx: &C, s: &Sock, b: Bank) {
     let skaddr = s.skaddr;
     // SAFETY: the value is copied into the ring buffer before the entry is removed.
     let Some(held) = (unsafe { PENDING.get(&skaddr) }) else {
         return;
     };
     // Counted in SUBMITTED or RINGBUF_FULL below as well; its SEEN was counted when held.
-    count(counter::RELEASED);
+    count(b, counter::RELEASED);
     if held.owner_pid != 0 {
         let owner = Owner {
             pid: held.owner_pid,
@@ -758,16 +876,16 @@ fn release_held(ctx: &TracePointContext, s: &Sock) {
             // with a cgroup filter its owner is in the cgroup.
             flags: owner_flags::IN_CGROUP,
         };
-        remember_owner(s, &owner);
+        remember_owner(s, &owner, b);
     }
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(*held);
-            let wake = wake_flag(count(counter::SUBMITTED));
+            let wake = wake_flag(count(b, counter::SUBMITTED));
             entry.submit(wake);
         }
         None => {
-            count(counter::RINGBUF_FULL);
+            count(b, counter::RINGBUF_FULL);
             debug!(ctx, "ring buffer full, held event lost");
         }
     }
@@ -800,11 +918,11 @@ fn listen_key(s: &Sock) -> ListenKey {
 }
 
 #[inline(always)]
-fn attribute(ctx: &TracePointContext, s: &Sock, pid_tgid: u64) -> Attribution {
+fn attribute<C: EbpfContext>(ctx: &C, s: &Sock, pid_tgid: u64, b: Bank) -> Attribution {
     let (old, new) = (s.oldstate, s.newstate);
     let who = if is_owner_syscall(old, new) {
         let who = Attribution::current_task(pid_tgid, s.skaddr);
-        remember_owner(s, &who.owner);
+        remember_owner(s, &who.owner, b);
         if new == state::LISTEN {
             note_listener(s, &who.owner);
         } else if old == state::LISTEN {
@@ -825,7 +943,7 @@ fn attribute(ctx: &TracePointContext, s: &Sock, pid_tgid: u64) -> Attribution {
                 // The child's own namespace: listeners of one port in two namespaces share a
                 // LISTENERS key.
                 owner.netns = sock_netns(s.skaddr);
-                remember_owner(s, &owner);
+                remember_owner(s, &owner, b);
                 Attribution::known(owner, owner_source::LISTENER)
             }
             _ => {
@@ -853,7 +971,7 @@ fn attribute(ctx: &TracePointContext, s: &Sock, pid_tgid: u64) -> Attribution {
                 let mut owner = copy_owner(owner);
                 // Once per socket older than tracing: its entry in OWNERS then carries it.
                 owner.netns = sock_netns(s.skaddr);
-                remember_owner(s, &owner);
+                remember_owner(s, &owner, b);
                 Attribution::known(owner, owner_source::PROC_SCAN)
             }
             None => {
@@ -876,7 +994,7 @@ fn attribute(ctx: &TracePointContext, s: &Sock, pid_tgid: u64) -> Attribution {
 }
 
 #[inline(always)]
-fn remember_owner(s: &Sock, owner: &Owner) {
+fn remember_owner(s: &Sock, owner: &Owner, b: Bank) {
     if s.newstate == state::CLOSE {
         return;
     }
@@ -886,7 +1004,7 @@ fn remember_owner(s: &Sock, owner: &Owner) {
         // socket's entry has one writer at a time.
         unsafe { *slot = *owner };
     } else if OWNERS.insert(&s.skaddr, owner, BPF_ANY as u64).is_err() {
-        count(counter::OWNER_UPDATE_FAILED);
+        count(b, counter::OWNER_UPDATE_FAILED);
     }
 }
 
@@ -1199,9 +1317,9 @@ fn handle_retransmit(ctx: &TracePointContext, l: &'static JoinLayout, kind: u8) 
     let Some(j) = read_joined(ctx, l) else {
         return;
     };
-    count(counter::JOINED_SEEN);
+    count(JOINED, counter::JOINED_SEEN);
     if !joined_passes(&j, false) {
-        count(counter::JOINED_FILTERED);
+        count(JOINED, counter::JOINED_FILTERED);
         return;
     }
     let mut known = 0u8;
@@ -1225,7 +1343,7 @@ fn handle_retransmit(ctx: &TracePointContext, l: &'static JoinLayout, kind: u8) 
         known |= retransmit_known::ERR;
     }
     let Some(mut entry) = EVENTS.reserve::<RetransmitRecord>(0) else {
-        count(counter::JOINED_RINGBUF_FULL);
+        count(JOINED, counter::JOINED_RINGBUF_FULL);
         return;
     };
     let r = entry.as_mut_ptr();
@@ -1245,7 +1363,7 @@ fn handle_retransmit(ctx: &TracePointContext, l: &'static JoinLayout, kind: u8) 
         (*r).saddr = bytes16(j.sock.saddr);
         (*r).daddr = bytes16(j.sock.daddr);
     }
-    let wake = wake_flag(count(counter::JOINED_SUBMITTED));
+    let wake = wake_flag(count(JOINED, counter::JOINED_SUBMITTED));
     entry.submit(wake);
 }
 
@@ -1270,9 +1388,9 @@ fn handle_reset(ctx: &TracePointContext, l: &'static JoinLayout, direction: u8) 
     let Some(j) = read_joined(ctx, l) else {
         return;
     };
-    count(counter::JOINED_SEEN);
+    count(JOINED, counter::JOINED_SEEN);
     if !joined_passes(&j, direction == reset_direction::SENT) {
-        count(counter::JOINED_FILTERED);
+        count(JOINED, counter::JOINED_FILTERED);
         return;
     }
     let seg = if direction == reset_direction::SENT {
@@ -1281,7 +1399,7 @@ fn handle_reset(ctx: &TracePointContext, l: &'static JoinLayout, direction: u8) 
         None
     };
     let Some(mut entry) = EVENTS.reserve::<ResetRecord>(0) else {
-        count(counter::JOINED_RINGBUF_FULL);
+        count(JOINED, counter::JOINED_RINGBUF_FULL);
         return;
     };
     let r = entry.as_mut_ptr();
@@ -1308,7 +1426,7 @@ fn handle_reset(ctx: &TracePointContext, l: &'static JoinLayout, direction: u8) 
         (*r).saddr = bytes16(j.sock.saddr);
         (*r).daddr = bytes16(j.sock.daddr);
     }
-    let wake = wake_flag(count(counter::JOINED_SUBMITTED));
+    let wake = wake_flag(count(JOINED, counter::JOINED_SUBMITTED));
     entry.submit(wake);
 }
 
@@ -1318,13 +1436,13 @@ fn handle_reset(ctx: &TracePointContext, l: &'static JoinLayout, direction: u8) 
 /// birth (LISTEN -> SYN_RECV), reads its listener's accept queue. Runs only for events that
 /// passed the filters, after they were emitted, and stays out of the attribution code.
 #[inline(always)]
-fn listener_health(s: &Sock, ts: u64) {
+fn listener_health(s: &Sock, ts: u64, b: Bank) {
     if s.newstate == state::LISTEN {
         let _ = LISTEN_SOCKS.insert(&s.skaddr, &listen_key(s), BPF_ANY as u64);
     } else if s.oldstate == state::LISTEN && s.newstate == state::CLOSE {
         let _ = LISTEN_SOCKS.remove(&s.skaddr);
     } else if s.oldstate == state::LISTEN && s.newstate == state::SYN_RECV {
-        emit_queue(s, ts);
+        emit_queue(s, ts, b);
     }
 }
 
@@ -1344,7 +1462,7 @@ fn listener_of(s: &Sock) -> Option<(u64, ListenKey)> {
 /// One accept-queue reading of the child's listener: two bounded reads of its socket. A
 /// listener found only by the start-up scan has no known address, and no reading.
 #[inline(always)]
-fn emit_queue(s: &Sock, ts: u64) {
+fn emit_queue(s: &Sock, ts: u64, b: Bank) {
     if konst(&LISTEN_OFFSETS.ok) != 1 {
         return;
     }
@@ -1354,7 +1472,7 @@ fn emit_queue(s: &Sock, ts: u64) {
     if listener == 0 {
         return;
     }
-    count(counter::JOINED_SEEN);
+    count(b, counter::JOINED_SEEN);
     let depth = kread::<u32>(listener, konst(&LISTEN_OFFSETS.ack_backlog));
     let limit = kread::<u32>(listener, konst(&LISTEN_OFFSETS.max_ack_backlog));
     let known = if depth.is_some() && limit.is_some() {
@@ -1363,7 +1481,7 @@ fn emit_queue(s: &Sock, ts: u64) {
         0
     };
     let Some(mut entry) = EVENTS.reserve::<ListenerRecord>(0) else {
-        count(counter::JOINED_RINGBUF_FULL);
+        count(b, counter::JOINED_RINGBUF_FULL);
         return;
     };
     let r = entry.as_mut_ptr();
@@ -1382,7 +1500,7 @@ fn emit_queue(s: &Sock, ts: u64) {
         (*r)._pad2 = 0;
         (*r).addr = key.addr;
     }
-    let wake = wake_flag(count(counter::JOINED_SUBMITTED));
+    let wake = wake_flag(count(b, counter::JOINED_SUBMITTED));
     entry.submit(wake);
 }
 
@@ -1440,9 +1558,9 @@ fn handle_drop(ctx: &TracePointContext) {
     let Some(key) = (unsafe { LISTEN_SOCKS.get(&sk) }).copied() else {
         return;
     };
-    count(counter::JOINED_SEEN);
+    count(JOINED, counter::JOINED_SEEN);
     let Some(mut entry) = EVENTS.reserve::<ListenerRecord>(0) else {
-        count(counter::JOINED_RINGBUF_FULL);
+        count(JOINED, counter::JOINED_RINGBUF_FULL);
         return;
     };
     let r = entry.as_mut_ptr();
@@ -1461,7 +1579,7 @@ fn handle_drop(ctx: &TracePointContext) {
         (*r)._pad2 = 0;
         (*r).addr = key.addr;
     }
-    let wake = wake_flag(count(counter::JOINED_SUBMITTED));
+    let wake = wake_flag(count(JOINED, counter::JOINED_SUBMITTED));
     entry.submit(wake);
 }
 

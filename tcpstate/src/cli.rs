@@ -190,6 +190,11 @@ pub struct TraceArgs {
     /// Size of the kernel's ring buffer (power of two; suffixes K, M).
     #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_buffer_size)]
     pub buffer_size: u32,
+    /// How the program attaches to sock:inet_sock_set_state: `btf` (the BTF-enabled
+    /// tracepoint, with a second program recovering the runs the kernel skips; Linux 6.1+),
+    /// `classic` (the tracepoint with its trace record), `auto`: btf where the kernel has it.
+    #[arg(long, value_name = "HOW", value_enum, default_value_t = Attachment::Auto)]
+    pub attach: Attachment,
     /// Write the kernel's final counters as JSON to PATH at exit (for benchmarks and scripts):
     /// every counter by name, null when it could not be read.
     #[arg(long, value_name = "PATH")]
@@ -233,6 +238,11 @@ pub struct ExporterArgs {
     /// Size of the kernel's ring buffer (power of two; suffixes K, M).
     #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_buffer_size)]
     pub buffer_size: u32,
+    /// How the program attaches to sock:inet_sock_set_state: `btf` (the BTF-enabled
+    /// tracepoint, with a second program recovering the runs the kernel skips; Linux 6.1+),
+    /// `classic` (the tracepoint with its trace record), `auto`: btf where the kernel has it.
+    #[arg(long, value_name = "HOW", value_enum, default_value_t = Attachment::Auto)]
+    pub attach: Attachment,
     /// Stop after SECS seconds (for tests and benchmarks; a service runs until SIGTERM).
     #[arg(short = 'd', long, value_name = "SECS", value_parser = positive_f64)]
     pub duration: Option<f64>,
@@ -282,6 +292,11 @@ pub struct TopArgs {
     /// Size of the kernel's ring buffer (power of two; suffixes K, M).
     #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_buffer_size)]
     pub buffer_size: u32,
+    /// How the program attaches to sock:inet_sock_set_state: `btf` (the BTF-enabled
+    /// tracepoint, with a second program recovering the runs the kernel skips; Linux 6.1+),
+    /// `classic` (the tracepoint with its trace record), `auto`: btf where the kernel has it.
+    #[arg(long, value_name = "HOW", value_enum, default_value_t = Attachment::Auto)]
+    pub attach: Attachment,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -335,6 +350,18 @@ fn non_negative_f64(s: &str) -> Result<f64, String> {
 }
 
 /// `8M`, `512K`, `4096`: a power of two from 4 KiB to 1 GiB (what the kernel accepts).
+/// How the state-change program is attached (`--attach`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Attachment {
+    /// The BTF tracepoint where the kernel has it (and its per-program recursion guard), the
+    /// classic one otherwise (said once on stderr).
+    Auto,
+    /// The BTF tracepoint, or an error.
+    Btf,
+    /// The classic tracepoint.
+    Classic,
+}
+
 pub fn parse_buffer_size(s: &str) -> Result<u32, String> {
     let t = s.trim();
     let (num, mult) = match t.char_indices().last() {

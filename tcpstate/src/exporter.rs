@@ -32,7 +32,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 pub fn run(args: &ExporterArgs) -> Result<i32> {
     let spec = args.filter.spec();
     let filtered = !spec.is_empty();
-    let opts = crate::live::probe_options(&spec, args.buffer_size, args.debug)?;
+    let opts = crate::live::probe_options(&spec, args.buffer_size, args.attach, args.debug)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -89,6 +89,7 @@ fn show(v: Option<u64>) -> String {
 pub(crate) fn probe_options(
     spec: &crate::filter::FilterSpec,
     buffer_bytes: u32,
+    attachment: crate::cli::Attachment,
     debug: bool,
 ) -> Result<ProbeOptions> {
     let filter = spec.to_kernel().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -107,13 +108,14 @@ pub(crate) fn probe_options(
         filter,
         debug_log: debug,
         allow_direct_read: true,
+        attachment,
     })
 }
 
 pub fn run(args: &TraceArgs) -> Result<i32> {
     let spec = args.filter_spec();
     let filtered = !spec.is_empty();
-    let opts = probe_options(&spec, args.buffer_size, args.debug)?;
+    let opts = probe_options(&spec, args.buffer_size, args.attach, args.debug)?;
     // Open the recording before attaching so a bad path fails before anything is loaded.
     let record_file = match &args.record {
         Some(path) => Some((
@@ -496,12 +498,13 @@ async fn event_loop<W: Write>(
     let mut sighup = signal(SignalKind::hangup()).map_err(LoopError::Io)?;
     // Said only now that a signal stops us cleanly: scripts wait for this line.
     eprintln!(
-        "tcpstate: tracing TCP state changes{}; Ctrl-C to stop",
+        "tcpstate: tracing TCP state changes{} on the {}; Ctrl-C to stop",
         if filtered {
             " (filtered in the kernel)"
         } else {
             ""
-        }
+        },
+        probe.attachment
     );
     let mut drain_timer = interval(DRAIN_EVERY);
     drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -9,7 +9,7 @@
 use std::{fs, io, path::Path};
 
 use btfparse::{Integer32Value, Offset, Readable, TypeInformation, TypeVariant};
-use tcpstate_common::{NetnsOffsets, SkbOffsets};
+use tcpstate_common::{NetnsOffsets, SkbOffsets, SockLayout};
 
 /// The kernel's BTF of itself.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -111,6 +111,12 @@ pub struct KernelBtf {
     pub reset_reasons: Vec<String>,
     /// `enum skb_drop_reason` names by value, the same way (`SKB_DROP_REASON_` stripped).
     pub drop_reasons: Vec<String>,
+    /// Where the BTF tracepoint program reads the socket; `None` when a field is missing or laid
+    /// out otherwise (then only the classic tracepoint can be used).
+    pub sock_layout: Option<SockLayout>,
+    /// Raw and BTF tracepoint programs have a recursion guard of their own (see
+    /// [`has_per_program_guard`]).
+    pub per_program_guard: bool,
 }
 
 /// Parses the BTF file at `path` once and resolves every offset and name tcpstate uses.
@@ -132,6 +138,54 @@ pub fn load(path: &Path) -> Result<KernelBtf, BtfError> {
         netns: netns_offsets(&types),
         reset_reasons: enum_names(&types, "sk_rst_reason", "SK_RST_REASON_"),
         drop_reasons: enum_names(&types, "skb_drop_reason", "SKB_DROP_REASON_"),
+        sock_layout: sock_layout(&types),
+        per_program_guard: has_per_program_guard(&types),
+    })
+}
+
+/// Whether this kernel runs raw and BTF tracepoint programs under a recursion guard of each
+/// program's own (skipping, and counting in the program's `recursion_misses`, a run that would
+/// nest in a run of the same program on the same CPU) rather than running them nested.
+///
+/// The guard came with Linux 6.1 (commit 05b24ff9b2cf, "bpf: Prevent bpf program recursion for
+/// raw tracepoint probes") and was backported to stable kernels (6.0.10 among them). That
+/// commit made `bpf_prog_inc_misses_counter` a global function, so the kernel's BTF lists it
+/// exactly when the guard is there: this checks the feature, not a version number.
+pub fn has_per_program_guard(types: &TypeInformation) -> bool {
+    types.id_of("bpf_prog_inc_misses_counter").is_some()
+}
+
+/// The socket fields the classic `inet_sock_set_state` record is filled from (see its
+/// `TP_fast_assign`): `sk_protocol`, `skc_family`, `skc_dport`, `skc_daddr`, the IPv6 pair, and
+/// `inet_saddr` / `inet_sport` of `struct inet_sock`, which must share one aligned 8-byte word.
+fn sock_layout(types: &TypeInformation) -> Option<SockLayout> {
+    let field = |strukt: &'static str, path: &'static str, size: usize| {
+        offset_of(
+            types,
+            &Field {
+                name: path,
+                strukt,
+                path,
+                size,
+            },
+        )
+    };
+    let inet_saddr = field("inet_sock", "inet_saddr", 4)?;
+    let inet_sport = field("inet_sock", "inet_sport", 2)?;
+    let sport_in_word = inet_sport.checked_sub(inet_saddr)?;
+    if inet_saddr % 8 != 0 || sport_in_word > 6 {
+        return None;
+    }
+    Some(SockLayout {
+        family: field("sock", "__sk_common.skc_family", 2)?,
+        protocol: field("sock", "sk_protocol", 2)?,
+        dport: field("sock", "__sk_common.skc_dport", 2)?,
+        daddr: field("sock", "__sk_common.skc_daddr", 4)?,
+        v6_daddr: field("sock", "__sk_common.skc_v6_daddr", 16)?,
+        v6_rcv_saddr: field("sock", "__sk_common.skc_v6_rcv_saddr", 16)?,
+        inet_saddr,
+        sport_in_word: u8::try_from(sport_in_word).ok()?,
+        _pad: 0,
     })
 }
 
@@ -286,6 +340,27 @@ mod tests {
         assert_eq!(k.reset_reasons[0], "not_specified");
         assert_eq!(k.reset_reasons[1], "no_socket");
         assert!(k.reset_reasons.iter().any(|n| n == "tcp_abort_on_close"));
+    }
+
+    /// This kernel (6.18) has BTF tracepoints with the per-program guard, and the socket
+    /// laid out as the BTF tracepoint program reads it.
+    #[test]
+    fn sock_layout_and_guard_on_this_kernel() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            return;
+        }
+        let k = load(path).expect("load");
+        assert!(k.per_program_guard);
+        let l = k.sock_layout.expect("sock layout");
+        // sock_common: daddr first, the IPv6 destination right before the IPv6 source.
+        assert_eq!(l.daddr, 0, "{l:?}");
+        assert_eq!(l.v6_rcv_saddr, l.v6_daddr + 16, "{l:?}");
+        assert_eq!(l.inet_saddr % 8, 0, "{l:?}");
+        assert!(
+            l.protocol > l.v6_rcv_saddr && l.inet_saddr > l.protocol,
+            "{l:?}"
+        );
     }
 
     #[test]

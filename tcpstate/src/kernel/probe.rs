@@ -10,14 +10,17 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub use crate::cli::Attachment;
 use aya::{
     maps::{HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{trace_point::TracePointLinkId, TracePoint},
-    Ebpf, EbpfLoader,
+    programs::{
+        tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId, BtfTracePoint, TracePoint,
+    },
+    Btf, Ebpf, EbpfLoader,
 };
 use tcpstate_common::{
-    names, Counter, DropLayout, JoinLayout, Layout, ListenKey, ListenOffsets, ListenOwner,
-    NetnsOffsets, Owner, Settings, SkbOffsets, TupleKey, MODERN_LAYOUT,
+    counter, names, Counter, DropLayout, JoinLayout, Layout, ListenKey, ListenOffsets, ListenOwner,
+    NetnsOffsets, Owner, Settings, SkbOffsets, SockLayout, TupleKey, MODERN_LAYOUT,
 };
 
 use super::{
@@ -49,6 +52,8 @@ pub struct ProbeOptions {
     /// Read the record with direct loads when the format file matches the modern layout;
     /// false forces the generic path (one copy, parsed offsets) for tests.
     pub allow_direct_read: bool,
+    /// Which form of the tracepoint to attach to.
+    pub attachment: Attachment,
 }
 
 impl Default for ProbeOptions {
@@ -59,6 +64,7 @@ impl Default for ProbeOptions {
             filter: KernelFilter::default(),
             debug_log: false,
             allow_direct_read: true,
+            attachment: Attachment::Auto,
         }
     }
 }
@@ -88,15 +94,27 @@ pub struct CounterError {
     pub reason: String,
 }
 
+/// The state-change program's attachment.
+enum MainLink {
+    Classic(TracePointLinkId),
+    /// The BTF tracepoint program, and the rescue program after it (if it attached).
+    Btf {
+        main: BtfTracePointLinkId,
+        rescue: Option<BtfTracePointLinkId>,
+    },
+}
+
 /// Loaded, configured and attached.
 pub struct Probe {
     ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
     prog_fd: RawFd,
+    /// The attachment in use, said in the start-up line ("BTF tracepoint, with rescue", ...).
+    pub attachment: &'static str,
     /// Whether tracefs had to be mounted (the caller says so on stderr).
     pub mounted_tracefs: Option<PathBuf>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    link: Option<TracePointLinkId>,
+    link: Option<MainLink>,
     /// The joined programs attached (program name, link).
     joined: Vec<(&'static str, TracePointLinkId)>,
     /// Their file descriptors, for their `recursion_misses` (owned by `ebpf`).
@@ -187,6 +205,8 @@ fn read_btf(notices: &mut Vec<String>) -> btf::KernelBtf {
             .iter()
             .map(|n| n.as_str().to_owned())
             .collect(),
+        sock_layout: k.sock_layout,
+        per_program_guard: k.per_program_guard,
     });
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
@@ -211,6 +231,8 @@ fn read_btf(notices: &mut Vec<String>) -> btf::KernelBtf {
                 netns: NetnsOffsets::default(),
                 reset_reasons: Vec::new(),
                 drop_reasons: Vec::new(),
+                sock_layout: None,
+                per_program_guard: false,
             }
         }
     }
@@ -254,7 +276,32 @@ impl Probe {
             netns: netns_offsets,
             reset_reasons,
             drop_reasons,
+            sock_layout,
+            per_program_guard,
         } = read_btf(&mut notices);
+        let btf_route = btf_route(opts.attachment, sock_layout, per_program_guard)?;
+        match &btf_route {
+            Err(notice) if !notice.is_empty() => notices.push(notice.clone()),
+            _ => {}
+        }
+        // aya's own parse of the kernel's BTF: the loader relocates with it and the BTF
+        // tracepoint programs are loaded against it; dropped once they are.
+        let aya_btf = match &btf_route {
+            Ok(_) => match Btf::from_sys_fs() {
+                Ok(b) => Some(b),
+                Err(e) if opts.attachment == Attachment::Btf => {
+                    return Err(ProbeError::Load(format!("reading the kernel's BTF: {e}")))
+                }
+                Err(e) => {
+                    notices.push(format!(
+                        "reading the kernel's BTF failed ({e}): attached to the classic \
+                         tracepoint"
+                    ));
+                    None
+                }
+            },
+            Err(_) => None,
+        };
         let listen_offsets = listen_offsets(&sock_offsets, &mut notices);
         let drop_layout = locate_kfree_skb(&tracefs).map_err(|n| notices.push(n)).ok();
         if opts.filter.filter.flags & tcpstate_common::filter_flags::NETNS != 0
@@ -298,6 +345,9 @@ impl Probe {
             }
         }
         let mut loader = EbpfLoader::new();
+        if let Some(b) = &aya_btf {
+            loader.btf(Some(b));
+        }
         for (event, l) in &joined_layouts {
             loader.override_global(event.names().1, l, true);
         }
@@ -314,6 +364,11 @@ impl Probe {
             .override_global(names::DROP_LAYOUT, &drop_layout.unwrap_or_default(), true)
             .override_global(names::NETNS_OFFSETS, &netns_offsets, true)
             .override_global(names::LAYOUT, &layout, true)
+            .override_global(
+                names::SOCK_LAYOUT,
+                &btf_route.clone().unwrap_or_default(),
+                true,
+            )
             .override_global(names::FILTER, &opts.filter.filter, true)
             .override_global(names::SETTINGS, &settings, true)
             .override_global("AYA_LOG_LEVEL", &log_level, false)
@@ -337,28 +392,40 @@ impl Probe {
             .try_into()
             .map_err(map_err(names::COUNTERS))?;
 
-        let program: &mut TracePoint = ebpf
-            .program_mut(names::PROGRAM)
-            .ok_or_else(|| ProbeError::Load("program `tcpstate` missing from the object".into()))?
-            .try_into()
-            .map_err(|e| ProbeError::Load(format!("{e}")))?;
-        program.load().map_err(|e| {
-            let text = format!("{e:#}");
-            let hint = if text.contains("Operation not permitted") {
-                " (needs root, or CAP_BPF and CAP_PERFMON)"
-            } else {
-                ""
-            };
-            ProbeError::Load(format!("{text}{hint}"))
-        })?;
-        let prog_fd = program
-            .fd()
-            .map_err(|e| ProbeError::Load(e.to_string()))?
-            .as_fd()
-            .as_raw_fd();
-        let link = program
-            .attach("sock", "inet_sock_set_state")
-            .map_err(|e| ProbeError::Attach(format!("{e:#}")))?;
+        let btf_main = match &aya_btf {
+            Some(b) => match attach_btf(&mut ebpf, b) {
+                Ok(attached) => Some(attached),
+                Err(e) if opts.attachment == Attachment::Btf => return Err(e),
+                Err(e) => {
+                    notices.push(format!("{e}; attached to the classic tracepoint instead"));
+                    None
+                }
+            },
+            None => None,
+        };
+        drop(aya_btf);
+        let (prog_fd, link, attachment) = match btf_main {
+            Some((fd, main, rescue)) => {
+                let how = match &rescue {
+                    Ok(_) => "BTF tracepoint, with rescue",
+                    Err(e) => {
+                        notices.push(format!(
+                            "the rescue program did not attach ({e}): state changes nested \
+                             in tcpstate's own run are lost (counted in recursion_misses)"
+                        ));
+                        "BTF tracepoint"
+                    }
+                };
+                let rescue = rescue.ok();
+                (fd, MainLink::Btf { main, rescue }, how)
+            }
+            None => {
+                let (fd, link) = attach_classic(&mut ebpf)?;
+                (fd, MainLink::Classic(link), "classic tracepoint")
+            }
+        };
+        // SAFETY: malloc_trim has no preconditions (aya's BTF parse is freed).
+        unsafe { libc::malloc_trim(0) };
 
         let mut joined = Vec::new();
         let mut joined_fds = Vec::new();
@@ -393,6 +460,7 @@ impl Probe {
             ebpf,
             counters,
             prog_fd,
+            attachment,
             mounted_tracefs: mounted.then_some(tracefs),
             logger,
             link: Some(link),
@@ -413,11 +481,17 @@ impl Probe {
 
     /// The sum over CPUs of one of the program's counters (`tcpstate_common::counter`).
     pub fn counter(&self, index: u32) -> Result<u64, ProbeError> {
-        let values = self
-            .counters
-            .get(&index, 0)
-            .map_err(map_err(names::COUNTERS))?;
-        Ok(values.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
+        self.sum_banks(index).map_err(map_err(names::COUNTERS))
+    }
+
+    /// One counter summed over CPUs and over the banks of the programs (see `counter::BANKS`).
+    fn sum_banks(&self, index: u32) -> Result<u64, aya::maps::MapError> {
+        let mut sum = 0u64;
+        for bank in 0..counter::BANKS {
+            let values = self.counters.get(&(bank * counter::COUNT + index), 0)?;
+            sum = values.iter().fold(sum, |a, v| a.wrapping_add(*v));
+        }
+        Ok(sum)
     }
 
     /// Stops the program from running while keeping its maps readable: after this, what the
@@ -429,16 +503,38 @@ impl Probe {
                 let _ = program.detach(link);
             }
         }
-        let Some(link) = self.link.take() else {
-            return;
-        };
-        if let Some(Ok(program)) = self
-            .ebpf
-            .program_mut(names::PROGRAM)
-            .map(<&mut TracePoint>::try_from)
-        {
-            // An error leaves it attached until the probe is dropped, a moment later.
-            let _ = program.detach(link);
+        // An error leaves a program attached until the probe is dropped, a moment later.
+        match self.link.take() {
+            None => {}
+            Some(MainLink::Classic(link)) => {
+                if let Some(Ok(program)) = self
+                    .ebpf
+                    .program_mut(names::PROGRAM)
+                    .map(<&mut TracePoint>::try_from)
+                {
+                    let _ = program.detach(link);
+                }
+            }
+            Some(MainLink::Btf { main, rescue }) => {
+                if let Some(Ok(program)) = self
+                    .ebpf
+                    .program_mut(names::PROGRAM_BTF)
+                    .map(<&mut BtfTracePoint>::try_from)
+                {
+                    let _ = program.detach(main);
+                }
+                // After the main program: a rescue run needs its flag, which only runs of the
+                // main program set.
+                if let Some(link) = rescue {
+                    if let Some(Ok(program)) = self
+                        .ebpf
+                        .program_mut(names::RESCUE)
+                        .map(<&mut BtfTracePoint>::try_from)
+                    {
+                        let _ = program.detach(link);
+                    }
+                }
+            }
         }
     }
 
@@ -465,20 +561,12 @@ impl Probe {
         for c in Counter::ALL {
             let value = match c.kernel_index() {
                 Some(idx) => self
-                    .counters
-                    .get(&idx, 0)
-                    .map(|values| values.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
+                    .sum_banks(idx)
                     .map_err(|e| format!("eBPF map {}: {e}", names::COUNTERS)),
-                // Every program's skipped runs: a skipped joined program is a lost retransmit
-                // or reset, as much a loss as a skipped state change.
-                None => std::iter::once(self.prog_fd)
-                    .chain(self.joined_fds.iter().copied())
-                    .try_fold(0u64, |sum, fd| {
-                        prog_recursion_misses(fd).map(|n| sum.wrapping_add(n))
-                    })
-                    .map_err(|e| {
-                        format!("reading the programs' info (BPF_OBJ_GET_INFO_BY_FD): {e}")
-                    }),
+                // Every program's skipped runs that no program made up for: a skipped joined
+                // program is a lost retransmit or reset, as much a loss as a skipped state
+                // change; a skipped run of the BTF program the rescue program handled is not.
+                None => self.unrescued_misses(),
             };
             match value {
                 Ok(v) => out.set(c, Some(v)),
@@ -486,6 +574,22 @@ impl Probe {
             }
         }
         (out, errors)
+    }
+
+    /// The kernel's skipped runs of every program, minus those the rescue program handled.
+    fn unrescued_misses(&self) -> Result<u64, String> {
+        let rescued = self
+            .sum_banks(counter::RESCUED)
+            .map_err(|e| format!("eBPF map {}: {e}", names::COUNTERS))?;
+        let info_err =
+            |e: std::io::Error| format!("reading the programs' info (BPF_OBJ_GET_INFO_BY_FD): {e}");
+        let main = prog_recursion_misses(self.prog_fd).map_err(info_err)?;
+        self.joined_fds
+            .iter()
+            .try_fold(main.saturating_sub(rescued), |sum, &fd| {
+                prog_recursion_misses(fd).map(|n| sum.wrapping_add(n))
+            })
+            .map_err(info_err)
     }
 
     /// All counters, or the first that cannot be read as an error.
@@ -521,6 +625,110 @@ impl Probe {
             .keys()
             .try_fold(0u64, |n, key| key.map(|_| n + 1))
             .map_err(map_err(names::PENDING))
+    }
+}
+
+/// Whether to try the BTF tracepoint: `Ok(layout)` to try it, `Err(notice)` for the classic one
+/// (the notice says why, for `auto`), an error when `--attach btf` cannot be honoured.
+fn btf_route(
+    attachment: Attachment,
+    layout: Option<SockLayout>,
+    guard: bool,
+) -> Result<Result<SockLayout, String>, ProbeError> {
+    let why_not = match (attachment, layout, guard) {
+        (Attachment::Classic, _, _) => return Ok(Err(String::new())),
+        (_, Some(l), true) => return Ok(Ok(l)),
+        (_, None, _) => {
+            "this kernel's BTF does not describe the socket fields the BTF \
+                         tracepoint program reads"
+        }
+        // Without the guard, a run nested in another would run, and the rescue program
+        // would handle the same state change a second time.
+        (_, Some(_), false) => {
+            "this kernel runs BTF tracepoint programs without a per-program recursion guard \
+             (Linux 6.1+)"
+        }
+    };
+    if attachment == Attachment::Btf {
+        return Err(ProbeError::Load(format!("--attach btf: {why_not}")));
+    }
+    Ok(Err(format!(
+        "{why_not}: attached to the classic tracepoint, where a state change that happens \
+         while another BPF program runs on its CPU is lost (counted in recursion_misses)"
+    )))
+}
+
+/// Loads the BTF tracepoint program and attaches it, then the rescue program after it.
+/// Returns the main program's descriptor and link, and the rescue program's link or why not.
+#[allow(clippy::type_complexity)]
+fn attach_btf(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+) -> Result<
+    (
+        RawFd,
+        BtfTracePointLinkId,
+        Result<BtfTracePointLinkId, String>,
+    ),
+    ProbeError,
+> {
+    let (fd, main) = attach_btf_program(ebpf, names::PROGRAM_BTF, btf).map_err(|e| {
+        ProbeError::Load(format!(
+            "the BTF tracepoint program did not load or attach: {e}"
+        ))
+    })?;
+    let rescue = attach_btf_program(ebpf, names::RESCUE, btf).map(|(_, link)| link);
+    Ok((fd, main, rescue))
+}
+
+fn attach_btf_program(
+    ebpf: &mut Ebpf,
+    name: &str,
+    btf: &Btf,
+) -> Result<(RawFd, BtfTracePointLinkId), String> {
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program `{name}` missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    program
+        .load("inet_sock_set_state", btf)
+        .map_err(|e| with_privilege_hint(format!("{e:#}")))?;
+    let fd = program
+        .fd()
+        .map_err(|e| format!("{e:#}"))?
+        .as_fd()
+        .as_raw_fd();
+    let link = program.attach().map_err(|e| format!("{e:#}"))?;
+    Ok((fd, link))
+}
+
+/// The classic tracepoint program, loaded and attached.
+fn attach_classic(ebpf: &mut Ebpf) -> Result<(RawFd, TracePointLinkId), ProbeError> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(names::PROGRAM)
+        .ok_or_else(|| ProbeError::Load("program `tcpstate` missing from the object".into()))?
+        .try_into()
+        .map_err(|e| ProbeError::Load(format!("{e}")))?;
+    program
+        .load()
+        .map_err(|e| ProbeError::Load(with_privilege_hint(format!("{e:#}"))))?;
+    let fd = program
+        .fd()
+        .map_err(|e| ProbeError::Load(e.to_string()))?
+        .as_fd()
+        .as_raw_fd();
+    let link = program
+        .attach("sock", "inet_sock_set_state")
+        .map_err(|e| ProbeError::Attach(format!("{e:#}")))?;
+    Ok((fd, link))
+}
+
+fn with_privilege_hint(text: String) -> String {
+    if text.contains("Operation not permitted") {
+        format!("{text} (needs root, or CAP_BPF and CAP_PERFMON)")
+    } else {
+        text
     }
 }
 

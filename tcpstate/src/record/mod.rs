@@ -35,7 +35,7 @@ pub use writer::RecordWriter;
 /// sequence expose transfers that mangle binary files.
 pub const MAGIC: [u8; 8] = *b"\x89TSR\r\n\x1a\n";
 /// The format this code writes.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// The oldest format it still reads (version 1 had six counters without a validity mask, and
 /// no facts, retransmits, resets nor reset reason names).
 pub const OLDEST_FORMAT_VERSION: u16 = 1;
@@ -54,7 +54,9 @@ const CRC_LEN: usize = 4;
 const RECORD_HEAD_LEN: usize = 4;
 /// Version 1: six counters, all known.
 const COUNTERS_V1_LEN: usize = 6 * 8;
-/// Version 2: the validity mask, then every counter of `Counter::ALL`.
+/// Version 2: the validity mask, then the first 16 counters of `Counter::ALL` (before
+/// `rescued`); version 3 on: every counter of `Counter::ALL`.
+const COUNTERS_V2_LEN: usize = 8 + 16 * 8;
 const COUNTERS_LEN: usize = 8 + Counter::ALL.len() * 8;
 const TICK_LEN: usize = 8;
 const FACTS_LEN: usize = PACKED_FACTS_LEN;
@@ -269,6 +271,7 @@ fn payload_len(kind: u16, version: u16) -> Option<usize> {
         kinds::EVENT => Some(EVENT_SIZE),
         kinds::TICK => Some(TICK_LEN),
         kinds::COUNTERS if version == 1 => Some(COUNTERS_V1_LEN),
+        kinds::COUNTERS if version == 2 => Some(COUNTERS_V2_LEN),
         kinds::COUNTERS => Some(COUNTERS_LEN),
         kinds::FACTS if version >= 2 => Some(FACTS_LEN),
         kinds::RETRANSMIT if version >= 2 => Some(RETRANSMIT_LEN),
@@ -480,13 +483,16 @@ fn counters_to_bytes(c: &KernelCounters) -> [u8; COUNTERS_LEN] {
     out
 }
 
-fn counters_from_bytes(b: &[u8; COUNTERS_LEN]) -> KernelCounters {
+/// Version 2 or later: the counters a version did not have (beyond `b`'s end) are unknown.
+fn counters_from_bytes(b: &[u8]) -> KernelCounters {
     let mut values = [0u64; tcpstate_common::COUNTERS];
-    for (i, v) in values.iter_mut().enumerate() {
+    let stored = (b.len().saturating_sub(8) / 8).min(values.len());
+    for (i, v) in values.iter_mut().enumerate().take(stored) {
         *v = u64_at(&b[8..], i);
     }
-    // Bits beyond the known counters are ignored; the mask is never wider than 32 bits.
-    KernelCounters::from_raw(values, u64_at(b, 0) as u32)
+    // Bits beyond the stored counters are ignored; the mask is never wider than 32 bits.
+    let valid = u64_at(b, 0) as u32 & ((1u32 << stored) - 1);
+    KernelCounters::from_raw(values, valid)
 }
 
 /// Version 1's six counters, all known; the counters it did not have are unknown.

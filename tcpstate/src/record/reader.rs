@@ -5,9 +5,9 @@ use std::io::{self, BufReader, ErrorKind, Read};
 use super::{
     counters_from_bytes, counters_from_v1_bytes, event_le, facts_from_bytes, facts_to_bytes, kinds,
     listener_from_bytes, netstat_from_bytes, payload_len, reset_from_bytes, retransmit_from_bytes,
-    Header, RecordError, RecordErrorKind as K, CLOCK, COUNTERS_LEN, COUNTERS_V1_LEN, CRC_LEN,
-    FACTS_LEN, FIXED_HEADER_LEN, FORMAT_VERSION, MAGIC, MAX_HEADER_BODY, MAX_REASONS,
-    MAX_RECORD_LEN, OLDEST_FORMAT_VERSION, RECORD_HEAD_LEN,
+    Header, RecordError, RecordErrorKind as K, CLOCK, COUNTERS_V1_LEN, CRC_LEN, FACTS_LEN,
+    FIXED_HEADER_LEN, FORMAT_VERSION, MAGIC, MAX_HEADER_BODY, MAX_REASONS, MAX_RECORD_LEN,
+    OLDEST_FORMAT_VERSION, RECORD_HEAD_LEN,
 };
 use crate::{event, input::Input};
 
@@ -137,7 +137,7 @@ impl<R: Read> RecordReader<R> {
             _ if self.version == 1 => {
                 Input::Counters(counters_from_v1_bytes(&array::<COUNTERS_V1_LEN>(payload)))
             }
-            _ => Input::Counters(counters_from_bytes(&array::<COUNTERS_LEN>(payload))),
+            _ => Input::Counters(counters_from_bytes(payload)),
         };
         self.offset += total as u64;
         Ok(Some(input))

@@ -529,7 +529,7 @@ fn live(args: &TopArgs) -> Result<i32> {
 
     let spec = args.filter.spec();
     // No --debug here: the kernel's diagnostics would scribble over the screen.
-    let opts = live::probe_options(&spec, args.buffer_size, false)?;
+    let opts = live::probe_options(&spec, args.buffer_size, args.attach, false)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -16,7 +16,7 @@ use tcpstate::{
     input::{Counter, Input, KernelCounters},
     kernel::{
         facts,
-        probe::{Probe, ProbeOptions},
+        probe::{Attachment, Probe, ProbeOptions},
         procscan::Preexisting,
     },
 };
@@ -57,6 +57,7 @@ pub fn attach_generic(spec: FilterSpec) -> Probe {
     let opts = ProbeOptions {
         filter: spec.to_kernel().expect("filter"),
         allow_direct_read: false,
+        attachment: Attachment::Classic,
         ..ProbeOptions::default()
     };
     Probe::attach(&opts, &Preexisting::default()).expect("attach the probe")

@@ -107,8 +107,9 @@ impl ProgStats {
     }
 }
 
-/// `BPF_PROG_TYPE_TRACEPOINT`.
-const PROG_TYPE_TRACEPOINT: u64 = 5;
+/// `BPF_PROG_TYPE_TRACEPOINT`, `BPF_PROG_TYPE_RAW_TRACEPOINT` and `BPF_PROG_TYPE_TRACING` (BTF
+/// tracepoints among them): the program types a tracer of a tracepoint holds.
+const PROG_TYPES_TRACEPOINT: [u64; 3] = [5, 17, 26];
 
 /// Sums the statistics of the tracepoint programs a process holds open, read from the fdinfo
 /// of its descriptors: this finds the tracer's own program without knowing its name, and works
@@ -179,7 +180,7 @@ fn parse_prog_fdinfo(info: &str) -> Option<ProgStats> {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
             .and_then(|v| v.trim().parse().ok())
     };
-    if field("prog_type")? != PROG_TYPE_TRACEPOINT {
+    if !PROG_TYPES_TRACEPOINT.contains(&field("prog_type")?) {
         return None;
     }
     Some(ProgStats {

@@ -123,7 +123,7 @@ pub fn summarize(m: &Measurements, config: Config) -> Option<Summary> {
             ratio,
             drops: t.counts.buffer_full,
             recursion_misses: t.recursion_misses(),
-            rescued: t.rescued,
+            rescued: t.counts.rescued,
         });
         extra_cpu.push(
             (cpu_ns_per_connection(t.busy_ticks, &t.storm) - base_cpu)
@@ -168,9 +168,11 @@ pub fn summarize(m: &Measurements, config: Config) -> Option<Summary> {
         extra_cpu_ns_per_event: Spread::of(&extra_cpu).median,
         extra_own_cpu_ns_per_event: Spread::of(&extra_own).median,
         tracer_cpu_ns_per_event: per_event(measure::ticks_to_ns(sum(&|t| t.tracer_ticks))),
+        // Every program the tracer holds (tcpstate's rescue and joined ones too), per event of
+        // the storm: what the kernel side costs a state change, however many programs it runs.
         prog_ns_per_event: prog
-            .filter(|&(_, runs)| runs > 0)
-            .map(|(ns, runs)| ns as f64 / runs as f64),
+            .filter(|&(_, runs)| runs > 0 && expected > 0)
+            .map(|(ns, _)| ns as f64 / expected as f64),
         connections,
         expected,
         delivered,
@@ -179,7 +181,7 @@ pub fn summarize(m: &Measurements, config: Config) -> Option<Summary> {
         filtered,
         seen: sum_opt(&|t| t.counts.seen),
         deferred: sum(&|t| t.counts.deferred),
-        rescued: sum(&|t| t.rescued),
+        rescued: sum(&|t| t.counts.rescued),
         unaccounted: config
             .accounts_events()
             .then(|| expected as i64 - accounted as i64),
@@ -404,7 +406,6 @@ mod tests {
             storm_ticks: hz / 2,
             tracer_ticks: hz / 10,
             prog: None,
-            rescued: 0,
             counts: TracerCounts {
                 delivered: 9_990,
                 buffer_full: 5,
@@ -414,6 +415,7 @@ mod tests {
                 deferred: 0,
                 hold_failed: 0,
                 output_bytes: 1_000_000,
+                rescued: 0,
             },
         }];
         let m = Measurements { untraced, traced };

@@ -49,9 +49,6 @@ pub struct TracedRound {
     /// The tracer's program over the same span (`None` when it could not be read).
     pub prog: Option<ProgStats>,
     pub counts: TracerCounts,
-    /// Events a rescue program recovered after the kernel skipped the main one. No tracer
-    /// reports them yet, so 0; the column is there so that losses and rescues are always shown.
-    pub rescued: u64,
 }
 
 impl TracedRound {
@@ -118,7 +115,7 @@ pub fn run(storm: &Storm, plan: &Plan<'_>) -> Result<Measurements> {
                 t.counts.buffer_full,
                 t.recursion_misses()
                     .map_or_else(|| "-".to_string(), |n| n.to_string()),
-                t.rescued
+                t.counts.rescued
             );
             m.traced.push(t);
         }
@@ -179,7 +176,6 @@ fn traced_round(
         tracer_ticks: tracer1.saturating_sub(tracer0),
         prog,
         counts,
-        rescued: 0,
     })
 }
 

@@ -279,6 +279,8 @@ pub struct TracerCounts {
     pub hold_failed: u64,
     /// Bytes of output written.
     pub output_bytes: u64,
+    /// Skipped runs a second program recovered (tcpstate's rescue program): delivered, not lost.
+    pub rescued: u64,
 }
 
 #[derive(Default)]
@@ -692,6 +694,8 @@ fn parse_counters(text: &str) -> Result<TracerCounts> {
         deferred: field(Counter::Deferred)?,
         hold_failed: field(Counter::HoldFailed)?,
         output_bytes: 0,
+        // A tcpstate from before the rescue program (`--tracer PATH`) does not report it.
+        rescued: kernel.get(Counter::Rescued).unwrap_or(0),
     })
 }
 
@@ -714,6 +718,7 @@ mod tests {
                 deferred: 0,
                 hold_failed: 3,
                 output_bytes: 0,
+                rescued: 0,
             }
         );
         assert!(parse_counters(r#"{"seen":1}"#).is_err());
