@@ -48,7 +48,7 @@ mod tests {
         let text = serde_json::to_string(&c).unwrap_or_default();
         assert_eq!(
             text,
-            r#"{"seen":7,"filtered":null,"submitted":null,"ringbuf_full":null,"hold_failed":null,"recursion_misses":null,"deferred":null,"released":null,"held_dropped":null,"owner_update_failed":2,"facts_submitted":null,"facts_ringbuf_full":null,"joined_seen":null,"joined_filtered":null,"joined_submitted":null,"joined_ringbuf_full":null}"#
+            r#"{"seen":7,"filtered":null,"submitted":null,"ringbuf_full":null,"hold_failed":null,"recursion_misses":null,"deferred":null,"released":null,"held_dropped":null,"owner_update_failed":2,"facts_submitted":null,"facts_ringbuf_full":null,"joined_seen":null,"joined_filtered":null,"joined_submitted":null,"joined_ringbuf_full":null,"rescued":null}"#
         );
         let back: KernelCounters = serde_json::from_str(&text).expect("parse");
         assert_eq!(back, c);

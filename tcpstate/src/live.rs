@@ -243,12 +243,13 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
     let get = |c| show(counters.get(c));
     eprintln!(
         "tcpstate: {} events delivered, {} lost ({} ring buffer full, {} not held, {} recursion \
-         misses); kernel saw {} TCP state changes, filtered {}{}",
+         misses); {} rescued; kernel saw {} TCP state changes, filtered {}{}",
         totals.delivered,
         show(counters.lost()),
         get(Counter::RingbufFull),
         get(Counter::HoldFailed),
         get(Counter::RecursionMisses),
+        get(Counter::Rescued),
         get(Counter::Seen),
         get(Counter::Filtered),
         if totals.undecodable > 0 {

@@ -12,8 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use probe_util::{attach, attach_generic, by_socket, collect, free_port, port_probe, root, states};
+use probe_util::{
+    attach, attach_as, attach_generic, by_socket, collect, free_port, port_probe, root, states,
+};
 use tcpstate::input::Counter;
+use tcpstate::kernel::probe::Attachment;
 use tcpstate::{event, filter::FilterSpec};
 use tcpstate_common::state::*;
 
@@ -134,6 +137,71 @@ fn generic_record_reader_gives_the_same_transitions() {
         one_connection(IpAddr::V4(Ipv4Addr::LOCALHOST), true);
         one_connection(IpAddr::V6(Ipv6Addr::LOCALHOST), true);
     }
+}
+
+/// The BTF tracepoint program reads the socket itself where the classic one reads the trace
+/// record: both attached at once see the same traffic (IPv4, IPv6, an IPv4 client of a
+/// dual-stack listener, a refused connect) and must report exactly the same events.
+#[test]
+fn btf_and_classic_tracepoints_report_the_same_events() {
+    if !root() {
+        return;
+    }
+    let v4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let ports = [free_port(v4), free_port(v6), free_port(v6), free_port(v4)];
+    let spec = || FilterSpec {
+        ports: ports.to_vec(),
+        ..Default::default()
+    };
+    let mut btf = attach_as(spec(), Attachment::Btf);
+    let mut classic = attach_as(spec(), Attachment::Classic);
+    assert_eq!(btf.attachment, "BTF tracepoint, with rescue");
+    assert_eq!(classic.attachment, "classic tracepoint");
+    let any6 = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+    for (listen_on, connect_to, port) in
+        [(v4, v4, ports[0]), (v6, v6, ports[1]), (any6, v4, ports[2])]
+    {
+        let listener = TcpListener::bind(SocketAddr::new(listen_on, port)).expect("listen");
+        let client = TcpStream::connect(SocketAddr::new(connect_to, port)).expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        drop(client);
+        let mut buf = [0u8; 16];
+        assert_eq!(server.read(&mut buf).expect("read EOF"), 0);
+        drop((server, listener));
+    }
+    let refused = TcpStream::connect(SocketAddr::new(v4, ports[3]));
+    assert!(refused.is_err(), "nothing listens on {}", ports[3]);
+    // 12 per connection, 2 for the refused one.
+    let want = 3 * 12 + 2;
+    let without_time = |mut e: tcpstate::event::Event| {
+        e.ts_ns = 0;
+        e
+    };
+    let mut a: Vec<_> = collect(&mut btf, want)
+        .into_iter()
+        .map(without_time)
+        .collect();
+    let mut b: Vec<_> = collect(&mut classic, want)
+        .into_iter()
+        .map(without_time)
+        .collect();
+    assert_eq!(a.len(), want, "{a:#?}");
+    let key = |e: &tcpstate::event::Event| (e.skaddr, e.oldstate, e.newstate);
+    a.sort_by_key(key);
+    b.sort_by_key(key);
+    assert_eq!(a, b);
+    for p in [&btf, &classic] {
+        let c = p.counters().expect("counters");
+        assert_eq!(probe_util::count(&c, Counter::RecursionMisses), 0);
+        assert_eq!(probe_util::count(&c, Counter::RingbufFull), 0);
+    }
+    let c = classic.counters().expect("counters");
+    assert_eq!(
+        probe_util::count(&c, Counter::Rescued),
+        0,
+        "no rescue program there"
+    );
 }
 
 #[test]

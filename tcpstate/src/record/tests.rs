@@ -160,7 +160,7 @@ fn record_len(i: &Input) -> usize {
     8 + match i {
         Input::Event(_) => 120,
         Input::Tick { .. } => 8,
-        Input::Counters(_) => 136,
+        Input::Counters(_) => 144,
         Input::Facts(_) => 84,
         Input::Retransmit(_) => 64,
         Input::Reset(_) => 72,
@@ -353,13 +353,13 @@ fn bytes_match_the_documented_layout() {
         .with(Counter::RecursionMisses, 6);
     let mut payload = Vec::new();
     payload.extend(0b11_0011u64.to_le_bytes()); // validity mask, bit i: Counter::ALL[i]
-    for v in [1u64, 2, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] {
+    for v in [1u64, 2, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] {
         payload.extend(v.to_le_bytes());
     }
-    assert_eq!(payload.len(), 136);
-    let want = documented_bytes(2, &payload);
+    assert_eq!(payload.len(), 144);
+    let want = documented_bytes(3, &payload);
     let (got, _) = record(
-        &documented_header(2),
+        &documented_header(3),
         &[
             Input::Tick {
                 now_ns: 0x1122_3344_5566_7788,
@@ -369,6 +369,33 @@ fn bytes_match_the_documented_layout() {
         ],
     );
     assert_eq!(got, want);
+}
+
+/// Version 2 recordings still replay: their sixteen counters as stored, `rescued` (which they
+/// did not have) unknown; a version-3 length there is damage.
+#[test]
+fn version_2_counters_are_read() {
+    let mut payload = Vec::new();
+    payload.extend(0b10_0001u64.to_le_bytes());
+    for v in 1..=16u64 {
+        payload.extend(v.to_le_bytes());
+    }
+    let (_, inputs, err) = read(&documented_bytes(2, &payload)).unwrap();
+    assert!(err.is_none());
+    let want = KernelCounters::unknown()
+        .with(Counter::Seen, 1)
+        .with(Counter::RecursionMisses, 6);
+    assert_eq!(inputs[1], Input::Counters(want));
+    payload.extend(0u64.to_le_bytes());
+    let (_, _, err) = read(&documented_bytes(2, &payload)).unwrap();
+    assert!(matches!(
+        err.map(|e| e.kind),
+        Some(RecordErrorKind::BadLength {
+            kind: 3,
+            len: 144,
+            expected: 136
+        })
+    ));
 }
 
 /// Version 1 recordings still replay: their six counters are known, the others unknown.
@@ -580,21 +607,21 @@ fn other_files_are_refused_clearly() {
 #[test]
 fn other_versions_are_refused_clearly() {
     let (bytes, _) = record(&header(), &inputs());
-    let mut v3 = bytes.clone();
-    v3[8] = 3;
-    let err = read(&v3).unwrap_err();
-    assert!(matches!(err.kind, RecordErrorKind::UnsupportedVersion(3)));
+    let mut v4 = bytes.clone();
+    v4[8] = 4;
+    let err = read(&v4).unwrap_err();
+    assert!(matches!(err.kind, RecordErrorKind::UnsupportedVersion(4)));
     assert_eq!(err.offset, 8);
     let msg = err.to_string();
     assert!(
-        msg.starts_with("unsupported recording at byte 8: format version 3, tcpstate ")
-            && msg.ends_with(" reads versions 1 to 2"),
+        msg.starts_with("unsupported recording at byte 8: format version 4, tcpstate ")
+            && msg.ends_with(" reads versions 1 to 3"),
         "{msg}"
     );
     // A later version may change everything after the version field, even the header's length.
     assert!(matches!(
-        read(&v3[..10]).unwrap_err().kind,
-        RecordErrorKind::UnsupportedVersion(3)
+        read(&v4[..10]).unwrap_err().kind,
+        RecordErrorKind::UnsupportedVersion(4)
     ));
     let mut v0 = bytes.clone();
     v0[8] = 0;

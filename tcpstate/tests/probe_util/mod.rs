@@ -63,6 +63,16 @@ pub fn attach_generic(spec: FilterSpec) -> Probe {
     Probe::attach(&opts, &Preexisting::default()).expect("attach the probe")
 }
 
+/// Attached to the given form of the tracepoint.
+pub fn attach_as(spec: FilterSpec, attachment: Attachment) -> Probe {
+    let opts = ProbeOptions {
+        filter: spec.to_kernel().expect("filter"),
+        attachment,
+        ..ProbeOptions::default()
+    };
+    Probe::attach(&opts, &Preexisting::default()).expect("attach the probe")
+}
+
 pub fn attach(spec: FilterSpec) -> Probe {
     attach_with(spec, &Preexisting::default())
 }
