@@ -76,6 +76,7 @@ pub fn run(args: &ExporterArgs) -> Result<i32> {
         duration: args.duration,
         watch_stdout: false,
         stop: None,
+        ring_bytes: args.buffer_size,
     };
     let result = rt.block_on(async {
         let server = tokio::spawn(serve(listener, metrics.clone()));

@@ -7,6 +7,9 @@
 pub mod cgroup;
 pub mod cli;
 pub(crate) mod clock;
+// Pure, so its tests run in the core build too; only the live trace (kernel feature) uses it.
+#[cfg_attr(not(feature = "kernel"), allow(dead_code))]
+pub(crate) mod drain;
 pub mod event;
 #[cfg(feature = "kernel")]
 pub mod exporter;

@@ -11,13 +11,14 @@ use anyhow::{Context, Result};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
-    time::{interval, sleep, MissedTickBehavior},
+    time::{interval, sleep, Instant as TokioInstant, MissedTickBehavior},
 };
 
 use crate::cgroup;
 use crate::{
     cli::TraceArgs,
     clock,
+    drain::{self, Pace},
     input::{Counter, Input, KernelCounters},
     kernel::{
         environment,
@@ -30,9 +31,6 @@ use crate::{
     record::{self, RecordWriter},
 };
 
-/// How often the ring buffer is drained when the kernel did not wake us (it submits without a
-/// wakeup until the buffer holds `wakeup_bytes`, which keeps the per-event cost low).
-const DRAIN_EVERY: Duration = Duration::from_millis(20);
 /// How often the kernel's counters are sampled into the stream.
 const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 /// The recording is handed to the file system at least this often, so a tracer killed with
@@ -181,6 +179,7 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             duration: args.duration,
             watch_stdout: true,
             stop: None,
+            ring_bytes: args.buffer_size,
         };
         rt.block_on(event_loop(limits, filtered, &mut probe, &mut session))
     };
@@ -294,7 +293,7 @@ pub(crate) fn attach(opts: &ProbeOptions) -> Result<Probe> {
     Ok(probe)
 }
 
-/// What ends the loop besides a signal.
+/// What ends the loop besides a signal, and the ring buffer's size, which paces its drains.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     /// `--duration`.
@@ -303,6 +302,8 @@ pub(crate) struct Limits {
     pub watch_stdout: bool,
     /// Set by someone else to stop the loop as a signal does (`top`'s `q`).
     pub stop: Option<&'static std::sync::atomic::AtomicBool>,
+    /// The events ring buffer's size in bytes (`--buffer-size`).
+    pub ring_bytes: u32,
 }
 
 /// The seam for `exporter`: trace loop and all, into `output` (whose renderer is its sink),
@@ -427,13 +428,15 @@ impl<W: Write> Session<'_, W> {
         Ok(())
     }
 
-    /// Reads everything the ring buffer holds; true once `--count` is reached.
+    /// Reads everything the ring buffer holds.
     fn drain(
         &mut self,
         ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-    ) -> Result<bool, LoopError> {
+    ) -> Result<Drained, LoopError> {
         let mut any = false;
+        let mut bytes = 0;
         while let Some(item) = ring.next() {
+            bytes += drain::ring_bytes(item.len());
             // Event, facts, retransmit or reset record, by size; decoded on the stack.
             let decoded = facts::decode_record(&item, &self.facts_plan);
             drop(item);
@@ -453,7 +456,10 @@ impl<W: Write> Session<'_, W> {
             any = true;
             self.feed(&input)?;
             if self.output.limit_reached() {
-                return Ok(true);
+                return Ok(Drained {
+                    bytes,
+                    count_reached: true,
+                });
             }
             // A burst can keep this loop going for long: flushing only after it would not do.
             if self.totals.delivered.is_multiple_of(FLUSH_CHECK_EVENTS) {
@@ -464,8 +470,20 @@ impl<W: Write> Session<'_, W> {
         if any {
             self.out.flush().map_err(|e| LoopError::Output(e.into()))?;
         }
-        Ok(false)
+        Ok(Drained {
+            bytes,
+            count_reached: false,
+        })
     }
+}
+
+/// What one drain read.
+#[derive(Debug, Clone, Copy)]
+struct Drained {
+    /// Ring buffer bytes the records read had taken.
+    bytes: u64,
+    /// `--count` is reached.
+    count_reached: bool,
 }
 
 /// Whether the reader of stdout went away (`| head` finished) even though nothing was written
@@ -507,8 +525,13 @@ async fn event_loop<W: Write>(
         },
         probe.attachment
     );
-    let mut drain_timer = interval(DRAIN_EVERY);
-    drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The next drain (and clock tick) is due after a wait that adapts to what the last drain
+    // found (`drain::Pace`); the kernel's wake-ups drain in between and may bring it closer.
+    let mut pace = Pace::new(limits.ring_bytes);
+    let mut last_drain = TokioInstant::now();
+    // The first drain and tick at once, as the fixed timer's first tick was.
+    let drain_timer = sleep(Duration::ZERO);
+    tokio::pin!(drain_timer);
     let mut counters_timer = interval(COUNTERS_EVERY);
     counters_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let deadline = sleep(
@@ -527,21 +550,34 @@ async fn event_loop<W: Write>(
             _ = &mut deadline => break Stop::Duration,
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(LoopError::Io)?;
-                if session.drain(guard.get_inner_mut())? {
+                let drained = session.drain(guard.get_inner_mut())?;
+                if drained.count_reached {
                     return Ok(Stop::Count);
                 }
                 guard.clear_ready();
+                // Sooner if this wake-up says so; never later, so the clock keeps ticking
+                // however often the kernel wakes us.
+                let now = TokioInstant::now();
+                let due = now + pace.next(drained.bytes, now - last_drain);
+                last_drain = now;
+                if due < drain_timer.deadline() {
+                    drain_timer.as_mut().reset(due);
+                }
             }
-            _ = drain_timer.tick() => {
+            _ = &mut drain_timer => {
                 if limits.watch_stdout && stdout_closed() {
                     break Stop::StdoutClosed;
                 }
                 if limits.stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
                     break Stop::Signal;
                 }
-                if session.drain(ring.get_mut())? {
+                let drained = session.drain(ring.get_mut())?;
+                if drained.count_reached {
                     return Ok(Stop::Count);
                 }
+                let now = TokioInstant::now();
+                drain_timer.as_mut().reset(now + pace.next(drained.bytes, now - last_drain));
+                last_drain = now;
                 probe.flush_log();
                 session.feed(&Input::Tick { now_ns: clock::monotonic_ns() })?;
                 if session.output.limit_reached() {
@@ -563,7 +599,7 @@ async fn event_loop<W: Write>(
     // detached first, delivered + lost accounts for every event it ran for.
     probe.detach();
     probe.flush_log();
-    if session.drain(ring.get_mut())? {
+    if session.drain(ring.get_mut())?.count_reached {
         return Ok(Stop::Count);
     }
     Ok(stop)

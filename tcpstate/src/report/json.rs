@@ -6,9 +6,10 @@
 use crate::cgroup::Names;
 use std::{borrow::Cow, io, net::IpAddr};
 
-use serde::{ser::SerializeSeq, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 use tcpstate_common::{owner_source, AF_INET};
 
+use super::jsonw::{begin, fields, Comm, Hex, Name, Value};
 use super::ms_f64;
 use super::summary::{Summary, SummaryKind};
 use crate::event::{comm, local_addr, remote_addr, state_name, Event};
@@ -23,15 +24,6 @@ pub const REFUSED_SCHEMA: &str = "tcpstate.refused.v1";
 pub const TRANSITION_SCHEMA: &str = "tcpstate.transition.v2";
 pub const SUMMARY_SCHEMA: &str = "tcpstate.summary.v2";
 pub const STUCK_SCHEMA: &str = "tcpstate.stuck.v1";
-
-/// A u64 as a hex string (kernel addresses exceed what JSON numbers hold exactly everywhere).
-struct Hex(u64);
-
-impl Serialize for Hex {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{:#x}", self.0))
-    }
-}
 
 fn family(f: u8) -> &'static str {
     if f == AF_INET {
@@ -55,143 +47,92 @@ fn opt_ms(ns: Option<u64>) -> Option<f64> {
     ns.map(ms_f64)
 }
 
-struct Ladder<'a>(&'a Conn);
-
-impl Serialize for Ladder<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct RungJson {
-            state: &'static str,
-            offset_ns: u64,
-            offset_ms: f64,
-            gap: bool,
+/// The per-record objects below are written field by field (`jsonw`), in the order of their
+/// schemas; the summary, one per interval, goes through serde.
+///
+/// A connection's ladder: `[{state, offset_ns, offset_ms, gap}]`.
+fn ladder(c: &Conn, out: &mut Vec<u8>) {
+    out.push(b'[');
+    for (i, r) in c.ladder().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        let mut seq = s.serialize_seq(Some(self.0.ladder().count()))?;
-        for r in self.0.ladder() {
-            seq.serialize_element(&RungJson {
-                state: state_name(r.state),
-                offset_ns: r.offset_ns,
-                offset_ms: ms_f64(r.offset_ns),
-                gap: r.gap,
-            })?;
-        }
-        seq.end()
+        out.extend_from_slice(b"{\"state\":");
+        Name(state_name(r.state)).put(out);
+        fields!(out;
+            "offset_ns" => r.offset_ns,
+            "offset_ms" => ms_f64(r.offset_ns),
+            "gap" => r.gap,
+        );
+        out.push(b'}');
     }
-}
-
-#[derive(Serialize)]
-struct ConnectionJson<'a> {
-    schema: &'static str,
-    id: u32,
-    peer_id: Option<u32>,
-    skaddr: Hex,
-    family: &'static str,
-    laddr: IpAddr,
-    lport: u16,
-    raddr: IpAddr,
-    rport: u16,
-    role: &'static str,
-    outcome: &'static str,
-    closer: Option<&'static str>,
-    time_wait: bool,
-    syn_retransmitted: bool,
-    partial: bool,
-    incomplete: bool,
-    first_state: &'static str,
-    last_state: &'static str,
-    pid: Option<u32>,
-    comm: Option<Cow<'a, str>>,
-    owner_source: &'static str,
-    ctx_pid: u32,
-    ctx_comm: Cow<'a, str>,
-    #[serde(flatten)]
-    container: ContainerJson<'a>,
-    start_ns: u64,
-    end_ns: u64,
-    start_unix_ns: i64,
-    end_unix_ns: i64,
-    life_ns: u64,
-    life_ms: f64,
-    handshake_ns: Option<u64>,
-    handshake_ms: Option<f64>,
-    established_ns: Option<u64>,
-    established_ms: Option<f64>,
-    fin_wait1_ns: Option<u64>,
-    fin_wait1_ms: Option<f64>,
-    fin_wait2_ns: Option<u64>,
-    fin_wait2_ms: Option<f64>,
-    closing_ns: Option<u64>,
-    closing_ms: Option<f64>,
-    close_wait_ns: Option<u64>,
-    close_wait_ms: Option<f64>,
-    last_ack_ns: Option<u64>,
-    last_ack_ms: Option<f64>,
-    close_ns: Option<u64>,
-    close_ms: Option<f64>,
-    transitions: Ladder<'a>,
-    transitions_overflow: bool,
-    synack_rtt_ns: Option<u64>,
-    srtt_ns: Option<u64>,
-    min_rtt_ns: Option<u64>,
-    retransmits: Option<RetransmitsJson>,
-    reset: Option<ResetJson>,
-    errno: Option<Cow<'static, str>>,
-    bytes_acked: Option<u64>,
-    bytes_received: Option<u64>,
-    bytes_retrans: Option<u64>,
-    segs_in: Option<u32>,
-    segs_out: Option<u32>,
-    timeout: Option<&'static str>,
-    outcome_basis: Option<&'static str>,
+    out.push(b']');
 }
 
 /// Where a connection lives: the owner's cgroup v2 group (and the pod and container its path
 /// names) and the socket's network namespace; each `null` when unknown.
-#[derive(Serialize)]
-struct ContainerJson<'a> {
-    cgroup: Option<&'a str>,
-    cgroup_id: Option<u64>,
-    netns: Option<u32>,
-    pod_uid: Option<&'a str>,
-    container_id: Option<&'a str>,
+fn container(cgroup_id: u64, netns: u32, names: &Names, out: &mut Vec<u8>) {
+    let info = names.get(cgroup_id);
+    fields!(out;
+        "cgroup" => info.map(|i| i.path.as_str()),
+        // An id without a path is the v2 root on a cgroup v1 host (or a group gone before
+        // it was named): not an answer either.
+        "cgroup_id" => info.map(|_| cgroup_id),
+        "netns" => (netns != 0).then_some(netns),
+        "pod_uid" => info.and_then(|i| i.kube.pod_uid.as_deref()),
+        "container_id" => info.and_then(|i| i.kube.container_id.as_deref()),
+    );
 }
 
-impl<'a> ContainerJson<'a> {
-    fn of(cgroup_id: u64, netns: u32, names: &'a Names) -> ContainerJson<'a> {
-        let info = names.get(cgroup_id);
-        ContainerJson {
-            cgroup: info.map(|i| i.path.as_str()),
-            // An id without a path is the v2 root on a cgroup v1 host (or a group gone before
-            // it was named): not an answer either.
-            cgroup_id: info.map(|_| cgroup_id),
-            netns: (netns != 0).then_some(netns),
-            pod_uid: info.and_then(|i| i.kube.pod_uid.as_deref()),
-            container_id: info.and_then(|i| i.kube.container_id.as_deref()),
+/// An errno's symbolic name; `E<number>` for one the table lacks.
+struct Errno(u8);
+
+impl Value for Errno {
+    fn put(&self, out: &mut Vec<u8>) {
+        match errno_name(self.0) {
+            Some(n) => Name(n).put(out),
+            None => {
+                out.extend_from_slice(b"\"E");
+                self.0.put(out);
+                out.push(b'"');
+            }
         }
     }
 }
 
-#[derive(Serialize)]
-struct RetransmitsJson {
-    syn: u16,
-    synack: u16,
-    data: u16,
-    fin: u16,
-    failed: u16,
-}
+/// `{syn, synack, data, fin, failed}`.
+struct Retransmits([u16; 5]);
 
-#[derive(Serialize)]
-struct ResetJson {
-    direction: &'static str,
-    reason: Option<&'static str>,
-}
-
-/// An errno's symbolic name; `E<number>` for one the table lacks.
-fn errno_json(e: u8) -> Cow<'static, str> {
-    match errno_name(e) {
-        Some(n) => Cow::Borrowed(n),
-        None => Cow::Owned(format!("E{e}")),
+impl Value for Retransmits {
+    fn put(&self, out: &mut Vec<u8>) {
+        let r = &self.0;
+        out.extend_from_slice(b"{\"syn\":");
+        r[RetxKind::Syn as usize].put(out);
+        fields!(out;
+            "synack" => r[RetxKind::SynAck as usize],
+            "data" => r[RetxKind::Data as usize],
+            "fin" => r[RetxKind::Fin as usize],
+            "failed" => r[RetxKind::Failed as usize],
+        );
+        out.push(b'}');
     }
+}
+
+/// `{direction, reason}`.
+struct Reset(&'static str, Option<&'static str>);
+
+impl Value for Reset {
+    fn put(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"direction\":");
+        Name(self.0).put(out);
+        fields!(out; "reason" => self.1);
+        out.push(b'}');
+    }
+}
+
+/// Closes an object and its line.
+fn end(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"}\n");
 }
 
 /// One connection object (`tcpstate.connection.v2`) and its newline.
@@ -201,107 +142,91 @@ pub fn connection(
     clock: &super::time::ClockBase,
     reasons: &ResetReasons,
     cgroups: &Names,
-    out: &mut impl io::Write,
-) -> io::Result<()> {
+    out: &mut Vec<u8>,
+) {
     let phase = |p| c.phase_ns(p);
-    let obj = ConnectionJson {
-        schema: CONNECTION_SCHEMA,
-        id: c.id(),
-        peer_id: peer.map(Conn::id),
-        skaddr: Hex(c.skaddr()),
-        family: family(c.family()),
-        laddr: c.laddr(),
-        lport: c.lport(),
-        raddr: c.raddr(),
-        rport: c.rport(),
-        role: c.role().name(),
-        outcome: c.outcome().name(),
-        closer: c.closer().name(),
-        time_wait: c.time_wait(),
-        syn_retransmitted: c.syn_retransmitted(),
-        partial: c.partial(),
-        incomplete: c.incomplete(),
-        first_state: state_name(c.first_state()),
-        last_state: state_name(c.state()),
-        pid: c.owner().map(|o| o.0),
-        comm: c.owner().map(|o| comm(o.1)),
-        owner_source: owner_source_name(c.owner_source()),
-        ctx_pid: c.ctx().0,
-        ctx_comm: comm(c.ctx().1),
-        container: ContainerJson::of(c.cgroup_id(), c.netns(), cgroups),
-        start_ns: c.first_ts(),
-        end_ns: c.last_ts(),
-        start_unix_ns: clock.unix_ns(c.first_ts()),
-        end_unix_ns: clock.unix_ns(c.last_ts()),
-        life_ns: c.life_ns(),
-        life_ms: ms_f64(c.life_ns()),
-        handshake_ns: phase(Phase::Handshake),
-        handshake_ms: opt_ms(phase(Phase::Handshake)),
-        established_ns: phase(Phase::Established),
-        established_ms: opt_ms(phase(Phase::Established)),
-        fin_wait1_ns: phase(Phase::FinWait1),
-        fin_wait1_ms: opt_ms(phase(Phase::FinWait1)),
-        fin_wait2_ns: phase(Phase::FinWait2),
-        fin_wait2_ms: opt_ms(phase(Phase::FinWait2)),
-        closing_ns: phase(Phase::Closing),
-        closing_ms: opt_ms(phase(Phase::Closing)),
-        close_wait_ns: phase(Phase::CloseWait),
-        close_wait_ms: opt_ms(phase(Phase::CloseWait)),
-        last_ack_ns: phase(Phase::LastAck),
-        last_ack_ms: opt_ms(phase(Phase::LastAck)),
-        close_ns: c.close_ns(),
-        close_ms: opt_ms(c.close_ns()),
-        transitions: Ladder(c),
-        transitions_overflow: c.ladder_overflow(),
-        synack_rtt_ns: c.synack_rtt_ns(),
-        srtt_ns: c.srtt_ns(),
-        min_rtt_ns: c.min_rtt_ns(),
-        retransmits: c.retransmits().map(|r| RetransmitsJson {
-            syn: r[RetxKind::Syn as usize],
-            synack: r[RetxKind::SynAck as usize],
-            data: r[RetxKind::Data as usize],
-            fin: r[RetxKind::Fin as usize],
-            failed: r[RetxKind::Failed as usize],
-        }),
-        reset: c.reset_info().map(|(dir, reason)| ResetJson {
-            direction: if dir == tcpstate_common::reset_direction::SENT {
+    let (ctx_pid, ctx_comm) = c.ctx();
+    begin(out, CONNECTION_SCHEMA);
+    fields!(out;
+        "id" => c.id(),
+        "peer_id" => peer.map(Conn::id),
+        "skaddr" => Hex(c.skaddr()),
+        "family" => Name(family(c.family())),
+        "laddr" => c.laddr(),
+        "lport" => c.lport(),
+        "raddr" => c.raddr(),
+        "rport" => c.rport(),
+        "role" => Name(c.role().name()),
+        "outcome" => Name(c.outcome().name()),
+        "closer" => c.closer().name().map(Name),
+        "time_wait" => c.time_wait(),
+        "syn_retransmitted" => c.syn_retransmitted(),
+        "partial" => c.partial(),
+        "incomplete" => c.incomplete(),
+        "first_state" => Name(state_name(c.first_state())),
+        "last_state" => Name(state_name(c.state())),
+        "pid" => c.owner().map(|o| o.0),
+        "comm" => c.owner().map(|o| Comm(o.1)),
+        "owner_source" => Name(owner_source_name(c.owner_source())),
+        "ctx_pid" => ctx_pid,
+        "ctx_comm" => Comm(ctx_comm),
+    );
+    container(c.cgroup_id(), c.netns(), cgroups, out);
+    fields!(out;
+        "start_ns" => c.first_ts(),
+        "end_ns" => c.last_ts(),
+        "start_unix_ns" => clock.unix_ns(c.first_ts()),
+        "end_unix_ns" => clock.unix_ns(c.last_ts()),
+        "life_ns" => c.life_ns(),
+        "life_ms" => ms_f64(c.life_ns()),
+        "handshake_ns" => phase(Phase::Handshake),
+        "handshake_ms" => opt_ms(phase(Phase::Handshake)),
+        "established_ns" => phase(Phase::Established),
+        "established_ms" => opt_ms(phase(Phase::Established)),
+        "fin_wait1_ns" => phase(Phase::FinWait1),
+        "fin_wait1_ms" => opt_ms(phase(Phase::FinWait1)),
+        "fin_wait2_ns" => phase(Phase::FinWait2),
+        "fin_wait2_ms" => opt_ms(phase(Phase::FinWait2)),
+        "closing_ns" => phase(Phase::Closing),
+        "closing_ms" => opt_ms(phase(Phase::Closing)),
+        "close_wait_ns" => phase(Phase::CloseWait),
+        "close_wait_ms" => opt_ms(phase(Phase::CloseWait)),
+        "last_ack_ns" => phase(Phase::LastAck),
+        "last_ack_ms" => opt_ms(phase(Phase::LastAck)),
+        "close_ns" => c.close_ns(),
+        "close_ms" => opt_ms(c.close_ns()),
+    );
+    out.extend_from_slice(b",\"transitions\":");
+    ladder(c, out);
+    fields!(out;
+        "transitions_overflow" => c.ladder_overflow(),
+        "synack_rtt_ns" => c.synack_rtt_ns(),
+        "srtt_ns" => c.srtt_ns(),
+        "min_rtt_ns" => c.min_rtt_ns(),
+        "retransmits" => c.retransmits().map(Retransmits),
+        "reset" => c.reset_info().map(|(dir, reason)| Reset(
+            if dir == tcpstate_common::reset_direction::SENT {
                 "sent"
             } else {
                 "received"
             },
-            reason: reason.and_then(|r| reasons.name(r)),
-        }),
-        errno: c.errno().filter(|&e| e != 0).map(errno_json),
-        bytes_acked: c.bytes_acked(),
-        bytes_received: c.bytes_received(),
-        bytes_retrans: c.bytes_retrans(),
-        segs_in: c.segs_in(),
-        segs_out: c.segs_out(),
-        timeout: c.timeout().name(),
-        outcome_basis: c.outcome_basis().name(),
-    };
-    write_line(&obj, out)
-}
-
-#[derive(Serialize)]
-struct RefusedJson {
-    schema: &'static str,
-    ts_ns: u64,
-    unix_ns: i64,
-    family: Option<&'static str>,
-    laddr: Option<IpAddr>,
-    lport: Option<u16>,
-    raddr: Option<IpAddr>,
-    rport: Option<u16>,
+            reason.and_then(|r| reasons.name(r)),
+        )),
+        "errno" => c.errno().filter(|&e| e != 0).map(Errno),
+        "bytes_acked" => c.bytes_acked(),
+        "bytes_received" => c.bytes_received(),
+        "bytes_retrans" => c.bytes_retrans(),
+        "segs_in" => c.segs_in(),
+        "segs_out" => c.segs_out(),
+        "timeout" => c.timeout().name().map(Name),
+        "outcome_basis" => c.outcome_basis().name().map(Name),
+    );
+    end(out);
 }
 
 /// One refused inbound attempt (`tcpstate.refused.v1`) and its newline. Addresses are `null`
 /// where the running kernel's event carries none.
-pub fn refused(
-    r: &ResetRecord,
-    clock: &super::time::ClockBase,
-    out: &mut impl io::Write,
-) -> io::Result<()> {
+pub fn refused(r: &ResetRecord, clock: &super::time::ClockBase, out: &mut Vec<u8>) {
     let has = r.family != 0;
     let fam = r.family as u8;
     let ip = |raw: &[u8; 16]| {
@@ -311,40 +236,17 @@ pub fn refused(
             IpAddr::from(*raw)
         }
     };
-    let obj = RefusedJson {
-        schema: REFUSED_SCHEMA,
-        ts_ns: r.ts_ns,
-        unix_ns: clock.unix_ns(r.ts_ns),
-        family: has.then(|| family(fam)),
-        laddr: has.then(|| ip(&r.saddr)),
-        lport: has.then_some(r.sport),
-        raddr: has.then(|| ip(&r.daddr)),
-        rport: has.then_some(r.dport),
-    };
-    write_line(&obj, out)
-}
-
-#[derive(Serialize)]
-struct StuckJson<'a> {
-    schema: &'static str,
-    ts_ns: u64,
-    unix_ns: i64,
-    state: &'static str,
-    age_ns: u64,
-    since_ns: u64,
-    pid: Option<u32>,
-    comm: Option<Cow<'a, str>>,
-    family: &'static str,
-    laddr: IpAddr,
-    lport: u16,
-    raddr: IpAddr,
-    rport: u16,
-    skaddr: Hex,
-    id: u32,
-    role: &'static str,
-    partial: bool,
-    #[serde(flatten)]
-    container: ContainerJson<'a>,
+    begin(out, REFUSED_SCHEMA);
+    fields!(out;
+        "ts_ns" => r.ts_ns,
+        "unix_ns" => clock.unix_ns(r.ts_ns),
+        "family" => has.then(|| Name(family(fam))),
+        "laddr" => has.then(|| ip(&r.saddr)),
+        "lport" => has.then_some(r.sport),
+        "raddr" => has.then(|| ip(&r.daddr)),
+        "rport" => has.then_some(r.dport),
+    );
+    end(out);
 }
 
 /// An open socket that crossed its stuck threshold at `at_ns` (`tcpstate.stuck.v1`).
@@ -353,54 +255,30 @@ pub fn stuck(
     at_ns: u64,
     clock: &super::time::ClockBase,
     cgroups: &Names,
-    out: &mut impl io::Write,
-) -> io::Result<()> {
+    out: &mut Vec<u8>,
+) {
     let owner = c.owner();
-    let obj = StuckJson {
-        schema: STUCK_SCHEMA,
-        ts_ns: at_ns,
-        unix_ns: clock.unix_ns(at_ns),
-        state: state_name(c.state()),
-        age_ns: at_ns.saturating_sub(c.state_ts()),
-        since_ns: c.state_ts(),
-        pid: owner.map(|(p, _)| p),
-        comm: owner.map(|(_, raw)| comm(raw)),
-        family: family(c.family()),
-        laddr: c.laddr(),
-        lport: c.lport(),
-        raddr: c.raddr(),
-        rport: c.rport(),
-        skaddr: Hex(c.skaddr()),
-        id: c.id(),
-        role: c.role().name(),
-        partial: c.partial(),
-        container: ContainerJson::of(c.cgroup_id(), c.netns(), cgroups),
-    };
-    write_line(&obj, out)
-}
-
-#[derive(Serialize)]
-struct TransitionJson<'a> {
-    schema: &'static str,
-    ts_ns: u64,
-    unix_ns: i64,
-    skaddr: Hex,
-    family: &'static str,
-    laddr: IpAddr,
-    lport: u16,
-    raddr: IpAddr,
-    rport: u16,
-    old_state: &'static str,
-    new_state: &'static str,
-    old_state_ns: Option<u64>,
-    old_state_ms: Option<f64>,
-    pid: Option<u32>,
-    comm: Option<Cow<'a, str>>,
-    owner_source: &'static str,
-    ctx_pid: u32,
-    ctx_comm: Cow<'a, str>,
-    #[serde(flatten)]
-    container: ContainerJson<'a>,
+    begin(out, STUCK_SCHEMA);
+    fields!(out;
+        "ts_ns" => at_ns,
+        "unix_ns" => clock.unix_ns(at_ns),
+        "state" => Name(state_name(c.state())),
+        "age_ns" => at_ns.saturating_sub(c.state_ts()),
+        "since_ns" => c.state_ts(),
+        "pid" => owner.map(|(p, _)| p),
+        "comm" => owner.map(|(_, raw)| Comm(raw)),
+        "family" => Name(family(c.family())),
+        "laddr" => c.laddr(),
+        "lport" => c.lport(),
+        "raddr" => c.raddr(),
+        "rport" => c.rport(),
+        "skaddr" => Hex(c.skaddr()),
+        "id" => c.id(),
+        "role" => Name(c.role().name()),
+        "partial" => c.partial(),
+    );
+    container(c.cgroup_id(), c.netns(), cgroups, out);
+    end(out);
 }
 
 /// One transition object (`tcpstate.transition.v2`) and its newline.
@@ -409,32 +287,32 @@ pub fn transition(
     step: &Step,
     clock: &super::time::ClockBase,
     cgroups: &Names,
-    out: &mut impl io::Write,
-) -> io::Result<()> {
+    out: &mut Vec<u8>,
+) {
     let in_old = step.since_ns.map(|s| ev.ts_ns.saturating_sub(s));
     let known = step.owner_pid != 0;
-    let obj = TransitionJson {
-        schema: TRANSITION_SCHEMA,
-        ts_ns: ev.ts_ns,
-        unix_ns: clock.unix_ns(ev.ts_ns),
-        skaddr: Hex(ev.skaddr),
-        family: family(ev.family),
-        laddr: local_addr(ev),
-        lport: ev.sport,
-        raddr: remote_addr(ev),
-        rport: ev.dport,
-        old_state: state_name(ev.oldstate),
-        new_state: state_name(ev.newstate),
-        old_state_ns: in_old,
-        old_state_ms: opt_ms(in_old),
-        pid: known.then_some(step.owner_pid),
-        comm: known.then(|| comm(&step.owner_comm)),
-        owner_source: owner_source_name(step.owner_source),
-        ctx_pid: ev.ctx_pid,
-        ctx_comm: comm(&ev.ctx_comm),
-        container: ContainerJson::of(step.cgroup_id, step.netns, cgroups),
-    };
-    write_line(&obj, out)
+    begin(out, TRANSITION_SCHEMA);
+    fields!(out;
+        "ts_ns" => ev.ts_ns,
+        "unix_ns" => clock.unix_ns(ev.ts_ns),
+        "skaddr" => Hex(ev.skaddr),
+        "family" => Name(family(ev.family)),
+        "laddr" => local_addr(ev),
+        "lport" => ev.sport,
+        "raddr" => remote_addr(ev),
+        "rport" => ev.dport,
+        "old_state" => Name(state_name(ev.oldstate)),
+        "new_state" => Name(state_name(ev.newstate)),
+        "old_state_ns" => in_old,
+        "old_state_ms" => opt_ms(in_old),
+        "pid" => known.then_some(step.owner_pid),
+        "comm" => known.then_some(Comm(&step.owner_comm)),
+        "owner_source" => Name(owner_source_name(step.owner_source)),
+        "ctx_pid" => ev.ctx_pid,
+        "ctx_comm" => Comm(&ev.ctx_comm),
+    );
+    container(step.cgroup_id, step.netns, cgroups, out);
+    end(out);
 }
 
 #[derive(Serialize)]

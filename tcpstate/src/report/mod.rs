@@ -3,6 +3,7 @@
 //! what the live trace printed.
 
 pub mod json;
+mod jsonw;
 pub mod ladder;
 pub mod pairing;
 pub(crate) mod render;

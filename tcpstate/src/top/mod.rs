@@ -559,6 +559,7 @@ fn live(args: &TopArgs) -> Result<i32> {
         duration: args.duration,
         watch_stdout: false,
         stop: Some(&STOP),
+        ring_bytes: args.buffer_size,
     };
     let filtered = !spec.is_empty();
     let result = rt.block_on(live::run_into(limits, filtered, &mut probe, &mut output));
