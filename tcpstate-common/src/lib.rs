@@ -523,22 +523,20 @@ pub struct NetnsOffsets {
     pub ok: u32,
 }
 
-/// Where the BTF tracepoint program finds, in the socket it is handed, the fields the classic
-/// tracepoint copies into its record (from BTF). `inet_saddr` is the offset of the 8-byte word
-/// of `struct inet_sock` that holds `inet_saddr` (first) and `inet_sport` (at byte
-/// `sport_in_word`); the others are in `struct sock`.
+/// Where the BTF tracepoint program finds, in the TCP socket it is handed, the fields the
+/// classic tracepoint copies into its record (from BTF, offsets from the start of the socket):
+/// `inet_saddr` and `inet_sport` are in `struct inet_sock`, the others in `struct sock`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockLayout {
     pub family: u16,
-    pub protocol: u16,
     pub dport: u16,
     pub daddr: u16,
     pub v6_daddr: u16,
     pub v6_rcv_saddr: u16,
     pub inet_saddr: u16,
-    pub sport_in_word: u8,
-    pub _pad: u8,
+    pub inet_sport: u16,
+    pub _pad: u16,
 }
 
 /// Settings of the kernel program other than the filter.

@@ -77,13 +77,12 @@ static NETNS_OFFSETS: NetnsOffsets = NetnsOffsets {
 #[no_mangle]
 static SOCK_LAYOUT: SockLayout = SockLayout {
     family: 0,
-    protocol: 0,
     dport: 0,
     daddr: 0,
     v6_daddr: 0,
     v6_rcv_saddr: 0,
     inet_saddr: 0,
-    sport_in_word: 0,
+    inet_sport: 0,
     _pad: 0,
 };
 
@@ -272,52 +271,54 @@ pub fn tcpstate_rescue(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// Loads a field of the socket the BTF tracepoint hands over, at an offset from BTF.
+/// Loads a field of the TCP socket the BTF tracepoint hands over, at an offset from BTF.
 #[inline(always)]
-fn sk_field<T: Copy>(sk: *const u8, off: u16) -> T {
-    // SAFETY: `sk` is the tracepoint's `struct sock *` (a BTF-typed pointer: the verifier checks
-    // the access against the struct and makes the load fault-safe); `off` is a load-time
-    // constant user space took from BTF for a field of exactly this size.
-    unsafe { core::ptr::read(sk.add(off as usize) as *const T) }
+fn sk_field<T: Copy>(tp: *const u8, off: u16) -> T {
+    // SAFETY: `tp` is a BTF-typed `struct tcp_sock *` (the verifier checks each access against
+    // the struct and makes the load fault-safe); `off` is a load-time constant user space took
+    // from BTF for a field of exactly this size.
+    unsafe { core::ptr::read(tp.add(off as usize) as *const T) }
 }
 
 /// The fields the classic tracepoint's record holds, from the socket itself: the same ones the
-/// kernel copies into that record (`inet_sport`, `inet_saddr`, `skc_*`, `sk_protocol`).
+/// kernel copies into that record (`inet_sport`, `inet_saddr`, `skc_*`), by typed loads.
 #[inline(always)]
 fn read_sock(ctx: &BtfTracePointContext) -> Option<Sock> {
-    let sk: *const u8 = ctx.arg(0);
+    let sk: *mut core::ffi::c_void = ctx.arg(0);
     let oldstate: i32 = ctx.arg(1);
     let newstate: i32 = ctx.arg(2);
-    let l = &SOCK_LAYOUT;
-    if sk_field::<u16>(sk, konst(&l.protocol)) != IPPROTO_TCP {
+    // The socket as a `tcp_sock`, or null when it is not a full TCP socket: this is the
+    // classic record's `protocol == IPPROTO_TCP` (MPTCP's own sockets also change state here),
+    // and it types the pointer so that the `inet_sock` fields past `struct sock` load directly.
+    // SAFETY: a helper that checks its argument.
+    let tp = unsafe { generated::bpf_skc_to_tcp_sock(sk) } as *const u8;
+    if tp.is_null() {
         return None;
     }
-    let family = sk_field::<u16>(sk, konst(&l.family)) as u8;
-    // `inet_saddr`, `uc_ttl`, `inet_sport`: one word of `struct inet_sock`, past the end of
-    // `struct sock`, so read with the helper rather than a typed load.
-    let word = kread::<u64>(sk as u64, konst(&l.inet_saddr))?;
-    let sport = u16::from_be((word >> (8 * konst(&l.sport_in_word))) as u16);
+    let l = &SOCK_LAYOUT;
+    let family = sk_field::<u16>(tp, konst(&l.family)) as u8;
     let (saddr, daddr) = if family == AF_INET {
         (
-            [word & 0xffff_ffff, 0],
-            [u64::from(sk_field::<u32>(sk, konst(&l.daddr))), 0],
+            [u64::from(sk_field::<u32>(tp, konst(&l.inet_saddr))), 0],
+            [u64::from(sk_field::<u32>(tp, konst(&l.daddr))), 0],
         )
     } else {
         let (s6, d6) = (konst(&l.v6_rcv_saddr), konst(&l.v6_daddr));
         (
-            [sk_field(sk, s6), sk_field(sk, s6 + 8)],
-            [sk_field(sk, d6), sk_field(sk, d6 + 8)],
+            [sk_field(tp, s6), sk_field(tp, s6 + 8)],
+            [sk_field(tp, d6), sk_field(tp, d6 + 8)],
         )
     };
     Some(Sock {
-        skaddr: sk as u64,
+        skaddr: tp as u64,
         oldstate: oldstate as u8,
         newstate: newstate as u8,
         family,
-        sport,
-        dport: u16::from_be(sk_field::<u16>(sk, konst(&l.dport))),
+        sport: u16::from_be(sk_field::<u16>(tp, konst(&l.inet_sport))),
+        dport: u16::from_be(sk_field::<u16>(tp, konst(&l.dport))),
         saddr,
         daddr,
+        netns: Some(typed_netns(tp)),
     })
 }
 
@@ -364,6 +365,9 @@ struct Sock {
     dport: u16,
     saddr: [u64; 2],
     daddr: [u64; 2],
+    /// The socket's network namespace inode when already read (the BTF tracepoint reads it
+    /// with two typed loads for every event); `None`: read it with the helper where needed.
+    netns: Option<u32>,
 }
 
 #[inline(always)]
@@ -447,6 +451,7 @@ fn read_direct(ctx: &TracePointContext) -> Option<Sock> {
         dport: ctx_field(ctx, M.dport),
         saddr,
         daddr,
+        netns: None,
     })
 }
 
@@ -492,6 +497,7 @@ fn read_copied(ctx: &TracePointContext) -> Option<Sock> {
         dport: rec.u16_at(konst(&LAYOUT.dport)),
         saddr,
         daddr,
+        netns: None,
     })
 }
 
@@ -513,21 +519,38 @@ fn copy_owner(src: &Owner) -> Owner {
     }
 }
 
-/// The inode of the socket's own network namespace (`skc_net->ns.inum`), 0 when unknown. Two
-/// reads; called only where a socket's life starts, at its owner's system calls, and for
-/// sockets whose owner entry is not there to carry it (see `attribute`).
+/// The inode of the socket's own network namespace (`skc_net->ns.inum`), 0 when unknown. On
+/// the classic tracepoint two helper reads, so called only where a socket's life starts, at its
+/// owner's system calls, and for sockets whose owner entry is not there to carry it (see
+/// `attribute`); the BTF tracepoint has it already.
 #[inline(always)]
-fn sock_netns(skaddr: u64) -> u32 {
+fn sock_netns(s: &Sock) -> u32 {
+    if let Some(n) = s.netns {
+        return n;
+    }
     if konst(&NETNS_OFFSETS.ok) == 0 {
         return 0;
     }
-    let Some(net) = kread::<u64>(skaddr, konst(&NETNS_OFFSETS.skc_net)) else {
+    let Some(net) = kread::<u64>(s.skaddr, konst(&NETNS_OFFSETS.skc_net)) else {
         return 0;
     };
     if net == 0 {
         return 0;
     }
     kread::<u32>(net, konst(&NETNS_OFFSETS.ns_inum)).unwrap_or(0)
+}
+
+/// `skc_net->ns.inum` by two typed loads from the BTF tracepoint's socket (0 when unknown).
+#[inline(always)]
+fn typed_netns(tp: *const u8) -> u32 {
+    if konst(&NETNS_OFFSETS.ok) == 0 {
+        return 0;
+    }
+    let net: *const u8 = sk_field(tp, konst(&NETNS_OFFSETS.skc_net));
+    if net.is_null() {
+        return 0;
+    }
+    sk_field::<u32>(net, konst(&NETNS_OFFSETS.ns_inum))
 }
 
 /// The current task's name, written by the helper without zeroing the buffer first (the
@@ -581,7 +604,7 @@ fn handle<C: EbpfContext>(ctx: &C, s: Sock, b: Bank) {
         // A connect() whose local port is not chosen yet. Its owner travels with the held
         // event and enters the owner table only if the socket turns out to match: most held
         // connects are dropped, and then cost no table insert and delete.
-        let who = Attribution::current_task(pid_tgid, s.skaddr);
+        let who = Attribution::current_task(pid_tgid, &s);
         if flags & OWNER_FILTERS != 0 && !owner_passes(&who.owner, flags) {
             reject(&s, flags, b);
             return;
@@ -649,7 +672,7 @@ impl Attribution {
     /// cgroup is the owner's (the one place the kernel can tell it: later events run in
     /// whatever task the CPU ran).
     #[inline(always)]
-    fn current_task(pid_tgid: u64, skaddr: u64) -> Attribution {
+    fn current_task(pid_tgid: u64, s: &Sock) -> Attribution {
         let mut flags = 0;
         if konst(&FILTER.flags) & filter_flags::CGROUP != 0 {
             // The owner's ancestor at the filter cgroup's level is that cgroup: it is in it or
@@ -669,7 +692,7 @@ impl Attribution {
                 comm: current_comm(),
                 // SAFETY: a helper without arguments.
                 cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-                netns: sock_netns(skaddr),
+                netns: sock_netns(s),
                 flags,
             },
             source: owner_source::SYSCALL,
@@ -921,7 +944,7 @@ fn listen_key(s: &Sock) -> ListenKey {
 fn attribute<C: EbpfContext>(ctx: &C, s: &Sock, pid_tgid: u64, b: Bank) -> Attribution {
     let (old, new) = (s.oldstate, s.newstate);
     let who = if is_owner_syscall(old, new) {
-        let who = Attribution::current_task(pid_tgid, s.skaddr);
+        let who = Attribution::current_task(pid_tgid, s);
         remember_owner(s, &who.owner, b);
         if new == state::LISTEN {
             note_listener(s, &who.owner);
@@ -942,7 +965,7 @@ fn attribute<C: EbpfContext>(ctx: &C, s: &Sock, pid_tgid: u64, b: Bank) -> Attri
             Some(mut owner) if owner.pid != 0 => {
                 // The child's own namespace: listeners of one port in two namespaces share a
                 // LISTENERS key.
-                owner.netns = sock_netns(s.skaddr);
+                owner.netns = sock_netns(s);
                 remember_owner(s, &owner, b);
                 Attribution::known(owner, owner_source::LISTENER)
             }
@@ -951,7 +974,7 @@ fn attribute<C: EbpfContext>(ctx: &C, s: &Sock, pid_tgid: u64, b: Bank) -> Attri
                 // owner.
                 let _ = OWNERS.remove(&s.skaddr);
                 let mut who = Attribution::UNKNOWN;
-                who.owner.netns = sock_netns(s.skaddr);
+                who.owner.netns = sock_netns(s);
                 who
             }
         }
@@ -970,7 +993,7 @@ fn attribute<C: EbpfContext>(ctx: &C, s: &Sock, pid_tgid: u64, b: Bank) -> Attri
             Some(owner) => {
                 let mut owner = copy_owner(owner);
                 // Once per socket older than tracing: its entry in OWNERS then carries it.
-                owner.netns = sock_netns(s.skaddr);
+                owner.netns = sock_netns(s);
                 remember_owner(s, &owner, b);
                 Attribution::known(owner, owner_source::PROC_SCAN)
             }
@@ -978,7 +1001,7 @@ fn attribute<C: EbpfContext>(ctx: &C, s: &Sock, pid_tgid: u64, b: Bank) -> Attri
                 // Nobody to carry the namespace: read it for each such event (sockets older
                 // than tracing that the scan missed, and full owner tables).
                 let mut who = Attribution::UNKNOWN;
-                who.owner.netns = sock_netns(s.skaddr);
+                who.owner.netns = sock_netns(s);
                 who
             }
         }
@@ -1253,6 +1276,7 @@ fn read_joined(ctx: &TracePointContext, l: &'static JoinLayout) -> Option<Joined
             dport,
             saddr,
             daddr,
+            netns: None,
         },
         skbaddr: opt_u64(konst(&l.skbaddr)),
         has_addrs: family == AF_INET || family == AF_INET6,
@@ -1294,7 +1318,7 @@ fn joined_passes(j: &Joined, sent_reset: bool) -> bool {
         let owner = match unsafe { OWNERS.get(&j.sock.skaddr) } {
             Some(o) => copy_owner(o),
             None if sent_reset && j.sock.newstate == state::CLOSE => {
-                Attribution::current_task(bpf_get_current_pid_tgid(), j.sock.skaddr).owner
+                Attribution::current_task(bpf_get_current_pid_tgid(), &j.sock).owner
             }
             None => return false,
         };

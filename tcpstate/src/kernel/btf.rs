@@ -156,8 +156,9 @@ pub fn has_per_program_guard(types: &TypeInformation) -> bool {
 }
 
 /// The socket fields the classic `inet_sock_set_state` record is filled from (see its
-/// `TP_fast_assign`): `sk_protocol`, `skc_family`, `skc_dport`, `skc_daddr`, the IPv6 pair, and
-/// `inet_saddr` / `inet_sport` of `struct inet_sock`, which must share one aligned 8-byte word.
+/// `TP_fast_assign`): `skc_family`, `skc_dport`, `skc_daddr`, the IPv6 pair, and `inet_saddr`
+/// and `inet_sport` of `struct inet_sock`, all from the start of the `tcp_sock` (which begins
+/// with them). `sk_protocol` is checked by the program's `bpf_skc_to_tcp_sock`.
 fn sock_layout(types: &TypeInformation) -> Option<SockLayout> {
     let field = |strukt: &'static str, path: &'static str, size: usize| {
         offset_of(
@@ -170,21 +171,14 @@ fn sock_layout(types: &TypeInformation) -> Option<SockLayout> {
             },
         )
     };
-    let inet_saddr = field("inet_sock", "inet_saddr", 4)?;
-    let inet_sport = field("inet_sock", "inet_sport", 2)?;
-    let sport_in_word = inet_sport.checked_sub(inet_saddr)?;
-    if inet_saddr % 8 != 0 || sport_in_word > 6 {
-        return None;
-    }
     Some(SockLayout {
         family: field("sock", "__sk_common.skc_family", 2)?,
-        protocol: field("sock", "sk_protocol", 2)?,
         dport: field("sock", "__sk_common.skc_dport", 2)?,
         daddr: field("sock", "__sk_common.skc_daddr", 4)?,
         v6_daddr: field("sock", "__sk_common.skc_v6_daddr", 16)?,
         v6_rcv_saddr: field("sock", "__sk_common.skc_v6_rcv_saddr", 16)?,
-        inet_saddr,
-        sport_in_word: u8::try_from(sport_in_word).ok()?,
+        inet_saddr: field("inet_sock", "inet_saddr", 4)?,
+        inet_sport: field("inet_sock", "inet_sport", 2)?,
         _pad: 0,
     })
 }

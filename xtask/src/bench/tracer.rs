@@ -46,6 +46,9 @@ const STDERR_TAIL_LINES: usize = 20;
 pub enum Config {
     /// `tcpstate trace`: the default output, one line per connection, to a file.
     Connections,
+    /// `tcpstate trace --attach classic`: the same on the classic tracepoint, to compare the
+    /// attachments in one run.
+    Classic,
     /// `tcpstate trace --transitions --output json`, to a file.
     Json,
     /// `tcpstate trace --port 1`: the kernel filters every event out.
@@ -65,8 +68,9 @@ pub enum Config {
 }
 
 impl Config {
-    pub const ALL: [Config; 9] = [
+    pub const ALL: [Config; 10] = [
         Config::Connections,
+        Config::Classic,
         Config::Json,
         Config::Filtered,
         Config::Exporter,
@@ -81,6 +85,7 @@ impl Config {
     pub fn label(self) -> &'static str {
         match self {
             Config::Connections => "tcpstate trace",
+            Config::Classic => "tcpstate trace --attach classic",
             Config::Json => "tcpstate trace --transitions --output json",
             Config::Filtered => "tcpstate trace --port 1",
             Config::Exporter => "tcpstate exporter, scraped every 1 s",
@@ -96,6 +101,7 @@ impl Config {
     pub fn key(self) -> &'static str {
         match self {
             Config::Connections => "connections",
+            Config::Classic => "classic",
             Config::Json => "json",
             Config::Filtered => "filtered",
             Config::Exporter => "exporter",
@@ -110,6 +116,7 @@ impl Config {
     fn tcpstate_args(self) -> &'static [&'static str] {
         match self {
             Config::Connections | Config::SecondTracer => &["trace"],
+            Config::Classic => &["trace", "--attach", "classic"],
             Config::Json => &["trace", "--transitions", "--output", "json"],
             Config::Filtered => &["trace", "--port", "1"],
             Config::Exporter => &["exporter"],
@@ -121,6 +128,7 @@ impl Config {
         matches!(
             self,
             Config::Connections
+                | Config::Classic
                 | Config::Json
                 | Config::Filtered
                 | Config::SecondTracer
