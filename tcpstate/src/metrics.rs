@@ -337,6 +337,8 @@ pub struct Metrics {
     /// Last kernel totals seen, so cumulative kernel counters become counter increments.
     last_lost: std::sync::Mutex<Vec<(&'static str, u64)>>,
     last_events: AtomicU64,
+    /// The kernel's `rescued` at the last sample.
+    last_rescued: AtomicU64,
 }
 
 /// The loss counters of the summary (`Counter::is_loss`), named as there: the `reason` values.
@@ -420,6 +422,7 @@ impl Metrics {
             netstat: Default::default(),
             last_lost: std::sync::Mutex::new(Vec::new()),
             last_events: AtomicU64::new(0),
+            last_rescued: AtomicU64::new(0),
         };
         let mut m = m;
         let mut r = Registry::default();
@@ -668,6 +671,12 @@ impl Metrics {
         let before = self.last_events.swap(events, Ordering::Relaxed);
         if events > before {
             self.events.inc_by(events - before);
+        }
+        if let Some(rescued) = k.get(KernelCounter::Rescued) {
+            let before = self.last_rescued.swap(rescued, Ordering::Relaxed);
+            if rescued > before {
+                self.rescued.inc_by(rescued - before);
+            }
         }
         let mut by_state = [0i64; 16];
         for c in engine.open() {
@@ -1311,6 +1320,22 @@ mod tests {
             text.contains("tcpstate_events_lost_total{reason=\"ringbuf_full\"} 5"),
             "{text}"
         );
+        assert!(
+            text.contains("tcpstate_events_lost_total{reason=\"recursion_misses\"} 0"),
+            "{text}"
+        );
+    }
+
+    /// The rescue program's count becomes its own counter, never a loss.
+    #[test]
+    fn rescued_runs_are_counted_apart_from_losses() {
+        let m = Metrics::new(&info());
+        let engine = Engine::new(16);
+        let k = |n| KernelCounters::zero().with(KernelCounter::Rescued, n);
+        m.sample(&k(2), &engine);
+        m.sample(&k(7), &engine);
+        let text = m.encode();
+        assert!(text.contains("tcpstate_events_rescued_total 7"), "{text}");
         assert!(
             text.contains("tcpstate_events_lost_total{reason=\"recursion_misses\"} 0"),
             "{text}"
