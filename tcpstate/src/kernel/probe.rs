@@ -906,6 +906,35 @@ fn prog_recursion_misses(fd: RawFd) -> std::io::Result<u64> {
 mod tests {
     use super::*;
 
+    /// `auto` falls back to the classic tracepoint with one notice saying why; `btf` refuses to
+    /// instead; `classic` never tries.
+    #[test]
+    fn the_btf_route_degrades_with_a_notice_or_refuses() {
+        let l = SockLayout::default();
+        assert_eq!(btf_route(Attachment::Auto, Some(l), true).ok(), Some(Ok(l)));
+        assert_eq!(btf_route(Attachment::Btf, Some(l), true).ok(), Some(Ok(l)));
+        assert_eq!(
+            btf_route(Attachment::Classic, Some(l), true).ok(),
+            Some(Err(String::new()))
+        );
+        let Ok(Err(notice)) = btf_route(Attachment::Auto, Some(l), false) else {
+            panic!("auto without the guard falls back");
+        };
+        assert!(notice.contains("recursion guard (Linux 6.1+)"), "{notice}");
+        assert!(notice.contains("classic tracepoint"), "{notice}");
+        let Ok(Err(notice)) = btf_route(Attachment::Auto, None, true) else {
+            panic!("auto without the socket layout falls back");
+        };
+        assert!(
+            notice.contains("does not describe the socket fields"),
+            "{notice}"
+        );
+        let err = btf_route(Attachment::Btf, Some(l), false).expect_err("btf refuses");
+        assert!(err
+            .to_string()
+            .starts_with("loading the eBPF program failed: --attach btf:"));
+    }
+
     /// A kernel without one of the joined tracepoints: a notice, not an error.
     #[test]
     fn a_missing_joined_tracepoint_is_a_notice() {
