@@ -286,13 +286,14 @@ impl Pipeline {
         self.engine.finish(end, &mut done);
         // Both ends of a connection can still be open: pair them within this last batch.
         let open_tuples: HashSet<u64> = done.iter().map(|c| c.tuple_hash(false)).collect();
-        for c in done.drain(..) {
-            self.record(&c);
+        for c in &done {
+            self.record(c);
             if self.cfg.mode != Mode::Transitions {
                 let peer_open = open_tuples.contains(&c.tuple_hash(true));
-                self.pairing.offer(&c, peer_open, &mut self.emits);
+                self.pairing.offer(c, peer_open, &mut self.emits);
             }
         }
+        done.clear();
         self.done = done;
         self.pairing.flush(&mut self.emits);
         self.print_emits(out)?;
@@ -378,12 +379,13 @@ impl Pipeline {
             self.renderer.transition(ev, &step, &mut self.buf)?;
             render::flush(&mut self.buf, out)?;
         }
-        for c in done.drain(..) {
-            let peer_open = self.cfg.mode != Mode::Transitions && self.engine.has_open_peer(&c);
+        for c in &done {
+            let peer_open = self.cfg.mode != Mode::Transitions && self.engine.has_open_peer(c);
             if let Some(h) = self.linger.push(c, peer_open, ev.ts_ns) {
                 self.offer(&h);
             }
         }
+        done.clear();
         self.done = done;
         self.print_emits(out)
     }
