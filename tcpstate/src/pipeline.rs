@@ -286,13 +286,14 @@ impl Pipeline {
         self.engine.finish(end, &mut done);
         // Both ends of a connection can still be open: pair them within this last batch.
         let open_tuples: HashSet<u64> = done.iter().map(|c| c.tuple_hash(false)).collect();
-        for c in done.drain(..) {
-            self.record(&c);
+        for c in &done {
+            self.record(c);
             if self.cfg.mode != Mode::Transitions {
                 let peer_open = open_tuples.contains(&c.tuple_hash(true));
                 self.pairing.offer(c, peer_open, &mut self.emits);
             }
         }
+        done.clear();
         self.done = done;
         self.pairing.flush(&mut self.emits);
         self.print_emits(out)?;
@@ -378,12 +379,13 @@ impl Pipeline {
             self.renderer.transition(ev, &step, &mut self.buf)?;
             render::flush(&mut self.buf, out)?;
         }
-        for c in done.drain(..) {
-            let peer_open = self.cfg.mode != Mode::Transitions && self.engine.has_open_peer(&c);
+        for c in &done {
+            let peer_open = self.cfg.mode != Mode::Transitions && self.engine.has_open_peer(c);
             if let Some(h) = self.linger.push(c, peer_open, ev.ts_ns) {
-                self.offer(h);
+                self.offer(&h);
             }
         }
+        done.clear();
         self.done = done;
         self.print_emits(out)
     }
@@ -408,7 +410,7 @@ impl Pipeline {
     fn release_lingering(&mut self, now_ns: Option<u64>, out: &mut impl Write) -> io::Result<()> {
         let mut any = false;
         while let Some(h) = self.linger.pop_due(now_ns) {
-            self.offer(h);
+            self.offer(&h);
             any = true;
         }
         if any {
@@ -418,10 +420,10 @@ impl Pipeline {
     }
 
     /// A finished lifetime goes to the statistics and to pairing.
-    fn offer(&mut self, h: timeline::linger::Held) {
+    fn offer(&mut self, h: &timeline::linger::Held) {
         self.record(&h.conn);
         if self.cfg.mode != Mode::Transitions {
-            self.pairing.offer(h.conn, h.peer_open, &mut self.emits);
+            self.pairing.offer(&h.conn, h.peer_open, &mut self.emits);
         }
     }
 
@@ -488,12 +490,13 @@ impl Pipeline {
     }
 
     fn passes(&self, c: &Conn) -> bool {
-        let at_least = |min: Option<u64>, v: Option<u64>| match min {
-            Some(m) => v.is_some_and(|v| v >= m),
+        // The durations are worked out only when a threshold asks for them.
+        let at_least = |min: Option<u64>, v: fn(&Conn) -> Option<u64>| match min {
+            Some(m) => v(c).is_some_and(|v| v >= m),
             None => true,
         };
-        at_least(self.cfg.min_handshake_ns, c.hs_shown_ns())
-            && at_least(self.cfg.min_close_wait_ns, c.phase_ns(Phase::CloseWait))
+        at_least(self.cfg.min_handshake_ns, Conn::hs_shown_ns)
+            && at_least(self.cfg.min_close_wait_ns, |c| c.phase_ns(Phase::CloseWait))
     }
 
     /// Prints what pairing released; a pair is shown when either end passes the thresholds,
@@ -501,14 +504,15 @@ impl Pipeline {
     fn print_emits(&mut self, out: &mut impl Write) -> io::Result<()> {
         let mut emits = std::mem::take(&mut self.emits);
         let mut result = Ok(());
-        for e in emits.drain(..) {
+        // By reference: an emit holds two connection summaries, too big to move for nothing.
+        for e in &emits {
             if self.limit_reached() {
                 break;
             }
-            let r = match e.second {
+            let r = match &e.second {
                 None if self.passes(&e.first) => self.print_single(&e.first, out),
-                Some(b) if self.passes(&e.first) || self.passes(&b) => {
-                    self.print_pair(&e.first, &b, out)
+                Some(b) if self.passes(&e.first) || self.passes(b) => {
+                    self.print_pair(&e.first, b, out)
                 }
                 _ => Ok(()),
             };

@@ -179,6 +179,20 @@ impl Small {
     pub(crate) fn clear(&mut self) {
         self.len = 0;
     }
+
+    /// The contents (ASCII for what the table writes).
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Appends one ASCII byte, if it fits.
+    fn push_byte(&mut self, b: u8) {
+        debug_assert!(b.is_ascii());
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
 }
 
 const SPACES: &str = "                                                                ";
@@ -205,6 +219,94 @@ pub(crate) fn right(out: &mut impl Write, s: &str, width: usize) -> fmt::Result 
     out.write_str(s)
 }
 
+/// `fmt::Write` into a byte buffer (the pipeline's), for text written with `write!`.
+pub(crate) struct Utf8<'a>(pub(crate) &'a mut Vec<u8>);
+
+impl Write for Utf8<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+// Byte-level columns for the connection table, the default output: what they write is ASCII
+// by construction, so it skips the `&str` round trip (UTF-8 validation, counting characters)
+// and widths are byte counts.
+
+/// Appends `s` left-aligned in a column of `width` bytes (never truncated).
+pub(crate) fn left_bytes(out: &mut Vec<u8>, s: &[u8], width: usize) {
+    out.extend_from_slice(s);
+    out.resize(out.len() + width.saturating_sub(s.len()), b' ');
+}
+
+/// Appends `s` right-aligned in a column of `width` bytes (never truncated).
+pub(crate) fn right_bytes(out: &mut Vec<u8>, s: &[u8], width: usize) {
+    out.resize(out.len() + width.saturating_sub(s.len()), b' ');
+    out.extend_from_slice(s);
+}
+
+/// `v` in decimal, written at the end of `buf`; returns the digits.
+pub(crate) fn decimal(mut v: u64, buf: &mut [u8; 24]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// Nanoseconds as milliseconds with three decimals, rounded to the microsecond (as
+/// [`Small::push_ms`]), written at the end of `buf`.
+pub(crate) fn millis(ns: u64, buf: &mut [u8; 24]) -> &[u8] {
+    let us = ns.saturating_add(500) / 1_000;
+    let frac = us % 1_000;
+    let end = buf.len();
+    buf[end - 4..].copy_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+    let mut v = us / 1_000;
+    let mut i = end - 4;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// An address as [`Small::push_ip`] writes it, IPv4 without going through `fmt`.
+pub(crate) fn ip_bytes(ip: IpAddr, buf: &mut Small) -> &[u8] {
+    buf.clear();
+    match ip {
+        IpAddr::V4(a) => {
+            for (i, o) in a.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf.push_byte(b'.');
+                }
+                if o >= 100 {
+                    buf.push_byte(b'0' + o / 100);
+                }
+                if o >= 10 {
+                    buf.push_byte(b'0' + o / 10 % 10);
+                }
+                buf.push_byte(b'0' + o % 10);
+            }
+        }
+        IpAddr::V6(_) => buf.push_ip(ip),
+    }
+    buf.as_bytes()
+}
+
 impl Write for Small {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         let end = self.len + s.len();
@@ -221,6 +323,46 @@ impl Write for Small {
 mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn byte_columns_match_small() {
+        let mut buf = [0; 24];
+        for v in [0, 7, 10, 999, 65_535, 4_294_967_295, u64::MAX] {
+            let mut s = Small::new();
+            s.push_u64(v);
+            assert_eq!(decimal(v, &mut buf), s.as_bytes());
+        }
+        for ns in [
+            0,
+            499,
+            500,
+            31_245,
+            999_499,
+            999_500,
+            12_345_678_901,
+            u64::MAX,
+        ] {
+            let mut s = Small::new();
+            s.push_ms(ns);
+            assert_eq!(millis(ns, &mut buf), s.as_bytes());
+        }
+        let mut field = Small::new();
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.255",
+            "::1",
+            "2001:db8::ff00:42:8329",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_bytes(ip, &mut field), ip.to_string().as_bytes());
+        }
+        let mut out = Vec::new();
+        left_bytes(&mut out, b"ab", 4);
+        right_bytes(&mut out, b"cd", 3);
+        left_bytes(&mut out, b"toolong", 2);
+        assert_eq!(out, b"ab   cdtoolong");
+    }
 
     #[test]
     fn small_formats() {

@@ -9,7 +9,7 @@ use std::io;
 
 use super::summary::{self, Summary};
 use super::time::{ClockBase, TimeColumn, TimeFormatter};
-use super::{json, ladder, table, transitions};
+use super::{json, ladder, table, transitions, Utf8};
 use crate::cgroup::Names;
 use crate::event::Event;
 use crate::facts::ResetRecord;
@@ -84,16 +84,6 @@ pub(crate) fn new(
     }
 }
 
-/// `fmt::Write` into the pipeline's byte buffer, for the text renderers.
-struct Utf8<'a>(&'a mut Vec<u8>);
-
-impl fmt::Write for Utf8<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
-}
-
 fn fmt_error(_: fmt::Error) -> io::Error {
     io::Error::other("formatting output failed")
 }
@@ -136,14 +126,14 @@ impl Renderer for ConnectionTable {
     fn single(&mut self, c: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
         let t = &mut self.0;
         let cg = t.containers.then_some(&t.cgroups);
-        table::line(c, false, &mut t.time, t.wide, cg, &mut Utf8(out)).map_err(fmt_error)
+        table::line(c, false, &mut t.time, t.wide, cg, out).map_err(fmt_error)
     }
 
     fn pair(&mut self, a: &Conn, b: &Conn, out: &mut Vec<u8>) -> io::Result<()> {
         let t = &mut self.0;
         let cg = t.containers.then_some(&t.cgroups);
-        table::line(a, false, &mut t.time, t.wide, cg, &mut Utf8(out)).map_err(fmt_error)?;
-        table::line(b, true, &mut t.time, t.wide, cg, &mut Utf8(out)).map_err(fmt_error)
+        table::line(a, false, &mut t.time, t.wide, cg, out).map_err(fmt_error)?;
+        table::line(b, true, &mut t.time, t.wide, cg, out).map_err(fmt_error)
     }
 
     fn summary(&mut self, s: &Summary<'_>, out: &mut Vec<u8>) -> io::Result<()> {
@@ -158,7 +148,7 @@ impl Renderer for ConnectionTable {
     fn stuck(&mut self, c: &Conn, at_ns: u64, out: &mut Vec<u8>) -> io::Result<()> {
         let t = &mut self.0;
         let cg = t.containers.then_some(&t.cgroups);
-        table::stuck(c, at_ns, &mut t.time, t.wide, cg, &mut Utf8(out)).map_err(fmt_error)
+        table::stuck(c, at_ns, &mut t.time, t.wide, cg, out).map_err(fmt_error)
     }
 }
 

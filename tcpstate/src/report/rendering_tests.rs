@@ -1389,3 +1389,30 @@ fn container_columns_in_both_tables_and_fields_in_json() {
         .unwrap()
         .starts_with("/kubepods.slice/"));
 }
+
+/// A task name that is not ASCII (valid UTF-8 or not) is padded by characters, like an ASCII
+/// one of the same length.
+#[test]
+fn non_ascii_task_names_keep_the_table_aligned() {
+    let table = |name: &[u8]| {
+        let evs: Vec<Event> = conversation()
+            .into_iter()
+            .map(|mut e| {
+                if e.owner_pid == 7 {
+                    e.owner_comm = [0; 16];
+                    e.owner_comm[..name.len()].copy_from_slice(name);
+                }
+                e
+            })
+            .collect();
+        render(config(Mode::Connections, Format::Table), &events(&evs))
+    };
+    let ascii = table(b"hxllo");
+    assert!(ascii.contains("hxllo "));
+    for (raw, shown) in [
+        ("h\u{e9}llo".as_bytes(), "h\u{e9}llo"),
+        (&b"h\xffllo"[..], "h\u{fffd}llo"),
+    ] {
+        assert_eq!(table(raw).replace(shown, "hxllo"), ascii);
+    }
+}

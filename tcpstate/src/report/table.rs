@@ -21,7 +21,10 @@ use std::fmt::{self, Write};
 use tcpstate_common::{reset_direction, AF_INET};
 
 use super::time::TimeFormatter;
-use super::{comm_or_dash, left, right, role_column, Small};
+use super::{
+    comm_or_dash, decimal, ip_bytes, left, left_bytes, millis, right, right_bytes, role_column,
+    Small, Utf8,
+};
 use crate::cgroup::Names;
 use crate::event::state_name;
 use crate::facts::ResetRecord;
@@ -120,36 +123,41 @@ pub fn line(
     time: &mut TimeFormatter,
     wide: bool,
     containers: Option<&Names>,
-    out: &mut impl Write,
+    out: &mut Vec<u8>,
 ) -> fmt::Result {
-    // Hand-padded columns, like `header`'s: `Formatter` padding is slow on this path.
-    time.write(c.last_ts(), out)?;
-    let mut field = Small::new();
-    owner_and_ends(c, wide, &mut field, out)?;
-    left(out, role_column(c.role()), 9)?;
-    left(out, c.outcome().name(), 10)?;
-    numbers(c, Some(c.life_ns()), c.close_ns(), &mut field, out)?;
+    // Hand-padded byte columns, like `header`'s: `Formatter` padding is slow on this path.
+    time.write(c.last_ts(), &mut Utf8(out))?;
+    owner_and_ends(c, wide, out);
+    left_bytes(out, role_column(c.role()).as_bytes(), 9);
+    left_bytes(out, c.outcome().name().as_bytes(), 10);
+    numbers(c, Some(c.life_ns()), c.close_ns(), out);
+    let out = &mut Utf8(out);
     if let Some(names) = containers {
         container_columns(c.cgroup_id(), c.netns(), names, out)?;
     }
     let mut sep = " ";
     why_notes(c, &mut sep, out)?;
     if peer_above {
-        write!(out, "{sep}peer of line above")?;
-        sep = "; ";
+        note(out, &mut sep, "peer of line above")?;
     }
     if c.syn_retransmitted() && c.retransmits().is_none() {
-        write!(out, "{sep}SYN retransmitted")?;
-        sep = "; ";
+        note(out, &mut sep, "SYN retransmitted")?;
     }
     if c.partial() {
-        write!(out, "{sep}first seen {}", state_name(c.first_state()))?;
-        sep = "; ";
+        note(out, &mut sep, "first seen ")?;
+        out.write_str(state_name(c.first_state()))?;
     }
     if c.incomplete() {
-        write!(out, "{sep}missing transitions")?;
+        note(out, &mut sep, "missing transitions")?;
     }
     out.write_char('\n')
+}
+
+/// Appends one NOTE item after its separator.
+fn note(out: &mut impl Write, sep: &mut &'static str, text: &str) -> fmt::Result {
+    out.write_str(sep)?;
+    *sep = "; ";
+    out.write_str(text)
 }
 
 /// An open socket that just crossed its stuck threshold at `at_ns`.
@@ -159,15 +167,15 @@ pub fn stuck(
     time: &mut TimeFormatter,
     wide: bool,
     containers: Option<&Names>,
-    out: &mut impl Write,
+    out: &mut Vec<u8>,
 ) -> fmt::Result {
-    time.write(at_ns, out)?;
-    let mut field = Small::new();
-    owner_and_ends(c, wide, &mut field, out)?;
-    left(out, role_column(c.role()), 9)?;
-    left(out, "stuck", 10)?;
+    time.write(at_ns, &mut Utf8(out))?;
+    owner_and_ends(c, wide, out);
+    left_bytes(out, role_column(c.role()).as_bytes(), 9);
+    left_bytes(out, b"stuck", 10);
     let life = at_ns.saturating_sub(c.first_ts());
-    numbers(c, Some(life), None, &mut field, out)?;
+    numbers(c, Some(life), None, out);
+    let out = &mut Utf8(out);
     if let Some(names) = containers {
         container_columns(c.cgroup_id(), c.netns(), names, out)?;
     }
@@ -180,66 +188,60 @@ pub fn stuck(
 }
 
 /// PID COMM LADDR LPORT RADDR RPORT.
-fn owner_and_ends(c: &Conn, wide: bool, field: &mut Small, out: &mut impl Write) -> fmt::Result {
+fn owner_and_ends(c: &Conn, wide: bool, out: &mut Vec<u8>) {
     let a = addr_width(wide);
+    let mut digits = [0; 24];
     match c.owner() {
         Some((pid, comm)) => {
-            field.push_u64(u64::from(pid));
-            left(out, field.as_str(), 8)?;
-            left(out, &comm_or_dash(comm), 17)?;
+            left_bytes(out, decimal(u64::from(pid), &mut digits), 8);
+            comm_column(comm, out);
         }
         None => {
-            left(out, "-", 8)?;
-            left(out, "-", 17)?;
+            left_bytes(out, b"-", 8);
+            left_bytes(out, b"-", 17);
         }
     }
+    let mut addr = Small::new();
     for (ip, port) in [(c.laddr(), c.lport()), (c.raddr(), c.rport())] {
-        field.clear();
-        field.push_ip(ip);
-        left(out, field.as_str(), a + 1)?;
-        field.clear();
-        field.push_u64(u64::from(port));
-        left(out, field.as_str(), 6)?;
+        left_bytes(out, ip_bytes(ip, &mut addr), a + 1);
+        left_bytes(out, decimal(u64::from(port), &mut digits), 6);
     }
-    Ok(())
+}
+
+/// COMM, `-` when empty. Task names are nearly always ASCII: those are copied as they are,
+/// without a UTF-8 check; anything else goes the general way.
+fn comm_column(raw: &[u8], out: &mut Vec<u8>) {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    match &raw[..end] {
+        [] => left_bytes(out, b"-", 17),
+        name if name.is_ascii() => left_bytes(out, name, 17),
+        _ => {
+            let name = comm_or_dash(raw);
+            out.extend_from_slice(name.as_bytes());
+            let width = name.chars().count();
+            out.resize(out.len() + 17usize.saturating_sub(width), b' ');
+        }
+    }
 }
 
 /// HS_MS RTT_MS RETX LIFE_MS CLOSER CLOSE_MS.
-fn numbers(
-    c: &Conn,
-    life_ns: Option<u64>,
-    close_ns: Option<u64>,
-    field: &mut Small,
-    out: &mut impl Write,
-) -> fmt::Result {
-    let mut ms = |v: Option<u64>, width: usize, out: &mut _| {
-        field.clear();
-        match v {
-            Some(ns) => field.push_ms(ns),
-            None => field.push_str("-"),
-        }
-        right(out, field.as_str(), width)
+fn numbers(c: &Conn, life_ns: Option<u64>, close_ns: Option<u64>, out: &mut Vec<u8>) {
+    let mut buf = [0; 24];
+    let mut ms = |v: Option<u64>, width: usize, out: &mut Vec<u8>| match v {
+        Some(ns) => right_bytes(out, millis(ns, &mut buf), width),
+        None => right_bytes(out, b"-", width),
     };
-    ms(c.hs_shown_ns(), 9, out)?;
-    ms(c.srtt_ns(), 9, out)?;
-    field.clear();
+    ms(c.hs_shown_ns(), 9, out);
+    ms(c.srtt_ns(), 9, out);
+    let mut digits = [0; 24];
     match c.retx_total() {
-        Some(n) => field.push_u64(u64::from(n)),
-        None => field.push_str("-"),
+        Some(n) => right_bytes(out, decimal(u64::from(n), &mut digits), 5),
+        None => right_bytes(out, b"-", 5),
     }
-    right(out, field.as_str(), 5)?;
-    let mut ms = |v: Option<u64>, width: usize, out: &mut _| {
-        field.clear();
-        match v {
-            Some(ns) => field.push_ms(ns),
-            None => field.push_str("-"),
-        }
-        right(out, field.as_str(), width)
-    };
-    ms(life_ns, 11, out)?;
-    out.write_char(' ')?;
-    left(out, c.closer().short(), 6)?;
-    ms(close_ns, 9, out)
+    ms(life_ns, 11, out);
+    out.push(b' ');
+    left_bytes(out, c.closer().short().as_bytes(), 6);
+    ms(close_ns, 9, out);
 }
 
 /// What matters most about how a connection went, first in NOTE.
@@ -250,14 +252,12 @@ fn why_notes(c: &Conn, sep: &mut &'static str, out: &mut impl Write) -> fmt::Res
         } else {
             "RST received"
         };
-        write!(out, "{sep}{what}")?;
-        *sep = "; ";
+        note(out, sep, what)?;
     }
     match c.timeout() {
         Timeout::None => {
             if let Some(name) = c.errno().and_then(errno_name) {
-                write!(out, "{sep}{name}")?;
-                *sep = "; ";
+                note(out, sep, name)?;
             }
         }
         t => {
@@ -267,8 +267,7 @@ fn why_notes(c: &Conn, sep: &mut &'static str, out: &mut impl Write) -> fmt::Res
                 Timeout::Keepalive => "keepalive timeout",
                 _ => "zero window probe timeout",
             };
-            write!(out, "{sep}{what}")?;
-            *sep = "; ";
+            note(out, sep, what)?;
         }
     }
     if let Some(r) = c.retransmits() {
@@ -288,10 +287,7 @@ fn why_notes(c: &Conn, sep: &mut &'static str, out: &mut impl Write) -> fmt::Res
         ] {
             match r[kind as usize] {
                 0 => {}
-                1 => {
-                    write!(out, "{sep}{one}")?;
-                    *sep = "; ";
-                }
+                1 => note(out, sep, one)?,
                 n => {
                     write!(out, "{sep}{n} {many}")?;
                     *sep = "; ";

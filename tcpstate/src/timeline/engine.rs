@@ -321,9 +321,8 @@ impl Engine {
             found => {
                 if let Some(s) = found {
                     self.superseded += 1;
-                    let mut old = self.remove(s);
-                    old.supersede();
-                    done.push(old);
+                    self.slots[s as usize].conn.supersede();
+                    self.remove(s, done);
                 }
                 let mut conn = Conn::start(ev, self.next_id, !starts);
                 if conn.role() == Role::Server && conn.full_tuple() {
@@ -347,9 +346,8 @@ impl Engine {
         };
         let step = step_of(&self.slots[slot as usize].conn, since);
         if ends {
-            let mut conn = self.remove(slot);
-            conn.close(ev, since);
-            done.push(conn);
+            self.slots[slot as usize].conn.close(ev, since);
+            self.remove(slot, done);
         }
         step
     }
@@ -406,9 +404,9 @@ impl Engine {
     pub fn finish(&mut self, now_ns: u64, done: &mut Vec<Conn>) {
         let now = now_ns.max(self.now_ns);
         while self.head != NIL {
-            let mut conn = self.remove(self.head);
-            conn.cut(now, Outcome::Open);
-            done.push(conn);
+            let head = self.head;
+            self.slots[head as usize].conn.cut(now, Outcome::Open);
+            self.remove(head, done);
         }
     }
 
@@ -480,9 +478,11 @@ impl Engine {
     fn insert(&mut self, conn: Conn, done: &mut Vec<Conn>) -> u32 {
         if self.len >= self.max_tracked {
             self.evictions += 1;
-            let mut old = self.remove(self.head);
-            old.cut(self.now_ns, Outcome::Evicted);
-            done.push(old);
+            let head = self.head;
+            self.slots[head as usize]
+                .conn
+                .cut(self.now_ns, Outcome::Evicted);
+            self.remove(head, done);
         }
         let slot = Slot {
             conn,
@@ -521,7 +521,9 @@ impl Engine {
         s
     }
 
-    fn remove(&mut self, s: u32) -> Conn {
+    /// Takes the lifetime in `s` out of the table and appends it to `done` (copied once: it is
+    /// finished in place first, by the caller).
+    fn remove(&mut self, s: u32, done: &mut Vec<Conn>) {
         let i = s as usize;
         let (prev, next) = (self.slots[i].prev, self.slots[i].next);
         match prev {
@@ -537,16 +539,16 @@ impl Engine {
             self.slots[i].stuck = 0;
             self.stuck_now -= 1;
         }
-        let conn = self.slots[i].conn;
+        let skaddr = self.slots[i].conn.skaddr();
         let slots = &self.slots;
         self.by_addr
-            .remove(conn.skaddr(), s, |x| slots[x as usize].conn.skaddr());
+            .remove(skaddr, s, |x| slots[x as usize].conn.skaddr());
         self.unindex_tuple(s);
+        done.push(self.slots[i].conn);
         self.slots[i].prev = NIL;
         self.slots[i].next = self.free;
         self.free = s;
         self.len -= 1;
-        conn
     }
 
     fn index_tuple(&mut self, s: u32) {

@@ -30,15 +30,16 @@ pub struct Linger {
 }
 
 impl Linger {
-    /// Holds a finished lifetime; when full, returns the oldest, released at once.
-    pub fn push(&mut self, conn: Conn, peer_open: bool, at_ns: u64) -> Option<Held> {
+    /// Holds a finished lifetime (copied in: it is a few hundred bytes); when full, returns the
+    /// oldest, released at once.
+    pub fn push(&mut self, conn: &Conn, peer_open: bool, at_ns: u64) -> Option<Held> {
         let out = if self.held.len() >= LINGER_CAPACITY {
             self.held.pop_front()
         } else {
             None
         };
         self.held.push_back(Held {
-            conn,
+            conn: *conn,
             peer_open,
             at_ns,
         });
