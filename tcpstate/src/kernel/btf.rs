@@ -160,17 +160,7 @@ pub fn has_per_program_guard(types: &TypeInformation) -> bool {
 /// and `inet_sport` of `struct inet_sock`, all from the start of the `tcp_sock` (which begins
 /// with them). `sk_protocol` is checked by the program's `bpf_skc_to_tcp_sock`.
 fn sock_layout(types: &TypeInformation) -> Option<SockLayout> {
-    let field = |strukt: &'static str, path: &'static str, size: usize| {
-        offset_of(
-            types,
-            &Field {
-                name: path,
-                strukt,
-                path,
-                size,
-            },
-        )
-    };
+    let field = |strukt, path, size| member_offset(types, strukt, path, size);
     Some(SockLayout {
         family: field("sock", "__sk_common.skc_family", 2)?,
         dport: field("sock", "__sk_common.skc_dport", 2)?,
@@ -186,17 +176,7 @@ fn sock_layout(types: &TypeInformation) -> Option<SockLayout> {
 /// Where a retransmitted skb keeps its TCP flags and segment count (`struct tcp_skb_cb` lives in
 /// `sk_buff.cb`), and where a received one has its TCP header.
 fn skb_offsets(types: &TypeInformation) -> SkbOffsets {
-    let field = |strukt: &'static str, path: &'static str, size: usize| {
-        offset_of(
-            types,
-            &Field {
-                name: path,
-                strukt,
-                path,
-                size,
-            },
-        )
-    };
+    let field = |strukt, path, size| member_offset(types, strukt, path, size);
     let cb = types
         .id_of("sk_buff")
         .and_then(|tid| match types.offset_of(tid, "cb").ok()? {
@@ -225,17 +205,7 @@ fn skb_offsets(types: &TypeInformation) -> SkbOffsets {
 
 /// `sock.__sk_common.skc_net` (a `possible_net_t` holding one pointer) and `net.ns.inum`.
 fn netns_offsets(types: &TypeInformation) -> NetnsOffsets {
-    let field = |strukt: &'static str, path: &'static str, size: usize| {
-        offset_of(
-            types,
-            &Field {
-                name: path,
-                strukt,
-                path,
-                size,
-            },
-        )
-    };
+    let field = |strukt, path, size| member_offset(types, strukt, path, size);
     let net = field("sock", "__sk_common.skc_net", 8);
     let inum = field("net", "ns.inum", 4);
     match (net, inum) {
@@ -275,6 +245,24 @@ fn enum_names(types: &TypeInformation, enum_name: &str, prefix: &str) -> Vec<Str
         names[value] = name.to_ascii_lowercase();
     }
     names
+}
+
+/// The offset of a member path of `strukt` read with `size` bytes (see [`offset_of`]).
+fn member_offset(
+    types: &TypeInformation,
+    strukt: &'static str,
+    path: &'static str,
+    size: usize,
+) -> Option<u16> {
+    offset_of(
+        types,
+        &Field {
+            name: path,
+            strukt,
+            path,
+            size,
+        },
+    )
 }
 
 fn offset_of(types: &TypeInformation, f: &Field) -> Option<u16> {

@@ -246,17 +246,22 @@ pub(crate) fn right_bytes(out: &mut Vec<u8>, s: &[u8], width: usize) {
 }
 
 /// `v` in decimal, written at the end of `buf`; returns the digits.
-pub(crate) fn decimal(mut v: u64, buf: &mut [u8; 24]) -> &[u8] {
-    let mut i = buf.len();
+pub(crate) fn decimal(v: u64, buf: &mut [u8; 24]) -> &[u8] {
+    let start = digits_before(v, buf, buf.len());
+    &buf[start..]
+}
+
+/// Writes `v` in decimal so that it ends just before `end` in `buf`; returns where it starts.
+fn digits_before(mut v: u64, buf: &mut [u8; 24], end: usize) -> usize {
+    let mut i = end;
     loop {
         i -= 1;
         buf[i] = b'0' + (v % 10) as u8;
         v /= 10;
         if v == 0 {
-            break;
+            return i;
         }
     }
-    &buf[i..]
 }
 
 /// Nanoseconds as milliseconds with three decimals, rounded to the microsecond (as
@@ -271,17 +276,8 @@ pub(crate) fn millis(ns: u64, buf: &mut [u8; 24]) -> &[u8] {
         b'0' + (frac / 10 % 10) as u8,
         b'0' + (frac % 10) as u8,
     ]);
-    let mut v = us / 1_000;
-    let mut i = end - 4;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    &buf[i..]
+    let start = digits_before(us / 1_000, buf, end - 4);
+    &buf[start..]
 }
 
 /// An address as [`Small::push_ip`] writes it, IPv4 without going through `fmt`.
