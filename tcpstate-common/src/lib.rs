@@ -496,6 +496,14 @@ pub mod port_bits {
     pub const EITHER: u8 = 4;
 }
 
+/// Slots of the kernel's port table: four bits (`port_bits`) a port, eight ports a `u32` slot.
+pub const PORT_SLOTS: u32 = 65536 / 8;
+
+/// The slot of `port` in the port table and the shift of its four bits in it.
+pub const fn port_slot(port: u16) -> (u32, u32) {
+    ((port >> 3) as u32, ((port & 7) as u32) * 4)
+}
+
 /// The in-kernel filter, a load-time global so the verifier prunes what is not used.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -705,4 +713,20 @@ mod pod {
     unsafe impl aya::Pod for NetnsOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SockLayout {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Neighbouring ports share a slot at distinct shifts; every port has a slot in the table.
+    #[test]
+    fn port_slots_pack_eight_ports_a_word() {
+        assert_eq!(port_slot(8000), (1000, 0));
+        assert_eq!(port_slot(8001), (1000, 4));
+        assert_eq!(port_slot(8007), (1000, 28));
+        assert_eq!(port_slot(u16::MAX), (PORT_SLOTS - 1, 28));
+        // The widest bits fit in four.
+        assert!(port_bits::LOCAL | port_bits::REMOTE | port_bits::EITHER < 16);
+    }
 }

@@ -20,20 +20,20 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated,
     },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
     EbpfContext,
 };
 use aya_log_ebpf::debug;
 use tcpstate_common::{
     counter, event_flags, filter_flags, listener_kind, listener_known, owner_flags, owner_source,
-    port_bits, reset_direction, retransmit_kind, retransmit_known, state, DropLayout, Event,
-    FactGroup, FactGroups, FactsRecord, Filter, JoinLayout, Layout, ListenKey, ListenOffsets,
-    ListenOwner, ListenerRecord, NetnsOffsets, Owner, ResetRecord, RetransmitRecord, Settings,
-    SkbOffsets, SockLayout, TupleKey, ADDRS_MAX, AF_INET, AF_INET6, FACTS_RAW_LEN,
+    port_bits, port_slot, reset_direction, retransmit_kind, retransmit_known, state, DropLayout,
+    Event, FactGroup, FactGroups, FactsRecord, Filter, JoinLayout, Layout, ListenKey,
+    ListenOffsets, ListenOwner, ListenerRecord, NetnsOffsets, Owner, ResetRecord, RetransmitRecord,
+    Settings, SkbOffsets, SockLayout, TupleKey, ADDRS_MAX, AF_INET, AF_INET6, FACTS_RAW_LEN,
     FACT_GROUP_TIERS, IPPROTO_TCP, LISTENERS_MAX, MAX_FACT_GROUPS, MAX_RECORD_LEN,
-    MODERN_DROP_LAYOUT, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX, PIDS_MAX, PREEXISTING_MAX,
-    TASK_COMM_LEN,
+    MODERN_DROP_LAYOUT, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX, PIDS_MAX, PORT_SLOTS,
+    PREEXISTING_MAX, TASK_COMM_LEN,
 };
 
 #[no_mangle]
@@ -215,9 +215,11 @@ static LISTEN_SOCKS: HashMap<u64, ListenKey> = HashMap::with_max_entries(LISTENE
 #[map]
 static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(PIDS_MAX, 0);
 
-/// Port -> `port_bits`: which port filters list it.
+/// Port -> `port_bits`: which port filters list it, four bits a port in `PORT_SLOTS` words
+/// (`port_slot`). An array, so that a lookup is a bounds check and a load (the verifier inlines
+/// it), where a hash was a hash computation and a bucket walk twice per event.
 #[map]
-static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(65536, 0);
+static PORTS: Array<u32> = Array::with_max_entries(PORT_SLOTS, 0);
 
 /// Remote CIDRs to keep; IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d).
 #[map]
@@ -1070,8 +1072,10 @@ enum Verdict {
 
 #[inline(always)]
 fn port_has(port: u16, bit: u8) -> bool {
-    // SAFETY: the value is read at once.
-    unsafe { PORTS.get(&port) }.is_some_and(|v| *v & bit != 0)
+    let (slot, shift) = port_slot(port);
+    PORTS
+        .get(slot)
+        .is_some_and(|v| (*v >> shift) & u32::from(bit) != 0)
 }
 
 #[inline(always)]

@@ -12,15 +12,15 @@ use std::{
 
 pub use crate::cli::Attachment;
 use aya::{
-    maps::{HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{
         tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId, BtfTracePoint, TracePoint,
     },
     Btf, Ebpf, EbpfLoader,
 };
 use tcpstate_common::{
-    counter, names, Counter, DropLayout, JoinLayout, Layout, ListenKey, ListenOffsets, ListenOwner,
-    NetnsOffsets, Owner, Settings, SkbOffsets, SockLayout, TupleKey, MODERN_LAYOUT,
+    counter, names, port_slot, Counter, DropLayout, JoinLayout, Layout, ListenKey, ListenOffsets,
+    ListenOwner, NetnsOffsets, Owner, Settings, SkbOffsets, SockLayout, TupleKey, MODERN_LAYOUT,
 };
 
 use super::{
@@ -814,13 +814,18 @@ fn fill_filter_maps(ebpf: &mut Ebpf, k: &KernelFilter) -> Result<(), ProbeError>
         }
     }
     if !k.ports.is_empty() {
-        let mut ports: HashMap<_, u16, u8> = ebpf
+        let mut ports: Array<_, u32> = ebpf
             .map_mut(names::PORTS)
             .ok_or(ProbeError::Map(names::PORTS, "missing".into()))?
             .try_into()
             .map_err(map_err(names::PORTS))?;
-        for (port, bits) in &k.ports {
-            ports.insert(port, bits, 0).map_err(map_err(names::PORTS))?;
+        let mut slots: std::collections::BTreeMap<u32, u32> = std::collections::BTreeMap::new();
+        for (&port, &bits) in &k.ports {
+            let (slot, shift) = port_slot(port);
+            *slots.entry(slot).or_default() |= u32::from(bits) << shift;
+        }
+        for (slot, value) in slots {
+            ports.set(slot, value, 0).map_err(map_err(names::PORTS))?;
         }
     }
     if !k.addrs.is_empty() {
