@@ -1,8 +1,9 @@
 //! A CLOSE_WAIT leak seen while it leaks: a server that does not close its accepted socket
 //! after the client's FIN, and `tcpstate trace --stuck CLOSE_WAIT=1000 -o json --port P` run as
 //! a user would. The `tcpstate.stuck.v1` object must reach the tracer's stdout within a second
-//! of the crossing (the 20 ms tick and the 10 ms reorder window are all it should wait), name
-//! the leaking server as the owner, and come while the leak is still going on. Needs root.
+//! of the crossing (the drain tick, at most 100 ms apart when idle, and the 10 ms reorder window
+//! are all it should wait), name the leaking server as the owner, and come while the leak is
+//! still going on. Needs root.
 // Loads the eBPF program: only in the default (`kernel`) build.
 #![cfg(feature = "kernel")]
 

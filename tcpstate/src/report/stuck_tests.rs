@@ -31,8 +31,8 @@ fn cfg(stuck: Thresholds, format: Format) -> OutputConfig {
     }
 }
 
-/// Feeds `events` and then ticks every 20 ms up to `until`, as a live trace does; returns the
-/// output after each input, so a test can tell when a line was written.
+/// Feeds `events` and then ticks every 20 ms up to `until`, as a live trace does while events
+/// arrive; returns the output after each input, so a test can tell when a line was written.
 fn run(cfg: OutputConfig, inputs: &[Input], until: u64) -> Vec<(u64, String)> {
     let mut p = Pipeline::new(cfg);
     let mut all = Vec::new();
