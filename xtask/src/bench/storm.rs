@@ -827,8 +827,25 @@ mod tests {
             "{shape:?} storm, bpftrace output:\n{text}"
         );
         let missing: u64 = counts.values().map(|&c| n.saturating_sub(c)).sum();
+        // In the epoll storm the kernel now and then reports neither FIN_WAIT1 -> FIN_WAIT2 nor
+        // FIN_WAIT2 -> CLOSE of a client socket whose peer still gets its final ACK, and counts
+        // no skipped run for them: every tracer attached at once lacks the same ones
+        // (docs/benchmark.md, "unaccounted"). Beyond the counted skips, only such pairs may be
+        // missing, in at most one connection in a thousand.
+        let deficit = |k: (u8, u8)| n.saturating_sub(counts.get(&k).copied().unwrap_or(0));
+        let pairs = match shape {
+            Shape::Epoll => deficit((4, 5)).min(deficit((5, 7))),
+            Shape::Loopback => 0,
+        };
+        let unexplained = missing.saturating_sub(misses);
+        if unexplained > 0 {
+            eprintln!(
+                "{shape:?} storm: {unexplained} transitions missing beyond the {misses} skipped \
+                 runs (client closes without FIN_WAIT1 -> FIN_WAIT2 -> CLOSE: {pairs})"
+            );
+        }
         assert!(
-            counts.values().all(|&c| c <= n) && missing <= misses,
+            counts.values().all(|&c| c <= n) && unexplained <= 2 * pairs.min(n / 1000 + 1),
             "{shape:?} storm: {n} connections, {missing} transitions missing, {misses} recursion \
              misses; bpftrace output:\n{text}"
         );
