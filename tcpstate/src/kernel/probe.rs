@@ -279,15 +279,18 @@ impl Probe {
             sock_layout,
             per_program_guard,
         } = read_btf(&mut notices);
-        let btf_route = btf_route(opts.attachment, sock_layout, per_program_guard)?;
-        match &btf_route {
-            Err(notice) if !notice.is_empty() => notices.push(notice.clone()),
-            _ => {}
-        }
+        let route = btf_route(opts.attachment, sock_layout, per_program_guard)?;
+        let btf_layout = match route {
+            Route::Btf(l) => Some(l),
+            Route::Classic(notice) => {
+                notices.extend(notice);
+                None
+            }
+        };
         // aya's own parse of the kernel's BTF: the loader relocates with it and the BTF
         // tracepoint programs are loaded against it; dropped once they are.
-        let aya_btf = match &btf_route {
-            Ok(_) => match Btf::from_sys_fs() {
+        let aya_btf = match btf_layout {
+            Some(_) => match Btf::from_sys_fs() {
                 Ok(b) => Some(b),
                 Err(e) if opts.attachment == Attachment::Btf => {
                     return Err(ProbeError::Load(format!("reading the kernel's BTF: {e}")))
@@ -300,7 +303,7 @@ impl Probe {
                     None
                 }
             },
-            Err(_) => None,
+            None => None,
         };
         let listen_offsets = listen_offsets(&sock_offsets, &mut notices);
         let drop_layout = locate_kfree_skb(&tracefs).map_err(|n| notices.push(n)).ok();
@@ -364,11 +367,7 @@ impl Probe {
             .override_global(names::DROP_LAYOUT, &drop_layout.unwrap_or_default(), true)
             .override_global(names::NETNS_OFFSETS, &netns_offsets, true)
             .override_global(names::LAYOUT, &layout, true)
-            .override_global(
-                names::SOCK_LAYOUT,
-                &btf_route.clone().unwrap_or_default(),
-                true,
-            )
+            .override_global(names::SOCK_LAYOUT, &btf_layout.unwrap_or_default(), true)
             .override_global(names::FILTER, &opts.filter.filter, true)
             .override_global(names::SETTINGS, &settings, true)
             .override_global("AYA_LOG_LEVEL", &log_level, false)
@@ -628,16 +627,24 @@ impl Probe {
     }
 }
 
-/// Whether to try the BTF tracepoint: `Ok(layout)` to try it, `Err(notice)` for the classic one
-/// (the notice says why, for `auto`), an error when `--attach btf` cannot be honoured.
+/// Which tracepoint to try first.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    /// The BTF tracepoint, reading the socket at these offsets.
+    Btf(SockLayout),
+    /// The classic tracepoint, with the notice that says why (none when asked for).
+    Classic(Option<String>),
+}
+
+/// The route for `attachment` on this kernel; an error when `--attach btf` cannot be honoured.
 fn btf_route(
     attachment: Attachment,
     layout: Option<SockLayout>,
     guard: bool,
-) -> Result<Result<SockLayout, String>, ProbeError> {
+) -> Result<Route, ProbeError> {
     let why_not = match (attachment, layout, guard) {
-        (Attachment::Classic, _, _) => return Ok(Err(String::new())),
-        (_, Some(l), true) => return Ok(Ok(l)),
+        (Attachment::Classic, _, _) => return Ok(Route::Classic(None)),
+        (_, Some(l), true) => return Ok(Route::Btf(l)),
         (_, None, _) => {
             "this kernel's BTF does not describe the socket fields the BTF \
                          tracepoint program reads"
@@ -652,10 +659,10 @@ fn btf_route(
     if attachment == Attachment::Btf {
         return Err(ProbeError::Load(format!("--attach btf: {why_not}")));
     }
-    Ok(Err(format!(
+    Ok(Route::Classic(Some(format!(
         "{why_not}: attached to the classic tracepoint, where a state change that happens \
          while another BPF program runs on its CPU is lost (counted in recursion_misses)"
-    )))
+    ))))
 }
 
 /// Loads the BTF tracepoint program and attaches it, then the rescue program after it.
@@ -916,18 +923,24 @@ mod tests {
     #[test]
     fn the_btf_route_degrades_with_a_notice_or_refuses() {
         let l = SockLayout::default();
-        assert_eq!(btf_route(Attachment::Auto, Some(l), true).ok(), Some(Ok(l)));
-        assert_eq!(btf_route(Attachment::Btf, Some(l), true).ok(), Some(Ok(l)));
+        assert_eq!(
+            btf_route(Attachment::Auto, Some(l), true).ok(),
+            Some(Route::Btf(l))
+        );
+        assert_eq!(
+            btf_route(Attachment::Btf, Some(l), true).ok(),
+            Some(Route::Btf(l))
+        );
         assert_eq!(
             btf_route(Attachment::Classic, Some(l), true).ok(),
-            Some(Err(String::new()))
+            Some(Route::Classic(None))
         );
-        let Ok(Err(notice)) = btf_route(Attachment::Auto, Some(l), false) else {
+        let Ok(Route::Classic(Some(notice))) = btf_route(Attachment::Auto, Some(l), false) else {
             panic!("auto without the guard falls back");
         };
         assert!(notice.contains("recursion guard (Linux 6.1+)"), "{notice}");
         assert!(notice.contains("classic tracepoint"), "{notice}");
-        let Ok(Err(notice)) = btf_route(Attachment::Auto, None, true) else {
+        let Ok(Route::Classic(Some(notice))) = btf_route(Attachment::Auto, None, true) else {
             panic!("auto without the socket layout falls back");
         };
         assert!(
