@@ -41,6 +41,9 @@ pub mod owner_source {
     pub const LISTENER: u8 = 3;
     /// A socket that existed before tracing started, attributed from /proc at start-up.
     pub const PROC_SCAN: u8 = 4;
+    /// Not attributed in the kernel: user space looks the owner up (`Settings::user_attribution`)
+    /// and replaces this with one of the values above before anything else sees the event.
+    pub const DEFERRED: u8 = 5;
 }
 
 /// `Event::flags` bits.
@@ -480,6 +483,8 @@ pub mod filter_flags {
     pub const CGROUP: u32 = 1 << 8;
     /// The socket's network namespace is `Filter::netns`.
     pub const NETNS: u32 = 1 << 9;
+    /// The filters on the owner: they need the owner in the kernel.
+    pub const OWNER: u32 = PID | COMM | CGROUP | NETNS;
 }
 
 /// `Owner::flags` bits.
@@ -559,7 +564,11 @@ pub struct Settings {
     pub wakeup_bytes: u64,
     /// 1 when the format file matched [`MODERN_LAYOUT`].
     pub direct_read: u32,
-    pub _pad: u32,
+    /// 1: user space attributes sockets to owners (no owner filter is active). The program
+    /// then fills the owner only where the event itself says who it is (the owner's system
+    /// call, a child of a known listener) and leaves the rest `owner_source::DEFERRED`, without
+    /// any work on the owner tables.
+    pub user_attribution: u32,
 }
 
 /// The process that owns a socket. 8-byte aligned so the kernel program copies it as five

@@ -90,7 +90,7 @@ static SOCK_LAYOUT: SockLayout = SockLayout {
 static SETTINGS: Settings = Settings {
     wakeup_bytes: 0,
     direct_read: 0,
-    _pad: 0,
+    user_attribution: 0,
 };
 
 /// The socket byte ranges copied into a `FactsRecord` (from BTF; all `len` 0: no facts).
@@ -575,8 +575,7 @@ const SOCKET_FILTERS: u32 = filter_flags::IPV4_ONLY
     | filter_flags::LPORT
     | filter_flags::PORT;
 /// The filters on the owner, checked once it is known.
-const OWNER_FILTERS: u32 =
-    filter_flags::PID | filter_flags::COMM | filter_flags::CGROUP | filter_flags::NETNS;
+const OWNER_FILTERS: u32 = filter_flags::OWNER;
 const PORT_FILTERS: u32 = filter_flags::LPORT | filter_flags::PORT;
 
 #[inline(always)]
@@ -942,8 +941,55 @@ fn listen_key(s: &Sock) -> ListenKey {
     }
 }
 
+/// The owner as far as the event itself tells, when user space keeps the owner table
+/// (`Settings::user_attribution`): the owner's own system call, or a child born from a known
+/// listener. Everything else is left to user space, which sees every event of a socket in the
+/// order the socket changed state (each change reserves its ring buffer slot under the
+/// socket's lock). The listener table stays here: queue readings need the listener's socket.
+#[inline(always)]
+fn attribute_for_user(s: &Sock, pid_tgid: u64) -> Attribution {
+    let (old, new) = (s.oldstate, s.newstate);
+    if is_owner_syscall(old, new) {
+        let who = Attribution::current_task(pid_tgid, s);
+        if new == state::LISTEN {
+            note_listener(s, &who.owner);
+        } else if old == state::LISTEN {
+            forget_listener(s, who.owner.pid);
+        }
+        return who;
+    }
+    let mut who = Attribution::UNKNOWN;
+    if old == state::LISTEN && new == state::SYN_RECV {
+        if let Some(owner) = listener_owner(s) {
+            who = Attribution::known(owner, owner_source::LISTENER);
+        }
+    } else {
+        who.source = owner_source::DEFERRED;
+    }
+    who.owner.netns = sock_netns(s);
+    who
+}
+
+/// The owner of the listener a child socket was born from (exact address, then wildcard);
+/// None when unknown or ambiguous (pid 0: SO_REUSEPORT listeners of several processes).
+#[inline(always)]
+fn listener_owner(s: &Sock) -> Option<Owner> {
+    let mut key = listen_key(s);
+    // SAFETY: the value is copied out at once.
+    let mut found = unsafe { LISTENERS.get(&key) }.map(|l| copy_owner(&l.owner));
+    if found.is_none() {
+        key.addr = [0; 16];
+        // SAFETY: as above.
+        found = unsafe { LISTENERS.get(&key) }.map(|l| copy_owner(&l.owner));
+    }
+    found.filter(|o| o.pid != 0)
+}
+
 #[inline(always)]
 fn attribute<C: EbpfContext>(ctx: &C, s: &Sock, pid_tgid: u64, b: Bank) -> Attribution {
+    if konst(&SETTINGS.user_attribution) == 1 {
+        return attribute_for_user(s, pid_tgid);
+    }
     let (old, new) = (s.oldstate, s.newstate);
     let who = if is_owner_syscall(old, new) {
         let who = Attribution::current_task(pid_tgid, s);
@@ -956,22 +1002,15 @@ fn attribute<C: EbpfContext>(ctx: &C, s: &Sock, pid_tgid: u64, b: Bank) -> Attri
         who
     } else if old == state::LISTEN && new == state::SYN_RECV {
         // A child socket born from a listener in softirq: its owner is the listener's.
-        let mut key = listen_key(s);
-        // SAFETY: the value is copied out at once.
-        let mut found = unsafe { LISTENERS.get(&key) }.map(|l| copy_owner(&l.owner));
-        if found.is_none() {
-            key.addr = [0; 16];
-            found = unsafe { LISTENERS.get(&key) }.map(|l| copy_owner(&l.owner));
-        }
-        match found {
-            Some(mut owner) if owner.pid != 0 => {
+        match listener_owner(s) {
+            Some(mut owner) => {
                 // The child's own namespace: listeners of one port in two namespaces share a
                 // LISTENERS key.
                 owner.netns = sock_netns(s);
                 remember_owner(s, &owner, b);
                 Attribution::known(owner, owner_source::LISTENER)
             }
-            _ => {
+            None => {
                 // A new socket at this address: whatever an earlier one left there is not its
                 // owner.
                 let _ = OWNERS.remove(&s.skaddr);

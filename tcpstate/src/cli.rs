@@ -187,14 +187,8 @@ pub struct TraceArgs {
     #[arg(long, requires = "record")]
     pub force: bool,
 
-    /// Size of the kernel's ring buffer (power of two; suffixes K, M).
-    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_buffer_size)]
-    pub buffer_size: u32,
-    /// How the program attaches to sock:inet_sock_set_state: `btf` (the BTF-enabled
-    /// tracepoint, with a second program recovering the runs the kernel skips; Linux 6.1+),
-    /// `classic` (the tracepoint with its trace record), `auto`: btf where the kernel has it.
-    #[arg(long, value_name = "HOW", value_enum, default_value_t = Attachment::Auto)]
-    pub attach: Attachment,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
     /// Write the kernel's final counters as JSON to PATH at exit (for benchmarks and scripts):
     /// every counter by name, null when it could not be read.
     #[arg(long, value_name = "PATH")]
@@ -235,14 +229,8 @@ pub struct ExporterArgs {
     /// Most sockets followed at once; the oldest is dropped (and counted) beyond that.
     #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     pub max_tracked: u32,
-    /// Size of the kernel's ring buffer (power of two; suffixes K, M).
-    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_buffer_size)]
-    pub buffer_size: u32,
-    /// How the program attaches to sock:inet_sock_set_state: `btf` (the BTF-enabled
-    /// tracepoint, with a second program recovering the runs the kernel skips; Linux 6.1+),
-    /// `classic` (the tracepoint with its trace record), `auto`: btf where the kernel has it.
-    #[arg(long, value_name = "HOW", value_enum, default_value_t = Attachment::Auto)]
-    pub attach: Attachment,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
     /// Stop after SECS seconds (for tests and benchmarks; a service runs until SIGTERM).
     #[arg(short = 'd', long, value_name = "SECS", value_parser = positive_f64)]
     pub duration: Option<f64>,
@@ -289,14 +277,8 @@ pub struct TopArgs {
     /// Most sockets followed at once; the oldest is dropped (and counted) beyond that.
     #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     pub max_tracked: u32,
-    /// Size of the kernel's ring buffer (power of two; suffixes K, M).
-    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_buffer_size)]
-    pub buffer_size: u32,
-    /// How the program attaches to sock:inet_sock_set_state: `btf` (the BTF-enabled
-    /// tracepoint, with a second program recovering the runs the kernel skips; Linux 6.1+),
-    /// `classic` (the tracepoint with its trace record), `auto`: btf where the kernel has it.
-    #[arg(long, value_name = "HOW", value_enum, default_value_t = Attachment::Auto)]
-    pub attach: Attachment,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -349,7 +331,24 @@ fn non_negative_f64(s: &str) -> Result<f64, String> {
     }
 }
 
-/// `8M`, `512K`, `4096`: a power of two from 4 KiB to 1 GiB (what the kernel accepts).
+/// How the kernel side is loaded: the same flags for `trace`, `exporter` and `top`.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// Size of the kernel's ring buffer (power of two; suffixes K, M).
+    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_buffer_size)]
+    pub buffer_size: u32,
+    /// How the program attaches to sock:inet_sock_set_state: `btf` (the BTF-enabled
+    /// tracepoint, with a second program recovering the runs the kernel skips; Linux 6.1+),
+    /// `classic` (the tracepoint with its trace record), `auto`: btf where the kernel has it.
+    #[arg(long, value_name = "HOW", value_enum, default_value_t = Attachment::Auto)]
+    pub attach: Attachment,
+    /// Where sockets are attributed to their owners: `auto` in user space unless an owner
+    /// filter (--pid, --comm, a cgroup or network namespace) needs it in the kernel; `kernel`
+    /// always in the kernel (costs the program its owner-table work on every event).
+    #[arg(long, value_name = "WHERE", value_enum, default_value_t = Attribution::Auto)]
+    pub attribution: Attribution,
+}
+
 /// How the state-change program is attached (`--attach`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Attachment {
@@ -362,6 +361,17 @@ pub enum Attachment {
     Classic,
 }
 
+/// Where sockets are attributed to their owning processes (`--attribution`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Attribution {
+    /// In user space, unless an owner filter (`--pid`, `--comm`, a cgroup or namespace) needs
+    /// the owner in the kernel: the kernel program then does no owner-table work per event.
+    Auto,
+    /// Always in the kernel (as owner filters need it), to compare the two.
+    Kernel,
+}
+
+/// `8M`, `512K`, `4096`: a power of two from 4 KiB to 1 GiB (what the kernel accepts).
 pub fn parse_buffer_size(s: &str) -> Result<u32, String> {
     let t = s.trim();
     let (num, mult) = match t.char_indices().last() {

@@ -32,7 +32,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 pub fn run(args: &ExporterArgs) -> Result<i32> {
     let spec = args.filter.spec();
     let filtered = !spec.is_empty();
-    let opts = crate::live::probe_options(&spec, args.buffer_size, args.attach, args.debug)?;
+    let opts = crate::live::probe_options(&spec, &args.probe, args.debug)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -76,7 +76,7 @@ pub fn run(args: &ExporterArgs) -> Result<i32> {
         duration: args.duration,
         watch_stdout: false,
         stop: None,
-        ring_bytes: args.buffer_size,
+        ring_bytes: args.probe.buffer_size,
     };
     let result = rt.block_on(async {
         let server = tokio::spawn(serve(listener, metrics.clone()));

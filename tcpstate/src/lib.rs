@@ -4,6 +4,7 @@
 //! modules that need neither aya nor root and builds with `--no-default-features`; `kernel` is
 //! the thin kernel boundary and `live` the trace that drives it.
 
+pub mod attribution;
 pub mod cgroup;
 pub mod cli;
 pub(crate) mod clock;

@@ -22,7 +22,7 @@ use crate::{
     input::{Counter, Input, KernelCounters},
     kernel::{
         environment,
-        facts::{self, FactsPlan},
+        facts::Decoder,
         probe::{Probe, ProbeOptions},
         procscan,
     },
@@ -61,11 +61,16 @@ struct Totals {
 struct CounterReader {
     /// Counters whose failure was already reported (bit `Counter::position()`).
     reported: u32,
+    /// Owner updates user space's owner table could not keep (as of the last drain).
+    user_owner_failed: u64,
 }
 
 impl CounterReader {
     fn read(&mut self, probe: &Probe) -> KernelCounters {
-        let (counters, errors) = probe.read_counters();
+        let (mut counters, errors) = probe.read_counters();
+        if let Some(n) = counters.get(Counter::OwnerUpdateFailed) {
+            counters.set(Counter::OwnerUpdateFailed, Some(n + self.user_owner_failed));
+        }
         for e in errors {
             let bit = 1 << e.counter.position();
             if self.reported & bit == 0 {
@@ -86,8 +91,7 @@ fn show(v: Option<u64>) -> String {
 /// kernel program's diagnostics to stderr): the same for `trace`, `exporter` and `top`.
 pub(crate) fn probe_options(
     spec: &crate::filter::FilterSpec,
-    buffer_bytes: u32,
-    attachment: crate::cli::Attachment,
+    args: &crate::cli::ProbeArgs,
     debug: bool,
 ) -> Result<ProbeOptions> {
     let filter = spec.to_kernel().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -101,19 +105,20 @@ pub(crate) fn probe_options(
             .init();
     }
     Ok(ProbeOptions {
-        buffer_bytes,
-        wakeup_bytes: u64::from(buffer_bytes / 4),
+        buffer_bytes: args.buffer_size,
+        wakeup_bytes: u64::from(args.buffer_size / 4),
         filter,
         debug_log: debug,
         allow_direct_read: true,
-        attachment,
+        attachment: args.attach,
+        attribution: args.attribution,
     })
 }
 
 pub fn run(args: &TraceArgs) -> Result<i32> {
     let spec = args.filter_spec();
     let filtered = !spec.is_empty();
-    let opts = probe_options(&spec, args.buffer_size, args.attach, args.debug)?;
+    let opts = probe_options(&spec, &args.probe, args.debug)?;
     // Open the recording before attaching so a bad path fails before anything is loaded.
     let record_file = match &args.record {
         Some(path) => Some((
@@ -171,7 +176,7 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             totals: &mut totals,
             counters: &mut reader,
             last_record_flush: Instant::now(),
-            facts_plan: probe.facts_plan.clone(),
+            decoder: probe.decoder(),
             netstat: procscan::NetstatSampler::default(),
             cgroups: announcer(),
         };
@@ -179,7 +184,7 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             duration: args.duration,
             watch_stdout: true,
             stop: None,
-            ring_bytes: args.buffer_size,
+            ring_bytes: args.probe.buffer_size,
         };
         rt.block_on(event_loop(limits, filtered, &mut probe, &mut session))
     };
@@ -323,7 +328,7 @@ pub(crate) async fn run_into(
         totals: &mut totals,
         counters: &mut reader,
         last_record_flush: Instant::now(),
-        facts_plan: probe.facts_plan.clone(),
+        decoder: probe.decoder(),
         netstat: procscan::NetstatSampler::default(),
         cgroups: announcer(),
     };
@@ -380,8 +385,8 @@ struct Session<'a, W: Write> {
     totals: &'a mut Totals,
     counters: &'a mut CounterReader,
     last_record_flush: Instant,
-    /// How this kernel's facts records decode.
-    facts_plan: FactsPlan,
+    /// How this kernel's records decode, owners filled in.
+    decoder: Decoder,
     /// Listen and SYN-cookie counters per namespace, sampled with the kernel's counters.
     netstat: procscan::NetstatSampler,
     /// Names each cgroup id in the stream before its first event.
@@ -438,7 +443,7 @@ impl<W: Write> Session<'_, W> {
         while let Some(item) = ring.next() {
             bytes += drain::ring_bytes(item.len());
             // Event, facts, retransmit or reset record, by size; decoded on the stack.
-            let decoded = facts::decode_record(&item, &self.facts_plan);
+            let decoded = self.decoder.decode(&item);
             drop(item);
             let Ok(input) = decoded else {
                 self.totals.undecodable += 1;
@@ -467,6 +472,7 @@ impl<W: Write> Session<'_, W> {
             }
         }
         self.flush_record_if_due()?;
+        self.counters.user_owner_failed = self.decoder.owner_updates_failed();
         if any {
             self.out.flush().map_err(|e| LoopError::Output(e.into()))?;
         }

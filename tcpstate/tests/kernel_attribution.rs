@@ -14,14 +14,15 @@ use std::{
 };
 
 use probe_util::{
-    attach, attach_with, by_socket, collect, free_port, port_probe, roles, root, states,
+    attach, attach_attributed, attach_with, by_socket, collect, free_port, port_probe, roles, root,
+    states,
 };
 use support::{field_u64, run_client, PeerProcess};
 use tcpstate::{
     event::{self, Event},
     filter::{Cidr, FilterSpec},
     input::Counter,
-    kernel::procscan,
+    kernel::{probe::Attribution, procscan},
 };
 use tcpstate_common::{event_flags, owner_source, state::*};
 
@@ -313,4 +314,87 @@ fn accepted_sockets_keep_their_owner_when_the_listener_is_filtered_out() {
     );
     assert_owner(&r["accepted"][0], server_pid, "accepted socket");
     assert_owner(&r["client"][0], client_pid, "client");
+}
+
+/// The owner table kept in user space (the default without owner filters) and the kernel's
+/// (forced) see the same traffic at once and must name the same owner, the same way, for every
+/// event: a client and a server in two processes, and a connection that existed before
+/// tracing started (attributed from /proc), closed while traced.
+#[test]
+fn user_space_and_kernel_attribution_name_the_same_owners() {
+    if !root() {
+        return;
+    }
+    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let old_listener = TcpListener::bind(SocketAddr::new(ip, 0)).expect("listen");
+    let old_port = old_listener.local_addr().expect("addr").port();
+    let old_client = TcpStream::connect(SocketAddr::new(ip, old_port)).expect("connect");
+    let (old_server, _) = old_listener.accept().expect("accept");
+    let port = free_port(ip);
+    let spec = || FilterSpec {
+        ports: vec![port, old_port],
+        ..Default::default()
+    };
+    let scan = procscan::scan(&procscan::CgroupScan::default());
+    let mut user = attach_attributed(spec(), Attribution::Auto, &scan);
+    let mut kernel = attach_attributed(spec(), Attribution::Kernel, &scan);
+    assert!(user.owners_in_user_space());
+    assert!(!kernel.owners_in_user_space());
+
+    let (srv, _) = server(&["--listen", &format!("127.0.0.1:{port}"), "--accept", "1"]);
+    let server_pid = srv.pid();
+    let (client_pid, _) = client(&format!("127.0.0.1:{port}"));
+    srv.finish(LIMIT).expect("server").assert_success();
+    drop(old_client);
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        std::io::Read::read(&mut &old_server, &mut buf).expect("EOF"),
+        0
+    );
+    drop((old_server, old_listener));
+
+    // 12 for the traced connection; the old one: client FIN_WAIT1, FIN_WAIT2, CLOSE, server
+    // CLOSE_WAIT, LAST_ACK, CLOSE; its listener's CLOSE.
+    let want = 12 + 7;
+    let without_time = |mut e: Event| {
+        e.ts_ns = 0;
+        e
+    };
+    let key = |e: &Event| (e.skaddr, e.oldstate, e.newstate);
+    let got = collect(&mut user, want);
+    let mut a: Vec<_> = got.iter().copied().map(without_time).collect();
+    let mut b: Vec<_> = collect(&mut kernel, want)
+        .into_iter()
+        .map(without_time)
+        .collect();
+    assert_eq!(a.len(), want, "{a:#?}");
+    a.sort_by_key(key);
+    b.sort_by_key(key);
+    assert_eq!(a, b);
+
+    let traced: Vec<_> = got
+        .iter()
+        .copied()
+        .filter(|e| e.sport == port || e.dport == port)
+        .collect();
+    let r = roles(&traced);
+    assert_owner(&r["client"][0], client_pid, "client");
+    assert_owner(&r["accepted"][0], server_pid, "accepted socket");
+    let me = std::process::id();
+    let old: Vec<_> = a
+        .iter()
+        .filter(|e| e.sport == old_port || e.dport == old_port)
+        .collect();
+    assert_eq!(old.len(), 7, "{old:#?}");
+    assert!(old.iter().all(|e| e.owner_pid == me), "{old:#?}");
+    assert!(
+        old.iter()
+            .any(|e| e.owner_source == owner_source::PROC_SCAN),
+        "the old connection's first packet-driven event is attributed from /proc: {old:#?}"
+    );
+    for p in [&user, &kernel] {
+        let c = p.counters().expect("counters");
+        assert_eq!(probe_util::count(&c, Counter::OwnerUpdateFailed), 0);
+        assert_eq!(probe_util::count(&c, Counter::RingbufFull), 0);
+    }
 }

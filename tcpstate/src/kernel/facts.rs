@@ -9,7 +9,7 @@ use tcpstate_common::{
 };
 
 use super::btf::{SockOffsets, FIELDS};
-use crate::{event, facts::Facts, input::Input};
+use crate::{attribution::Attributor, event, facts::Facts, input::Input};
 
 /// The [`Facts`] fields, named as in [`FIELDS`] (whose sizes they share).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,6 +279,34 @@ pub fn decode_record(bytes: &[u8], plan: &FactsPlan) -> Result<Input, RecordSize
             .map(Input::Listener)
             .ok_or(err),
         _ => Err(err),
+    }
+}
+
+/// Turns the program's ring buffer records into the pipeline's inputs: decoded by size, and
+/// each event's owner filled in where the kernel left it to user space.
+#[derive(Debug)]
+pub struct Decoder {
+    plan: FactsPlan,
+    attributor: Option<Attributor>,
+}
+
+impl Decoder {
+    pub fn new(plan: FactsPlan, attributor: Option<Attributor>) -> Decoder {
+        Decoder { plan, attributor }
+    }
+
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<Input, RecordSizeError> {
+        let mut input = decode_record(bytes, &self.plan)?;
+        if let (Input::Event(ev), Some(a)) = (&mut input, self.attributor.as_mut()) {
+            a.apply(ev);
+        }
+        Ok(input)
+    }
+
+    /// Owners user space could not remember (its table was full), 0 when the kernel keeps the
+    /// table: added to the kernel's `owner_update_failed`.
+    pub fn owner_updates_failed(&self) -> u64 {
+        self.attributor.as_ref().map_or(0, Attributor::failed)
     }
 }
 

@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use crate::cli::Attachment;
+pub use crate::cli::{Attachment, Attribution};
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{
@@ -19,17 +19,19 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use tcpstate_common::{
-    counter, names, port_slot, Counter, DropLayout, JoinLayout, Layout, ListenKey, ListenOffsets,
-    ListenOwner, NetnsOffsets, Owner, Settings, SkbOffsets, SockLayout, TupleKey, MODERN_LAYOUT,
+    counter, filter_flags, names, port_slot, Counter, DropLayout, JoinLayout, Layout, ListenKey,
+    ListenOffsets, ListenOwner, NetnsOffsets, Owner, Settings, SkbOffsets, SockLayout, TupleKey,
+    MODERN_LAYOUT,
 };
 
 use super::{
     btf::{self, SockOffsets, FIELDS},
     environment::{self, EnvError},
-    facts::FactsPlan,
+    facts::{Decoder, FactsPlan},
     procscan::Preexisting,
 };
 use crate::{
+    attribution::Attributor,
     filter::KernelFilter,
     input::KernelCounters,
     tpformat::{self, FormatError, JoinEvent},
@@ -54,6 +56,8 @@ pub struct ProbeOptions {
     pub allow_direct_read: bool,
     /// Which form of the tracepoint to attach to.
     pub attachment: Attachment,
+    /// Where sockets are attributed to their owners.
+    pub attribution: Attribution,
 }
 
 impl Default for ProbeOptions {
@@ -65,6 +69,7 @@ impl Default for ProbeOptions {
             debug_log: false,
             allow_direct_read: true,
             attachment: Attachment::Auto,
+            attribution: Attribution::Auto,
         }
     }
 }
@@ -121,6 +126,8 @@ pub struct Probe {
     joined_fds: Vec<RawFd>,
     /// How the program's facts records decode on this kernel.
     pub facts_plan: FactsPlan,
+    /// The owner table, when user space keeps it; moves into the `Decoder`.
+    attributor: Option<Attributor>,
     /// Names of this kernel's reset reasons.
     pub reset_reasons: Vec<String>,
     /// Names of this kernel's packet drop reasons (`enum skb_drop_reason`).
@@ -261,10 +268,14 @@ impl Probe {
         let layout: Layout = tpformat::inet_sock_set_state_layout(&format_text).map_err(|e| {
             ProbeError::Format(tracefs.join("events/sock/inet_sock_set_state/format"), e)
         })?;
+        // Owner filters need the owner in the kernel; without them user space keeps the owner
+        // table, which spares the program every hash-map operation on a socket's events.
+        let user_attribution = opts.attribution == Attribution::Auto
+            && opts.filter.filter.flags & filter_flags::OWNER == 0;
         let settings = Settings {
             wakeup_bytes: opts.wakeup_bytes,
             direct_read: u32::from(opts.allow_direct_read && layout == MODERN_LAYOUT),
-            _pad: 0,
+            user_attribution: u32::from(user_attribution),
         };
         // 0 switches every aya-log statement off at verification time.
         let log_level: u8 = if opts.debug_log { 0xff } else { 0 };
@@ -383,7 +394,8 @@ impl Probe {
             None
         };
         fill_filter_maps(&mut ebpf, &opts.filter)?;
-        fill_preexisting(&mut ebpf, preexisting)?;
+        let mut attributor = user_attribution.then(Attributor::default);
+        fill_preexisting(&mut ebpf, attributor.as_mut(), preexisting)?;
 
         let counters: PerCpuArray<MapData, u64> = ebpf
             .take_map(names::COUNTERS)
@@ -466,6 +478,7 @@ impl Probe {
             joined,
             joined_fds,
             facts_plan,
+            attributor,
             reset_reasons,
             drop_reasons,
             drops_traced,
@@ -549,7 +562,18 @@ impl Probe {
     /// Adds sockets found by a scan made after attaching, without overwriting what the program
     /// learnt itself in the meantime.
     pub fn add_preexisting(&mut self, preexisting: &Preexisting) -> Result<(), ProbeError> {
-        fill_preexisting(&mut self.ebpf, preexisting)
+        fill_preexisting(&mut self.ebpf, self.attributor.as_mut(), preexisting)
+    }
+
+    /// Whether user space attributes sockets to owners (no owner filter is active).
+    pub fn owners_in_user_space(&self) -> bool {
+        self.attributor.is_some()
+    }
+
+    /// What turns this program's ring buffer records into inputs, owners filled in. Take it
+    /// once, after the start-up scans (`add_preexisting`): the owner table moves into it.
+    pub fn decoder(&mut self) -> Decoder {
+        Decoder::new(self.facts_plan.clone(), self.attributor.take())
     }
 
     /// Sums of the program's per-CPU counters plus the kernel's count of skipped runs. A
@@ -849,7 +873,13 @@ fn fill_filter_maps(ebpf: &mut Ebpf, k: &KernelFilter) -> Result<(), ProbeError>
     Ok(())
 }
 
-fn fill_preexisting(ebpf: &mut Ebpf, p: &Preexisting) -> Result<(), ProbeError> {
+/// The start-up scan's listeners go to the kernel (children are attributed there), its
+/// connections to whoever keeps the owner table.
+fn fill_preexisting(
+    ebpf: &mut Ebpf,
+    attributor: Option<&mut Attributor>,
+    p: &Preexisting,
+) -> Result<(), ProbeError> {
     {
         let mut listeners: HashMap<_, ListenKey, ListenOwner> = ebpf
             .map_mut(names::LISTENERS)
@@ -865,6 +895,10 @@ fn fill_preexisting(ebpf: &mut Ebpf, p: &Preexisting) -> Result<(), ProbeError> 
             // that listener's children stays unknown, which the output says.
             let _ = listeners.insert(key, value, BPF_NOEXIST);
         }
+    }
+    if let Some(a) = attributor {
+        a.add_preexisting(&p.connections);
+        return Ok(());
     }
     let mut conns: HashMap<_, TupleKey, Owner> = ebpf
         .map_mut(names::PREEXISTING)

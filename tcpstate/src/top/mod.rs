@@ -529,7 +529,7 @@ fn live(args: &TopArgs) -> Result<i32> {
 
     let spec = args.filter.spec();
     // No --debug here: the kernel's diagnostics would scribble over the screen.
-    let opts = live::probe_options(&spec, args.buffer_size, args.attach, false)?;
+    let opts = live::probe_options(&spec, &args.probe, false)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -559,7 +559,7 @@ fn live(args: &TopArgs) -> Result<i32> {
         duration: args.duration,
         watch_stdout: false,
         stop: Some(&STOP),
-        ring_bytes: args.buffer_size,
+        ring_bytes: args.probe.buffer_size,
     };
     let filtered = !spec.is_empty();
     let result = rt.block_on(live::run_into(limits, filtered, &mut probe, &mut output));

@@ -15,8 +15,7 @@ use tcpstate::{
     filter::FilterSpec,
     input::{Counter, Input, KernelCounters},
     kernel::{
-        facts,
-        probe::{Attachment, Probe, ProbeOptions},
+        probe::{Attachment, Attribution, Probe, ProbeOptions},
         procscan::Preexisting,
     },
 };
@@ -73,6 +72,20 @@ pub fn attach_as(spec: FilterSpec, attachment: Attachment) -> Probe {
     Probe::attach(&opts, &Preexisting::default()).expect("attach the probe")
 }
 
+/// Attached with owners attributed where `attribution` says.
+pub fn attach_attributed(
+    spec: FilterSpec,
+    attribution: Attribution,
+    preexisting: &Preexisting,
+) -> Probe {
+    let opts = ProbeOptions {
+        filter: spec.to_kernel().expect("filter"),
+        attribution,
+        ..ProbeOptions::default()
+    };
+    Probe::attach(&opts, preexisting).expect("attach the probe")
+}
+
 pub fn attach(spec: FilterSpec) -> Probe {
     attach_with(spec, &Preexisting::default())
 }
@@ -100,13 +113,13 @@ pub fn collect_for(probe: &mut Probe, want: usize, limit: Duration) -> Vec<Event
 /// Every record the kernel delivers, decoded, until `want` events arrived (then a short
 /// grace) or `limit` passed.
 pub fn collect_inputs(probe: &mut Probe, want: usize, limit: Duration) -> Vec<Input> {
-    let plan = probe.facts_plan.clone();
+    let mut decoder = probe.decoder();
     let mut ring = probe.take_events().expect("ring buffer");
     let mut out = Vec::new();
     let deadline = Instant::now() + limit;
     let mut drain = |out: &mut Vec<Input>| {
         while let Some(item) = ring.next() {
-            out.push(facts::decode_record(&item, &plan).expect("decode"));
+            out.push(decoder.decode(&item).expect("decode"));
         }
     };
     let events = |out: &Vec<Input>| out.iter().filter(|i| matches!(i, Input::Event(_))).count();

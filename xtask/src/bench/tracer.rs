@@ -49,6 +49,9 @@ pub enum Config {
     /// `tcpstate trace --attach classic`: the same on the classic tracepoint, to compare the
     /// attachments in one run.
     Classic,
+    /// `tcpstate trace --attribution kernel`: owners attributed in the kernel, as owner filters
+    /// need, to compare with the default's user-space attribution in one run.
+    KernelOwners,
     /// `tcpstate trace --transitions --output json`, to a file.
     Json,
     /// `tcpstate trace --port 1`: the kernel filters every event out.
@@ -68,9 +71,10 @@ pub enum Config {
 }
 
 impl Config {
-    pub const ALL: [Config; 10] = [
+    pub const ALL: [Config; 11] = [
         Config::Connections,
         Config::Classic,
+        Config::KernelOwners,
         Config::Json,
         Config::Filtered,
         Config::Exporter,
@@ -86,6 +90,7 @@ impl Config {
         match self {
             Config::Connections => "tcpstate trace",
             Config::Classic => "tcpstate trace --attach classic",
+            Config::KernelOwners => "tcpstate trace --attribution kernel",
             Config::Json => "tcpstate trace --transitions --output json",
             Config::Filtered => "tcpstate trace --port 1",
             Config::Exporter => "tcpstate exporter, scraped every 1 s",
@@ -102,6 +107,7 @@ impl Config {
         match self {
             Config::Connections => "connections",
             Config::Classic => "classic",
+            Config::KernelOwners => "kernel-owners",
             Config::Json => "json",
             Config::Filtered => "filtered",
             Config::Exporter => "exporter",
@@ -117,6 +123,7 @@ impl Config {
         match self {
             Config::Connections | Config::SecondTracer => &["trace"],
             Config::Classic => &["trace", "--attach", "classic"],
+            Config::KernelOwners => &["trace", "--attribution", "kernel"],
             Config::Json => &["trace", "--transitions", "--output", "json"],
             Config::Filtered => &["trace", "--port", "1"],
             Config::Exporter => &["exporter"],
@@ -129,6 +136,7 @@ impl Config {
             self,
             Config::Connections
                 | Config::Classic
+                | Config::KernelOwners
                 | Config::Json
                 | Config::Filtered
                 | Config::SecondTracer
