@@ -28,8 +28,9 @@
 //! joined_seen = joined_filtered + joined_submitted + joined_ringbuf_full
 //! ```
 //!
-//! and every delivered event at a transition that needs socket facts is followed by one facts
-//! record, written (`facts_submitted`) or lost (`facts_ringbuf_full`).
+//! and every delivered event at a transition that needs socket facts carries its facts in the
+//! same record (`facts_submitted`; `facts_ringbuf_full` stays for recordings of versions that
+//! reserved them apart, where the facts could be lost alone).
 //!
 //! `owner_update_failed` is not part of it: a failed owner-table insert loses no event, only the
 //! owner of a socket (reported as unknown). `recursion_misses` are runs of tcpstate's programs

@@ -144,8 +144,9 @@ const _: () = assert!(
 );
 
 /// Socket facts read at a transition that needs them (an accepted socket's SYN_RECV ->
-/// ESTABLISHED, a client's SYN_SENT -> ESTABLISHED, every -> CLOSE but a listener's), emitted right after that
-/// transition's [`Event`] with the same `ts_ns` and `skaddr`.
+/// ESTABLISHED, a client's SYN_SENT -> ESTABLISHED, every -> CLOSE but a listener's), with the
+/// same `ts_ns` and `skaddr` as that transition's [`Event`]. The kernel writes both in one
+/// [`EventWithFacts`]; user space (and a recording) has them as two records, facts second.
 ///
 /// The program copies byte ranges of the socket (one bounded copy per group of nearby fields,
 /// [`FactGroups`]) into `raw` without knowing what they mean; user space, which resolved the
@@ -166,6 +167,33 @@ pub struct FactsRecord {
     pub raw: [u8; FACTS_RAW_LEN],
 }
 
+/// An [`Event`] at a transition that needs socket facts, with them, in one ring buffer record
+/// (one reservation instead of two: the reservation's lock is shared by every CPU). User space
+/// splits it into the event and its [`FactsRecord`] (same `ts_ns`, `skaddr` and states).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventWithFacts {
+    pub event: Event,
+    /// As [`FactsRecord::valid_groups`].
+    pub valid_groups: u32,
+    pub _pad: u32,
+    pub raw: [u8; FACTS_RAW_LEN],
+}
+
+pub const EVENT_WITH_FACTS_SIZE: usize = 360;
+const _: () = assert!(core::mem::size_of::<EventWithFacts>() == EVENT_WITH_FACTS_SIZE);
+const _: () = assert!(
+    core::mem::offset_of!(EventWithFacts, valid_groups) == EVENT_SIZE
+        && core::mem::offset_of!(EventWithFacts, raw) == EVENT_SIZE + 8
+);
+const _: () = assert!(
+    EVENT_WITH_FACTS_SIZE != EVENT_SIZE
+        && EVENT_WITH_FACTS_SIZE != FACTS_RECORD_SIZE
+        && EVENT_WITH_FACTS_SIZE != RETRANSMIT_RECORD_SIZE
+        && EVENT_WITH_FACTS_SIZE != RESET_RECORD_SIZE
+        && EVENT_WITH_FACTS_SIZE != LISTENER_RECORD_SIZE
+);
+
 /// Most groups of socket fields copied per [`FactsRecord`].
 pub const MAX_FACT_GROUPS: usize = 8;
 
@@ -185,6 +213,31 @@ pub struct FactGroup {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FactGroups {
     pub groups: [FactGroup; MAX_FACT_GROUPS],
+}
+
+/// One socket field the BTF-tracepoint program loads itself into `raw`, at the place its
+/// group's copy would put it: there the socket pointer is typed, and a load of a field is one
+/// instruction where a group's copy is a helper call. `size` 0: unused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FactField {
+    pub src_off: u16,
+    pub dst_off: u16,
+    /// 1, 2, 4 or 8.
+    pub size: u8,
+    /// The group it belongs to: its bit in `valid_groups` and `FACTS_HANDSHAKE_GROUPS`.
+    pub group: u8,
+    pub _pad: u16,
+}
+
+/// Most fields in [`FactFields`].
+pub const MAX_FACT_FIELDS: usize = 16;
+
+/// The fields of every group, for the BTF tracepoint (a load-time global from BTF).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FactFields {
+    pub fields: [FactField; MAX_FACT_FIELDS],
 }
 
 /// `RetransmitRecord::kind` values.
@@ -647,6 +700,8 @@ pub mod names {
     pub const SETTINGS: &str = "SETTINGS";
     /// `FactGroups`: the socket byte ranges copied into a `FactsRecord`.
     pub const FACT_GROUPS: &str = "FACT_GROUPS";
+    /// `FactFields`: the same, field by field, for the BTF tracepoint's typed loads.
+    pub const FACT_FIELDS: &str = "FACT_FIELDS";
     /// `u32`: bit i set: group i is also copied at the end of a handshake (at a close every
     /// group is); the others' bits stay clear in `valid_groups` there.
     pub const FACTS_HANDSHAKE_GROUPS: &str = "FACTS_HANDSHAKE_GROUPS";
@@ -715,6 +770,7 @@ mod pod {
     unsafe impl aya::Pod for TupleKey {}
     unsafe impl aya::Pod for FactsRecord {}
     unsafe impl aya::Pod for FactGroups {}
+    unsafe impl aya::Pod for FactFields {}
     unsafe impl aya::Pod for RetransmitRecord {}
     unsafe impl aya::Pod for ResetRecord {}
     unsafe impl aya::Pod for JoinLayout {}

@@ -28,12 +28,12 @@ use aya_log_ebpf::debug;
 use tcpstate_common::{
     counter, event_flags, filter_flags, listener_kind, listener_known, owner_flags, owner_source,
     port_bits, port_slot, reset_direction, retransmit_kind, retransmit_known, state, DropLayout,
-    Event, FactGroup, FactGroups, FactsRecord, Filter, JoinLayout, Layout, ListenKey,
-    ListenOffsets, ListenOwner, ListenerRecord, NetnsOffsets, Owner, ResetRecord, RetransmitRecord,
-    Settings, SkbOffsets, SockLayout, TupleKey, ADDRS_MAX, AF_INET, AF_INET6, FACTS_RAW_LEN,
-    FACT_GROUP_TIERS, IPPROTO_TCP, LISTENERS_MAX, MAX_FACT_GROUPS, MAX_RECORD_LEN,
-    MODERN_DROP_LAYOUT, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX, PIDS_MAX, PORT_SLOTS,
-    PREEXISTING_MAX, TASK_COMM_LEN,
+    Event, EventWithFacts, FactField, FactFields, FactGroup, FactGroups, Filter, JoinLayout,
+    Layout, ListenKey, ListenOffsets, ListenOwner, ListenerRecord, NetnsOffsets, Owner,
+    ResetRecord, RetransmitRecord, Settings, SkbOffsets, SockLayout, TupleKey, ADDRS_MAX, AF_INET,
+    AF_INET6, FACTS_RAW_LEN, FACT_GROUP_TIERS, IPPROTO_TCP, LISTENERS_MAX, MAX_FACT_FIELDS,
+    MAX_FACT_GROUPS, MAX_RECORD_LEN, MODERN_DROP_LAYOUT, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX,
+    PIDS_MAX, PORT_SLOTS, PREEXISTING_MAX, TASK_COMM_LEN,
 };
 
 #[no_mangle]
@@ -102,6 +102,18 @@ static FACT_GROUPS: FactGroups = FactGroups {
         len: 0,
         _pad: 0,
     }; MAX_FACT_GROUPS],
+};
+
+/// The groups' fields one by one, for the BTF tracepoint's typed loads (all `size` 0: none).
+#[no_mangle]
+static FACT_FIELDS: FactFields = FactFields {
+    fields: [FactField {
+        src_off: 0,
+        dst_off: 0,
+        size: 0,
+        group: 0,
+        _pad: 0,
+    }; MAX_FACT_FIELDS],
 };
 
 /// Bit i: group i is copied at the end of a handshake too (every group is at a close).
@@ -579,7 +591,7 @@ const OWNER_FILTERS: u32 = filter_flags::OWNER;
 const PORT_FILTERS: u32 = filter_flags::LPORT | filter_flags::PORT;
 
 #[inline(always)]
-fn handle<C: EbpfContext>(ctx: &C, s: Sock, b: Bank) {
+fn handle<C: Attached>(ctx: &C, s: Sock, b: Bank) {
     count(b, counter::SEEN);
 
     let flags = konst(&FILTER.flags);
@@ -725,53 +737,80 @@ fn wake_flag(submitted: u64) -> u64 {
     }
 }
 
-/// Writes the event straight into a ring buffer slot: no copy of it on the stack.
+/// Writes the event straight into a ring buffer slot: no copy of it on the stack. A transition
+/// that needs socket facts gets them in the same slot (one reservation, not two).
 #[inline(always)]
-fn emit<C: EbpfContext>(ctx: &C, s: &Sock, ts: u64, pid_tgid: u64, who: &Attribution, b: Bank) {
+fn emit<C: Attached>(ctx: &C, s: &Sock, ts: u64, pid_tgid: u64, who: &Attribution, b: Bank) {
+    if needs_facts(s.oldstate, s.newstate) {
+        let Some(mut entry) = EVENTS.reserve::<EventWithFacts>(0) else {
+            count(b, counter::RINGBUF_FULL);
+            debug!(ctx, "ring buffer full, event lost");
+            return;
+        };
+        let r = entry.as_mut_ptr();
+        // SAFETY: `r` is a reserved, 8-byte aligned slot of size_of::<EventWithFacts>() bytes;
+        // every field is written before it is submitted.
+        unsafe {
+            write_event(core::ptr::addr_of_mut!((*r).event), s, ts, pid_tgid, who);
+            (*r)._pad = 0;
+            let raw = core::ptr::addr_of_mut!((*r).raw) as *mut u8;
+            (*r).valid_groups = if C::TYPED_SOCK {
+                load_facts(raw, s)
+            } else {
+                copy_facts(raw, s)
+            };
+        }
+        count(b, counter::FACTS_SUBMITTED);
+        let wake = wake_flag(count(b, counter::SUBMITTED));
+        entry.submit(wake);
+        return;
+    }
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(b, counter::RINGBUF_FULL);
         debug!(ctx, "ring buffer full, event lost");
         return;
     };
-    let e = entry.as_mut_ptr();
-    // SAFETY: `e` is a reserved, 8-byte aligned slot of size_of::<Event>() bytes; every field is
-    // written before it is submitted.
-    unsafe {
-        (*e).ts_ns = ts;
-        (*e).skaddr = s.skaddr;
-        (*e).ctx_pid = (pid_tgid >> 32) as u32;
-        (*e).ctx_tid = pid_tgid as u32;
-        (*e).owner_pid = who.owner.pid;
-        (*e).owner_tid = who.owner.tid;
-        (*e).oldstate = s.oldstate;
-        (*e).newstate = s.newstate;
-        (*e).family = s.family;
-        (*e).flags = 0;
-        (*e).sport = s.sport;
-        (*e).dport = s.dport;
-        (*e).saddr = bytes16(s.saddr);
-        (*e).daddr = bytes16(s.daddr);
-        (*e).owner_comm = who.owner.comm;
-        if who.ctx_comm_known {
-            (*e).ctx_comm = who.owner.comm;
-        } else {
-            // Straight into the slot; on failure the helper zeroes it.
-            let comm = (*e).ctx_comm.as_mut_ptr() as *mut core::ffi::c_void;
-            generated::bpf_get_current_comm(comm, TASK_COMM_LEN as u32);
-        }
-        // owner_source, its 3 padding bytes and netns as one little-endian word (offset 104,
-        // aligned): a 3-byte fill would be a memset call.
-        core::ptr::write(
-            core::ptr::addr_of_mut!((*e).owner_source) as *mut u64,
-            u64::from(who.source) | u64::from(who.owner.netns) << 32,
-        );
-        (*e).cgroup_id = who.owner.cgroup_id;
-    }
+    // SAFETY: a reserved, 8-byte aligned slot of size_of::<Event>() bytes.
+    unsafe { write_event(entry.as_mut_ptr(), s, ts, pid_tgid, who) };
     let wake = wake_flag(count(b, counter::SUBMITTED));
     entry.submit(wake);
-    if needs_facts(s.oldstate, s.newstate) {
-        emit_facts(s, ts, b);
+}
+
+/// Fills every field of an event in a ring buffer slot.
+///
+/// # Safety
+/// `e` points to a reserved slot of at least size_of::<Event>() bytes, 8-byte aligned.
+#[inline(always)]
+unsafe fn write_event(e: *mut Event, s: &Sock, ts: u64, pid_tgid: u64, who: &Attribution) {
+    (*e).ts_ns = ts;
+    (*e).skaddr = s.skaddr;
+    (*e).ctx_pid = (pid_tgid >> 32) as u32;
+    (*e).ctx_tid = pid_tgid as u32;
+    (*e).owner_pid = who.owner.pid;
+    (*e).owner_tid = who.owner.tid;
+    (*e).oldstate = s.oldstate;
+    (*e).newstate = s.newstate;
+    (*e).family = s.family;
+    (*e).flags = 0;
+    (*e).sport = s.sport;
+    (*e).dport = s.dport;
+    (*e).saddr = bytes16(s.saddr);
+    (*e).daddr = bytes16(s.daddr);
+    (*e).owner_comm = who.owner.comm;
+    if who.ctx_comm_known {
+        (*e).ctx_comm = who.owner.comm;
+    } else {
+        // Straight into the slot; on failure the helper zeroes it.
+        let comm = (*e).ctx_comm.as_mut_ptr() as *mut core::ffi::c_void;
+        generated::bpf_get_current_comm(comm, TASK_COMM_LEN as u32);
     }
+    // owner_source, its 3 padding bytes and netns as one little-endian word (offset 104,
+    // aligned): a 3-byte fill would be a memset call.
+    core::ptr::write(
+        core::ptr::addr_of_mut!((*e).owner_source) as *mut u64,
+        u64::from(who.source) | u64::from(who.owner.netns) << 32,
+    );
+    (*e).cgroup_id = who.owner.cgroup_id;
 }
 
 /// The transitions whose socket facts explain the connection: the end of a handshake (an
@@ -783,53 +822,107 @@ fn needs_facts(old: u8, new: u8) -> bool {
         || (new == state::ESTABLISHED && (old == state::SYN_RECV || old == state::SYN_SENT))
 }
 
-/// Copies the socket's fact groups straight into a ring buffer slot, one bounded read each.
+/// Which form of the tracepoint a program runs on.
+trait Attached: EbpfContext {
+    /// `Sock::skaddr` is the BTF-typed `tcp_sock` pointer the kernel handed over: its fields
+    /// load directly.
+    const TYPED_SOCK: bool;
+}
+
+impl Attached for TracePointContext {
+    const TYPED_SOCK: bool = false;
+}
+
+impl Attached for BtfTracePointContext {
+    const TYPED_SOCK: bool = true;
+}
+
+/// The socket's fact fields into `raw`, each by one typed load at the place its group's copy
+/// would put it (`FACT_FIELDS`); returns the groups filled (typed loads do not fail).
+///
+/// # Safety
+/// `raw` points to `FACTS_RAW_LEN` writable bytes of a reserved slot; `s.skaddr` is the BTF
+/// tracepoint's `struct tcp_sock *`.
 #[inline(always)]
-fn emit_facts(s: &Sock, ts: u64, b: Bank) {
-    let Some(mut entry) = EVENTS.reserve::<FactsRecord>(0) else {
-        count(b, counter::FACTS_RINGBUF_FULL);
-        return;
+unsafe fn load_facts(raw: *mut u8, s: &Sock) -> u32 {
+    let wanted = if s.newstate == state::CLOSE {
+        u32::MAX
+    } else {
+        konst(&FACTS_HANDSHAKE_GROUPS)
     };
+    let tp = s.skaddr as *const u8;
+    let mut valid = 0u32;
+    let mut i = 0;
+    while i < MAX_FACT_FIELDS {
+        let f = &FACT_FIELDS.fields[i];
+        let group = u32::from(konst(&f.group));
+        let (src, dst) = (konst(&f.src_off), konst(&f.dst_off) as usize);
+        // Each size's bound on its own path, which is what the verifier checks (user space
+        // placed every field inside `raw`).
+        if wanted & (1 << group) != 0 {
+            let filled = match konst(&f.size) {
+                1 if dst < FACTS_RAW_LEN => {
+                    raw.add(dst).write(sk_field::<u8>(tp, src));
+                    true
+                }
+                2 if dst <= FACTS_RAW_LEN - 2 => {
+                    (raw.add(dst) as *mut u16).write_unaligned(sk_field::<u16>(tp, src));
+                    true
+                }
+                4 if dst <= FACTS_RAW_LEN - 4 => {
+                    (raw.add(dst) as *mut u32).write_unaligned(sk_field::<u32>(tp, src));
+                    true
+                }
+                8 if dst <= FACTS_RAW_LEN - 8 => {
+                    (raw.add(dst) as *mut u64).write_unaligned(sk_field::<u64>(tp, src));
+                    true
+                }
+                _ => false,
+            };
+            if filled {
+                valid |= 1 << group;
+            }
+        }
+        i += 1;
+    }
+    valid
+}
+
+/// Copies the socket's fact groups into `raw` (a slot's `FACTS_RAW_LEN` bytes), one bounded
+/// read each; returns the groups copied.
+///
+/// # Safety
+/// `raw` points to `FACTS_RAW_LEN` writable bytes of a reserved slot.
+#[inline(always)]
+unsafe fn copy_facts(raw: *mut u8, s: &Sock) -> u32 {
     // A handshake needs only its RTT and retransmit count: fewer copies there.
     let wanted = if s.newstate == state::CLOSE {
         u32::MAX
     } else {
         konst(&FACTS_HANDSHAKE_GROUPS)
     };
-    let r = entry.as_mut_ptr();
-    // SAFETY: `r` is a reserved slot of size_of::<FactsRecord>() bytes; every copy stays inside
-    // `raw` (one of the FACT_GROUP_TIERS bounds holds for len and dst, so the copy ends at
-    // most at FACTS_RAW_LEN: fact_group_fits); the sources are read with the fault-safe helper.
-    unsafe {
-        (*r).ts_ns = ts;
-        (*r).skaddr = s.skaddr;
-        (*r).oldstate = s.oldstate;
-        (*r).newstate = s.newstate;
-        (*r)._pad = [0; 2];
-        let raw = core::ptr::addr_of_mut!((*r).raw) as *mut u8;
-        let mut valid = 0u32;
-        let mut i = 0;
-        while i < MAX_FACT_GROUPS {
-            let g = &FACT_GROUPS.groups[i];
-            let len = konst(&g.len) as u32;
-            let dst = konst(&g.dst_off) as usize;
-            if wanted & (1 << i) != 0 && len != 0 && fact_group_fits(len, dst) {
-                let src = s.skaddr.wrapping_add(u64::from(konst(&g.src_off)));
-                let rc = generated::bpf_probe_read_kernel(
-                    raw.add(dst) as *mut core::ffi::c_void,
-                    len,
-                    src as *const core::ffi::c_void,
-                );
-                if rc == 0 {
-                    valid |= 1 << i;
-                }
+    let mut valid = 0u32;
+    let mut i = 0;
+    while i < MAX_FACT_GROUPS {
+        let g = &FACT_GROUPS.groups[i];
+        let len = konst(&g.len) as u32;
+        let dst = konst(&g.dst_off) as usize;
+        // One of the FACT_GROUP_TIERS bounds holds for len and dst, so the copy ends at most
+        // at FACTS_RAW_LEN (fact_group_fits); the source is read with the fault-safe helper.
+        if wanted & (1 << i) != 0 && len != 0 && fact_group_fits(len, dst) {
+            let src = s.skaddr.wrapping_add(u64::from(konst(&g.src_off)));
+            let rc = generated::bpf_probe_read_kernel(
+                raw.add(dst) as *mut core::ffi::c_void,
+                len,
+                src as *const core::ffi::c_void,
+            );
+            if rc == 0 {
+                valid |= 1 << i;
             }
-            i += 1;
         }
-        (*r).valid_groups = valid;
+        i += 1;
     }
-    let wake = wake_flag(count(b, counter::FACTS_SUBMITTED));
-    entry.submit(wake);
+    valid
 }
 
 /// Whether a copy of `len` bytes at `dst` provably stays in `FactsRecord::raw`: each case

@@ -176,7 +176,6 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             totals: &mut totals,
             counters: &mut reader,
             last_record_flush: Instant::now(),
-            decoder: probe.decoder(),
             netstat: procscan::NetstatSampler::default(),
             cgroups: announcer(),
         };
@@ -328,7 +327,6 @@ pub(crate) async fn run_into(
         totals: &mut totals,
         counters: &mut reader,
         last_record_flush: Instant::now(),
-        decoder: probe.decoder(),
         netstat: procscan::NetstatSampler::default(),
         cgroups: announcer(),
     };
@@ -385,8 +383,6 @@ struct Session<'a, W: Write> {
     totals: &'a mut Totals,
     counters: &'a mut CounterReader,
     last_record_flush: Instant,
-    /// How this kernel's records decode, owners filled in.
-    decoder: Decoder,
     /// Listen and SYN-cookie counters per namespace, sampled with the kernel's counters.
     netstat: procscan::NetstatSampler,
     /// Names each cgroup id in the stream before its first event.
@@ -437,29 +433,32 @@ impl<W: Write> Session<'_, W> {
     fn drain(
         &mut self,
         ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+        decoder: &mut Decoder,
     ) -> Result<Drained, LoopError> {
         let mut any = false;
         let mut bytes = 0;
         while let Some(item) = ring.next() {
             bytes += drain::ring_bytes(item.len());
-            // Event, facts, retransmit or reset record, by size; decoded on the stack.
-            let decoded = self.decoder.decode(&item);
+            // An event (with its facts, or not), a retransmit, reset or listener record, told
+            // apart by size and handed over by reference.
+            let decoded = decoder.decode_each(&item, |input| {
+                if let Input::Event(ev) = input {
+                    self.totals.delivered += 1;
+                    if let Some(path) = self.cgroups.announce(ev.cgroup_id) {
+                        self.feed(&Input::Cgroup {
+                            id: ev.cgroup_id,
+                            path,
+                        })?;
+                    }
+                }
+                self.feed(input)
+            });
             drop(item);
-            let Ok(input) = decoded else {
+            if !decoded? {
                 self.totals.undecodable += 1;
                 continue;
-            };
-            if let Input::Event(ev) = &input {
-                self.totals.delivered += 1;
-                if let Some(path) = self.cgroups.announce(ev.cgroup_id) {
-                    self.feed(&Input::Cgroup {
-                        id: ev.cgroup_id,
-                        path,
-                    })?;
-                }
             }
             any = true;
-            self.feed(&input)?;
             if self.output.limit_reached() {
                 return Ok(Drained {
                     bytes,
@@ -472,7 +471,7 @@ impl<W: Write> Session<'_, W> {
             }
         }
         self.flush_record_if_due()?;
-        self.counters.user_owner_failed = self.decoder.owner_updates_failed();
+        self.counters.user_owner_failed = decoder.owner_updates_failed();
         if any {
             self.out.flush().map_err(|e| LoopError::Output(e.into()))?;
         }
@@ -514,6 +513,7 @@ async fn event_loop<W: Write>(
     let ring = probe
         .take_events()
         .map_err(|e| LoopError::Io(io::Error::other(e.to_string())))?;
+    let mut decoder = probe.decoder();
     // SAFETY: the ring buffer owns its fd and is moved into the AsyncFd, which deregisters it
     // before dropping it.
     let mut ring = unsafe { AsyncFd::register(ring) }
@@ -556,7 +556,7 @@ async fn event_loop<W: Write>(
             _ = &mut deadline => break Stop::Duration,
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(LoopError::Io)?;
-                let drained = session.drain(guard.get_inner_mut())?;
+                let drained = session.drain(guard.get_inner_mut(), &mut decoder)?;
                 if drained.count_reached {
                     return Ok(Stop::Count);
                 }
@@ -577,7 +577,7 @@ async fn event_loop<W: Write>(
                 if limits.stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
                     break Stop::Signal;
                 }
-                let drained = session.drain(ring.get_mut())?;
+                let drained = session.drain(ring.get_mut(), &mut decoder)?;
                 if drained.count_reached {
                     return Ok(Stop::Count);
                 }
@@ -605,7 +605,7 @@ async fn event_loop<W: Write>(
     // detached first, delivered + lost accounts for every event it ran for.
     probe.detach();
     probe.flush_log();
-    if session.drain(ring.get_mut())?.count_reached {
+    if session.drain(ring.get_mut(), &mut decoder)?.count_reached {
         return Ok(Stop::Count);
     }
     Ok(stop)

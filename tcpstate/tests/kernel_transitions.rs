@@ -15,7 +15,7 @@ use std::{
 use probe_util::{
     attach, attach_as, attach_generic, by_socket, collect, free_port, port_probe, root, states,
 };
-use tcpstate::input::Counter;
+use tcpstate::input::{Counter, Input};
 use tcpstate::kernel::probe::Attachment;
 use tcpstate::{event, filter::FilterSpec};
 use tcpstate_common::state::*;
@@ -178,19 +178,36 @@ fn btf_and_classic_tracepoints_report_the_same_events() {
         e.ts_ns = 0;
         e
     };
-    let mut a: Vec<_> = collect(&mut btf, want)
-        .into_iter()
-        .map(without_time)
-        .collect();
-    let mut b: Vec<_> = collect(&mut classic, want)
-        .into_iter()
-        .map(without_time)
-        .collect();
+    // Events, and the socket facts read at the same transitions (typed loads on the BTF
+    // tracepoint, helper copies on the classic one), without their times.
+    let split = |inputs: Vec<Input>| {
+        let (mut evs, mut facts) = (Vec::new(), Vec::new());
+        for i in inputs {
+            match i {
+                Input::Event(e) => evs.push(without_time(e)),
+                Input::Facts(mut f) => {
+                    f.ts_ns = 0;
+                    facts.push(f);
+                }
+                _ => {}
+            }
+        }
+        evs.sort_by_key(|e: &tcpstate::event::Event| (e.skaddr, e.oldstate, e.newstate));
+        facts.sort_by_key(|f| (f.skaddr, f.oldstate, f.newstate));
+        (evs, facts)
+    };
+    let limit = Duration::from_secs(3);
+    let (a, fa) = split(probe_util::collect_inputs(&mut btf, want, limit));
+    let (b, fb) = split(probe_util::collect_inputs(&mut classic, want, limit));
     assert_eq!(a.len(), want, "{a:#?}");
-    let key = |e: &tcpstate::event::Event| (e.skaddr, e.oldstate, e.newstate);
-    a.sort_by_key(key);
-    b.sort_by_key(key);
     assert_eq!(a, b);
+    // Every close but the listeners', and every handshake's end: 3 * 2 + 3 * 2, and the
+    // refused connect's close.
+    assert_eq!(fa.len(), 13, "{fa:#?}");
+    assert!(fa
+        .iter()
+        .any(|f| f.bytes_acked.is_some() && f.srtt_us.is_some()));
+    assert_eq!(fa, fb);
     for p in [&btf, &classic] {
         let c = p.counters().expect("counters");
         assert_eq!(probe_util::count(&c, Counter::RecursionMisses), 0);

@@ -3,13 +3,14 @@
 //! [`Facts`], and how every ring buffer record becomes an [`Input`].
 
 use tcpstate_common::{
-    FactGroup, FactGroups, FactsRecord, ListenerRecord, ResetRecord, RetransmitRecord, EVENT_SIZE,
-    FACTS_RAW_LEN, FACTS_RECORD_SIZE, FACT_GROUP_TIERS, LISTENER_RECORD_SIZE, MAX_FACT_GROUPS,
-    MAX_FACT_GROUP_LEN, RESET_RECORD_SIZE, RETRANSMIT_RECORD_SIZE,
+    Event, FactField, FactFields, FactGroup, FactGroups, FactsRecord, ListenerRecord, ResetRecord,
+    RetransmitRecord, EVENT_SIZE, EVENT_WITH_FACTS_SIZE, FACTS_RAW_LEN, FACTS_RECORD_SIZE,
+    FACT_GROUP_TIERS, LISTENER_RECORD_SIZE, MAX_FACT_GROUPS, MAX_FACT_GROUP_LEN, RESET_RECORD_SIZE,
+    RETRANSMIT_RECORD_SIZE,
 };
 
 use super::btf::{SockOffsets, FIELDS};
-use crate::{attribution::Attributor, event, facts::Facts, input::Input};
+use crate::{attribution::Attributor, facts::Facts, input::Input};
 
 /// The [`Facts`] fields, named as in [`FIELDS`] (whose sizes they share).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +50,8 @@ const FACTS: [(Fact, &str); 14] = [
 
 /// What the end of a handshake needs: an accepted socket's SYN-ACK round trip (its smoothed
 /// RTT) and the SYN or SYN-ACK retransmits (the retransmit count).
+const _: () = assert!(FACTS.len() <= tcpstate_common::MAX_FACT_FIELDS);
+
 const HANDSHAKE_FACTS: [Fact; 2] = [Fact::SrttUs, Fact::TotalRetrans];
 
 /// Fields closer than this are always copied in one read.
@@ -88,6 +91,8 @@ struct Slot {
 pub struct FactsPlan {
     /// The `FACT_GROUPS` load-time global.
     pub groups: FactGroups,
+    /// The `FACT_FIELDS` load-time global: the groups' fields one by one.
+    pub fields: FactFields,
     /// The `FACTS_HANDSHAKE_GROUPS` global: the groups of the facts a handshake's end needs.
     pub handshake_groups: u32,
     slots: [Option<Slot>; FACTS.len()],
@@ -193,6 +198,20 @@ impl FactsPlan {
             dst += len;
         }
         missing.sort_unstable();
+        let mut fields = FactFields::default();
+        let placed = slots.iter().zip(&FACTS).filter_map(|(slot, (_, name))| {
+            let slot = (*slot)?;
+            Some(FactField {
+                src_off: offsets.get(name)?,
+                dst_off: slot.raw_off,
+                size: slot.size as u8,
+                group: slot.group,
+                _pad: 0,
+            })
+        });
+        for (f, field) in fields.fields.iter_mut().zip(placed) {
+            *f = field;
+        }
         let handshake_groups = HANDSHAKE_FACTS
             .iter()
             .filter_map(|f| slots[*f as usize])
@@ -200,34 +219,58 @@ impl FactsPlan {
         FactsPlan {
             handshake_groups,
             groups,
+            fields,
             slots,
             missing,
         }
     }
 
     /// The little-endian value of one fact, when its group was copied.
-    fn value(&self, rec: &FactsRecord, fact: Fact) -> Option<u64> {
+    fn value(&self, raw: &Raw, fact: Fact) -> Option<u64> {
         let slot = self.slots[fact as usize]?;
-        if rec.valid_groups & (1 << slot.group) == 0 {
+        if raw.valid_groups & (1 << slot.group) == 0 {
             return None;
         }
         let start = usize::from(slot.raw_off);
-        let bytes = rec.raw.get(start..start + usize::from(slot.size))?;
-        let mut word = [0u8; 8];
-        word[..bytes.len()].copy_from_slice(bytes);
-        Some(u64::from_le_bytes(word))
+        let b = raw.bytes.get(start..start + usize::from(slot.size))?;
+        // By size, not a copy of variable length: this runs for every fact of every record.
+        Some(match *b {
+            [a] => u64::from(a),
+            [a, b] => u64::from(u16::from_le_bytes([a, b])),
+            [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d])),
+            [a, b, c, d, e, f, g, h] => u64::from_le_bytes([a, b, c, d, e, f, g, h]),
+            _ => {
+                let mut word = [0u8; 8];
+                word[..b.len().min(8)].copy_from_slice(&b[..b.len().min(8)]);
+                u64::from_le_bytes(word)
+            }
+        })
     }
 
     /// The facts a record carries; a fact whose copy failed or that this kernel lacks is None.
     pub fn decode(&self, rec: &FactsRecord) -> Facts {
-        let u32_of = |f| self.value(rec, f).map(|v| v as u32);
-        let i32_of = |f| self.value(rec, f).map(|v| v as u32 as i32);
-        let u8_of = |f| self.value(rec, f).map(|v| v as u8);
+        let raw = Raw {
+            valid_groups: rec.valid_groups,
+            bytes: &rec.raw,
+        };
+        self.decode_raw(rec.ts_ns, rec.skaddr, (rec.oldstate, rec.newstate), &raw)
+    }
+
+    fn decode_raw(
+        &self,
+        ts_ns: u64,
+        skaddr: u64,
+        (oldstate, newstate): (u8, u8),
+        raw: &Raw,
+    ) -> Facts {
+        let u32_of = |f| self.value(raw, f).map(|v| v as u32);
+        let i32_of = |f| self.value(raw, f).map(|v| v as u32 as i32);
+        let u8_of = |f| self.value(raw, f).map(|v| v as u8);
         Facts {
-            ts_ns: rec.ts_ns,
-            skaddr: rec.skaddr,
-            oldstate: rec.oldstate,
-            newstate: rec.newstate,
+            ts_ns,
+            skaddr,
+            oldstate,
+            newstate,
             sk_err: i32_of(Fact::SkErr),
             sk_err_soft: i32_of(Fact::SkErrSoft),
             // The kernel keeps the smoothed RTT scaled by 8.
@@ -238,13 +281,19 @@ impl FactsPlan {
             probes_out: u8_of(Fact::ProbesOut),
             packets_out: u32_of(Fact::PacketsOut),
             wmem_queued: u32_of(Fact::WmemQueued),
-            bytes_acked: self.value(rec, Fact::BytesAcked),
-            bytes_received: self.value(rec, Fact::BytesReceived),
-            bytes_retrans: self.value(rec, Fact::BytesRetrans),
+            bytes_acked: self.value(raw, Fact::BytesAcked),
+            bytes_received: self.value(raw, Fact::BytesReceived),
+            bytes_retrans: self.value(raw, Fact::BytesRetrans),
             segs_in: u32_of(Fact::SegsIn),
             segs_out: u32_of(Fact::SegsOut),
         }
     }
+}
+
+/// The copied socket bytes of a facts record, wherever they sit.
+struct Raw<'a> {
+    valid_groups: u32,
+    bytes: &'a [u8],
 }
 
 /// A ring buffer record that is none of the four kinds.
@@ -263,22 +312,94 @@ fn read_pod<T: Copy>(bytes: &[u8]) -> Option<T> {
     })
 }
 
-/// One ring buffer record as the pipeline's input, told apart by its size.
-pub fn decode_record(bytes: &[u8], plan: &FactsPlan) -> Result<Input, RecordSizeError> {
-    let err = RecordSizeError { got: bytes.len() };
-    match bytes.len() {
-        EVENT_SIZE => event::decode(bytes).map(Input::Event).map_err(|_| err),
-        FACTS_RECORD_SIZE => read_pod::<FactsRecord>(bytes)
-            .map(|r| Input::Facts(plan.decode(&r)))
-            .ok_or(err),
-        RETRANSMIT_RECORD_SIZE => read_pod::<RetransmitRecord>(bytes)
-            .map(Input::Retransmit)
-            .ok_or(err),
-        RESET_RECORD_SIZE => read_pod::<ResetRecord>(bytes).map(Input::Reset).ok_or(err),
-        LISTENER_RECORD_SIZE => read_pod::<ListenerRecord>(bytes)
-            .map(Input::Listener)
-            .ok_or(err),
-        _ => Err(err),
+/// What one ring buffer record holds: one input, or an event and its socket facts.
+#[derive(Debug)]
+pub struct Decoded {
+    pub first: Input,
+    pub second: Option<Input>,
+}
+
+/// Hands each input of one ring buffer record to `f`, by reference (records are told apart by
+/// their size); false when the record is none of the kinds. Nothing is copied but the record's
+/// fields into the inputs: this runs for every record.
+fn decode_each<E>(
+    bytes: &[u8],
+    plan: &FactsPlan,
+    attributor: Option<&mut Attributor>,
+    mut f: impl FnMut(&Input) -> Result<(), E>,
+) -> Result<bool, E> {
+    let input = match bytes.len() {
+        EVENT_SIZE | EVENT_WITH_FACTS_SIZE => {
+            let Some(mut ev) = bytes.get(..EVENT_SIZE).and_then(read_pod::<Event>) else {
+                return Ok(false);
+            };
+            if let Some(a) = attributor {
+                a.apply(&mut ev);
+            }
+            let (ts, sk, states) = (ev.ts_ns, ev.skaddr, (ev.oldstate, ev.newstate));
+            f(&Input::Event(ev))?;
+            if bytes.len() == EVENT_WITH_FACTS_SIZE {
+                // EventWithFacts: the event, valid_groups, padding, then the raw bytes (offsets
+                // asserted in tcpstate-common).
+                let valid = bytes
+                    .get(EVENT_SIZE..EVENT_SIZE + 4)
+                    .and_then(read_pod::<u32>);
+                let raw = bytes.get(EVENT_SIZE + 8..);
+                if let (Some(valid_groups), Some(raw)) = (valid, raw) {
+                    let raw = Raw {
+                        valid_groups,
+                        bytes: raw,
+                    };
+                    f(&Input::Facts(plan.decode_raw(ts, sk, states, &raw)))?;
+                }
+            }
+            return Ok(true);
+        }
+        FACTS_RECORD_SIZE => read_pod::<FactsRecord>(bytes).map(|r| Input::Facts(plan.decode(&r))),
+        RETRANSMIT_RECORD_SIZE => read_pod::<RetransmitRecord>(bytes).map(Input::Retransmit),
+        RESET_RECORD_SIZE => read_pod::<ResetRecord>(bytes).map(Input::Reset),
+        LISTENER_RECORD_SIZE => read_pod::<ListenerRecord>(bytes).map(Input::Listener),
+        _ => None,
+    };
+    match input {
+        Some(i) => f(&i).map(|()| true),
+        None => Ok(false),
+    }
+}
+
+/// One ring buffer record as the pipeline's inputs (tests and tools; the trace loop uses
+/// [`Decoder::decode_each`]).
+pub fn decode_record(bytes: &[u8], plan: &FactsPlan) -> Result<Decoded, RecordSizeError> {
+    collect(bytes, plan, None)
+}
+
+fn collect(
+    bytes: &[u8],
+    plan: &FactsPlan,
+    attributor: Option<&mut Attributor>,
+) -> Result<Decoded, RecordSizeError> {
+    let mut got: Vec<Input> = Vec::with_capacity(2);
+    let ok = decode_each(bytes, plan, attributor, |i| {
+        got.push(i.clone());
+        Ok::<(), std::convert::Infallible>(())
+    })
+    .unwrap_or_else(|never| match never {});
+    let mut it = got.into_iter();
+    match (ok, it.next()) {
+        (true, Some(first)) => Ok(Decoded {
+            first,
+            second: it.next(),
+        }),
+        _ => Err(RecordSizeError { got: bytes.len() }),
+    }
+}
+
+impl IntoIterator for Decoded {
+    type Item = Input;
+    type IntoIter = std::iter::Chain<std::iter::Once<Input>, std::option::IntoIter<Input>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        std::iter::once(self.first).chain(self.second)
     }
 }
 
@@ -295,12 +416,18 @@ impl Decoder {
         Decoder { plan, attributor }
     }
 
-    pub fn decode(&mut self, bytes: &[u8]) -> Result<Input, RecordSizeError> {
-        let mut input = decode_record(bytes, &self.plan)?;
-        if let (Input::Event(ev), Some(a)) = (&mut input, self.attributor.as_mut()) {
-            a.apply(ev);
-        }
-        Ok(input)
+    /// One record's inputs, collected (tests).
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<Decoded, RecordSizeError> {
+        collect(bytes, &self.plan, self.attributor.as_mut())
+    }
+
+    /// Hands each input of one record to `f`; false when the record is undecodable.
+    pub fn decode_each<E>(
+        &mut self,
+        bytes: &[u8],
+        f: impl FnMut(&Input) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        decode_each(bytes, &self.plan, self.attributor.as_mut(), f)
     }
 
     /// Owners user space could not remember (its table was full), 0 when the kernel keeps the
@@ -314,6 +441,7 @@ impl Decoder {
 mod tests {
     use super::*;
     use crate::kernel::btf;
+    use tcpstate_common::EventWithFacts;
 
     fn offsets(pairs: &[(&str, u16)]) -> SockOffsets {
         SockOffsets {
@@ -436,25 +564,65 @@ mod tests {
     #[test]
     fn records_are_told_apart_by_size() {
         let plan = FactsPlan::new(&offsets(&[]));
+        let one = |bytes: &[u8]| {
+            let d = decode_record(bytes, &plan).expect("decodes");
+            assert!(d.second.is_none());
+            d.first
+        };
+        assert!(matches!(one(&[0u8; EVENT_SIZE]), Input::Event(_)));
+        assert!(matches!(one(&[0u8; FACTS_RECORD_SIZE]), Input::Facts(_)));
         assert!(matches!(
-            decode_record(&[0u8; EVENT_SIZE], &plan),
-            Ok(Input::Event(_))
+            one(&[0u8; RETRANSMIT_RECORD_SIZE]),
+            Input::Retransmit(_)
         ));
+        assert!(matches!(one(&[0u8; RESET_RECORD_SIZE]), Input::Reset(_)));
         assert!(matches!(
-            decode_record(&[0u8; FACTS_RECORD_SIZE], &plan),
-            Ok(Input::Facts(_))
-        ));
-        assert!(matches!(
-            decode_record(&[0u8; RETRANSMIT_RECORD_SIZE], &plan),
-            Ok(Input::Retransmit(_))
-        ));
-        assert!(matches!(
-            decode_record(&[0u8; RESET_RECORD_SIZE], &plan),
-            Ok(Input::Reset(_))
+            one(&[0u8; LISTENER_RECORD_SIZE]),
+            Input::Listener(_)
         ));
         assert_eq!(
-            decode_record(&[0u8; 3], &plan),
-            Err(RecordSizeError { got: 3 })
+            decode_record(&[0u8; 3], &plan).map(|d| d.first).err(),
+            Some(RecordSizeError { got: 3 })
         );
+    }
+
+    /// The kernel's one record of an event and its facts is two inputs, the event first, the
+    /// facts with its time, socket and states.
+    #[test]
+    fn an_event_with_facts_is_the_event_then_its_facts() {
+        let plan = FactsPlan::new(&offsets(&[("srtt_us", 100)]));
+        let mut sock = vec![0u8; 512];
+        sock[100..104].copy_from_slice(&(8000u32 << 3).to_ne_bytes());
+        let facts = record(&plan, &sock);
+        let mut e = crate::event::Event::zeroed();
+        e.ts_ns = 42;
+        e.skaddr = 0xffff_8880_0000_1000;
+        e.oldstate = tcpstate_common::state::SYN_SENT;
+        e.newstate = tcpstate_common::state::ESTABLISHED;
+        let rec = EventWithFacts {
+            event: e,
+            valid_groups: facts.valid_groups,
+            _pad: 0,
+            raw: facts.raw,
+        };
+        // SAFETY: plain data of its own size.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&rec as *const EventWithFacts).cast::<u8>(),
+                EVENT_WITH_FACTS_SIZE,
+            )
+        };
+        let got: Vec<Input> = decode_record(bytes, &plan)
+            .expect("decodes")
+            .into_iter()
+            .collect();
+        assert_eq!(got.len(), 2);
+        assert!(matches!(&got[0], Input::Event(ev) if *ev == e));
+        let Input::Facts(f) = &got[1] else {
+            panic!("facts second: {got:?}");
+        };
+        assert_eq!((f.ts_ns, f.skaddr), (42, e.skaddr));
+        assert_eq!((f.oldstate, f.newstate), (e.oldstate, e.newstate));
+        assert_eq!(f.srtt_us, Some(8000));
     }
 }

@@ -368,6 +368,7 @@ impl Probe {
 
         let mut ebpf = loader
             .override_global(names::FACT_GROUPS, &facts_plan.groups, true)
+            .override_global(names::FACT_FIELDS, &facts_plan.fields, true)
             .override_global(
                 names::FACTS_HANDSHAKE_GROUPS,
                 &facts_plan.handshake_groups,

@@ -119,7 +119,7 @@ pub fn collect_inputs(probe: &mut Probe, want: usize, limit: Duration) -> Vec<In
     let deadline = Instant::now() + limit;
     let mut drain = |out: &mut Vec<Input>| {
         while let Some(item) = ring.next() {
-            out.push(decoder.decode(&item).expect("decode"));
+            out.extend(decoder.decode(&item).expect("decode"));
         }
     };
     let events = |out: &Vec<Input>| out.iter().filter(|i| matches!(i, Input::Event(_))).count();
