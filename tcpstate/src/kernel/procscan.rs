@@ -6,7 +6,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    fs,
+    fs, io,
     net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
@@ -56,30 +56,51 @@ fn parse_endpoint(s: &str, family: u8) -> Option<([u8; 16], u16)> {
 pub fn parse_proc_net_tcp(text: &str, family: u8) -> Vec<ProcSocket> {
     text.lines()
         .skip(1)
-        .filter_map(|line| {
-            let mut cols = line.split_whitespace();
-            let local = cols.nth(1)?;
-            let remote = cols.next()?;
-            let state = cols.next()?;
-            // tx_queue:rx_queue, tr:tm->when, retrnsmt, uid, timeout, then the inode.
-            let inode: u64 = cols.nth(5)?.parse().ok()?;
-            if inode == 0 {
-                return None;
-            }
-            let state = u8::from_str_radix(state, 16).ok()?;
-            let (local, lport) = parse_endpoint(local, family)?;
-            let (remote, rport) = parse_endpoint(remote, family)?;
-            Some(ProcSocket {
-                family,
-                state,
-                local,
-                lport,
-                remote,
-                rport,
-                inode,
-            })
-        })
+        .filter_map(|line| parse_socket_line(line, family))
         .collect()
+}
+
+/// One line of /proc/net/tcp{,6}; None for the header, an unknown format or a socket no
+/// process holds.
+fn parse_socket_line(line: &str, family: u8) -> Option<ProcSocket> {
+    let mut cols = line.split_whitespace();
+    let local = cols.nth(1)?;
+    let remote = cols.next()?;
+    let state = cols.next()?;
+    // tx_queue:rx_queue, tr:tm->when, retrnsmt, uid, timeout, then the inode.
+    let inode: u64 = cols.nth(5)?.parse().ok()?;
+    if inode == 0 {
+        return None;
+    }
+    let state = u8::from_str_radix(state, 16).ok()?;
+    let (local, lport) = parse_endpoint(local, family)?;
+    let (remote, rport) = parse_endpoint(remote, family)?;
+    Some(ProcSocket {
+        family,
+        state,
+        local,
+        lport,
+        remote,
+        rport,
+        inode,
+    })
+}
+
+/// The same read line by line: the file of a busy host is tens of megabytes of TIME_WAIT
+/// sockets, which a read of the whole file would leave behind in the allocator.
+fn read_proc_net_tcp(path: &Path, family: u8, out: &mut Vec<ProcSocket>) {
+    let Ok(file) = fs::File::open(path) else {
+        return;
+    };
+    let mut reader = io::BufReader::with_capacity(64 << 10, file);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match io::BufRead::read_line(&mut reader, &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => out.extend(parse_socket_line(&line, family)),
+        }
+    }
 }
 
 fn comm_bytes(name: &str) -> [u8; TASK_COMM_LEN] {
@@ -264,9 +285,7 @@ pub fn scan(cgroups: &CgroupScan) -> Preexisting {
     let mut sockets = Vec::new();
     for member in namespace_representatives(proc_root) {
         for (file, family) in [("net/tcp", AF_INET), ("net/tcp6", AF_INET6)] {
-            if let Ok(text) = fs::read_to_string(member.join(file)) {
-                sockets.extend(parse_proc_net_tcp(&text, family));
-            }
+            read_proc_net_tcp(&member.join(file), family, &mut sockets);
         }
     }
     join(&sockets, &socket_owners(proc_root, cgroups))
