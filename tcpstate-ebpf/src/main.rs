@@ -1034,35 +1034,6 @@ fn listen_key(s: &Sock) -> ListenKey {
     }
 }
 
-/// The owner as far as the event itself tells, when user space keeps the owner table
-/// (`Settings::user_attribution`): the owner's own system call, or a child born from a known
-/// listener. Everything else is left to user space, which sees every event of a socket in the
-/// order the socket changed state (each change reserves its ring buffer slot under the
-/// socket's lock). The listener table stays here: queue readings need the listener's socket.
-#[inline(always)]
-fn attribute_for_user(s: &Sock, pid_tgid: u64) -> Attribution {
-    let (old, new) = (s.oldstate, s.newstate);
-    if is_owner_syscall(old, new) {
-        let who = Attribution::current_task(pid_tgid, s);
-        if new == state::LISTEN {
-            note_listener(s, &who.owner);
-        } else if old == state::LISTEN {
-            forget_listener(s, who.owner.pid);
-        }
-        return who;
-    }
-    let mut who = Attribution::UNKNOWN;
-    if old == state::LISTEN && new == state::SYN_RECV {
-        if let Some(owner) = listener_owner(s) {
-            who = Attribution::known(owner, owner_source::LISTENER);
-        }
-    } else {
-        who.source = owner_source::DEFERRED;
-    }
-    who.owner.netns = sock_netns(s);
-    who
-}
-
 /// The owner of the listener a child socket was born from (exact address, then wildcard);
 /// None when unknown or ambiguous (pid 0: SO_REUSEPORT listeners of several processes).
 #[inline(always)]
@@ -1078,15 +1049,21 @@ fn listener_owner(s: &Sock) -> Option<Owner> {
     found.filter(|o| o.pid != 0)
 }
 
+/// The socket's owner, and the owner tables kept up to date. With the table in user space
+/// (`Settings::user_attribution`) only what the event itself tells: the owner's own system
+/// call, or a child born from a known listener; everything else is left `DEFERRED` to user
+/// space, which sees every event of a socket in the order the socket changed state (each
+/// change reserves its ring buffer slot under the socket's lock). The listener table is kept
+/// either way: queue readings need the listener's socket.
 #[inline(always)]
 fn attribute<C: EbpfContext>(ctx: &C, s: &Sock, pid_tgid: u64, b: Bank) -> Attribution {
-    if konst(&SETTINGS.user_attribution) == 1 {
-        return attribute_for_user(s, pid_tgid);
-    }
+    let table = konst(&SETTINGS.user_attribution) == 0;
     let (old, new) = (s.oldstate, s.newstate);
     let who = if is_owner_syscall(old, new) {
         let who = Attribution::current_task(pid_tgid, s);
-        remember_owner(s, &who.owner, b);
+        if table {
+            remember_owner(s, &who.owner, b);
+        }
         if new == state::LISTEN {
             note_listener(s, &who.owner);
         } else if old == state::LISTEN {
@@ -1100,18 +1077,27 @@ fn attribute<C: EbpfContext>(ctx: &C, s: &Sock, pid_tgid: u64, b: Bank) -> Attri
                 // The child's own namespace: listeners of one port in two namespaces share a
                 // LISTENERS key.
                 owner.netns = sock_netns(s);
-                remember_owner(s, &owner, b);
+                if table {
+                    remember_owner(s, &owner, b);
+                }
                 Attribution::known(owner, owner_source::LISTENER)
             }
             None => {
                 // A new socket at this address: whatever an earlier one left there is not its
                 // owner.
-                let _ = OWNERS.remove(&s.skaddr);
+                if table {
+                    let _ = OWNERS.remove(&s.skaddr);
+                }
                 let mut who = Attribution::UNKNOWN;
                 who.owner.netns = sock_netns(s);
                 who
             }
         }
+    } else if !table {
+        let mut who = Attribution::UNKNOWN;
+        who.source = owner_source::DEFERRED;
+        who.owner.netns = sock_netns(s);
+        who
     } else if let Some(owner) = unsafe { OWNERS.get(&s.skaddr) } {
         Attribution::known(copy_owner(owner), owner_source::REMEMBERED)
     } else {
@@ -1140,11 +1126,11 @@ fn attribute<C: EbpfContext>(ctx: &C, s: &Sock, pid_tgid: u64, b: Bank) -> Attri
             }
         }
     };
-    if new == state::CLOSE {
+    if table && new == state::CLOSE {
         // The socket's life is over; its address may be reused by an unrelated socket.
         let _ = OWNERS.remove(&s.skaddr);
     }
-    if who.owner.pid == 0 {
+    if who.owner.pid == 0 && who.source != owner_source::DEFERRED {
         debug!(ctx, "owner unknown for {:x}", s.skaddr);
     }
     who
