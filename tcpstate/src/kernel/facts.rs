@@ -48,10 +48,10 @@ const FACTS: [(Fact, &str); 14] = [
     (Fact::SegsOut, "segs_out"),
 ];
 
-/// What the end of a handshake needs: an accepted socket's SYN-ACK round trip (its smoothed
-/// RTT) and the SYN or SYN-ACK retransmits (the retransmit count).
 const _: () = assert!(FACTS.len() <= tcpstate_common::MAX_FACT_FIELDS);
 
+/// What the end of a handshake needs: an accepted socket's SYN-ACK round trip (its smoothed
+/// RTT) and the SYN or SYN-ACK retransmits (the retransmit count).
 const HANDSHAKE_FACTS: [Fact; 2] = [Fact::SrttUs, Fact::TotalRetrans];
 
 /// Fields closer than this are always copied in one read.
@@ -312,13 +312,6 @@ fn read_pod<T: Copy>(bytes: &[u8]) -> Option<T> {
     })
 }
 
-/// What one ring buffer record holds: one input, or an event and its socket facts.
-#[derive(Debug)]
-pub struct Decoded {
-    pub first: Input,
-    pub second: Option<Input>,
-}
-
 /// Hands each input of one ring buffer record to `f`, by reference (records are told apart by
 /// their size); false when the record is none of the kinds. Nothing is copied but the record's
 /// fields into the inputs: this runs for every record.
@@ -367,9 +360,9 @@ fn decode_each<E>(
     }
 }
 
-/// One ring buffer record as the pipeline's inputs (tests and tools; the trace loop uses
-/// [`Decoder::decode_each`]).
-pub fn decode_record(bytes: &[u8], plan: &FactsPlan) -> Result<Decoded, RecordSizeError> {
+/// One ring buffer record as the pipeline's inputs: one, or an event and its socket facts
+/// (tests and tools; the trace loop uses [`Decoder::decode_each`]).
+pub fn decode_record(bytes: &[u8], plan: &FactsPlan) -> Result<Vec<Input>, RecordSizeError> {
     collect(bytes, plan, None)
 }
 
@@ -377,29 +370,17 @@ fn collect(
     bytes: &[u8],
     plan: &FactsPlan,
     attributor: Option<&mut Attributor>,
-) -> Result<Decoded, RecordSizeError> {
+) -> Result<Vec<Input>, RecordSizeError> {
     let mut got: Vec<Input> = Vec::with_capacity(2);
     let ok = decode_each(bytes, plan, attributor, |i| {
         got.push(i.clone());
         Ok::<(), std::convert::Infallible>(())
     })
     .unwrap_or_else(|never| match never {});
-    let mut it = got.into_iter();
-    match (ok, it.next()) {
-        (true, Some(first)) => Ok(Decoded {
-            first,
-            second: it.next(),
-        }),
-        _ => Err(RecordSizeError { got: bytes.len() }),
-    }
-}
-
-impl IntoIterator for Decoded {
-    type Item = Input;
-    type IntoIter = std::iter::Chain<std::iter::Once<Input>, std::option::IntoIter<Input>>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        std::iter::once(self.first).chain(self.second)
+    if ok {
+        Ok(got)
+    } else {
+        Err(RecordSizeError { got: bytes.len() })
     }
 }
 
@@ -417,7 +398,7 @@ impl Decoder {
     }
 
     /// One record's inputs, collected (tests).
-    pub fn decode(&mut self, bytes: &[u8]) -> Result<Decoded, RecordSizeError> {
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<Vec<Input>, RecordSizeError> {
         collect(bytes, &self.plan, self.attributor.as_mut())
     }
 
@@ -565,9 +546,9 @@ mod tests {
     fn records_are_told_apart_by_size() {
         let plan = FactsPlan::new(&offsets(&[]));
         let one = |bytes: &[u8]| {
-            let d = decode_record(bytes, &plan).expect("decodes");
-            assert!(d.second.is_none());
-            d.first
+            let mut d = decode_record(bytes, &plan).expect("decodes");
+            assert_eq!(d.len(), 1);
+            d.remove(0)
         };
         assert!(matches!(one(&[0u8; EVENT_SIZE]), Input::Event(_)));
         assert!(matches!(one(&[0u8; FACTS_RECORD_SIZE]), Input::Facts(_)));
@@ -581,7 +562,7 @@ mod tests {
             Input::Listener(_)
         ));
         assert_eq!(
-            decode_record(&[0u8; 3], &plan).map(|d| d.first).err(),
+            decode_record(&[0u8; 3], &plan).err(),
             Some(RecordSizeError { got: 3 })
         );
     }
@@ -612,10 +593,7 @@ mod tests {
                 EVENT_WITH_FACTS_SIZE,
             )
         };
-        let got: Vec<Input> = decode_record(bytes, &plan)
-            .expect("decodes")
-            .into_iter()
-            .collect();
+        let got = decode_record(bytes, &plan).expect("decodes");
         assert_eq!(got.len(), 2);
         assert!(matches!(&got[0], Input::Event(ev) if *ev == e));
         let Input::Facts(f) = &got[1] else {
