@@ -151,12 +151,10 @@ mod tests {
     use super::*;
     use tcpstate_common::AF_INET;
 
+    /// An IPv4 loopback event of socket `skaddr` whose owner (as the kernel filled it) is `pid`
+    /// with cgroup `10 * pid`, from `source`.
     fn ev(skaddr: u64, old: u8, new: u8, source: u8, pid: u32) -> Event {
-        let mut e = Event::zeroed();
-        e.skaddr = skaddr;
-        e.oldstate = old;
-        e.newstate = new;
-        e.family = AF_INET;
+        let mut e = crate::event::tests::ev(0, skaddr, old, new, 1000, 2000);
         e.owner_source = source;
         e.owner_pid = pid;
         e.owner_tid = pid;
@@ -230,10 +228,7 @@ mod tests {
     #[test]
     fn sockets_older_than_the_trace_are_found_by_their_tuple_once() {
         let mut a = Attributor::default();
-        let mut e = ev(3, ESTABLISHED, FIN_WAIT1, DEFERRED, 0);
-        e.sport = 1000;
-        e.dport = 2000;
-        e.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let e = ev(3, ESTABLISHED, FIN_WAIT1, DEFERRED, 0);
         let key = TupleKey {
             family: u16::from(AF_INET),
             sport: 1000,

@@ -49,15 +49,22 @@ fn parse_endpoint(s: &str, family: u8) -> Option<([u8; 16], u16)> {
     Some((out, port))
 }
 
-/// Parses the text of /proc/net/tcp (`family` AF_INET) or /proc/net/tcp6 (AF_INET6); lines that
-/// do not parse are skipped (the header, or a format this version does not know). Sockets no
-/// process holds (inode 0: TIME_WAIT, orphans) are skipped before their addresses are parsed:
-/// a busy host has hundreds of thousands of them.
-pub fn parse_proc_net_tcp(text: &str, family: u8) -> Vec<ProcSocket> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| parse_socket_line(line, family))
-        .collect()
+/// Parses /proc/net/tcp (`family` AF_INET) or /proc/net/tcp6 (AF_INET6) line by line into
+/// `out`: the file of a busy host is tens of megabytes of TIME_WAIT sockets, which reading it
+/// whole would leave behind in the allocator. Lines that do not parse are skipped (the header,
+/// or a format this version does not know). Sockets no process holds (inode 0: TIME_WAIT,
+/// orphans) are skipped before their addresses are parsed.
+pub fn parse_proc_net_tcp(mut text: impl io::BufRead, family: u8, out: &mut Vec<ProcSocket>) {
+    let mut line = String::new();
+    let mut header = true;
+    loop {
+        line.clear();
+        match text.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) if header => header = false,
+            Ok(_) => out.extend(parse_socket_line(&line, family)),
+        }
+    }
 }
 
 /// One line of /proc/net/tcp{,6}; None for the header, an unknown format or a socket no
@@ -84,23 +91,6 @@ fn parse_socket_line(line: &str, family: u8) -> Option<ProcSocket> {
         rport,
         inode,
     })
-}
-
-/// The same read line by line: the file of a busy host is tens of megabytes of TIME_WAIT
-/// sockets, which a read of the whole file would leave behind in the allocator.
-fn read_proc_net_tcp(path: &Path, family: u8, out: &mut Vec<ProcSocket>) {
-    let Ok(file) = fs::File::open(path) else {
-        return;
-    };
-    let mut reader = io::BufReader::with_capacity(64 << 10, file);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        match io::BufRead::read_line(&mut reader, &mut line) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => out.extend(parse_socket_line(&line, family)),
-        }
-    }
 }
 
 fn comm_bytes(name: &str) -> [u8; TASK_COMM_LEN] {
@@ -285,7 +275,13 @@ pub fn scan(cgroups: &CgroupScan) -> Preexisting {
     let mut sockets = Vec::new();
     for member in namespace_representatives(proc_root) {
         for (file, family) in [("net/tcp", AF_INET), ("net/tcp6", AF_INET6)] {
-            read_proc_net_tcp(&member.join(file), family, &mut sockets);
+            if let Ok(f) = fs::File::open(member.join(file)) {
+                parse_proc_net_tcp(
+                    io::BufReader::with_capacity(64 << 10, f),
+                    family,
+                    &mut sockets,
+                );
+            }
         }
     }
     join(&sockets, &socket_owners(proc_root, cgroups))
@@ -367,6 +363,12 @@ pub fn describe(key: &ListenKey) -> String {
 mod tests {
     use super::*;
 
+    fn parse(text: &str, family: u8) -> Vec<ProcSocket> {
+        let mut out = Vec::new();
+        parse_proc_net_tcp(text.as_bytes(), family, &mut out);
+        out
+    }
+
     const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1145 1 0000000041a227d1 100 0 0 10 0
    1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 2222 1 0000000041a227d1 100 0 0 10 0
@@ -378,7 +380,7 @@ mod tests {
 
     #[test]
     fn parses_ipv4_lines() {
-        let s = parse_proc_net_tcp(TCP, AF_INET);
+        let s = parse(TCP, AF_INET);
         // The TIME_WAIT line has inode 0: nobody holds it.
         assert_eq!(s.len(), 2);
         assert_eq!(
@@ -391,7 +393,7 @@ mod tests {
 
     #[test]
     fn parses_ipv6_lines() {
-        let s = parse_proc_net_tcp(TCP6, AF_INET6);
+        let s = parse(TCP6, AF_INET6);
         assert_eq!(s.len(), 1);
         assert_eq!(Ipv6Addr::from(s[0].local), Ipv6Addr::LOCALHOST);
         assert_eq!(s[0].lport, 80);
@@ -399,7 +401,7 @@ mod tests {
 
     #[test]
     fn joins_owners_and_skips_orphans_and_shared_connections() {
-        let s = parse_proc_net_tcp(TCP, AF_INET);
+        let s = parse(TCP, AF_INET);
         let mut owners = HashMap::new();
         let o = Owner {
             pid: 7,
@@ -423,7 +425,7 @@ mod tests {
 
     #[test]
     fn garbage_is_skipped_not_fatal() {
-        assert!(parse_proc_net_tcp("header\nnot a line\n0: zz:zz", AF_INET).is_empty());
+        assert!(parse("header\nnot a line\n0: zz:zz", AF_INET).is_empty());
     }
 
     #[test]
