@@ -594,7 +594,8 @@ pub struct NetnsOffsets {
 
 /// Where the BTF tracepoint program finds, in the TCP socket it is handed, the fields the
 /// classic tracepoint copies into its record (from BTF, offsets from the start of the socket):
-/// `inet_saddr` and `inet_sport` are in `struct inet_sock`, the others in `struct sock`.
+/// `inet_saddr` and `inet_sport` are in `struct inet_sock`, the others in `struct sock`; and
+/// where the current task's name is in its `struct task_struct`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockLayout {
@@ -605,7 +606,33 @@ pub struct SockLayout {
     pub v6_rcv_saddr: u16,
     pub inet_saddr: u16,
     pub inet_sport: u16,
-    pub _pad: u16,
+    /// `comm` in `struct task_struct`: the BTF tracepoint program reads the current task's
+    /// name by two typed loads instead of a helper call (see [`comm_words`]).
+    pub task_comm: u16,
+}
+
+/// What `bpf_get_current_comm` makes of a task's `comm` (`strscpy_pad` into 16 bytes), from
+/// its two little-endian words as loaded: the bytes up to the first NUL, zeros from there on,
+/// the last byte always NUL. Branch-light word arithmetic: no byte loop for the verifier.
+pub const fn comm_words(w0: u64, w1: u64) -> [u64; 2] {
+    // Bit 8k+7 of `(w - 0x01..) & !w & 0x80..` is set for every zero byte k below which no
+    // byte is zero (higher bits may be set wrongly, the lowest one never is).
+    const fn before_first_zero(w: u64) -> Option<u64> {
+        let z = w.wrapping_sub(0x0101_0101_0101_0101) & !w & 0x8080_8080_8080_8080;
+        if z == 0 {
+            None
+        } else {
+            Some(((z & z.wrapping_neg()) >> 7).wrapping_sub(1))
+        }
+    }
+    let w1 = w1 & 0x00ff_ffff_ffff_ffff;
+    match before_first_zero(w0) {
+        Some(keep) => [w0 & keep, 0],
+        None => match before_first_zero(w1) {
+            Some(keep) => [w0, w1 & keep],
+            None => [w0, w1],
+        },
+    }
 }
 
 /// Settings of the kernel program other than the filter.
@@ -786,6 +813,64 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    extern crate std;
+    use std::{vec, vec::Vec};
+
+    /// `strscpy_pad(dst, src, 16)` as the helper does it, byte by byte.
+    fn strscpy_pad(src: [u8; 16]) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        for (i, &b) in src.iter().take(15).enumerate() {
+            if b == 0 {
+                break;
+            }
+            out[i] = b;
+        }
+        out
+    }
+
+    fn words(b: [u8; 16]) -> [u64; 2] {
+        let (lo, hi) = b.split_at(8);
+        [
+            u64::from_le_bytes(lo.try_into().unwrap()),
+            u64::from_le_bytes(hi.try_into().unwrap()),
+        ]
+    }
+
+    #[test]
+    fn comm_words_is_what_the_helper_copies() {
+        let mut cases: Vec<[u8; 16]> = vec![
+            *b"storm\0\0\0\0\0\0\0\0\0\0\0",
+            *b"storm\0garbage!!X",
+            *b"exactly15chars!\0",
+            *b"sixteen-chars-xy",
+            *b"\0leading-nul-xyz",
+            *b"seven_c\0junkjunk",
+            *b"eight_ch\0junkjun",
+            [0x80; 16],
+            [0xff; 16],
+            [0; 16],
+        ];
+        // Every position of the first NUL, with high-bit bytes before it and junk after it
+        // (a borrow across a zero byte is where the word trick could go wrong).
+        for nul in 0..16 {
+            let mut b = [0u8; 16];
+            for (i, v) in b.iter_mut().enumerate() {
+                *v = match i.cmp(&nul) {
+                    core::cmp::Ordering::Less => 0x81 + i as u8,
+                    core::cmp::Ordering::Equal => 0,
+                    core::cmp::Ordering::Greater => (i as u8) | 1,
+                };
+            }
+            cases.push(b);
+            b[nul.saturating_sub(1)] = 1;
+            cases.push(b);
+        }
+        for c in cases {
+            let [w0, w1] = words(c);
+            assert_eq!(comm_words(w0, w1), words(strscpy_pad(c)), "{c:?}");
+        }
+    }
 
     /// Neighbouring ports share a slot at distinct shifts; every port has a slot in the table.
     #[test]

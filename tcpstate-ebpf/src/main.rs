@@ -26,10 +26,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tcpstate_common::{
-    counter, event_flags, filter_flags, listener_kind, listener_known, owner_flags, owner_source,
-    port_bits, port_slot, reset_direction, retransmit_kind, retransmit_known, state, DropLayout,
-    Event, EventWithFacts, FactField, FactFields, FactGroup, FactGroups, Filter, JoinLayout,
-    Layout, ListenKey, ListenOffsets, ListenOwner, ListenerRecord, NetnsOffsets, Owner,
+    comm_words, counter, event_flags, filter_flags, listener_kind, listener_known, owner_flags,
+    owner_source, port_bits, port_slot, reset_direction, retransmit_kind, retransmit_known, state,
+    DropLayout, Event, EventWithFacts, FactField, FactFields, FactGroup, FactGroups, Filter,
+    JoinLayout, Layout, ListenKey, ListenOffsets, ListenOwner, ListenerRecord, NetnsOffsets, Owner,
     ResetRecord, RetransmitRecord, Settings, SkbOffsets, SockLayout, TupleKey, ADDRS_MAX, AF_INET,
     AF_INET6, FACTS_RAW_LEN, FACT_GROUP_TIERS, IPPROTO_TCP, LISTENERS_MAX, MAX_FACT_FIELDS,
     MAX_FACT_GROUPS, MAX_RECORD_LEN, MODERN_DROP_LAYOUT, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX,
@@ -83,7 +83,7 @@ static SOCK_LAYOUT: SockLayout = SockLayout {
     v6_rcv_saddr: 0,
     inet_saddr: 0,
     inet_sport: 0,
-    _pad: 0,
+    task_comm: 0,
 };
 
 #[no_mangle]
@@ -285,12 +285,13 @@ pub fn tcpstate_rescue(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// Loads a field of the TCP socket the BTF tracepoint hands over, at an offset from BTF.
+/// Loads a field of a BTF-typed kernel struct (the TCP socket the BTF tracepoint hands over,
+/// the current task), at an offset from BTF.
 #[inline(always)]
 fn sk_field<T: Copy>(tp: *const u8, off: u16) -> T {
-    // SAFETY: `tp` is a BTF-typed `struct tcp_sock *` (the verifier checks each access against
-    // the struct and makes the load fault-safe); `off` is a load-time constant user space took
-    // from BTF for a field of exactly this size.
+    // SAFETY: `tp` is a BTF-typed pointer (the verifier checks each access against the struct
+    // and makes the load fault-safe); `off` is a load-time constant user space took from BTF
+    // for a field that holds this size there.
     unsafe { core::ptr::read(tp.add(off as usize) as *const T) }
 }
 
@@ -567,16 +568,26 @@ fn typed_netns(tp: *const u8) -> u32 {
     sk_field::<u32>(net, konst(&NETNS_OFFSETS.ns_inum))
 }
 
-/// The current task's name, written by the helper without zeroing the buffer first (the
+/// The current task's name by the helper, written without zeroing the buffer first (the
 /// helper pads it itself; zeroing would be a memset call).
 #[inline(always)]
-fn current_comm() -> [u8; TASK_COMM_LEN] {
+fn helper_comm() -> [u64; 2] {
     let mut words = core::mem::MaybeUninit::<[u64; 2]>::uninit();
     // SAFETY: a 16-byte buffer; on failure the helper zeroes it.
     unsafe {
         generated::bpf_get_current_comm(words.as_mut_ptr() as *mut _, TASK_COMM_LEN as u32);
-        bytes16(words.assume_init())
+        words.assume_init()
     }
+}
+
+/// The same by two typed loads of the current task's `comm` (where BTF types the task): no
+/// helper call, and exactly the bytes the helper would copy (`comm_words`).
+#[inline(always)]
+fn typed_comm() -> [u64; 2] {
+    // SAFETY: a helper without arguments; it returns the trusted, non-null current task.
+    let task = unsafe { generated::bpf_get_current_task_btf() } as *const u8;
+    let off = konst(&SOCK_LAYOUT.task_comm);
+    comm_words(sk_field(task, off), sk_field(task, off + 8))
 }
 
 /// The filters that look at the socket only, checked before anything costly.
@@ -617,12 +628,12 @@ fn handle<C: Attached>(ctx: &C, s: Sock, b: Bank) {
         // A connect() whose local port is not chosen yet. Its owner travels with the held
         // event and enters the owner table only if the socket turns out to match: most held
         // connects are dropped, and then cost no table insert and delete.
-        let who = Attribution::current_task(pid_tgid, &s);
-        if flags & OWNER_FILTERS != 0 && !owner_passes(&who.owner, flags) {
+        let owner = current_owner::<C>(pid_tgid, &s);
+        if flags & OWNER_FILTERS != 0 && !owner_passes(&owner, flags) {
             reject(&s, flags, b);
             return;
         }
-        hold(&s, unsafe { bpf_ktime_get_ns() }, pid_tgid, &who, b);
+        hold(&s, unsafe { bpf_ktime_get_ns() }, pid_tgid, &owner, b);
         return;
     }
     // Before attribution, so that this event finds the owner the held one carried.
@@ -631,13 +642,13 @@ fn handle<C: Attached>(ctx: &C, s: Sock, b: Bank) {
     }
     let who = attribute(ctx, &s, pid_tgid, b);
 
-    if flags & OWNER_FILTERS != 0 && !owner_passes(&who.owner, flags) {
+    if flags & OWNER_FILTERS != 0 && !who.passes(flags) {
         reject(&s, flags, b);
         return;
     }
     let ts = unsafe { bpf_ktime_get_ns() };
     emit(ctx, &s, ts, pid_tgid, &who, b);
-    listener_health(&s, ts, b);
+    listener_health(&s, ts, who.listener, b);
 }
 
 /// Whether this socket may have a connect() event held: only the transition that follows it,
@@ -661,65 +672,81 @@ fn reject(s: &Sock, flags: u32, b: Bank) {
 }
 
 struct Attribution {
-    owner: Owner,
+    /// None: unknown, or left to user space (`source` says which); the event's owner fields
+    /// are then 0. An `Option` rather than a zeroed owner: zeroing one is a byte-loop memset
+    /// subprogram call in BPF code, and most events have no owner in the kernel.
+    owner: Option<Owner>,
+    /// The socket's network namespace inode (0 when unknown), with or without an owner.
+    netns: u32,
     source: u8,
-    /// `owner.comm` is the current task's (the event is the owner's own system call).
+    /// The owner is the current task (the event is the owner's own system call): its name is
+    /// the context's name too.
     ctx_comm_known: bool,
+    /// A child socket's listener (LISTEN -> SYN_RECV), for its queue reading.
+    listener: Option<Listener>,
 }
 
 impl Attribution {
-    const UNKNOWN: Attribution = Attribution {
-        owner: Owner {
-            pid: 0,
-            tid: 0,
-            comm: [0; TASK_COMM_LEN],
-            cgroup_id: 0,
-            netns: 0,
-            flags: 0,
-        },
-        source: owner_source::UNKNOWN,
-        ctx_comm_known: false,
-    };
-
-    /// The event is the owner's own system call: the current task owns the socket, and its
-    /// cgroup is the owner's (the one place the kernel can tell it: later events run in
-    /// whatever task the CPU ran).
     #[inline(always)]
-    fn current_task(pid_tgid: u64, s: &Sock) -> Attribution {
-        let mut flags = 0;
-        if konst(&FILTER.flags) & filter_flags::CGROUP != 0 {
-            // The owner's ancestor at the filter cgroup's level is that cgroup: it is in it or
-            // below, including groups created after tracing started.
-            // SAFETY: a helper without pointer arguments.
-            let at_level = unsafe {
-                generated::bpf_get_current_ancestor_cgroup_id(konst(&FILTER.cgroup_level) as i32)
-            };
-            if at_level == konst(&FILTER.cgroup_id) {
-                flags |= owner_flags::IN_CGROUP;
-            }
-        }
+    fn known(owner: Owner, source: u8) -> Attribution {
         Attribution {
-            owner: Owner {
-                pid: (pid_tgid >> 32) as u32,
-                tid: pid_tgid as u32,
-                comm: current_comm(),
-                // SAFETY: a helper without arguments.
-                cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-                netns: sock_netns(s),
-                flags,
-            },
-            source: owner_source::SYSCALL,
-            ctx_comm_known: true,
+            netns: owner.netns,
+            owner: Some(owner),
+            source,
+            ctx_comm_known: false,
+            listener: None,
         }
     }
 
     #[inline(always)]
-    fn known(owner: Owner, source: u8) -> Attribution {
+    fn unknown(s: &Sock, source: u8) -> Attribution {
         Attribution {
-            owner,
+            owner: None,
+            netns: sock_netns(s),
             source,
             ctx_comm_known: false,
+            listener: None,
         }
+    }
+
+    /// Whether the owner filters keep the event. Of an unknown owner only the socket's
+    /// namespace is known: it fails every other owner filter (a `--comm` is never empty).
+    #[inline(always)]
+    fn passes(&self, flags: u32) -> bool {
+        match &self.owner {
+            Some(owner) => owner_passes(owner, flags),
+            None => {
+                flags & (filter_flags::PID | filter_flags::COMM | filter_flags::CGROUP) == 0
+                    && (flags & filter_flags::NETNS == 0 || self.netns == konst(&FILTER.netns))
+            }
+        }
+    }
+}
+
+/// The current task as the socket's owner, its cgroup included (the one place the kernel can
+/// tell it: later events run in whatever task the CPU ran).
+#[inline(always)]
+fn current_owner<C: Attached>(pid_tgid: u64, s: &Sock) -> Owner {
+    let mut flags = 0;
+    if konst(&FILTER.flags) & filter_flags::CGROUP != 0 {
+        // The owner's ancestor at the filter cgroup's level is that cgroup: it is in it or
+        // below, including groups created after tracing started.
+        // SAFETY: a helper without pointer arguments.
+        let at_level = unsafe {
+            generated::bpf_get_current_ancestor_cgroup_id(konst(&FILTER.cgroup_level) as i32)
+        };
+        if at_level == konst(&FILTER.cgroup_id) {
+            flags |= owner_flags::IN_CGROUP;
+        }
+    }
+    Owner {
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        comm: bytes16(C::comm()),
+        // SAFETY: a helper without arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        netns: sock_netns(s),
+        flags,
     }
 }
 
@@ -751,7 +778,7 @@ fn emit<C: Attached>(ctx: &C, s: &Sock, ts: u64, pid_tgid: u64, who: &Attributio
         // SAFETY: `r` is a reserved, 8-byte aligned slot of size_of::<EventWithFacts>() bytes;
         // every field is written before it is submitted.
         unsafe {
-            write_event(core::ptr::addr_of_mut!((*r).event), s, ts, pid_tgid, who);
+            write_event::<C>(core::ptr::addr_of_mut!((*r).event), s, ts, pid_tgid, who);
             (*r)._pad = 0;
             let raw = core::ptr::addr_of_mut!((*r).raw) as *mut u8;
             (*r).valid_groups = if C::TYPED_SOCK {
@@ -771,7 +798,7 @@ fn emit<C: Attached>(ctx: &C, s: &Sock, ts: u64, pid_tgid: u64, who: &Attributio
         return;
     };
     // SAFETY: a reserved, 8-byte aligned slot of size_of::<Event>() bytes.
-    unsafe { write_event(entry.as_mut_ptr(), s, ts, pid_tgid, who) };
+    unsafe { write_event::<C>(entry.as_mut_ptr(), s, ts, pid_tgid, who) };
     let wake = wake_flag(count(b, counter::SUBMITTED));
     entry.submit(wake);
 }
@@ -781,13 +808,17 @@ fn emit<C: Attached>(ctx: &C, s: &Sock, ts: u64, pid_tgid: u64, who: &Attributio
 /// # Safety
 /// `e` points to a reserved slot of at least size_of::<Event>() bytes, 8-byte aligned.
 #[inline(always)]
-unsafe fn write_event(e: *mut Event, s: &Sock, ts: u64, pid_tgid: u64, who: &Attribution) {
+unsafe fn write_event<C: Attached>(
+    e: *mut Event,
+    s: &Sock,
+    ts: u64,
+    pid_tgid: u64,
+    who: &Attribution,
+) {
     (*e).ts_ns = ts;
     (*e).skaddr = s.skaddr;
     (*e).ctx_pid = (pid_tgid >> 32) as u32;
     (*e).ctx_tid = pid_tgid as u32;
-    (*e).owner_pid = who.owner.pid;
-    (*e).owner_tid = who.owner.tid;
     (*e).oldstate = s.oldstate;
     (*e).newstate = s.newstate;
     (*e).family = s.family;
@@ -796,21 +827,35 @@ unsafe fn write_event(e: *mut Event, s: &Sock, ts: u64, pid_tgid: u64, who: &Att
     (*e).dport = s.dport;
     (*e).saddr = bytes16(s.saddr);
     (*e).daddr = bytes16(s.daddr);
-    (*e).owner_comm = who.owner.comm;
-    if who.ctx_comm_known {
-        (*e).ctx_comm = who.owner.comm;
-    } else {
-        // Straight into the slot; on failure the helper zeroes it.
-        let comm = (*e).ctx_comm.as_mut_ptr() as *mut core::ffi::c_void;
-        generated::bpf_get_current_comm(comm, TASK_COMM_LEN as u32);
+    let ctx_comm = core::ptr::addr_of_mut!((*e).ctx_comm) as *mut [u64; 2];
+    match &who.owner {
+        Some(owner) => {
+            (*e).owner_pid = owner.pid;
+            (*e).owner_tid = owner.tid;
+            (*e).owner_comm = owner.comm;
+            (*e).cgroup_id = owner.cgroup_id;
+            if who.ctx_comm_known {
+                (*e).ctx_comm = owner.comm;
+            } else {
+                ctx_comm.write(C::comm());
+            }
+        }
+        None => {
+            // Volatile: plain zero stores next to each other become a memset call.
+            let owner_comm = core::ptr::addr_of_mut!((*e).owner_comm) as *mut u64;
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*e).owner_pid) as *mut u64, 0);
+            core::ptr::write_volatile(owner_comm, 0);
+            core::ptr::write_volatile(owner_comm.add(1), 0);
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*e).cgroup_id), 0);
+            ctx_comm.write(C::comm());
+        }
     }
     // owner_source, its 3 padding bytes and netns as one little-endian word (offset 104,
     // aligned): a 3-byte fill would be a memset call.
     core::ptr::write(
         core::ptr::addr_of_mut!((*e).owner_source) as *mut u64,
-        u64::from(who.source) | u64::from(who.owner.netns) << 32,
+        u64::from(who.source) | u64::from(who.netns) << 32,
     );
-    (*e).cgroup_id = who.owner.cgroup_id;
 }
 
 /// The transitions whose socket facts explain the connection: the end of a handshake (an
@@ -827,14 +872,27 @@ trait Attached: EbpfContext {
     /// `Sock::skaddr` is the BTF-typed `tcp_sock` pointer the kernel handed over: its fields
     /// load directly.
     const TYPED_SOCK: bool;
+
+    /// The current task's name as two words.
+    fn comm() -> [u64; 2];
 }
 
 impl Attached for TracePointContext {
     const TYPED_SOCK: bool = false;
+
+    #[inline(always)]
+    fn comm() -> [u64; 2] {
+        helper_comm()
+    }
 }
 
 impl Attached for BtfTracePointContext {
     const TYPED_SOCK: bool = true;
+
+    #[inline(always)]
+    fn comm() -> [u64; 2] {
+        typed_comm()
+    }
 }
 
 /// The socket's fact fields into `raw`, each by one typed load at the place its group's copy
@@ -938,14 +996,14 @@ fn fact_group_fits(len: u32, dst: usize) -> bool {
 
 /// Keeps a connect() event whose local port is not chosen yet (port filters only).
 #[inline(always)]
-fn hold(s: &Sock, ts: u64, pid_tgid: u64, who: &Attribution, b: Bank) {
+fn hold(s: &Sock, ts: u64, pid_tgid: u64, owner: &Owner, b: Bank) {
     let ev = Event {
         ts_ns: ts,
         skaddr: s.skaddr,
         ctx_pid: (pid_tgid >> 32) as u32,
         ctx_tid: pid_tgid as u32,
-        owner_pid: who.owner.pid,
-        owner_tid: who.owner.tid,
+        owner_pid: owner.pid,
+        owner_tid: owner.tid,
         oldstate: s.oldstate,
         newstate: s.newstate,
         family: s.family,
@@ -955,12 +1013,12 @@ fn hold(s: &Sock, ts: u64, pid_tgid: u64, who: &Attribution, b: Bank) {
         saddr: bytes16(s.saddr),
         daddr: bytes16(s.daddr),
         // connect() is the owner's own system call: the current task is the owner.
-        ctx_comm: who.owner.comm,
-        owner_comm: who.owner.comm,
-        owner_source: who.source,
+        ctx_comm: owner.comm,
+        owner_comm: owner.comm,
+        owner_source: owner_source::SYSCALL,
         _pad: [0; 3],
-        netns: who.owner.netns,
-        cgroup_id: who.owner.cgroup_id,
+        netns: owner.netns,
+        cgroup_id: owner.cgroup_id,
     };
     // NOEXIST: an entry still there for this address would be replaced without a trace; it
     // cannot be (each leaves at the socket's exit from SYN_SENT), and if it were, this event
@@ -1034,19 +1092,46 @@ fn listen_key(s: &Sock) -> ListenKey {
     }
 }
 
-/// The owner of the listener a child socket was born from (exact address, then wildcard);
-/// None when unknown or ambiguous (pid 0: SO_REUSEPORT listeners of several processes).
+/// The listener a child socket was born from, looked up once for its owner and its queue.
+#[derive(Clone, Copy)]
+struct Listener {
+    /// Its socket; 0 for one known only from the start-up scan.
+    skaddr: u64,
+    /// It listens on the wildcard address (the child's local address is not its key).
+    wildcard: bool,
+}
+
+/// The listener table's entry for a child socket (exact address, then wildcard), and its
+/// owner: None when unknown or ambiguous (pid 0: SO_REUSEPORT listeners of several
+/// processes).
 #[inline(always)]
-fn listener_owner(s: &Sock) -> Option<Owner> {
+fn find_listener(s: &Sock) -> Option<(Listener, Option<Owner>)> {
     let mut key = listen_key(s);
+    let mut wildcard = false;
     // SAFETY: the value is copied out at once.
-    let mut found = unsafe { LISTENERS.get(&key) }.map(|l| copy_owner(&l.owner));
+    let mut found = unsafe { LISTENERS.get(&key) };
     if found.is_none() {
-        key.addr = [0; 16];
+        let addr = core::ptr::addr_of_mut!(key.addr) as *mut u16;
+        let mut i = 0;
+        while i < 8 {
+            // SAFETY: 8 halves of the 16-byte address (ListenKey is 2-byte aligned). Volatile:
+            // plain zero stores become a memset call.
+            unsafe { core::ptr::write_volatile(addr.add(i), 0) };
+            i += 1;
+        }
+        wildcard = true;
         // SAFETY: as above.
-        found = unsafe { LISTENERS.get(&key) }.map(|l| copy_owner(&l.owner));
+        found = unsafe { LISTENERS.get(&key) };
     }
-    found.filter(|o| o.pid != 0)
+    let l = found?;
+    let owner = copy_owner(&l.owner);
+    Some((
+        Listener {
+            skaddr: l.skaddr,
+            wildcard,
+        },
+        (owner.pid != 0).then_some(owner),
+    ))
 }
 
 /// The socket's owner, and the owner tables kept up to date. With the table in user space
@@ -1056,23 +1141,28 @@ fn listener_owner(s: &Sock) -> Option<Owner> {
 /// change reserves its ring buffer slot under the socket's lock). The listener table is kept
 /// either way: queue readings need the listener's socket.
 #[inline(always)]
-fn attribute<C: EbpfContext>(ctx: &C, s: &Sock, pid_tgid: u64, b: Bank) -> Attribution {
+fn attribute<C: Attached>(ctx: &C, s: &Sock, pid_tgid: u64, b: Bank) -> Attribution {
     let table = konst(&SETTINGS.user_attribution) == 0;
     let (old, new) = (s.oldstate, s.newstate);
     let who = if is_owner_syscall(old, new) {
-        let who = Attribution::current_task(pid_tgid, s);
+        let owner = current_owner::<C>(pid_tgid, s);
         if table {
-            remember_owner(s, &who.owner, b);
+            remember_owner(s, &owner, b);
         }
         if new == state::LISTEN {
-            note_listener(s, &who.owner);
+            note_listener(s, &owner);
         } else if old == state::LISTEN {
-            forget_listener(s, who.owner.pid);
+            forget_listener(s, owner.pid);
         }
-        who
+        // The event is the owner's own system call: its name is the context's too.
+        Attribution {
+            ctx_comm_known: true,
+            ..Attribution::known(owner, owner_source::SYSCALL)
+        }
     } else if old == state::LISTEN && new == state::SYN_RECV {
         // A child socket born from a listener in softirq: its owner is the listener's.
-        match listener_owner(s) {
+        let found = find_listener(s);
+        let mut who = match found.and_then(|(_, owner)| owner) {
             Some(mut owner) => {
                 // The child's own namespace: listeners of one port in two namespaces share a
                 // LISTENERS key.
@@ -1088,16 +1178,13 @@ fn attribute<C: EbpfContext>(ctx: &C, s: &Sock, pid_tgid: u64, b: Bank) -> Attri
                 if table {
                     let _ = OWNERS.remove(&s.skaddr);
                 }
-                let mut who = Attribution::UNKNOWN;
-                who.owner.netns = sock_netns(s);
-                who
+                Attribution::unknown(s, owner_source::UNKNOWN)
             }
-        }
-    } else if !table {
-        let mut who = Attribution::UNKNOWN;
-        who.source = owner_source::DEFERRED;
-        who.owner.netns = sock_netns(s);
+        };
+        who.listener = found.map(|(l, _)| l);
         who
+    } else if !table {
+        Attribution::unknown(s, owner_source::DEFERRED)
     } else if let Some(owner) = unsafe { OWNERS.get(&s.skaddr) } {
         Attribution::known(copy_owner(owner), owner_source::REMEMBERED)
     } else {
@@ -1117,20 +1204,16 @@ fn attribute<C: EbpfContext>(ctx: &C, s: &Sock, pid_tgid: u64, b: Bank) -> Attri
                 remember_owner(s, &owner, b);
                 Attribution::known(owner, owner_source::PROC_SCAN)
             }
-            None => {
-                // Nobody to carry the namespace: read it for each such event (sockets older
-                // than tracing that the scan missed, and full owner tables).
-                let mut who = Attribution::UNKNOWN;
-                who.owner.netns = sock_netns(s);
-                who
-            }
+            // Nobody to carry the namespace: it is read for each such event (sockets older
+            // than tracing that the scan missed, and full owner tables).
+            None => Attribution::unknown(s, owner_source::UNKNOWN),
         }
     };
     if table && new == state::CLOSE {
         // The socket's life is over; its address may be reused by an unrelated socket.
         let _ = OWNERS.remove(&s.skaddr);
     }
-    if who.owner.pid == 0 && who.source != owner_source::DEFERRED {
+    if who.owner.is_none() && who.source != owner_source::DEFERRED {
         debug!(ctx, "owner unknown for {:x}", s.skaddr);
     }
     who
@@ -1440,7 +1523,7 @@ fn joined_passes(j: &Joined, sent_reset: bool) -> bool {
         let owner = match unsafe { OWNERS.get(&j.sock.skaddr) } {
             Some(o) => copy_owner(o),
             None if sent_reset && j.sock.newstate == state::CLOSE => {
-                Attribution::current_task(bpf_get_current_pid_tgid(), &j.sock).owner
+                current_owner::<TracePointContext>(bpf_get_current_pid_tgid(), &j.sock)
             }
             None => return false,
         };
@@ -1582,39 +1665,26 @@ fn handle_reset(ctx: &TracePointContext, l: &'static JoinLayout, direction: u8) 
 /// birth (LISTEN -> SYN_RECV), reads its listener's accept queue. Runs only for events that
 /// passed the filters, after they were emitted, and stays out of the attribution code.
 #[inline(always)]
-fn listener_health(s: &Sock, ts: u64, b: Bank) {
+fn listener_health(s: &Sock, ts: u64, listener: Option<Listener>, b: Bank) {
     if s.newstate == state::LISTEN {
         let _ = LISTEN_SOCKS.insert(&s.skaddr, &listen_key(s), BPF_ANY as u64);
     } else if s.oldstate == state::LISTEN && s.newstate == state::CLOSE {
         let _ = LISTEN_SOCKS.remove(&s.skaddr);
     } else if s.oldstate == state::LISTEN && s.newstate == state::SYN_RECV {
-        emit_queue(s, ts, b);
+        if let Some(l) = listener {
+            emit_queue(s, ts, l, b);
+        }
     }
-}
-
-/// The child's listener, found like attribution finds it (exact address, then wildcard).
-#[inline(always)]
-fn listener_of(s: &Sock) -> Option<(u64, ListenKey)> {
-    let mut key = listen_key(s);
-    // SAFETY: the value is read at once.
-    if let Some(l) = unsafe { LISTENERS.get(&key) } {
-        return Some((l.skaddr, key));
-    }
-    key.addr = [0; 16];
-    // SAFETY: as above.
-    unsafe { LISTENERS.get(&key) }.map(|l| (l.skaddr, key))
 }
 
 /// One accept-queue reading of the child's listener: two bounded reads of its socket. A
 /// listener found only by the start-up scan has no known address, and no reading.
 #[inline(always)]
-fn emit_queue(s: &Sock, ts: u64, b: Bank) {
+fn emit_queue(s: &Sock, ts: u64, l: Listener, b: Bank) {
     if konst(&LISTEN_OFFSETS.ok) != 1 {
         return;
     }
-    let Some((listener, key)) = listener_of(s) else {
-        return;
-    };
+    let listener = l.skaddr;
     if listener == 0 {
         return;
     }
@@ -1637,14 +1707,15 @@ fn emit_queue(s: &Sock, ts: u64, b: Bank) {
         (*r).skaddr = listener;
         (*r).kind = listener_kind::QUEUE;
         (*r).known = known;
-        (*r).family = key.family;
-        (*r).port = key.port;
+        (*r).family = s.family as u16;
+        (*r).port = s.sport;
         (*r)._pad = 0;
         (*r).depth = depth.unwrap_or(0);
         (*r).limit = limit.unwrap_or(0);
         (*r).reason = 0;
         (*r)._pad2 = 0;
-        (*r).addr = key.addr;
+        // The listener's key: its own address, or the wildcard's zeros.
+        (*r).addr = bytes16(if l.wildcard { [0, 0] } else { s.saddr });
     }
     let wake = wake_flag(count(b, counter::JOINED_SUBMITTED));
     entry.submit(wake);

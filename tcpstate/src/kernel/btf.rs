@@ -9,7 +9,7 @@
 use std::{fs, io, path::Path};
 
 use btfparse::{Integer32Value, Offset, Readable, TypeInformation, TypeVariant};
-use tcpstate_common::{NetnsOffsets, SkbOffsets, SockLayout};
+use tcpstate_common::{NetnsOffsets, SkbOffsets, SockLayout, TASK_COMM_LEN};
 
 /// The kernel's BTF of itself.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -169,7 +169,7 @@ fn sock_layout(types: &TypeInformation) -> Option<SockLayout> {
         v6_rcv_saddr: field("sock", "__sk_common.skc_v6_rcv_saddr", 16)?,
         inet_saddr: field("inet_sock", "inet_saddr", 4)?,
         inet_sport: field("inet_sock", "inet_sport", 2)?,
-        _pad: 0,
+        task_comm: field("task_struct", "comm", TASK_COMM_LEN)?,
     })
 }
 
@@ -343,6 +343,8 @@ mod tests {
             l.inet_saddr > l.v6_rcv_saddr && l.inet_sport > l.inet_saddr,
             "{l:?}"
         );
+        // The task's name is far into task_struct (its state, stack and scheduling come first).
+        assert!(l.task_comm > 64, "{l:?}");
     }
 
     #[test]
