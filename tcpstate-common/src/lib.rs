@@ -711,6 +711,7 @@ pub mod names {
     /// The same on the BTF tracepoint, and the program that rescues its skipped runs.
     pub const PROGRAM_BTF: &str = "tcpstate_btf";
     pub const RESCUE: &str = "tcpstate_rescue";
+    pub const HERALD: &str = "tcpstate_herald";
     /// `SockLayout`: where the BTF tracepoint program reads the socket.
     pub const SOCK_LAYOUT: &str = "SOCK_LAYOUT";
     pub const EVENTS: &str = "EVENTS";

@@ -187,12 +187,15 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 static COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(counter::COUNT * counter::BANKS, 0);
 
-/// Per CPU: 1 while the BTF-tracepoint program runs there. A state change that happens inside
-/// that run (a softirq on the same CPU) is skipped by the kernel's per-program recursion guard;
-/// the rescue program, attached to the same tracepoint after it, sees the flag and handles
-/// the event instead.
+/// Per CPU: 1 from the herald program's announcement of a state change until the main
+/// BTF-tracepoint program claims it. A state change that happens inside the main program's run
+/// (a softirq on the same CPU) is skipped by the kernel's per-program recursion guard, so its
+/// announcement stays unclaimed, and the rescue program, attached after the main one, handles
+/// it. The herald runs before the main program's guard is taken and the rescue after it is
+/// released, so no instant of the main program's run is uncovered (its statistics' clock
+/// reads and the interrupts they let in included).
 #[map]
-static RUNNING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+static UNCLAIMED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Socket address -> owning process, for the life of the socket. A plain (preallocated) hash:
 /// cheaper per update than an LRU map; entries are removed when their socket closes, and when
@@ -250,37 +253,50 @@ pub fn tcpstate(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// The same on the BTF-enabled tracepoint (`tp_btf`): the kernel calls it with the socket
-/// pointer and the two states, without building a trace record, and guards it per program.
+/// Runs first for every state change, and announces it (`UNCLAIMED`).
 #[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn tcpstate_btf(ctx: BtfTracePointContext) -> u32 {
-    let flag = RUNNING.get_ptr_mut(0);
-    if let Some(f) = flag {
-        // SAFETY: this CPU's slot; nothing else writes it.
+pub fn tcpstate_herald(_ctx: BtfTracePointContext) -> u32 {
+    if let Some(f) = UNCLAIMED.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; a program nested in another on this CPU runs to its end
+        // before the other resumes, so each store and read here is of one whole run.
         unsafe { *f = 1 };
-    }
-    if let Some(s) = read_sock(&ctx) {
-        handle(&ctx, s, MAIN);
-    }
-    if let Some(f) = flag {
-        // SAFETY: as above.
-        unsafe { *f = 0 };
     }
     0
 }
 
-/// Runs after `tcpstate_btf` for every state change and does nothing, unless `tcpstate_btf` is
-/// running on this CPU: then this state change happened inside it, the kernel skipped
-/// `tcpstate_btf` for it (counted in its recursion misses), and this program handles it.
+/// The same on the BTF-enabled tracepoint (`tp_btf`): the kernel calls it with the socket
+/// pointer and the two states, without building a trace record, and guards it per program.
+/// It claims the herald's announcement first thing: this state change is handled.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn tcpstate_btf(ctx: BtfTracePointContext) -> u32 {
+    if let Some(f) = UNCLAIMED.get_ptr_mut(0) {
+        // SAFETY: as in the herald.
+        unsafe { *f = 0 };
+    }
+    if let Some(s) = read_sock(&ctx) {
+        handle(&ctx, s, MAIN);
+    }
+    0
+}
+
+/// Runs after `tcpstate_btf` for every state change and does nothing, unless the herald's
+/// announcement of it is still unclaimed: then the kernel skipped `tcpstate_btf` for it (it
+/// happened inside a run of `tcpstate_btf` on this CPU; counted in its recursion misses), and
+/// this program handles it.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn tcpstate_rescue(ctx: BtfTracePointContext) -> u32 {
-    // SAFETY: this CPU's slot, read once.
-    let running = RUNNING.get_ptr(0).is_some_and(|f| unsafe { *f } != 0);
-    if running {
-        count(RESCUE, counter::RESCUED);
-        if let Some(s) = read_sock(&ctx) {
-            handle(&ctx, s, RESCUE);
-        }
+    let Some(f) = UNCLAIMED.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: as in the herald.
+    if unsafe { *f } == 0 {
+        return 0;
+    }
+    // SAFETY: as above.
+    unsafe { *f = 0 };
+    count(RESCUE, counter::RESCUED);
+    if let Some(s) = read_sock(&ctx) {
+        handle(&ctx, s, RESCUE);
     }
     0
 }

@@ -102,11 +102,19 @@ pub struct CounterError {
 /// The state-change program's attachment.
 enum MainLink {
     Classic(TracePointLinkId),
-    /// The BTF tracepoint program, and the rescue program after it (if it attached).
+    /// The BTF tracepoint program, and the rescue pair around it (if it attached).
     Btf {
         main: BtfTracePointLinkId,
-        rescue: Option<BtfTracePointLinkId>,
+        rescue: Option<RescueLinks>,
     },
+}
+
+/// The programs that make up for the main BTF program's skipped runs: the herald, attached
+/// before it, announces every state change; the rescue program, after it, handles the ones the
+/// main program did not claim.
+struct RescueLinks {
+    herald: BtfTracePointLinkId,
+    rescue: BtfTracePointLinkId,
 }
 
 /// Loaded, configured and attached.
@@ -422,7 +430,7 @@ impl Probe {
                     Ok(_) => "BTF tracepoint, with rescue",
                     Err(e) => {
                         notices.push(format!(
-                            "the rescue program did not attach ({e}): state changes nested \
+                            "the rescue programs did not attach ({e}): state changes nested \
                              in tcpstate's own run are lost (counted in recursion_misses)"
                         ));
                         "BTF tracepoint"
@@ -529,23 +537,16 @@ impl Probe {
                 }
             }
             Some(MainLink::Btf { main, rescue }) => {
-                if let Some(Ok(program)) = self
-                    .ebpf
-                    .program_mut(names::PROGRAM_BTF)
-                    .map(<&mut BtfTracePoint>::try_from)
-                {
-                    let _ = program.detach(main);
-                }
-                // After the main program: a rescue run needs its flag, which only runs of the
-                // main program set.
+                // The herald first: from then on nothing is announced, so the rescue program
+                // handles nothing while the main one is still attached (a skipped run is
+                // then counted lost, never handled twice or taken for a rescue).
+                let rescue = rescue.map(|r| {
+                    detach_btf(&mut self.ebpf, names::HERALD, r.herald);
+                    r.rescue
+                });
+                detach_btf(&mut self.ebpf, names::PROGRAM_BTF, main);
                 if let Some(link) = rescue {
-                    if let Some(Ok(program)) = self
-                        .ebpf
-                        .program_mut(names::RESCUE)
-                        .map(<&mut BtfTracePoint>::try_from)
-                    {
-                        let _ = program.detach(link);
-                    }
+                    detach_btf(&mut self.ebpf, names::RESCUE, link);
                 }
             }
         }
@@ -690,27 +691,43 @@ fn btf_route(
     ))))
 }
 
-/// Loads the BTF tracepoint program and attaches it, then the rescue program after it.
-/// Returns the main program's descriptor and link, and the rescue program's link or why not.
+/// Loads the BTF tracepoint program and attaches it between the herald and the rescue
+/// program (the programs of a tracepoint run in the order they were attached). Returns the
+/// main program's descriptor and link, and the rescue pair's links or why not.
 #[allow(clippy::type_complexity)]
 fn attach_btf(
     ebpf: &mut Ebpf,
     btf: &Btf,
-) -> Result<
-    (
-        RawFd,
-        BtfTracePointLinkId,
-        Result<BtfTracePointLinkId, String>,
-    ),
-    ProbeError,
-> {
-    let (fd, main) = attach_btf_program(ebpf, names::PROGRAM_BTF, btf).map_err(|e| {
-        ProbeError::Load(format!(
-            "the BTF tracepoint program did not load or attach: {e}"
-        ))
-    })?;
-    let rescue = attach_btf_program(ebpf, names::RESCUE, btf).map(|(_, link)| link);
+) -> Result<(RawFd, BtfTracePointLinkId, Result<RescueLinks, String>), ProbeError> {
+    let herald = attach_btf_program(ebpf, names::HERALD, btf).map(|(_, link)| link);
+    let (fd, main) = match attach_btf_program(ebpf, names::PROGRAM_BTF, btf) {
+        Ok(attached) => attached,
+        Err(e) => {
+            if let Ok(link) = herald {
+                detach_btf(ebpf, names::HERALD, link);
+            }
+            return Err(ProbeError::Load(format!(
+                "the BTF tracepoint program did not load or attach: {e}"
+            )));
+        }
+    };
+    let rescue = herald.and_then(|herald| {
+        match attach_btf_program(ebpf, names::RESCUE, btf) {
+            Ok((_, rescue)) => Ok(RescueLinks { herald, rescue }),
+            Err(e) => {
+                // Alone, the herald's announcements would only wait for a rescue.
+                detach_btf(ebpf, names::HERALD, herald);
+                Err(e)
+            }
+        }
+    });
     Ok((fd, main, rescue))
+}
+
+fn detach_btf(ebpf: &mut Ebpf, name: &str, link: BtfTracePointLinkId) {
+    if let Some(Ok(program)) = ebpf.program_mut(name).map(<&mut BtfTracePoint>::try_from) {
+        let _ = program.detach(link);
+    }
 }
 
 fn attach_btf_program(
