@@ -356,6 +356,28 @@ const _: () = assert!(
         && LISTENER_RECORD_SIZE != RESET_RECORD_SIZE
 );
 
+/// An accepted socket's first state change (LISTEN -> SYN_RECV) with its listener's accept-queue
+/// reading taken at it, in one ring buffer record (one reservation instead of two). User space
+/// splits it into the event and the [`ListenerRecord`] (same `ts_ns`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventWithQueue {
+    pub event: Event,
+    pub queue: ListenerRecord,
+}
+
+pub const EVENT_WITH_QUEUE_SIZE: usize = 176;
+const _: () = assert!(core::mem::size_of::<EventWithQueue>() == EVENT_WITH_QUEUE_SIZE);
+const _: () = assert!(core::mem::offset_of!(EventWithQueue, queue) == EVENT_SIZE);
+const _: () = assert!(
+    EVENT_WITH_QUEUE_SIZE != EVENT_SIZE
+        && EVENT_WITH_QUEUE_SIZE != EVENT_WITH_FACTS_SIZE
+        && EVENT_WITH_QUEUE_SIZE != FACTS_RECORD_SIZE
+        && EVENT_WITH_QUEUE_SIZE != RETRANSMIT_RECORD_SIZE
+        && EVENT_WITH_QUEUE_SIZE != RESET_RECORD_SIZE
+        && EVENT_WITH_QUEUE_SIZE != LISTENER_RECORD_SIZE
+);
+
 /// Listener health: an accept-queue reading or a dropped packet of one listening socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -28,12 +28,12 @@ use aya_log_ebpf::debug;
 use tcpstate_common::{
     comm_words, counter, event_flags, filter_flags, listener_kind, listener_known, owner_flags,
     owner_source, port_bits, port_slot, reset_direction, retransmit_kind, retransmit_known, state,
-    DropLayout, Event, EventWithFacts, FactField, FactFields, FactGroup, FactGroups, Filter,
-    JoinLayout, Layout, ListenKey, ListenOffsets, ListenOwner, ListenerRecord, NetnsOffsets, Owner,
-    ResetRecord, RetransmitRecord, Settings, SkbOffsets, SockLayout, TupleKey, ADDRS_MAX, AF_INET,
-    AF_INET6, FACTS_RAW_LEN, FACT_GROUP_TIERS, IPPROTO_TCP, LISTENERS_MAX, MAX_FACT_FIELDS,
-    MAX_FACT_GROUPS, MAX_RECORD_LEN, MODERN_DROP_LAYOUT, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX,
-    PIDS_MAX, PORT_SLOTS, PREEXISTING_MAX, TASK_COMM_LEN,
+    DropLayout, Event, EventWithFacts, EventWithQueue, FactField, FactFields, FactGroup,
+    FactGroups, Filter, JoinLayout, Layout, ListenKey, ListenOffsets, ListenOwner, ListenerRecord,
+    NetnsOffsets, Owner, ResetRecord, RetransmitRecord, Settings, SkbOffsets, SockLayout, TupleKey,
+    ADDRS_MAX, AF_INET, AF_INET6, FACTS_RAW_LEN, FACT_GROUP_TIERS, IPPROTO_TCP, LISTENERS_MAX,
+    MAX_FACT_FIELDS, MAX_FACT_GROUPS, MAX_RECORD_LEN, MODERN_DROP_LAYOUT, MODERN_LAYOUT,
+    OWNERS_MAX, PENDING_MAX, PIDS_MAX, PORT_SLOTS, PREEXISTING_MAX, TASK_COMM_LEN,
 };
 
 #[no_mangle]
@@ -663,8 +663,9 @@ fn handle<C: Attached>(ctx: &C, s: Sock, b: Bank) {
         return;
     }
     let ts = unsafe { bpf_ktime_get_ns() };
-    emit(ctx, &s, ts, pid_tgid, &who, b);
-    listener_health(&s, ts, who.listener, b);
+    let queue = read_queue(&s, who.listener, b);
+    emit(ctx, &s, ts, pid_tgid, &who, queue, b);
+    listener_health(&s);
 }
 
 /// Whether this socket may have a connect() event held: only the transition that follows it,
@@ -781,9 +782,37 @@ fn wake_flag(submitted: u64) -> u64 {
 }
 
 /// Writes the event straight into a ring buffer slot: no copy of it on the stack. A transition
-/// that needs socket facts gets them in the same slot (one reservation, not two).
+/// that needs socket facts gets them in the same slot, an accepted socket's first one its
+/// listener's queue reading (one reservation, not two).
 #[inline(always)]
-fn emit<C: Attached>(ctx: &C, s: &Sock, ts: u64, pid_tgid: u64, who: &Attribution, b: Bank) {
+fn emit<C: Attached>(
+    ctx: &C,
+    s: &Sock,
+    ts: u64,
+    pid_tgid: u64,
+    who: &Attribution,
+    queue: Option<QueueReading>,
+    b: Bank,
+) {
+    if let Some(q) = queue {
+        let Some(mut entry) = EVENTS.reserve::<EventWithQueue>(0) else {
+            count(b, counter::RINGBUF_FULL);
+            count(b, counter::JOINED_RINGBUF_FULL);
+            debug!(ctx, "ring buffer full, event and queue reading lost");
+            return;
+        };
+        let r = entry.as_mut_ptr();
+        // SAFETY: a reserved, 8-byte aligned slot of size_of::<EventWithQueue>() bytes; every
+        // field is written before it is submitted.
+        unsafe {
+            write_event::<C>(core::ptr::addr_of_mut!((*r).event), s, ts, pid_tgid, who);
+            write_queue(core::ptr::addr_of_mut!((*r).queue), s, ts, &q);
+        }
+        count(b, counter::JOINED_SUBMITTED);
+        let wake = wake_flag(count(b, counter::SUBMITTED));
+        entry.submit(wake);
+        return;
+    }
     if needs_facts(s.oldstate, s.newstate) {
         let Some(mut entry) = EVENTS.reserve::<EventWithFacts>(0) else {
             count(b, counter::RINGBUF_FULL);
@@ -1681,60 +1710,65 @@ fn handle_reset(ctx: &TracePointContext, l: &'static JoinLayout, direction: u8) 
 /// birth (LISTEN -> SYN_RECV), reads its listener's accept queue. Runs only for events that
 /// passed the filters, after they were emitted, and stays out of the attribution code.
 #[inline(always)]
-fn listener_health(s: &Sock, ts: u64, listener: Option<Listener>, b: Bank) {
+fn listener_health(s: &Sock) {
     if s.newstate == state::LISTEN {
         let _ = LISTEN_SOCKS.insert(&s.skaddr, &listen_key(s), BPF_ANY as u64);
     } else if s.oldstate == state::LISTEN && s.newstate == state::CLOSE {
         let _ = LISTEN_SOCKS.remove(&s.skaddr);
-    } else if s.oldstate == state::LISTEN && s.newstate == state::SYN_RECV {
-        if let Some(l) = listener {
-            emit_queue(s, ts, l, b);
-        }
     }
 }
 
-/// One accept-queue reading of the child's listener: two bounded reads of its socket. A
-/// listener found only by the start-up scan has no known address, and no reading.
+/// An accept-queue reading of a child socket's listener, sent with the child's first event.
+#[derive(Clone, Copy)]
+struct QueueReading {
+    listener: Listener,
+    depth: Option<u32>,
+    limit: Option<u32>,
+}
+
+/// The queue of the listener an accepted socket was born from (LISTEN -> SYN_RECV): two
+/// bounded reads of its socket. None for other events, and for a listener found only by the
+/// start-up scan (no known address).
 #[inline(always)]
-fn emit_queue(s: &Sock, ts: u64, l: Listener, b: Bank) {
-    if konst(&LISTEN_OFFSETS.ok) != 1 {
-        return;
+fn read_queue(s: &Sock, listener: Option<Listener>, b: Bank) -> Option<QueueReading> {
+    if s.oldstate != state::LISTEN || s.newstate != state::SYN_RECV {
+        return None;
     }
-    let listener = l.skaddr;
-    if listener == 0 {
-        return;
+    let l = listener?;
+    if konst(&LISTEN_OFFSETS.ok) != 1 || l.skaddr == 0 {
+        return None;
     }
     count(b, counter::JOINED_SEEN);
-    let depth = kread::<u32>(listener, konst(&LISTEN_OFFSETS.ack_backlog));
-    let limit = kread::<u32>(listener, konst(&LISTEN_OFFSETS.max_ack_backlog));
-    let known = if depth.is_some() && limit.is_some() {
+    Some(QueueReading {
+        listener: l,
+        depth: kread::<u32>(l.skaddr, konst(&LISTEN_OFFSETS.ack_backlog)),
+        limit: kread::<u32>(l.skaddr, konst(&LISTEN_OFFSETS.max_ack_backlog)),
+    })
+}
+
+/// Fills every field of a queue reading's record.
+///
+/// # Safety
+/// `r` points to a reserved slot's `ListenerRecord`, 8-byte aligned.
+#[inline(always)]
+unsafe fn write_queue(r: *mut ListenerRecord, s: &Sock, ts: u64, q: &QueueReading) {
+    (*r).ts_ns = ts;
+    (*r).skaddr = q.listener.skaddr;
+    (*r).kind = listener_kind::QUEUE;
+    (*r).known = if q.depth.is_some() && q.limit.is_some() {
         listener_known::QUEUE
     } else {
         0
     };
-    let Some(mut entry) = EVENTS.reserve::<ListenerRecord>(0) else {
-        count(b, counter::JOINED_RINGBUF_FULL);
-        return;
-    };
-    let r = entry.as_mut_ptr();
-    // SAFETY: a reserved slot of size_of::<ListenerRecord>(); every field is written.
-    unsafe {
-        (*r).ts_ns = ts;
-        (*r).skaddr = listener;
-        (*r).kind = listener_kind::QUEUE;
-        (*r).known = known;
-        (*r).family = s.family as u16;
-        (*r).port = s.sport;
-        (*r)._pad = 0;
-        (*r).depth = depth.unwrap_or(0);
-        (*r).limit = limit.unwrap_or(0);
-        (*r).reason = 0;
-        (*r)._pad2 = 0;
-        // The listener's key: its own address, or the wildcard's zeros.
-        (*r).addr = bytes16(if l.wildcard { [0, 0] } else { s.saddr });
-    }
-    let wake = wake_flag(count(b, counter::JOINED_SUBMITTED));
-    entry.submit(wake);
+    (*r).family = s.family as u16;
+    (*r).port = s.sport;
+    (*r)._pad = 0;
+    (*r).depth = q.depth.unwrap_or(0);
+    (*r).limit = q.limit.unwrap_or(0);
+    (*r).reason = 0;
+    (*r)._pad2 = 0;
+    // The listener's key: its own address, or the wildcard's zeros.
+    (*r).addr = bytes16(if q.listener.wildcard { [0, 0] } else { s.saddr });
 }
 
 #[tracepoint]

@@ -495,7 +495,7 @@ impl Metrics {
         );
         r.register(
             "tcpstate_events_rescued",
-            "Lost events recovered by a rescue path (none exists yet: always 0)",
+            "TCP state changes the kernel skipped the BTF-tracepoint program for that the rescue program handled (delivered, not lost)",
             m.rescued.clone(),
         );
         r.register(

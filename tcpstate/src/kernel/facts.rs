@@ -4,9 +4,9 @@
 
 use tcpstate_common::{
     Event, FactField, FactFields, FactGroup, FactGroups, FactsRecord, ListenerRecord, ResetRecord,
-    RetransmitRecord, EVENT_SIZE, EVENT_WITH_FACTS_SIZE, FACTS_RAW_LEN, FACTS_RECORD_SIZE,
-    FACT_GROUP_TIERS, LISTENER_RECORD_SIZE, MAX_FACT_GROUPS, MAX_FACT_GROUP_LEN, RESET_RECORD_SIZE,
-    RETRANSMIT_RECORD_SIZE,
+    RetransmitRecord, EVENT_SIZE, EVENT_WITH_FACTS_SIZE, EVENT_WITH_QUEUE_SIZE, FACTS_RAW_LEN,
+    FACTS_RECORD_SIZE, FACT_GROUP_TIERS, LISTENER_RECORD_SIZE, MAX_FACT_GROUPS, MAX_FACT_GROUP_LEN,
+    RESET_RECORD_SIZE, RETRANSMIT_RECORD_SIZE,
 };
 
 use super::btf::{SockOffsets, FIELDS};
@@ -352,6 +352,21 @@ fn decode_each<E>(
         RETRANSMIT_RECORD_SIZE => read_pod::<RetransmitRecord>(bytes).map(Input::Retransmit),
         RESET_RECORD_SIZE => read_pod::<ResetRecord>(bytes).map(Input::Reset),
         LISTENER_RECORD_SIZE => read_pod::<ListenerRecord>(bytes).map(Input::Listener),
+        EVENT_WITH_QUEUE_SIZE => {
+            // EventWithQueue: the event, then its listener's queue reading (offset asserted in
+            // tcpstate-common).
+            let (Some(mut ev), Some(queue)) = (
+                bytes.get(..EVENT_SIZE).and_then(read_pod::<Event>),
+                bytes.get(EVENT_SIZE..).and_then(read_pod::<ListenerRecord>),
+            ) else {
+                return Ok(false);
+            };
+            if let Some(a) = attributor {
+                a.apply(&mut ev);
+            }
+            f(&Input::Event(ev))?;
+            Some(Input::Listener(queue))
+        }
         _ => None,
     };
     match input {
@@ -422,7 +437,7 @@ impl Decoder {
 mod tests {
     use super::*;
     use crate::kernel::btf;
-    use tcpstate_common::EventWithFacts;
+    use tcpstate_common::{EventWithFacts, EventWithQueue};
 
     fn offsets(pairs: &[(&str, u16)]) -> SockOffsets {
         SockOffsets {
@@ -602,5 +617,43 @@ mod tests {
         assert_eq!((f.ts_ns, f.skaddr), (42, e.skaddr));
         assert_eq!((f.oldstate, f.newstate), (e.oldstate, e.newstate));
         assert_eq!(f.srtt_us, Some(8000));
+    }
+
+    /// An accepted socket's first event and its listener's queue reading are one record: the
+    /// event, then the reading.
+    #[test]
+    fn an_event_with_a_queue_reading_is_the_event_then_the_reading() {
+        let plan = FactsPlan::new(&offsets(&[]));
+        let mut e = crate::event::Event::zeroed();
+        e.ts_ns = 7;
+        e.skaddr = 0xffff_8880_0000_2000;
+        e.oldstate = tcpstate_common::state::LISTEN;
+        e.newstate = tcpstate_common::state::SYN_RECV;
+        let queue = ListenerRecord {
+            ts_ns: 7,
+            skaddr: 0xffff_8880_0000_3000,
+            kind: tcpstate_common::listener_kind::QUEUE,
+            known: tcpstate_common::listener_known::QUEUE,
+            family: 2,
+            port: 443,
+            _pad: 0,
+            depth: 3,
+            limit: 128,
+            reason: 0,
+            _pad2: 0,
+            addr: [0; 16],
+        };
+        let rec = EventWithQueue { event: e, queue };
+        // SAFETY: plain data of its own size.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&rec as *const EventWithQueue).cast::<u8>(),
+                EVENT_WITH_QUEUE_SIZE,
+            )
+        };
+        let got = decode_record(bytes, &plan).expect("decodes");
+        assert_eq!(got.len(), 2);
+        assert!(matches!(&got[0], Input::Event(ev) if *ev == e));
+        assert!(matches!(&got[1], Input::Listener(l) if *l == queue));
     }
 }

@@ -672,11 +672,11 @@ fn btf_route(
         (Attachment::Classic, _, _) => return Ok(Route::Classic(None)),
         (_, Some(l), true) => return Ok(Route::Btf(l)),
         (_, None, _) => {
-            "this kernel's BTF does not describe the socket fields the BTF \
+            "this kernel's BTF does not describe the socket and task fields the BTF \
                          tracepoint program reads"
         }
-        // Without the guard, a run nested in another would run, and the rescue program
-        // would handle the same state change a second time.
+        // Without the guard, a run nested in another would run, racing the outer run's
+        // read-modify-write of this CPU's counters.
         (_, Some(_), false) => {
             "this kernel runs BTF tracepoint programs without a per-program recursion guard \
              (Linux 6.1+)"
