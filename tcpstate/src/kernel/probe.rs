@@ -996,7 +996,7 @@ mod tests {
             panic!("auto without the socket layout falls back");
         };
         assert!(
-            notice.contains("does not describe the socket fields"),
+            notice.contains("does not describe the socket and task fields"),
             "{notice}"
         );
         let err = btf_route(Attachment::Btf, Some(l), false).expect_err("btf refuses");
