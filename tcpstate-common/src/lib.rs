@@ -125,9 +125,72 @@ impl Event {
     }
 }
 
-/// Ring buffer records are told apart by their size: [`Event`], [`FactsRecord`],
-/// [`RetransmitRecord`] and [`ResetRecord`] all have different sizes (asserted below), so no
-/// record pays for a kind tag.
+/// An [`Event`] whose owner the kernel does not know (left to user space, or unknown): the same
+/// fields without the owner's (`owner_pid`, `owner_tid`, `owner_comm`, `cgroup_id`, all 0 in
+/// the event it stands for). Most state changes are these: 88 bytes in the ring buffer instead
+/// of 120. User space turns it back into the [`Event`] before anything else sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnerlessEvent {
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    pub ctx_pid: u32,
+    pub ctx_tid: u32,
+    pub oldstate: u8,
+    pub newstate: u8,
+    pub family: u8,
+    pub flags: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub ctx_comm: [u8; TASK_COMM_LEN],
+    pub owner_source: u8,
+    pub _pad: [u8; 3],
+    pub netns: u32,
+}
+
+pub const OWNERLESS_EVENT_SIZE: usize = 88;
+const _: () = assert!(core::mem::size_of::<OwnerlessEvent>() == OWNERLESS_EVENT_SIZE);
+// The word-wise writes of the kernel program: owner_source with its padding and netns as one
+// aligned word, the name as two.
+const _: () = assert!(
+    core::mem::offset_of!(OwnerlessEvent, owner_source) == 80
+        && core::mem::offset_of!(OwnerlessEvent, ctx_comm) == 64
+        && core::mem::offset_of!(Event, owner_source) == 104
+        && core::mem::offset_of!(Event, ctx_comm) == 72
+);
+
+impl OwnerlessEvent {
+    /// The event it stands for.
+    pub const fn event(&self) -> Event {
+        Event {
+            ts_ns: self.ts_ns,
+            skaddr: self.skaddr,
+            ctx_pid: self.ctx_pid,
+            ctx_tid: self.ctx_tid,
+            owner_pid: 0,
+            owner_tid: 0,
+            oldstate: self.oldstate,
+            newstate: self.newstate,
+            family: self.family,
+            flags: self.flags,
+            sport: self.sport,
+            dport: self.dport,
+            saddr: self.saddr,
+            daddr: self.daddr,
+            ctx_comm: self.ctx_comm,
+            owner_comm: [0; TASK_COMM_LEN],
+            owner_source: self.owner_source,
+            _pad: [0; 3],
+            netns: self.netns,
+            cgroup_id: 0,
+        }
+    }
+}
+
+/// Ring buffer records are told apart by their size: every kind has its own
+/// ([`RECORD_SIZES`], asserted distinct), so no record pays for a kind tag.
 pub const FACTS_RAW_LEN: usize = 232;
 pub const FACTS_RECORD_SIZE: usize = 256;
 pub const RETRANSMIT_RECORD_SIZE: usize = 64;
@@ -135,13 +198,6 @@ pub const RESET_RECORD_SIZE: usize = 72;
 const _: () = assert!(core::mem::size_of::<FactsRecord>() == FACTS_RECORD_SIZE);
 const _: () = assert!(core::mem::size_of::<RetransmitRecord>() == RETRANSMIT_RECORD_SIZE);
 const _: () = assert!(core::mem::size_of::<ResetRecord>() == RESET_RECORD_SIZE);
-const _: () = assert!(
-    EVENT_SIZE != FACTS_RECORD_SIZE
-        && EVENT_SIZE != RETRANSMIT_RECORD_SIZE
-        && EVENT_SIZE != RESET_RECORD_SIZE
-        && RETRANSMIT_RECORD_SIZE != RESET_RECORD_SIZE
-        && FACTS_RECORD_SIZE != RESET_RECORD_SIZE
-);
 
 /// Socket facts read at a transition that needs them (an accepted socket's SYN_RECV ->
 /// ESTABLISHED, a client's SYN_SENT -> ESTABLISHED, every -> CLOSE but a listener's), with the
@@ -180,18 +236,53 @@ pub struct EventWithFacts {
     pub raw: [u8; FACTS_RAW_LEN],
 }
 
+/// An [`OwnerlessEvent`] with its socket facts, as [`EventWithFacts`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnerlessEventWithFacts {
+    pub event: OwnerlessEvent,
+    pub valid_groups: u32,
+    pub _pad: u32,
+    pub raw: [u8; FACTS_RAW_LEN],
+}
+
+pub const OWNERLESS_EVENT_WITH_FACTS_SIZE: usize = 328;
+const _: () =
+    assert!(core::mem::size_of::<OwnerlessEventWithFacts>() == OWNERLESS_EVENT_WITH_FACTS_SIZE);
+const _: () = assert!(
+    core::mem::offset_of!(OwnerlessEventWithFacts, valid_groups) == OWNERLESS_EVENT_SIZE
+        && core::mem::offset_of!(OwnerlessEventWithFacts, raw) == OWNERLESS_EVENT_SIZE + 8
+);
+
+/// Every size a ring buffer record can have, which tells its kind.
+pub const RECORD_SIZES: [usize; 9] = [
+    EVENT_SIZE,
+    OWNERLESS_EVENT_SIZE,
+    EVENT_WITH_FACTS_SIZE,
+    OWNERLESS_EVENT_WITH_FACTS_SIZE,
+    EVENT_WITH_QUEUE_SIZE,
+    FACTS_RECORD_SIZE,
+    RETRANSMIT_RECORD_SIZE,
+    RESET_RECORD_SIZE,
+    LISTENER_RECORD_SIZE,
+];
+const _: () = {
+    let mut i = 0;
+    while i < RECORD_SIZES.len() {
+        let mut j = i + 1;
+        while j < RECORD_SIZES.len() {
+            assert!(RECORD_SIZES[i] != RECORD_SIZES[j]);
+            j += 1;
+        }
+        i += 1;
+    }
+};
+
 pub const EVENT_WITH_FACTS_SIZE: usize = 360;
 const _: () = assert!(core::mem::size_of::<EventWithFacts>() == EVENT_WITH_FACTS_SIZE);
 const _: () = assert!(
     core::mem::offset_of!(EventWithFacts, valid_groups) == EVENT_SIZE
         && core::mem::offset_of!(EventWithFacts, raw) == EVENT_SIZE + 8
-);
-const _: () = assert!(
-    EVENT_WITH_FACTS_SIZE != EVENT_SIZE
-        && EVENT_WITH_FACTS_SIZE != FACTS_RECORD_SIZE
-        && EVENT_WITH_FACTS_SIZE != RETRANSMIT_RECORD_SIZE
-        && EVENT_WITH_FACTS_SIZE != RESET_RECORD_SIZE
-        && EVENT_WITH_FACTS_SIZE != LISTENER_RECORD_SIZE
 );
 
 /// Most groups of socket fields copied per [`FactsRecord`].
@@ -349,12 +440,6 @@ pub mod listener_known {
 
 pub const LISTENER_RECORD_SIZE: usize = 56;
 const _: () = assert!(core::mem::size_of::<ListenerRecord>() == LISTENER_RECORD_SIZE);
-const _: () = assert!(
-    LISTENER_RECORD_SIZE != EVENT_SIZE
-        && LISTENER_RECORD_SIZE != FACTS_RECORD_SIZE
-        && LISTENER_RECORD_SIZE != RETRANSMIT_RECORD_SIZE
-        && LISTENER_RECORD_SIZE != RESET_RECORD_SIZE
-);
 
 /// An accepted socket's first state change (LISTEN -> SYN_RECV) with its listener's accept-queue
 /// reading taken at it, in one ring buffer record (one reservation instead of two). User space
@@ -369,14 +454,6 @@ pub struct EventWithQueue {
 pub const EVENT_WITH_QUEUE_SIZE: usize = 176;
 const _: () = assert!(core::mem::size_of::<EventWithQueue>() == EVENT_WITH_QUEUE_SIZE);
 const _: () = assert!(core::mem::offset_of!(EventWithQueue, queue) == EVENT_SIZE);
-const _: () = assert!(
-    EVENT_WITH_QUEUE_SIZE != EVENT_SIZE
-        && EVENT_WITH_QUEUE_SIZE != EVENT_WITH_FACTS_SIZE
-        && EVENT_WITH_QUEUE_SIZE != FACTS_RECORD_SIZE
-        && EVENT_WITH_QUEUE_SIZE != RETRANSMIT_RECORD_SIZE
-        && EVENT_WITH_QUEUE_SIZE != RESET_RECORD_SIZE
-        && EVENT_WITH_QUEUE_SIZE != LISTENER_RECORD_SIZE
-);
 
 /// Listener health: an accept-queue reading or a dropped packet of one listening socket.
 #[repr(C)]

@@ -30,10 +30,11 @@ use tcpstate_common::{
     owner_source, port_bits, port_slot, reset_direction, retransmit_kind, retransmit_known, state,
     DropLayout, Event, EventWithFacts, EventWithQueue, FactField, FactFields, FactGroup,
     FactGroups, Filter, JoinLayout, Layout, ListenKey, ListenOffsets, ListenOwner, ListenerRecord,
-    NetnsOffsets, Owner, ResetRecord, RetransmitRecord, Settings, SkbOffsets, SockLayout, TupleKey,
-    ADDRS_MAX, AF_INET, AF_INET6, FACTS_RAW_LEN, FACT_GROUP_TIERS, IPPROTO_TCP, LISTENERS_MAX,
-    MAX_FACT_FIELDS, MAX_FACT_GROUPS, MAX_RECORD_LEN, MODERN_DROP_LAYOUT, MODERN_LAYOUT,
-    OWNERS_MAX, PENDING_MAX, PIDS_MAX, PORT_SLOTS, PREEXISTING_MAX, TASK_COMM_LEN,
+    NetnsOffsets, Owner, OwnerlessEvent, OwnerlessEventWithFacts, ResetRecord, RetransmitRecord,
+    Settings, SkbOffsets, SockLayout, TupleKey, ADDRS_MAX, AF_INET, AF_INET6, FACTS_RAW_LEN,
+    FACT_GROUP_TIERS, IPPROTO_TCP, LISTENERS_MAX, MAX_FACT_FIELDS, MAX_FACT_GROUPS, MAX_RECORD_LEN,
+    MODERN_DROP_LAYOUT, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX, PIDS_MAX, PORT_SLOTS,
+    PREEXISTING_MAX, TASK_COMM_LEN,
 };
 
 #[no_mangle]
@@ -813,39 +814,157 @@ fn emit<C: Attached>(
         entry.submit(wake);
         return;
     }
-    if needs_facts(s.oldstate, s.newstate) {
-        let Some(mut entry) = EVENTS.reserve::<EventWithFacts>(0) else {
-            count(b, counter::RINGBUF_FULL);
-            debug!(ctx, "ring buffer full, event lost");
-            return;
-        };
-        let r = entry.as_mut_ptr();
-        // SAFETY: `r` is a reserved, 8-byte aligned slot of size_of::<EventWithFacts>() bytes;
-        // every field is written before it is submitted.
-        unsafe {
-            write_event::<C>(core::ptr::addr_of_mut!((*r).event), s, ts, pid_tgid, who);
-            (*r)._pad = 0;
-            let raw = core::ptr::addr_of_mut!((*r).raw) as *mut u8;
-            (*r).valid_groups = if C::TYPED_SOCK {
-                load_facts(raw, s)
-            } else {
-                copy_facts(raw, s)
-            };
+    // An event whose owner the kernel does not know goes without the owner's empty fields.
+    match (needs_facts(s.oldstate, s.newstate), who.owner.is_some()) {
+        (true, true) => emit_with_facts::<C, EventWithFacts>(ctx, s, ts, pid_tgid, who, b),
+        (true, false) => {
+            emit_with_facts::<C, OwnerlessEventWithFacts>(ctx, s, ts, pid_tgid, who, b)
         }
-        count(b, counter::FACTS_SUBMITTED);
-        let wake = wake_flag(count(b, counter::SUBMITTED));
-        entry.submit(wake);
-        return;
+        (false, true) => emit_event::<C, Event>(ctx, s, ts, pid_tgid, who, b),
+        (false, false) => emit_event::<C, OwnerlessEvent>(ctx, s, ts, pid_tgid, who, b),
     }
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+}
+
+#[inline(always)]
+fn emit_event<C: Attached, E: EventSlot>(
+    ctx: &C,
+    s: &Sock,
+    ts: u64,
+    pid_tgid: u64,
+    who: &Attribution,
+    b: Bank,
+) {
+    let Some(mut entry) = EVENTS.reserve::<E>(0) else {
         count(b, counter::RINGBUF_FULL);
         debug!(ctx, "ring buffer full, event lost");
         return;
     };
-    // SAFETY: a reserved, 8-byte aligned slot of size_of::<Event>() bytes.
-    unsafe { write_event::<C>(entry.as_mut_ptr(), s, ts, pid_tgid, who) };
+    // SAFETY: a reserved, 8-byte aligned slot of size_of::<E>() bytes.
+    unsafe { E::write::<C>(entry.as_mut_ptr(), s, ts, pid_tgid, who) };
     let wake = wake_flag(count(b, counter::SUBMITTED));
     entry.submit(wake);
+}
+
+#[inline(always)]
+fn emit_with_facts<C: Attached, R: FactsSlot>(
+    ctx: &C,
+    s: &Sock,
+    ts: u64,
+    pid_tgid: u64,
+    who: &Attribution,
+    b: Bank,
+) {
+    let Some(mut entry) = EVENTS.reserve::<R>(0) else {
+        count(b, counter::RINGBUF_FULL);
+        debug!(ctx, "ring buffer full, event lost");
+        return;
+    };
+    // SAFETY: a reserved, 8-byte aligned slot of size_of::<R>() bytes; every field is written
+    // before it is submitted.
+    unsafe {
+        let (event, valid_groups, pad, raw) = R::parts(entry.as_mut_ptr());
+        R::Event::write::<C>(event, s, ts, pid_tgid, who);
+        *pad = 0;
+        *valid_groups = if C::TYPED_SOCK {
+            load_facts(raw, s)
+        } else {
+            copy_facts(raw, s)
+        };
+    }
+    count(b, counter::FACTS_SUBMITTED);
+    let wake = wake_flag(count(b, counter::SUBMITTED));
+    entry.submit(wake);
+}
+
+/// A ring buffer record that is an event, with its owner's fields or without them.
+trait EventSlot: 'static {
+    /// Fills every field.
+    ///
+    /// # Safety
+    /// `e` points to a reserved slot of at least size_of::<Self>() bytes, 8-byte aligned.
+    unsafe fn write<C: Attached>(e: *mut Self, s: &Sock, ts: u64, pid_tgid: u64, who: &Attribution);
+}
+
+impl EventSlot for Event {
+    #[inline(always)]
+    unsafe fn write<C: Attached>(
+        e: *mut Self,
+        s: &Sock,
+        ts: u64,
+        pid_tgid: u64,
+        who: &Attribution,
+    ) {
+        write_event::<C>(e, s, ts, pid_tgid, who);
+    }
+}
+
+impl EventSlot for OwnerlessEvent {
+    #[inline(always)]
+    unsafe fn write<C: Attached>(
+        e: *mut Self,
+        s: &Sock,
+        ts: u64,
+        pid_tgid: u64,
+        who: &Attribution,
+    ) {
+        (*e).ts_ns = ts;
+        (*e).skaddr = s.skaddr;
+        (*e).ctx_pid = (pid_tgid >> 32) as u32;
+        (*e).ctx_tid = pid_tgid as u32;
+        (*e).oldstate = s.oldstate;
+        (*e).newstate = s.newstate;
+        (*e).family = s.family;
+        (*e).flags = 0;
+        (*e).sport = s.sport;
+        (*e).dport = s.dport;
+        (*e).saddr = bytes16(s.saddr);
+        (*e).daddr = bytes16(s.daddr);
+        (core::ptr::addr_of_mut!((*e).ctx_comm) as *mut [u64; 2]).write(C::comm());
+        // owner_source, its padding and netns as one word (offset 80, asserted in common).
+        core::ptr::write(
+            core::ptr::addr_of_mut!((*e).owner_source) as *mut u64,
+            u64::from(who.source) | u64::from(who.netns) << 32,
+        );
+    }
+}
+
+/// A ring buffer record that is an event followed by its socket facts.
+trait FactsSlot: 'static {
+    type Event: EventSlot;
+
+    /// The event, `valid_groups`, the padding word and the raw bytes (`FACTS_RAW_LEN`).
+    ///
+    /// # Safety
+    /// `r` points to a reserved slot of size_of::<Self>() bytes.
+    unsafe fn parts(r: *mut Self) -> (*mut Self::Event, *mut u32, *mut u32, *mut u8);
+}
+
+impl FactsSlot for EventWithFacts {
+    type Event = Event;
+
+    #[inline(always)]
+    unsafe fn parts(r: *mut Self) -> (*mut Event, *mut u32, *mut u32, *mut u8) {
+        (
+            core::ptr::addr_of_mut!((*r).event),
+            core::ptr::addr_of_mut!((*r).valid_groups),
+            core::ptr::addr_of_mut!((*r)._pad),
+            core::ptr::addr_of_mut!((*r).raw) as *mut u8,
+        )
+    }
+}
+
+impl FactsSlot for OwnerlessEventWithFacts {
+    type Event = OwnerlessEvent;
+
+    #[inline(always)]
+    unsafe fn parts(r: *mut Self) -> (*mut OwnerlessEvent, *mut u32, *mut u32, *mut u8) {
+        (
+            core::ptr::addr_of_mut!((*r).event),
+            core::ptr::addr_of_mut!((*r).valid_groups),
+            core::ptr::addr_of_mut!((*r)._pad),
+            core::ptr::addr_of_mut!((*r).raw) as *mut u8,
+        )
+    }
 }
 
 /// Fills every field of an event in a ring buffer slot.

@@ -3,10 +3,11 @@
 //! [`Facts`], and how every ring buffer record becomes an [`Input`].
 
 use tcpstate_common::{
-    Event, FactField, FactFields, FactGroup, FactGroups, FactsRecord, ListenerRecord, ResetRecord,
-    RetransmitRecord, EVENT_SIZE, EVENT_WITH_FACTS_SIZE, EVENT_WITH_QUEUE_SIZE, FACTS_RAW_LEN,
-    FACTS_RECORD_SIZE, FACT_GROUP_TIERS, LISTENER_RECORD_SIZE, MAX_FACT_GROUPS, MAX_FACT_GROUP_LEN,
-    RESET_RECORD_SIZE, RETRANSMIT_RECORD_SIZE,
+    Event, FactField, FactFields, FactGroup, FactGroups, FactsRecord, ListenerRecord,
+    OwnerlessEvent, ResetRecord, RetransmitRecord, EVENT_SIZE, EVENT_WITH_FACTS_SIZE,
+    EVENT_WITH_QUEUE_SIZE, FACTS_RAW_LEN, FACTS_RECORD_SIZE, FACT_GROUP_TIERS,
+    LISTENER_RECORD_SIZE, MAX_FACT_GROUPS, MAX_FACT_GROUP_LEN, OWNERLESS_EVENT_SIZE,
+    OWNERLESS_EVENT_WITH_FACTS_SIZE, RESET_RECORD_SIZE, RETRANSMIT_RECORD_SIZE,
 };
 
 use super::btf::{SockOffsets, FIELDS};
@@ -322,8 +323,29 @@ fn decode_each<E>(
     mut f: impl FnMut(&Input) -> Result<(), E>,
 ) -> Result<bool, E> {
     let input = match bytes.len() {
-        EVENT_SIZE | EVENT_WITH_FACTS_SIZE => {
-            let Some(mut ev) = bytes.get(..EVENT_SIZE).and_then(read_pod::<Event>) else {
+        EVENT_SIZE
+        | EVENT_WITH_FACTS_SIZE
+        | OWNERLESS_EVENT_SIZE
+        | OWNERLESS_EVENT_WITH_FACTS_SIZE => {
+            // An event, with its owner's fields or without (then they are 0), and then maybe
+            // valid_groups, padding and the raw facts (offsets asserted in tcpstate-common).
+            let ownerless = matches!(
+                bytes.len(),
+                OWNERLESS_EVENT_SIZE | OWNERLESS_EVENT_WITH_FACTS_SIZE
+            );
+            let head = if ownerless {
+                OWNERLESS_EVENT_SIZE
+            } else {
+                EVENT_SIZE
+            };
+            let event = bytes.get(..head).and_then(|b| {
+                if ownerless {
+                    read_pod::<OwnerlessEvent>(b).map(|o| o.event())
+                } else {
+                    read_pod::<Event>(b)
+                }
+            });
+            let Some(mut ev) = event else {
                 return Ok(false);
             };
             if let Some(a) = attributor {
@@ -331,13 +353,9 @@ fn decode_each<E>(
             }
             let (ts, sk, states) = (ev.ts_ns, ev.skaddr, (ev.oldstate, ev.newstate));
             f(&Input::Event(ev))?;
-            if bytes.len() == EVENT_WITH_FACTS_SIZE {
-                // EventWithFacts: the event, valid_groups, padding, then the raw bytes (offsets
-                // asserted in tcpstate-common).
-                let valid = bytes
-                    .get(EVENT_SIZE..EVENT_SIZE + 4)
-                    .and_then(read_pod::<u32>);
-                let raw = bytes.get(EVENT_SIZE + 8..);
+            if bytes.len() > head {
+                let valid = bytes.get(head..head + 4).and_then(read_pod::<u32>);
+                let raw = bytes.get(head + 8..);
                 if let (Some(valid_groups), Some(raw)) = (valid, raw) {
                     let raw = Raw {
                         valid_groups,
@@ -576,6 +594,7 @@ mod tests {
             one(&[0u8; LISTENER_RECORD_SIZE]),
             Input::Listener(_)
         ));
+        assert!(matches!(one(&[0u8; OWNERLESS_EVENT_SIZE]), Input::Event(_)));
         assert_eq!(
             decode_record(&[0u8; 3], &plan).err(),
             Some(RecordSizeError { got: 3 })
@@ -617,6 +636,66 @@ mod tests {
         assert_eq!((f.ts_ns, f.skaddr), (42, e.skaddr));
         assert_eq!((f.oldstate, f.newstate), (e.oldstate, e.newstate));
         assert_eq!(f.srtt_us, Some(8000));
+    }
+
+    /// An event without its owner's fields is the event with them 0, facts and all.
+    #[test]
+    fn an_ownerless_event_is_the_event_with_no_owner() {
+        use tcpstate_common::{owner_source, OwnerlessEventWithFacts};
+        let plan = FactsPlan::new(&offsets(&[("srtt_us", 100)]));
+        let mut sock = vec![0u8; 512];
+        sock[100..104].copy_from_slice(&(5000u32 << 3).to_ne_bytes());
+        let facts = record(&plan, &sock);
+        let o = OwnerlessEvent {
+            ts_ns: 9,
+            skaddr: 0xffff_8880_0000_4000,
+            ctx_pid: 11,
+            ctx_tid: 12,
+            oldstate: tcpstate_common::state::LAST_ACK,
+            newstate: tcpstate_common::state::CLOSE,
+            family: 10,
+            flags: 0,
+            sport: 443,
+            dport: 50000,
+            saddr: [1; 16],
+            daddr: [2; 16],
+            ctx_comm: *b"ksoftirqd/0\0\0\0\0\0",
+            owner_source: owner_source::DEFERRED,
+            _pad: [0; 3],
+            netns: 4026531840,
+        };
+        let mut want = crate::event::Event::zeroed();
+        want.ts_ns = 9;
+        want.skaddr = o.skaddr;
+        (want.ctx_pid, want.ctx_tid) = (11, 12);
+        (want.oldstate, want.newstate, want.family) = (o.oldstate, o.newstate, 10);
+        (want.sport, want.dport) = (443, 50000);
+        (want.saddr, want.daddr, want.ctx_comm) = (o.saddr, o.daddr, o.ctx_comm);
+        (want.owner_source, want.netns) = (owner_source::DEFERRED, o.netns);
+        assert_eq!(o.event(), want);
+        let rec = OwnerlessEventWithFacts {
+            event: o,
+            valid_groups: facts.valid_groups,
+            _pad: 0,
+            raw: facts.raw,
+        };
+        // SAFETY: plain data of its own size.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&rec as *const OwnerlessEventWithFacts).cast::<u8>(),
+                OWNERLESS_EVENT_WITH_FACTS_SIZE,
+            )
+        };
+        let got = decode_record(bytes, &plan).expect("decodes");
+        assert_eq!(got.len(), 2);
+        assert!(matches!(&got[0], Input::Event(ev) if *ev == want));
+        let Input::Facts(f) = &got[1] else {
+            panic!("facts second: {got:?}");
+        };
+        assert_eq!((f.ts_ns, f.skaddr), (9, o.skaddr));
+        assert_eq!(f.srtt_us, Some(5000));
+        let plain = decode_record(&bytes[..OWNERLESS_EVENT_SIZE], &plan).expect("decodes");
+        assert_eq!(plain, vec![Input::Event(want)]);
     }
 
     /// An accepted socket's first event and its listener's queue reading are one record: the
