@@ -31,10 +31,10 @@ use tcpstate_common::{
     DropLayout, Event, EventWithFacts, EventWithQueue, FactField, FactFields, FactGroup,
     FactGroups, Filter, JoinLayout, Layout, ListenKey, ListenOffsets, ListenOwner, ListenerRecord,
     NetnsOffsets, Owner, OwnerlessEvent, OwnerlessEventWithFacts, ResetRecord, RetransmitRecord,
-    Settings, SkbOffsets, SockLayout, TupleKey, ADDRS_MAX, AF_INET, AF_INET6, FACTS_RAW_LEN,
-    FACT_GROUP_TIERS, IPPROTO_TCP, LISTENERS_MAX, MAX_FACT_FIELDS, MAX_FACT_GROUPS, MAX_RECORD_LEN,
-    MODERN_DROP_LAYOUT, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX, PIDS_MAX, PORT_SLOTS,
-    PREEXISTING_MAX, TASK_COMM_LEN,
+    Settings, SkbOffsets, SockLayout, TupleKey, ADDRS_MAX, AF_INET, AF_INET6, EVENT_SIZE,
+    FACTS_RAW_LEN, FACT_GROUP_TIERS, IPPROTO_TCP, LISTENERS_MAX, MAX_FACT_FIELDS, MAX_FACT_GROUPS,
+    MAX_RECORD_LEN, MODERN_DROP_LAYOUT, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX, PIDS_MAX,
+    PORT_SLOTS, PREEXISTING_MAX, TASK_COMM_LEN,
 };
 
 #[no_mangle]
@@ -1219,7 +1219,18 @@ fn release_held<C: EbpfContext>(ctx: &C, s: &Sock, b: Bank) {
     }
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
-            entry.write(*held);
+            // Word by word: a struct copy becomes a byte-by-byte memmove subprogram call.
+            let (src, dst) = (
+                held as *const Event as *const u64,
+                entry.as_mut_ptr() as *mut u64,
+            );
+            let mut i = 0;
+            while i < EVENT_SIZE / 8 {
+                // SAFETY: both are an 8-byte aligned Event of EVENT_SIZE bytes (a map value,
+                // a reserved slot), plain data.
+                unsafe { dst.add(i).write(src.add(i).read()) };
+                i += 1;
+            }
             let wake = wake_flag(count(b, counter::SUBMITTED));
             entry.submit(wake);
         }
