@@ -1,6 +1,8 @@
-//! tcpstate's kernel side: one tracepoint program on `sock:inet_sock_set_state`.
+//! tcpstate's kernel side: the state-change program on `sock:inet_sock_set_state`, in two forms
+//! (the classic tracepoint, and the BTF-enabled one with a herald and a rescue program around
+//! it), and the joined `tcp:*` and `skb:kfree_skb` programs.
 //!
-//! It reads the tracepoint record, drops what the socket filters (family, ports, addresses)
+//! The state-change program reads the socket's fields, drops what the socket filters (family, ports, addresses)
 //! reject before doing anything costly, attributes the socket to its owning process, applies the
 //! owner filters, and writes what passes straight into a ring buffer slot. Everything that is
 //! configurable is a load-time global in `.rodata`: the verifier sees those as constants and
