@@ -223,28 +223,21 @@ pub struct FactsRecord {
     pub raw: [u8; FACTS_RAW_LEN],
 }
 
-/// An [`Event`] at a transition that needs socket facts, with them, in one ring buffer record
-/// (one reservation instead of two: the reservation's lock is shared by every CPU). User space
-/// splits it into the event and its [`FactsRecord`] (same `ts_ns`, `skaddr` and states).
+/// An event (`E`: [`Event`] or [`OwnerlessEvent`]) at a transition that needs socket facts,
+/// with them, in one ring buffer record (one reservation instead of two). User space splits it
+/// into the event and its [`FactsRecord`] (same `ts_ns`, `skaddr` and states).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EventWithFacts {
-    pub event: Event,
+pub struct WithFacts<E> {
+    pub event: E,
     /// As [`FactsRecord::valid_groups`].
     pub valid_groups: u32,
     pub _pad: u32,
     pub raw: [u8; FACTS_RAW_LEN],
 }
 
-/// An [`OwnerlessEvent`] with its socket facts, as [`EventWithFacts`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OwnerlessEventWithFacts {
-    pub event: OwnerlessEvent,
-    pub valid_groups: u32,
-    pub _pad: u32,
-    pub raw: [u8; FACTS_RAW_LEN],
-}
+pub type EventWithFacts = WithFacts<Event>;
+pub type OwnerlessEventWithFacts = WithFacts<OwnerlessEvent>;
 
 pub const OWNERLESS_EVENT_WITH_FACTS_SIZE: usize = 328;
 const _: () =

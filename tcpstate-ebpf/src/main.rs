@@ -30,13 +30,13 @@ use aya_log_ebpf::debug;
 use tcpstate_common::{
     comm_words, counter, event_flags, filter_flags, listener_kind, listener_known, owner_flags,
     owner_source, port_bits, port_slot, reset_direction, retransmit_kind, retransmit_known, state,
-    DropLayout, Event, EventWithFacts, EventWithQueue, FactField, FactFields, FactGroup,
-    FactGroups, Filter, JoinLayout, Layout, ListenKey, ListenOffsets, ListenOwner, ListenerRecord,
-    NetnsOffsets, Owner, OwnerlessEvent, OwnerlessEventWithFacts, ResetRecord, RetransmitRecord,
-    Settings, SkbOffsets, SockLayout, TupleKey, ADDRS_MAX, AF_INET, AF_INET6, EVENT_SIZE,
-    FACTS_RAW_LEN, FACT_GROUP_TIERS, IPPROTO_TCP, LISTENERS_MAX, MAX_FACT_FIELDS, MAX_FACT_GROUPS,
-    MAX_RECORD_LEN, MODERN_DROP_LAYOUT, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX, PIDS_MAX,
-    PORT_SLOTS, PREEXISTING_MAX, TASK_COMM_LEN,
+    DropLayout, Event, EventWithQueue, FactField, FactFields, FactGroup, FactGroups, Filter,
+    JoinLayout, Layout, ListenKey, ListenOffsets, ListenOwner, ListenerRecord, NetnsOffsets, Owner,
+    OwnerlessEvent, ResetRecord, RetransmitRecord, Settings, SkbOffsets, SockLayout, TupleKey,
+    WithFacts, ADDRS_MAX, AF_INET, AF_INET6, EVENT_SIZE, FACTS_RAW_LEN, FACT_GROUP_TIERS,
+    IPPROTO_TCP, LISTENERS_MAX, MAX_FACT_FIELDS, MAX_FACT_GROUPS, MAX_RECORD_LEN,
+    MODERN_DROP_LAYOUT, MODERN_LAYOUT, OWNERS_MAX, PENDING_MAX, PIDS_MAX, PORT_SLOTS,
+    PREEXISTING_MAX, TASK_COMM_LEN,
 };
 
 #[no_mangle]
@@ -818,10 +818,8 @@ fn emit<C: Attached>(
     }
     // An event whose owner the kernel does not know goes without the owner's empty fields.
     match (needs_facts(s.oldstate, s.newstate), who.owner.is_some()) {
-        (true, true) => emit_with_facts::<C, EventWithFacts>(ctx, s, ts, pid_tgid, who, b),
-        (true, false) => {
-            emit_with_facts::<C, OwnerlessEventWithFacts>(ctx, s, ts, pid_tgid, who, b)
-        }
+        (true, true) => emit_with_facts::<C, Event>(ctx, s, ts, pid_tgid, who, b),
+        (true, false) => emit_with_facts::<C, OwnerlessEvent>(ctx, s, ts, pid_tgid, who, b),
         (false, true) => emit_event::<C, Event>(ctx, s, ts, pid_tgid, who, b),
         (false, false) => emit_event::<C, OwnerlessEvent>(ctx, s, ts, pid_tgid, who, b),
     }
@@ -848,7 +846,7 @@ fn emit_event<C: Attached, E: EventSlot>(
 }
 
 #[inline(always)]
-fn emit_with_facts<C: Attached, R: FactsSlot>(
+fn emit_with_facts<C: Attached, E: EventSlot>(
     ctx: &C,
     s: &Sock,
     ts: u64,
@@ -856,18 +854,19 @@ fn emit_with_facts<C: Attached, R: FactsSlot>(
     who: &Attribution,
     b: Bank,
 ) {
-    let Some(mut entry) = EVENTS.reserve::<R>(0) else {
+    let Some(mut entry) = EVENTS.reserve::<WithFacts<E>>(0) else {
         count(b, counter::RINGBUF_FULL);
         debug!(ctx, "ring buffer full, event lost");
         return;
     };
-    // SAFETY: a reserved, 8-byte aligned slot of size_of::<R>() bytes; every field is written
-    // before it is submitted.
+    let r = entry.as_mut_ptr();
+    // SAFETY: a reserved, 8-byte aligned slot of size_of::<WithFacts<E>>() bytes; every field
+    // is written before it is submitted.
     unsafe {
-        let (event, valid_groups, pad, raw) = R::parts(entry.as_mut_ptr());
-        R::Event::write::<C>(event, s, ts, pid_tgid, who);
-        *pad = 0;
-        *valid_groups = if C::TYPED_SOCK {
+        E::write::<C>(core::ptr::addr_of_mut!((*r).event), s, ts, pid_tgid, who);
+        (*r)._pad = 0;
+        let raw = core::ptr::addr_of_mut!((*r).raw) as *mut u8;
+        (*r).valid_groups = if C::TYPED_SOCK {
             load_facts(raw, s)
         } else {
             copy_facts(raw, s)
@@ -876,6 +875,32 @@ fn emit_with_facts<C: Attached, R: FactsSlot>(
     count(b, counter::FACTS_SUBMITTED);
     let wake = wake_flag(count(b, counter::SUBMITTED));
     entry.submit(wake);
+}
+
+/// Fills the fields both event records (`Event`, `OwnerlessEvent`) have under the same names:
+/// the time, the socket, the context's task, and `owner_source` with its 3 padding bytes and
+/// `netns` as one little-endian word (aligned in both, offsets asserted in tcpstate-common): a
+/// 3-byte fill would be a memset call. Must be used in an `unsafe` block, `e` a reserved slot.
+macro_rules! write_common_fields {
+    ($e:expr, $s:expr, $ts:expr, $pid_tgid:expr, $who:expr) => {{
+        let (e, s, pid_tgid, who) = ($e, $s, $pid_tgid, $who);
+        (*e).ts_ns = $ts;
+        (*e).skaddr = s.skaddr;
+        (*e).ctx_pid = (pid_tgid >> 32) as u32;
+        (*e).ctx_tid = pid_tgid as u32;
+        (*e).oldstate = s.oldstate;
+        (*e).newstate = s.newstate;
+        (*e).family = s.family;
+        (*e).flags = 0;
+        (*e).sport = s.sport;
+        (*e).dport = s.dport;
+        (*e).saddr = bytes16(s.saddr);
+        (*e).daddr = bytes16(s.daddr);
+        core::ptr::write(
+            core::ptr::addr_of_mut!((*e).owner_source) as *mut u64,
+            u64::from(who.source) | u64::from(who.netns) << 32,
+        );
+    }};
 }
 
 /// A ring buffer record that is an event, with its owner's fields or without them.
@@ -909,63 +934,8 @@ impl EventSlot for OwnerlessEvent {
         pid_tgid: u64,
         who: &Attribution,
     ) {
-        (*e).ts_ns = ts;
-        (*e).skaddr = s.skaddr;
-        (*e).ctx_pid = (pid_tgid >> 32) as u32;
-        (*e).ctx_tid = pid_tgid as u32;
-        (*e).oldstate = s.oldstate;
-        (*e).newstate = s.newstate;
-        (*e).family = s.family;
-        (*e).flags = 0;
-        (*e).sport = s.sport;
-        (*e).dport = s.dport;
-        (*e).saddr = bytes16(s.saddr);
-        (*e).daddr = bytes16(s.daddr);
+        write_common_fields!(e, s, ts, pid_tgid, who);
         (core::ptr::addr_of_mut!((*e).ctx_comm) as *mut [u64; 2]).write(C::comm());
-        // owner_source, its padding and netns as one word (offset 80, asserted in common).
-        core::ptr::write(
-            core::ptr::addr_of_mut!((*e).owner_source) as *mut u64,
-            u64::from(who.source) | u64::from(who.netns) << 32,
-        );
-    }
-}
-
-/// A ring buffer record that is an event followed by its socket facts.
-trait FactsSlot: 'static {
-    type Event: EventSlot;
-
-    /// The event, `valid_groups`, the padding word and the raw bytes (`FACTS_RAW_LEN`).
-    ///
-    /// # Safety
-    /// `r` points to a reserved slot of size_of::<Self>() bytes.
-    unsafe fn parts(r: *mut Self) -> (*mut Self::Event, *mut u32, *mut u32, *mut u8);
-}
-
-impl FactsSlot for EventWithFacts {
-    type Event = Event;
-
-    #[inline(always)]
-    unsafe fn parts(r: *mut Self) -> (*mut Event, *mut u32, *mut u32, *mut u8) {
-        (
-            core::ptr::addr_of_mut!((*r).event),
-            core::ptr::addr_of_mut!((*r).valid_groups),
-            core::ptr::addr_of_mut!((*r)._pad),
-            core::ptr::addr_of_mut!((*r).raw) as *mut u8,
-        )
-    }
-}
-
-impl FactsSlot for OwnerlessEventWithFacts {
-    type Event = OwnerlessEvent;
-
-    #[inline(always)]
-    unsafe fn parts(r: *mut Self) -> (*mut OwnerlessEvent, *mut u32, *mut u32, *mut u8) {
-        (
-            core::ptr::addr_of_mut!((*r).event),
-            core::ptr::addr_of_mut!((*r).valid_groups),
-            core::ptr::addr_of_mut!((*r)._pad),
-            core::ptr::addr_of_mut!((*r).raw) as *mut u8,
-        )
     }
 }
 
@@ -981,18 +951,7 @@ unsafe fn write_event<C: Attached>(
     pid_tgid: u64,
     who: &Attribution,
 ) {
-    (*e).ts_ns = ts;
-    (*e).skaddr = s.skaddr;
-    (*e).ctx_pid = (pid_tgid >> 32) as u32;
-    (*e).ctx_tid = pid_tgid as u32;
-    (*e).oldstate = s.oldstate;
-    (*e).newstate = s.newstate;
-    (*e).family = s.family;
-    (*e).flags = 0;
-    (*e).sport = s.sport;
-    (*e).dport = s.dport;
-    (*e).saddr = bytes16(s.saddr);
-    (*e).daddr = bytes16(s.daddr);
+    write_common_fields!(e, s, ts, pid_tgid, who);
     let ctx_comm = core::ptr::addr_of_mut!((*e).ctx_comm) as *mut [u64; 2];
     match &who.owner {
         Some(owner) => {
@@ -1016,12 +975,6 @@ unsafe fn write_event<C: Attached>(
             ctx_comm.write(C::comm());
         }
     }
-    // owner_source, its 3 padding bytes and netns as one little-endian word (offset 104,
-    // aligned): a 3-byte fill would be a memset call.
-    core::ptr::write(
-        core::ptr::addr_of_mut!((*e).owner_source) as *mut u64,
-        u64::from(who.source) | u64::from(who.netns) << 32,
-    );
 }
 
 /// The transitions whose socket facts explain the connection: the end of a handshake (an

@@ -457,6 +457,14 @@ mod tests {
     use crate::kernel::btf;
     use tcpstate_common::{EventWithFacts, EventWithQueue};
 
+    /// A ring buffer record's bytes, as the kernel writes it.
+    fn record_bytes<T: Copy>(rec: &T) -> &[u8] {
+        // SAFETY: the records of tcpstate-common are repr(C) plain data of their own size.
+        unsafe {
+            std::slice::from_raw_parts((rec as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        }
+    }
+
     fn offsets(pairs: &[(&str, u16)]) -> SockOffsets {
         SockOffsets {
             offsets: FIELDS
@@ -620,13 +628,7 @@ mod tests {
             _pad: 0,
             raw: facts.raw,
         };
-        // SAFETY: plain data of its own size.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&rec as *const EventWithFacts).cast::<u8>(),
-                EVENT_WITH_FACTS_SIZE,
-            )
-        };
+        let bytes = record_bytes(&rec);
         let got = decode_record(bytes, &plan).expect("decodes");
         assert_eq!(got.len(), 2);
         assert!(matches!(&got[0], Input::Event(ev) if *ev == e));
@@ -679,13 +681,7 @@ mod tests {
             _pad: 0,
             raw: facts.raw,
         };
-        // SAFETY: plain data of its own size.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&rec as *const OwnerlessEventWithFacts).cast::<u8>(),
-                OWNERLESS_EVENT_WITH_FACTS_SIZE,
-            )
-        };
+        let bytes = record_bytes(&rec);
         let got = decode_record(bytes, &plan).expect("decodes");
         assert_eq!(got.len(), 2);
         assert!(matches!(&got[0], Input::Event(ev) if *ev == want));
@@ -723,13 +719,7 @@ mod tests {
             addr: [0; 16],
         };
         let rec = EventWithQueue { event: e, queue };
-        // SAFETY: plain data of its own size.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&rec as *const EventWithQueue).cast::<u8>(),
-                EVENT_WITH_QUEUE_SIZE,
-            )
-        };
+        let bytes = record_bytes(&rec);
         let got = decode_record(bytes, &plan).expect("decodes");
         assert_eq!(got.len(), 2);
         assert!(matches!(&got[0], Input::Event(ev) if *ev == e));
