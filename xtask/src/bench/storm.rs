@@ -827,10 +827,10 @@ mod tests {
             "{shape:?} storm, bpftrace output:\n{text}"
         );
         let missing: u64 = counts.values().map(|&c| n.saturating_sub(c)).sum();
-        // In the epoll storm the kernel now and then reports neither FIN_WAIT1 -> FIN_WAIT2 nor
-        // FIN_WAIT2 -> CLOSE of a client socket whose peer still gets its final ACK, and counts
-        // no skipped run for them: every tracer attached at once lacks the same ones
-        // (docs/benchmark.md, "unaccounted"). Beyond the counted skips, only such pairs may be
+        // In the epoll storm a client socket's FIN_WAIT1 -> FIN_WAIT2 -> CLOSE now and then
+        // reaches no BPF program and counts no skipped run: the softirq that processed it ran on
+        // top of a task the kernel hides from BPF (on this project's VMs, the threads of PID 1;
+        // docs/benchmark.md, "unaccounted"). Beyond the counted skips, only such pairs may be
         // missing, in at most one connection in a thousand.
         let deficit = |k: (u8, u8)| n.saturating_sub(counts.get(&k).copied().unwrap_or(0));
         let pairs = match shape {
