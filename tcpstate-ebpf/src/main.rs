@@ -808,7 +808,7 @@ fn emit<C: Attached>(
         // SAFETY: a reserved, 8-byte aligned slot of size_of::<EventWithQueue>() bytes; every
         // field is written before it is submitted.
         unsafe {
-            write_event::<C>(core::ptr::addr_of_mut!((*r).event), s, ts, pid_tgid, who);
+            Event::write::<C>(core::ptr::addr_of_mut!((*r).event), s, ts, pid_tgid, who);
             write_queue(core::ptr::addr_of_mut!((*r).queue), s, ts, &q);
         }
         count(b, counter::JOINED_SUBMITTED);
@@ -912,19 +912,6 @@ trait EventSlot: 'static {
     unsafe fn write<C: Attached>(e: *mut Self, s: &Sock, ts: u64, pid_tgid: u64, who: &Attribution);
 }
 
-impl EventSlot for Event {
-    #[inline(always)]
-    unsafe fn write<C: Attached>(
-        e: *mut Self,
-        s: &Sock,
-        ts: u64,
-        pid_tgid: u64,
-        who: &Attribution,
-    ) {
-        write_event::<C>(e, s, ts, pid_tgid, who);
-    }
-}
-
 impl EventSlot for OwnerlessEvent {
     #[inline(always)]
     unsafe fn write<C: Attached>(
@@ -939,40 +926,38 @@ impl EventSlot for OwnerlessEvent {
     }
 }
 
-/// Fills every field of an event in a ring buffer slot.
-///
-/// # Safety
-/// `e` points to a reserved slot of at least size_of::<Event>() bytes, 8-byte aligned.
-#[inline(always)]
-unsafe fn write_event<C: Attached>(
-    e: *mut Event,
-    s: &Sock,
-    ts: u64,
-    pid_tgid: u64,
-    who: &Attribution,
-) {
-    write_common_fields!(e, s, ts, pid_tgid, who);
-    let ctx_comm = core::ptr::addr_of_mut!((*e).ctx_comm) as *mut [u64; 2];
-    match &who.owner {
-        Some(owner) => {
-            (*e).owner_pid = owner.pid;
-            (*e).owner_tid = owner.tid;
-            (*e).owner_comm = owner.comm;
-            (*e).cgroup_id = owner.cgroup_id;
-            if who.ctx_comm_known {
-                (*e).ctx_comm = owner.comm;
-            } else {
+impl EventSlot for Event {
+    #[inline(always)]
+    unsafe fn write<C: Attached>(
+        e: *mut Self,
+        s: &Sock,
+        ts: u64,
+        pid_tgid: u64,
+        who: &Attribution,
+    ) {
+        write_common_fields!(e, s, ts, pid_tgid, who);
+        let ctx_comm = core::ptr::addr_of_mut!((*e).ctx_comm) as *mut [u64; 2];
+        match &who.owner {
+            Some(owner) => {
+                (*e).owner_pid = owner.pid;
+                (*e).owner_tid = owner.tid;
+                (*e).owner_comm = owner.comm;
+                (*e).cgroup_id = owner.cgroup_id;
+                if who.ctx_comm_known {
+                    (*e).ctx_comm = owner.comm;
+                } else {
+                    ctx_comm.write(C::comm());
+                }
+            }
+            None => {
+                // Volatile: plain zero stores next to each other become a memset call.
+                let owner_comm = core::ptr::addr_of_mut!((*e).owner_comm) as *mut u64;
+                core::ptr::write_volatile(core::ptr::addr_of_mut!((*e).owner_pid) as *mut u64, 0);
+                core::ptr::write_volatile(owner_comm, 0);
+                core::ptr::write_volatile(owner_comm.add(1), 0);
+                core::ptr::write_volatile(core::ptr::addr_of_mut!((*e).cgroup_id), 0);
                 ctx_comm.write(C::comm());
             }
-        }
-        None => {
-            // Volatile: plain zero stores next to each other become a memset call.
-            let owner_comm = core::ptr::addr_of_mut!((*e).owner_comm) as *mut u64;
-            core::ptr::write_volatile(core::ptr::addr_of_mut!((*e).owner_pid) as *mut u64, 0);
-            core::ptr::write_volatile(owner_comm, 0);
-            core::ptr::write_volatile(owner_comm.add(1), 0);
-            core::ptr::write_volatile(core::ptr::addr_of_mut!((*e).cgroup_id), 0);
-            ctx_comm.write(C::comm());
         }
     }
 }
