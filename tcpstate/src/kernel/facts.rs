@@ -465,6 +465,15 @@ mod tests {
         }
     }
 
+    /// Decodes a record that must be an event followed by its facts.
+    fn event_then_facts(bytes: &[u8], plan: &FactsPlan) -> (crate::event::Event, Facts) {
+        let got = decode_record(bytes, plan).expect("decodes");
+        match got.as_slice() {
+            [Input::Event(ev), Input::Facts(f)] => (*ev, *f),
+            _ => panic!("an event, then its facts: {got:?}"),
+        }
+    }
+
     fn offsets(pairs: &[(&str, u16)]) -> SockOffsets {
         SockOffsets {
             offsets: FIELDS
@@ -629,12 +638,8 @@ mod tests {
             raw: facts.raw,
         };
         let bytes = record_bytes(&rec);
-        let got = decode_record(bytes, &plan).expect("decodes");
-        assert_eq!(got.len(), 2);
-        assert!(matches!(&got[0], Input::Event(ev) if *ev == e));
-        let Input::Facts(f) = &got[1] else {
-            panic!("facts second: {got:?}");
-        };
+        let (ev, f) = event_then_facts(bytes, &plan);
+        assert_eq!(ev, e);
         assert_eq!((f.ts_ns, f.skaddr), (42, e.skaddr));
         assert_eq!((f.oldstate, f.newstate), (e.oldstate, e.newstate));
         assert_eq!(f.srtt_us, Some(8000));
@@ -682,12 +687,8 @@ mod tests {
             raw: facts.raw,
         };
         let bytes = record_bytes(&rec);
-        let got = decode_record(bytes, &plan).expect("decodes");
-        assert_eq!(got.len(), 2);
-        assert!(matches!(&got[0], Input::Event(ev) if *ev == want));
-        let Input::Facts(f) = &got[1] else {
-            panic!("facts second: {got:?}");
-        };
+        let (ev, f) = event_then_facts(bytes, &plan);
+        assert_eq!(ev, want);
         assert_eq!((f.ts_ns, f.skaddr), (9, o.skaddr));
         assert_eq!(f.srtt_us, Some(5000));
         let plain = decode_record(&bytes[..OWNERLESS_EVENT_SIZE], &plan).expect("decodes");
